@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: the Fashion-MNIST Debian package and a virtual environment with crossformers installed.
+# Idempotent: a second run only checks what is there. Usage: bash scripts/setup.sh
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${CROSSFORMERS_VENV:-$root/.venv}"
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && \
+   [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  echo "[setup] installing Debian package dataset-fashion-mnist"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[setup] creating virtual environment $venv"
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.crossformers-installed"
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+  echo "[setup] installing crossformers and its pinned dependencies (torch from local disk, ~2 min)"
+  "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$venv/bin/python" -m pip install -q -e "$root[test]"
+  touch "$stamp"
+fi
+echo "[setup] ready: $venv"

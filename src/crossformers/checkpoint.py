@@ -1,0 +1,184 @@
+"""Reading checkpoints safely and loading them into models.
+
+Checkpoints are never unpickled with code execution: ``.safetensors`` files are read with safetensors and every other
+file with ``torch.load(..., weights_only=True)``. Official layouts (``{'model': state_dict}``, ``{'state_dict': ...}``,
+a bare state dict) are unwrapped here; the key conversion of each family lives in its model file
+(``checkpoint_filter_fn``) and runs automatically inside ``model.load_state_dict`` (see
+:func:`crossformers.models._helpers.convert_on_load`).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+__all__ = ["read_state_dict", "load_checkpoint", "head_keys"]
+
+_WRAPPER_KEYS = ("model", "state_dict", "model_state", "module")
+
+
+def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path`` without executing pickled code.
+
+    Args:
+        path: a ``.safetensors`` file, or a ``.pth``/``.pt``/``.bin`` file holding a state dict or a dict that wraps
+            one under ``'model'``, ``'state_dict'``, ``'model_state'`` or ``'module'``. A ``module.`` prefix left by
+            DistributedDataParallel is removed.
+        map_location: device the tensors are placed on.
+
+    Returns:
+        Mapping of parameter/buffer names to tensors.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, needs unpickling of code, or holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}: check the path (a .pth or .safetensors file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(path), device=str(map_location))
+        else:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every reader error becomes one clear message
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {first}. It must be a .safetensors file or a torch.save'd state dict "
+            "loadable with weights_only=True (files that pickle code are refused); re-save it as a plain state dict."
+        ) from None
+    state = _unwrap(obj)
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"checkpoint {path} holds no state dict of tensors (top-level keys: {list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__}); "
+            "save it with torch.save(model.state_dict(), path) or as safetensors"
+        )
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _unwrap(obj: object) -> dict:
+    if not isinstance(obj, Mapping):
+        return {}
+    for key in _WRAPPER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return dict(inner)
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if all(
+        isinstance(v, torch.Tensor) for v in obj.values()) else {}
+
+
+def head_keys(model: nn.Module) -> list[str]:
+    """Names of the classifier parameters of ``model`` (from ``pretrained_cfg['classifier']``)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    classifier = cfg.get("classifier", "head")
+    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    own = model.state_dict()
+    return [k for k in own if any(k == n + ".weight" or k == n + ".bias" for n in names)]
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike | Mapping[str, torch.Tensor],
+    drop_head: bool = False,
+    strict: bool = True,
+) -> nn.Module:
+    """Load a checkpoint (ours or an official layout) into ``model``.
+
+    Official layouts are converted by the model's own load hook. With ``drop_head=True`` the classifier of the
+    checkpoint is removed before loading (the model keeps its freshly initialised head), the fine-tuning case of a
+    different class count; every other key must still match.
+
+    Args:
+        model: a crossformers model.
+        path: checkpoint file, or an already-read state dict.
+        drop_head: drop the checkpoint's classifier weights (explicit, never silent).
+        strict: require every key to match (default).
+
+    Returns:
+        ``model``, with the weights loaded in place.
+
+    Raises:
+        CheckpointError: the checkpoint belongs to another architecture, or its class count differs and
+            ``drop_head`` is False. The message lists example missing/unexpected keys and the fix.
+    """
+    state = dict(path) if isinstance(path, Mapping) else read_state_dict(path)
+    source = "state dict" if isinstance(path, Mapping) else str(path)
+    state = _convert(model, state)
+    head = head_keys(model)
+    own = model.state_dict()
+    if drop_head:
+        state = {k: v for k, v in state.items() if k not in head}
+    else:
+        for k in head:
+            if k in state and k in own and state[k].shape != own[k].shape:
+                raise CheckpointError(
+                    f"checkpoint {source} has a classifier of {state[k].shape[0]} classes but the model has "
+                    f"{own[k].shape[0]}: create the model with num_classes={state[k].shape[0]} to use the checkpoint's "
+                    "head, or drop it for fine-tuning (create_model(..., num_classes=N, checkpoint_path=...) or "
+                    "load_checkpoint(model, path, drop_head=True))"
+                )
+    missing = [k for k in own if k not in state and not (drop_head and k in head)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if strict and (missing or unexpected or mismatched):
+        raise CheckpointError(_mismatch_message(model, source, state, missing, unexpected, mismatched))
+    incompatible = model.load_state_dict(state, strict=False)
+    if strict and [k for k in incompatible.missing_keys if not (drop_head and k in head)]:
+        raise CheckpointError(_mismatch_message(model, source, state, incompatible.missing_keys, [], []))
+    return model
+
+
+def _convert(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    convert = getattr(model, "convert_state_dict", None)
+    return convert(state) if callable(convert) else state
+
+
+def _mismatch_message(model, source, state, missing, unexpected, mismatched) -> str:
+    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    guess = guess_family(state)
+    parts = [f"checkpoint {source} does not fit model {name}:"]
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if mismatched:
+        own = model.state_dict()
+        ex = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
+        parts.append(f"{len(mismatched)} shape mismatches (e.g. {ex})")
+    hint = f" It looks like a {guess} checkpoint." if guess else ""
+    return " ".join(parts) + "." + hint + (
+        " Create the model that matches the checkpoint (same name and kwargs as when it was trained), "
+        "or pass strict=False to load what matches."
+    )
+
+
+_FAMILY_MARKERS = {
+    "FcaFormer (official layout)": ("layer_2.blocks.", "patch_embed.seq."),
+    "FcaFormer (crossformers layout)": ("stages.2.blocks.0.attn.qkv.weight",),
+    "CrossFormer/CrossFormer++ (official layout)": ("layers.0.blocks.0.attn.pos.",),
+    "CrossViT (official layout)": ("blocks.0.fusion.", "pos_embed.0"),
+    "CrossViT (timm layout)": ("pos_embed_0",),
+}
+
+
+def guess_family(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Name the model family a state dict most likely belongs to, or None."""
+    keys = list(state)
+    for family, markers in _FAMILY_MARKERS.items():
+        if any(any(k.startswith(m) or k == m for k in keys) for m in markers):
+            return family
+    return None
+
+
+def suggest(name: str, choices: list[str], n: int = 3) -> list[str]:
+    """Close matches of ``name`` among ``choices`` (for 'did you mean' messages)."""
+    return difflib.get_close_matches(name, choices, n=n, cutoff=0.5)

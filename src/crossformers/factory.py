@@ -1,0 +1,101 @@
+"""Creating models by name: :func:`create_model` and :func:`list_models`.
+
+Every crossformers model is a timm model: its entrypoint is registered with ``timm``'s ``@register_model`` (so
+``timm.create_model`` works after ``import crossformers``) and also recorded here. A few crossformers names equal
+names timm already owns (CrossViT); those are registered in timm under a ``cf_`` prefix and reached here by their
+plain name.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Any
+
+import timm
+from torch import nn
+
+from .checkpoint import load_checkpoint, suggest
+from .errors import UnknownModelError
+
+__all__ = ["create_model", "list_models", "register_name", "timm_name"]
+
+# crossformers name -> timm registry name
+_NAMES: dict[str, str] = {}
+
+
+def register_name(name: str, timm_registered_name: str | None = None) -> None:
+    """Record ``name`` as a crossformers model reachable as ``timm_registered_name`` in timm (default: same)."""
+    _NAMES[name] = timm_registered_name or name
+
+
+def timm_name(name: str) -> str:
+    """The timm registry name of crossformers model ``name``.
+
+    Raises:
+        UnknownModelError: ``name`` is not a crossformers model; the message suggests close names.
+    """
+    if name in _NAMES:
+        return _NAMES[name]
+    if name in _NAMES.values():
+        return name
+    close = suggest(name, sorted(_NAMES))
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"unknown model '{name}'.{hint} See `crossformers models` or crossformers.list_models() for all names."
+    )
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered crossformers models matching the shell-style ``pattern``."""
+    return sorted(n for n in _NAMES if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create a crossformers model by name.
+
+    Args:
+        name: a name from :func:`list_models`.
+        pretrained: load the authors' released weights (downloads where a direct URL exists; fails at once with a
+            message saying where to get the file otherwise, or when there is no network).
+        checkpoint_path: a local checkpoint, ours or in the official layout (``.pth`` with ``{'model': ...}`` or a
+            bare state dict, or ``.safetensors``); converted on load. If ``num_classes`` is given and differs from
+            the checkpoint's, the checkpoint's head is dropped (fine-tuning); otherwise a class-count mismatch is an
+            error.
+        **kwargs: model arguments (``num_classes``, ``in_chans``, ``img_size``, ``drop_path_rate``, ...).
+
+    Returns:
+        The model (``nn.Module``) in train mode, with ``pretrained_cfg`` set.
+
+    Raises:
+        UnknownModelError: unknown name (close names suggested).
+        CheckpointError: the checkpoint is unreadable or belongs to another architecture.
+        PretrainedUnavailableError: ``pretrained=True`` cannot be honoured here.
+    """
+    registered = timm_name(name)
+    model = timm.create_model(registered, pretrained=pretrained, **kwargs)
+    if checkpoint_path is not None:
+        drop_head = False
+        if "num_classes" in kwargs:
+            from .checkpoint import head_keys, read_state_dict
+
+            state = read_state_dict(checkpoint_path)
+            convert = getattr(model, "convert_state_dict", None)
+            if callable(convert):
+                state = convert(state)
+            own = model.state_dict()
+            drop_head = any(k in state and state[k].shape != own[k].shape for k in head_keys(model))
+            load_checkpoint(model, state, drop_head=drop_head)
+            if drop_head:
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "dropped the checkpoint's classifier (class count differs from num_classes=%s): the head is "
+                    "newly initialised for fine-tuning", kwargs["num_classes"])
+        else:
+            load_checkpoint(model, checkpoint_path)
+    return model

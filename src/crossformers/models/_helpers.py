@@ -1,0 +1,148 @@
+"""Construction helpers shared by every family: building through timm, loading the authors' weights, converting
+official checkpoints on load, and checking inputs."""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from timm.models import build_model_with_cfg, get_pretrained_cfg
+from torch import nn
+
+from ..errors import InputSizeError, PretrainedUnavailableError
+
+__all__ = ["build_model", "convert_on_load", "check_input", "resolve_pretrained_file"]
+
+StateDict = dict[str, torch.Tensor]
+
+
+def convert_on_load(model: nn.Module, filter_fn: Callable[[StateDict, nn.Module], StateDict]) -> None:
+    """Make ``model.load_state_dict`` accept official checkpoint layouts.
+
+    Registers a load-state-dict pre-hook that rewrites the incoming state dict with ``filter_fn`` (which must leave
+    keys already in our layout unchanged), and a post-hook that clears cached position biases. This is what lets
+    ``timm.create_model(name, checkpoint_path=...)`` and plain ``model.load_state_dict(official_sd)`` work.
+    Also sets ``model.convert_state_dict(sd)``, used by :func:`crossformers.checkpoint.load_checkpoint`.
+    """
+
+    def pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        converted = filter_fn(own, model)
+        for k in [k for k in state_dict if k.startswith(prefix)]:
+            del state_dict[k]
+        state_dict.update({prefix + k: v for k, v in converted.items()})
+
+    def post_hook(module, incompatible_keys):
+        clear = getattr(module, "clear_cache", None)
+        if callable(clear):
+            clear()
+
+    model.register_load_state_dict_pre_hook(pre_hook)
+    model.register_load_state_dict_post_hook(post_hook)
+    model.convert_state_dict = lambda sd: filter_fn(dict(sd), model)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("CROSSFORMERS_CACHE", Path.home() / ".cache" / "crossformers"))
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_pretrained_file(variant: str) -> Path:
+    """Local path of the authors' weights for ``variant``, downloading them if a direct URL exists.
+
+    Never hangs: the network is probed with a 3 s connection timeout first.
+
+    Raises:
+        PretrainedUnavailableError: no direct URL (the message says where the authors publish the file and how to
+            pass it with ``checkpoint_path=``), or the host is unreachable.
+    """
+    cfg = get_pretrained_cfg(variant)
+    cfg = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else (cfg or {})
+    url = cfg.get("url") or ""
+    where = cfg.get("origin_url") or cfg.get("paper_ids") or "the authors' repository"
+    how = f"download it yourself and pass create_model('{variant.split('.')[0]}', checkpoint_path=PATH)"
+    if not url:
+        raise PretrainedUnavailableError(
+            f"no direct download for {variant}: the authors publish weights at {where} (not a direct link). "
+            f"To use them, {how}.")
+    target = _cache_dir() / Path(urlparse(url).path).name
+    if target.is_file():
+        return target
+    if not _reachable(url):
+        raise PretrainedUnavailableError(
+            f"cannot download {variant} weights: {urlparse(url).hostname} is unreachable (no network?). "
+            f"Fetch {url} on a networked machine and {how}.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(url, str(target), progress=True)  # writes a temp file, then renames
+    return target
+
+
+def build_model(
+    cls: type[nn.Module],
+    variant: str,
+    pretrained: bool,
+    filter_fn: Callable[[StateDict, nn.Module], StateDict],
+    feature_cfg: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build ``cls`` through timm's ``build_model_with_cfg`` and load the authors' weights if ``pretrained``.
+
+    The weights are located (or the call fails) before the model is built, converted with ``filter_fn`` and loaded
+    strictly; a different ``num_classes`` drops the checkpoint's head explicitly.
+    """
+    from ..checkpoint import head_keys, load_checkpoint, read_state_dict
+
+    weights = resolve_pretrained_file(variant) if pretrained else None
+    cfg = get_pretrained_cfg(variant)
+    cfg = cfg.to_dict() if cfg is not None else {}
+
+    def construct(**kw):
+        model = cls(**kw)
+        convert_on_load(model, filter_fn)
+        if weights is not None:
+            model.pretrained_cfg = cfg
+            state = filter_fn(read_state_dict(weights), model)
+            own = model.state_dict()
+            drop = any(k in state and state[k].shape != own[k].shape for k in head_keys(model))
+            load_checkpoint(model, state, drop_head=drop)
+        return model
+
+    return build_model_with_cfg(construct, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
+
+
+def check_input(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> None:
+    """Raise a clear error for inputs the model cannot process.
+
+    Args:
+        x: the input batch, expected (B, in_chans, H, W).
+        in_chans: the model's channel count.
+        min_size: smallest H and W the model accepts (its total stride), in pixels.
+        name: model name for the message.
+
+    Raises:
+        InputSizeError: wrong rank, wrong channel count, or H/W smaller than ``min_size``.
+    """
+    if x.ndim != 4:
+        raise InputSizeError(f"{name} expects a batch of images (B, C, H, W), got shape {tuple(x.shape)}: "
+                             "add a batch dimension with x.unsqueeze(0)")
+    if x.shape[1] != in_chans:
+        raise InputSizeError(
+            f"{name} was built for {in_chans}-channel input but got {x.shape[1]} channels: create it with "
+            f"in_chans={x.shape[1]}, or convert the images (e.g. grey -> RGB with x.expand(-1, 3, -1, -1))")
+    if x.shape[-2] < min_size or x.shape[-1] < min_size:
+        raise InputSizeError(
+            f"input {x.shape[-2]}x{x.shape[-1]} is smaller than {name}'s minimum {min_size}x{min_size} "
+            f"(its total stride): resize the images to at least {min_size} pixels")

@@ -1,0 +1,864 @@
+"""FcaFormer: Forward Cross Attention in Hybrid Vision Transformer (Zhang et al., 2023, arXiv:2211.07198).
+
+Pieces, by the paper's terms:
+
+* **Forward cross attention (Fca, Sec. 3.1, Fig. 2)** — each Fca block of a stage attends, besides its own tokens, to
+  the *cross tokens* made by up to ``cab_max_d`` earlier blocks of the same stage (oldest first).
+* **Learnable scale factors (LSF, Sec. 3.1)** — every cross token is multiplied by a learned factor before it is
+  normalised and projected to keys/values (``cross_scale``).
+* **Token merge and enhancement (TME, Sec. 3.1)** — *merge*: a 7x7 stride-4 depthwise convolution turns a block's
+  token map into its cross tokens; *enhance*: a 3x3 depthwise conv + BN replaces the token map before the FFN.
+* **Relative position bias** for regular tokens, indexed by absolute token offset (as LeViT), and a learned bias per
+  cross token and head (the "relative depth" bias, ``cross_bias``).
+* **Hybrid models L1-L4 (Sec. 3.2, Fig. 3b)**: conv stem to stride 4, two ConvNeXt stages, two Fca stages, each
+  downsampling by 1x1 conv-BN, GELU, 3x3 depthwise stride-2 conv-BN, GELU, 1x1 conv-BN.
+* **Plain model L0 (Sec. 3.2, Fig. 3a)**: DeiT-Tiny whose blocks are Fca blocks (16x16 patches, class token).
+
+Ablation switches (paper Table 5), all constructor arguments: ``fca=False`` gives the ConvViT baseline (no cross
+tokens); ``lsf=False`` removes the scale factors; ``tme=False`` replaces the merge convolution by average pooling to
+the same cross-token grid and drops the enhancement convolution; ``cab_max_d`` bounds how many earlier blocks each
+block reads.
+
+Any input size: the tables above are sized for the construction ``img_size`` and adapted per forward without
+changing module state; see :mod:`crossformers.layers.position_bias` (offset indexing when the grid fits, bicubic
+resampling otherwise) and :meth:`FcaBlock.cross_tables` (cross-token tables resampled bicubically/bilinearly to the
+new cross-token grid). A checkpoint trained at another size is resampled the same way when loaded.
+
+Parity: with the official weights converted by :func:`checkpoint_filter_fn`, outputs equal the official
+``image_classification/models/fcaformer.py`` within 1e-4 (tests/models/test_fcaformer_parity.py).
+"""
+from __future__ import annotations
+
+import math
+import re
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import ConvNormAct, DropPath, LayerNorm2d, LayerScale, Mlp, NormMlpClassifierHead, PatchEmbed
+from timm.layers import trunc_normal_
+from timm.models import register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+from timm.models.convnext import ConvNeXtBlock
+from torch import nn
+
+from ..checkpoint import guess_family
+from ..errors import CheckpointError
+from ..factory import register_name
+from ..layers.attention import attention
+from ..layers.position_bias import OffsetBiasTable, resample_grid_table
+from ._helpers import build_model, check_input
+
+__all__ = ["FcaBlock", "FcaStage", "FcaFormer", "FcaFormerPlain", "checkpoint_filter_fn"]
+
+
+def _conv_out(size: int, stride: int = 2) -> int:
+    """Output length of a stride-2, kernel-3, padding-1 convolution (= ceil(size / 2))."""
+    return (size - 1) // stride + 1
+
+
+def cross_grid(height: int, width: int) -> tuple[int, int]:
+    """Cross-token grid made by TME's 7x7 stride-4 merge from a (height, width) token map: ceil(/4) each."""
+    return (height + 3) // 4, (width + 3) // 4
+
+
+class FcaBlock(nn.Module):
+    """One FcaFormer block (paper Sec. 3.1, Fig. 2).
+
+    Token mixer: attention of the block's tokens (queries) over its own tokens plus the cross tokens of earlier
+    blocks (keys/values), with an offset-indexed relative position bias on regular tokens and a learned per-head bias
+    on cross tokens; then TME (merge -> this block's cross tokens, enhance -> the token map); then the FFN.
+
+    Args:
+        dim: channels C.
+        num_heads: attention heads (C must divide).
+        grid_size: (H0, W0) token grid the tables are sized for.
+        num_sources: number of earlier blocks whose cross tokens this block reads (0 = plain attention).
+        make_cross: whether this block produces cross tokens for later blocks.
+        mlp_ratio: FFN hidden size / C.
+        qkv_bias: bias in the qkv projection.
+        drop_path: stochastic depth rate.
+        proj_drop, attn_drop: dropout rates.
+        ls_init_value: layer-scale initial value.
+        lsf: learnable scale factors on cross tokens.
+        tme: token merge (7x7/4 depthwise conv) and enhancement (3x3 depthwise conv-BN); False = average pooling
+            merge and no enhancement.
+        rel_pos: relative position bias on regular tokens (False in the plain L0, which has absolute embeddings).
+        num_prefix_tokens: class tokens in front of the token map (plain model).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        grid_size: tuple[int, int],
+        num_sources: int = 0,
+        make_cross: bool = False,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        ls_init_value: float = 1e-6,
+        lsf: bool = True,
+        tme: bool = True,
+        rel_pos: bool = True,
+        num_prefix_tokens: int = 0,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}: choose num_heads dividing dim")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.grid_size = tuple(grid_size)
+        self.num_sources = num_sources
+        self.make_cross = make_cross
+        self.tme = tme
+        self.num_prefix_tokens = num_prefix_tokens
+        self.attn_drop = attn_drop
+        self.fused_attn = True
+
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.rel_pos = OffsetBiasTable(num_heads, grid_size) if rel_pos else None
+        if num_sources > 0:
+            hs, ws = cross_grid(*grid_size)
+            self.cross_norm = nn.LayerNorm(dim)
+            self.cross_bias = nn.Parameter(torch.zeros(num_heads, num_sources, hs, ws))
+            self.cross_scale = nn.Parameter(torch.ones(num_sources, hs, ws)) if lsf else None
+        self.ls1 = LayerScale(dim, ls_init_value)
+        self.merge = (nn.Conv2d(dim, dim, 7, stride=4, padding=3, groups=dim, bias=False)
+                      if make_cross and tme else None)
+        self.enhance = (ConvNormAct(dim, dim, 3, groups=dim, apply_act=False) if tme else nn.Identity())
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp_norm = nn.LayerNorm(dim)  # the official FFN normalises its input a second time
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.ls2 = LayerScale(dim, ls_init_value)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def cross_tables(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cross-token bias (heads, 1, S) and scale factors (S, 1) or None for a cross grid ``grid``.
+
+        S = num_sources * Hs * Ws. Tables trained for another grid are resampled: the bias bicubically, the scale
+        factors bilinearly (no overshoot below zero), both with ``align_corners=False`` (absolute positions).
+        """
+        bias = resample_grid_table(self.cross_bias, grid).flatten(1).unsqueeze(1)
+        scale = None
+        if self.cross_scale is not None:
+            scale = resample_grid_table(self.cross_scale, grid, mode="bilinear").reshape(-1, 1)
+        return bias, scale
+
+    def forward(
+        self, x: torch.Tensor, grid: tuple[int, int], cross: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the block.
+
+        Args:
+            x: tokens (B, P + H*W, C), P prefix tokens then the (H, W) map in row-major order.
+            grid: (H, W).
+            cross: cross tokens of the ``num_sources`` earlier blocks, oldest first, each (B, Hs*Ws, C).
+
+        Returns:
+            (tokens (B, P + H*W, C), this block's cross tokens (B, Hs*Ws, C) or None).
+        """
+        B, N, C = x.shape
+        H, W = grid
+        P = self.num_prefix_tokens
+        heads, hd = self.num_heads, C // self.num_heads
+
+        q, k, v = self.qkv(self.norm1(x)).reshape(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = None
+        if self.rel_pos is not None:
+            bias = self.rel_pos(H, W)
+            if P:
+                bias = F.pad(bias, (P, 0, P, 0))
+        if self.num_sources > 0:
+            if not cross or len(cross) != self.num_sources:
+                raise ValueError(f"FcaBlock expects cross tokens of {self.num_sources} earlier blocks, "
+                                 f"got {0 if not cross else len(cross)}")
+            s = torch.cat(cross, dim=1)
+            cbias, scale = self.cross_tables(cross_grid(H, W))
+            if scale is not None:
+                s = s * scale.to(s.dtype)
+            s = self.cross_norm(s)
+            kv = F.linear(s, self.qkv.weight[C:], None if self.qkv.bias is None else self.qkv.bias[C:])
+            ks, vs = kv.reshape(B, -1, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+            k = torch.cat((k, ks), dim=2)
+            v = torch.cat((v, vs), dim=2)
+            cbias = cbias.expand(heads, N, cbias.shape[-1])
+            if bias is None:
+                bias = torch.cat((x.new_zeros(heads, N, N), cbias), dim=-1)
+            else:
+                bias = torch.cat((bias, cbias), dim=-1)
+        if bias is not None:
+            bias = bias.to(q.dtype).unsqueeze(0)
+        out = attention(q, k, v, bias, self.attn_drop, self.training, fused=self.fused_attn)
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+        x = x + self.drop_path(self.ls1(out))
+
+        # token merge (-> cross tokens) and enhancement, on the spatial map only
+        prefix, tokens = x[:, :P], x[:, P:]
+        fmap = tokens.transpose(1, 2).reshape(B, C, H, W)
+        new_cross = None
+        if self.make_cross:
+            if self.merge is not None:
+                merged = self.merge(fmap)
+            else:
+                merged = F.adaptive_avg_pool2d(fmap, cross_grid(H, W))
+            new_cross = merged.flatten(2).transpose(1, 2)
+        tokens = self.enhance(fmap).flatten(2).transpose(1, 2)
+        x = torch.cat((prefix, tokens), dim=1) if P else tokens
+        x = x + self.drop_path(self.ls2(self.mlp(self.mlp_norm(self.norm2(x)))))
+        return x, new_cross
+
+
+def fca_blocks(
+    dim: int, depth: int, num_heads: int, grid_size: tuple[int, int], drop_path: list[float], fca: bool,
+    cab_max_d: int, **block_kwargs,
+) -> nn.ModuleList:
+    """The blocks of one Fca stage: block i reads the cross tokens of min(i, cab_max_d) earlier blocks."""
+    if fca and cab_max_d < 1:
+        raise ValueError(f"cab_max_d must be >= 1 with forward cross attention (got {cab_max_d}); use fca=False "
+                         "for the ConvViT baseline")
+    return nn.ModuleList([
+        FcaBlock(
+            dim, num_heads, grid_size,
+            num_sources=min(i, cab_max_d) if fca else 0,
+            make_cross=fca and i < depth - 1,
+            drop_path=drop_path[i],
+            **block_kwargs,
+        )
+        for i in range(depth)
+    ])
+
+
+def run_fca_blocks(
+    blocks: nn.ModuleList, x: torch.Tensor, grid: tuple[int, int], cab_max_d: int, grad_checkpointing: bool,
+) -> torch.Tensor:
+    """Run Fca blocks in order, passing each the cross tokens of at most ``cab_max_d`` previous blocks."""
+    history: list[torch.Tensor] = []
+    for blk in blocks:
+        sources = history[-blk.num_sources:] if blk.num_sources else None
+        if grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            x, new = torch.utils.checkpoint.checkpoint(blk, x, grid, sources, use_reentrant=False)
+        else:
+            x, new = blk(x, grid, sources)
+        if new is not None:
+            history.append(new)
+            history = history[-cab_max_d:]
+    return x
+
+
+def downsample(in_chs: int, out_chs: int) -> nn.Sequential:
+    """FcaFormer's stride-2 transition (paper Fig. 3b): 1x1 conv-BN, GELU, 3x3 depthwise/2 conv-BN, GELU, 1x1 conv-BN."""
+    return nn.Sequential(
+        ConvNormAct(in_chs, out_chs, 1, act_layer=nn.GELU),
+        ConvNormAct(out_chs, out_chs, 3, stride=2, groups=out_chs, act_layer=nn.GELU),
+        ConvNormAct(out_chs, out_chs, 1, apply_act=False),
+    )
+
+
+class ConvStage(nn.Module):
+    """A ConvNeXt stage (paper Fig. 3b): optional downsampling, then ConvNeXt blocks (timm's ``ConvNeXtBlock``).
+
+    Input (B, C_in, H, W) -> output (B, C, H', W').
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, depth: int, drop_path: list[float], down: bool,
+                 ls_init_value: float = 1e-6):
+        super().__init__()
+        self.downsample = downsample(in_chs, out_chs) if down else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            ConvNeXtBlock(out_chs, drop_path=drop_path[i], ls_init_value=ls_init_value) for i in range(depth)
+        ])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class FcaStage(nn.Module):
+    """An Fca stage (paper Fig. 2): optional downsampling, then Fca blocks with forward cross attention.
+
+    Input (B, C_in, H, W) -> output (B, C, H', W') (NCHW in and out; tokens inside).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, depth: int, num_heads: int, grid_size: tuple[int, int],
+                 drop_path: list[float], down: bool, fca: bool = True, cab_max_d: int = 12, **block_kwargs):
+        super().__init__()
+        self.cab_max_d = cab_max_d
+        self.downsample = downsample(in_chs, out_chs) if down else nn.Identity()
+        self.blocks = fca_blocks(out_chs, depth, num_heads, grid_size, drop_path, fca, cab_max_d, **block_kwargs)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        B, C, H, W = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        x = run_fca_blocks(self.blocks, x, (H, W), self.cab_max_d, self.grad_checkpointing)
+        return x.transpose(1, 2).reshape(B, C, H, W)
+
+
+class _FcaCommon:
+    """timm API pieces common to the hybrid and plain FcaFormer."""
+
+    def set_fused_attn(self, enable: bool = True) -> None:
+        """Switch every Fca block between fused SDPA (default) and explicit softmax attention (for analysis and MAC
+        counting)."""
+        for m in self.modules():
+            if isinstance(m, FcaBlock):
+                m.fused_attn = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names excluded from weight decay: position/cross-token tables, scale factors, class/pos
+        tokens."""
+        return {n for n, _ in self.named_parameters()
+                if n.endswith(("rel_pos.table", "cross_bias", "cross_scale", "cls_token", "pos_embed"))}
+
+
+class FcaFormer(_FcaCommon, nn.Module):
+    """Hybrid FcaFormer (paper Sec. 3.2, Fig. 3b): conv stem, 2 ConvNeXt stages, 2 Fca stages, pooled head.
+
+    Args:
+        img_size: input size the relative/cross-token tables are sized for (any size runs; see module docs).
+        in_chans: input channels.
+        num_classes: classes (0 = no classifier).
+        embed_dim: channels per stage (4 values; the official ``embed_dims``).
+        depths: blocks per stage (4 values).
+        num_heads: heads per stage (0 for the two ConvNeXt stages).
+        mlp_ratio: FFN ratio of Fca blocks.
+        drop_rate: dropout before the classifier.
+        proj_drop_rate, attn_drop_rate: dropout inside Fca blocks.
+        drop_path_rate: stochastic depth, linear over all blocks.
+        ls_init_value: layer-scale init.
+        cab_max_d: at most this many earlier blocks' cross tokens per block (official default 12).
+        fca, lsf, tme: ablation switches (paper Table 5).
+        global_pool: 'avg' (official) or '' for no pooling.
+
+    Input (B, in_chans, H, W), H and W >= 4 -> logits (B, num_classes).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: tuple[int, ...] = (64, 128, 192, 320),
+        depths: tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: tuple[int, ...] = (0, 0, 6, 10),
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        ls_init_value: float = 1e-6,
+        cab_max_d: int = 12,
+        fca: bool = True,
+        lsf: bool = True,
+        tme: bool = True,
+        global_pool: str = "avg",
+    ):
+        super().__init__()
+        if len(embed_dim) != 4 or len(depths) != 4 or len(num_heads) != 4:
+            raise ValueError("FcaFormer needs 4 stages: embed_dim, depths and num_heads must each have 4 values")
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.img_size = img_size
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.embed_dim = tuple(embed_dim)
+        self.num_features = self.head_hidden_size = embed_dim[-1]
+        self.drop_rate = drop_rate
+        self.min_input_size = 4  # one token after the stride-4 stem; smaller maps round up (ceil)
+
+        self.stem = nn.Sequential(
+            ConvNormAct(in_chans, embed_dim[0] // 2, 3, stride=2, act_layer=nn.GELU),
+            ConvNormAct(embed_dim[0] // 2, embed_dim[0], 3, stride=2, apply_act=False),
+        )
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        grid = (_conv_out(_conv_out(img_size[0])), _conv_out(_conv_out(img_size[1])))
+        stages = []
+        self.feature_info = []
+        prev = embed_dim[0]
+        for i in range(4):
+            if i > 0:
+                grid = (_conv_out(grid[0]), _conv_out(grid[1]))
+            if num_heads[i] > 0:
+                stage = FcaStage(prev, embed_dim[i], depths[i], num_heads[i], grid, dpr[i], down=i > 0, fca=fca,
+                                 cab_max_d=cab_max_d, mlp_ratio=mlp_ratio, proj_drop=proj_drop_rate,
+                                 attn_drop=attn_drop_rate, ls_init_value=ls_init_value, lsf=lsf, tme=tme)
+            else:
+                stage = ConvStage(prev, embed_dim[i], depths[i], dpr[i], down=i > 0, ls_init_value=ls_init_value)
+            stages.append(stage)
+            prev = embed_dim[i]
+            self.feature_info.append(dict(num_chs=prev, reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.head = NormMlpClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+                                          norm_layer=partial(LayerNorm2d, eps=1e-5))
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay (timm convention)."""
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^head\.norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute stage blocks in the backward pass to save memory."""
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier by a new one for ``num_classes`` (0 = identity)."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+            check_input(x, self.in_chans, self.min_input_size, type(self).__name__)
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features of chosen stages (timm API).
+
+        Args:
+            x: (B, C, H, W).
+            indices: stages to return (int n = last n; None = all).
+            norm: unused (no per-stage norm; kept for API compatibility).
+            stop_early: stop after the last requested stage.
+            output_fmt: only 'NCHW'.
+            intermediates_only: return only the list.
+
+        Returns:
+            NCHW maps at strides 4, 8, 16, 32 (for the chosen stages), optionally with the final features.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError("FcaFormer intermediates are NCHW only")
+        self._check(x)
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        x = self.stem(x)
+        out = []
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                out.append(x)
+        return out if intermediates_only else (x, out)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop stages after the last requested one (timm API)."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> final feature map (B, embed_dim[-1], ceil(H/32), ceil(W/32))."""
+        self._check(x)
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Mean pool, LayerNorm, classifier: (B, C, h, w) -> (B, num_classes) or pooled (B, C) if pre_logits."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class FcaFormerPlain(_FcaCommon, nn.Module):
+    """Plain FcaFormer (paper Sec. 3.2, Fig. 3a, "L0"): DeiT whose transformer blocks are Fca blocks.
+
+    Patch embedding (conv p x p), class token, absolute position embedding (resampled bicubically for other input
+    sizes), ``depth`` Fca blocks at one resolution, final LayerNorm, classifier on the class token.
+
+    Args:
+        img_size, in_chans, num_classes: as usual.
+        patch_size: patch side p.
+        embed_dim: D.
+        depth: number of Fca blocks.
+        num_heads: heads.
+        mlp_ratio, drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate, ls_init_value: as in FcaFormer.
+        cab_max_d, fca, lsf, tme: as in FcaFormer.
+        global_pool: 'token' (class token, DeiT) or 'avg'.
+
+    Input (B, in_chans, H, W), H and W >= patch_size -> logits (B, num_classes).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        patch_size: int = 16,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        ls_init_value: float = 1e-6,
+        cab_max_d: int = 12,
+        fca: bool = True,
+        lsf: bool = True,
+        tme: bool = True,
+        global_pool: str = "token",
+    ):
+        super().__init__()
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.img_size = img_size
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.cab_max_d = cab_max_d
+        self.min_input_size = patch_size
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, output_fmt="NHWC",
+                                      strict_img_size=False)
+        grid = self.patch_embed.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid[0] * grid[1], embed_dim))
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = fca_blocks(embed_dim, depth, num_heads, grid, dpr, fca, cab_max_d, mlp_ratio=mlp_ratio,
+                                 proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, ls_init_value=ls_init_value,
+                                 lsf=lsf, tme=tme, rel_pos=False, num_prefix_tokens=1)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
+        trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        self.apply(FcaFormer._init_weights)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+            check_input(x, self.in_chans, self.min_input_size, type(self).__name__)
+        x = self.patch_embed(x)  # (B, h, w, D)
+        B, h, w, D = x.shape
+        pos = self.pos_embed
+        grid = self.patch_embed.grid_size
+        if (h, w) != tuple(grid):
+            patch_pos = pos[:, 1:].reshape(1, grid[0], grid[1], D).permute(0, 3, 1, 2)
+            patch_pos = resample_grid_table(patch_pos, (h, w)).permute(0, 2, 3, 1).reshape(1, h * w, D)
+            pos = torch.cat((pos[:, :1], patch_pos), dim=1)
+        x = torch.cat((self.cls_token.expand(B, -1, -1), x.reshape(B, h * w, D)), dim=1) + pos
+        return x, (h, w)
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Per-block patch tokens as NCHW maps (B, D, H/p, W/p) (timm ViT API)."""
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        x, grid = self._embed(x)
+        out = []
+        history: list[torch.Tensor] = []
+        for i, blk in enumerate(self.blocks):
+            x, new = blk(x, grid, history[-blk.num_sources:] if blk.num_sources else None)
+            if new is not None:
+                history = (history + [new])[-self.cab_max_d:]
+            if i in take:
+                t = self.norm(x) if norm else x
+                t = t[:, 1:]
+                out.append(t if output_fmt == "NLC" else t.transpose(1, 2).reshape(t.shape[0], -1, *grid))
+            if stop_early and i >= max_index:
+                break
+        if intermediates_only:
+            return out
+        return self.norm(x), out
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> normalised tokens (B, 1 + H/p * W/p, D)."""
+        x, grid = self._embed(x)
+        x = run_fca_blocks(self.blocks, x, grid, self.cab_max_d, self.grad_checkpointing)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Class token (or mean of patch tokens with global_pool='avg') -> logits (B, num_classes)."""
+        x = x[:, 1:].mean(1) if self.global_pool == "avg" else x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# official checkpoints -> ours
+
+_OFFICIAL_BLOCK = {
+    "gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma", "dw_conv.weight": "merge.weight", "s_norm.weight":
+    "cross_norm.weight", "s_norm.bias": "cross_norm.bias", "mlp.norm.weight": "mlp_norm.weight",
+    "mlp.norm.bias": "mlp_norm.bias", "attention_biases": "rel_pos.table",
+    "s_token_bias": "cross_bias", "s_scale_factors": "cross_scale",
+}
+
+
+def _map_official_key(key: str) -> str:
+    """Our name for one key of the official hybrid layout (tables are reshaped separately)."""
+    m = re.match(r"^patch_embed\.seq\.(\d)\.(c|bn)\.(.*)$", key)
+    if m:  # official Sequential(conv-bn, GELU, conv-bn): indices 0, 2 -> our 0, 1
+        return f"stem.{int(m.group(1)) // 2}.{'conv' if m.group(2) == 'c' else 'bn'}.{m.group(3)}"
+    key = re.sub(r"^norm_head\.", "head.norm.", key)
+    key = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+    m = re.match(r"^layer_(\d)\.downsample\.conv(\d)\.(c|bn)\.(.*)$", key)
+    if m:  # official: end of layer i; ours: start of stage i + 1
+        part = "conv" if m.group(3) == "c" else "bn"
+        return f"stages.{int(m.group(1)) + 1}.downsample.{int(m.group(2)) - 1}.{part}.{m.group(4)}"
+    m = re.match(r"^layer_(\d)\.blocks\.(\d+)\.(.*)$", key)
+    if m:
+        stage, blk, rest = m.groups()
+        rest = {"dwconv.weight": "conv_dw.weight", "dwconv.bias": "conv_dw.bias", "pwconv1.weight": "mlp.fc1.weight",
+                "pwconv1.bias": "mlp.fc1.bias", "pwconv2.weight": "mlp.fc2.weight",
+                "pwconv2.bias": "mlp.fc2.bias"}.get(rest, rest)
+        rest = _OFFICIAL_BLOCK.get(rest, rest)
+        rest = re.sub(r"^local_conv\.c\.", "enhance.conv.", rest)
+        rest = re.sub(r"^local_conv\.bn\.", "enhance.bn.", rest)
+        return f"stages.{stage}.blocks.{blk}.{rest}"
+    return key
+
+
+def _grid_of(count: int, target: tuple[int, int], key: str) -> tuple[int, int]:
+    """Grid (h, w) of a flat official table of ``count`` cells: the model's grid if it fits, else a square."""
+    if count == target[0] * target[1]:
+        return target
+    side = math.isqrt(count)
+    if side * side != count:
+        raise CheckpointError(f"cannot infer the token grid of {key} ({count} cells): build the model with the "
+                              "img_size the checkpoint was trained at")
+    return side, side
+
+
+def _official_table(key: str, v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Reshape an official flat table to our layout (grid from the model, or square for another training size).
+
+    ``attention_biases`` (heads, H0*W0) -> (heads, H0, W0); ``s_token_bias`` (1, heads, 1, n*S0) ->
+    (heads, n, h0, w0); ``s_scale_factors`` (1, n*S0, 1) -> (n, h0, w0).
+    """
+    if key.endswith("rel_pos.table"):
+        return v.reshape(v.shape[0], *_grid_of(v.shape[-1], tuple(target.shape[-2:]), key))
+    if key.endswith("cross_bias"):
+        heads, n = target.shape[:2]
+        flat = v.reshape(heads, n, -1)
+    else:
+        n = target.shape[0]
+        flat = v.reshape(n, -1)
+    return flat.reshape(*flat.shape[:-1], *_grid_of(flat.shape[-1], tuple(target.shape[-2:]), key))
+
+
+def _fit_tables(state: dict[str, torch.Tensor], model: nn.Module, official: set[str]) -> dict[str, torch.Tensor]:
+    """Bring position/cross-token tables to the model's grid: official flat tables are reshaped first, then any
+    table trained for another grid is resampled (offset tables with anchored corners, cross tables bicubic/bilinear
+    over absolute positions, position embeddings bicubic)."""
+    own = model.state_dict()
+    out = {}
+    for k, v in state.items():
+        target = own.get(k)
+        if target is None or v.shape == target.shape:
+            out[k] = v
+            continue
+        if k in official:
+            v = _official_table(k, v, target)
+        if v.shape != target.shape and v.ndim == target.ndim and v.shape[:-2] == target.shape[:-2]:
+            if k.endswith("rel_pos.table"):
+                v = resample_grid_table(v, tuple(target.shape[-2:]), align_corners=True)
+            elif k.endswith(("cross_bias", "cross_scale")):
+                v = resample_grid_table(v, tuple(target.shape[-2:]),
+                                        mode="bilinear" if k.endswith("cross_scale") else "bicubic")
+        elif k == "pos_embed" and v.ndim == 3 and v.shape[-1] == target.shape[-1]:
+            v = _resample_pos_embed(v, model.patch_embed.grid_size)
+        out[k] = v
+    return out
+
+
+def _resample_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1, 1 + h0*w0, D) square position embedding -> (1, 1 + grid, D), bicubic."""
+    side = math.isqrt(pos.shape[1] - 1)
+    patch = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch = resample_grid_table(patch, grid).permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
+    return torch.cat((pos[:, :1], patch), dim=1)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert an FcaFormer checkpoint in the official layout (hkzhang-git/FcaFormer) to ours.
+
+    Maps every official key (stem ``patch_embed.seq``, ``layer_i`` blocks and downsampling, Fca tables, head),
+    reshapes the flat official tables (``attention_biases`` (heads, H*W), ``s_token_bias`` (1, heads, 1, n*S),
+    ``s_scale_factors`` (1, n*S, 1)) to ours, and resamples tables trained at another input size to the model's.
+    Official ``attention_bias_idxs`` buffers (older exports) are recomputed by us and dropped. Keys already in our
+    layout pass unchanged; unknown keys are kept so that strict loading reports them.
+
+    Raises:
+        CheckpointError: a checkpoint of another architecture (names the family it looks like).
+    """
+    if not state_dict:
+        return state_dict
+    family = guess_family(state_dict)
+    if family is not None and not family.startswith("FcaFormer"):
+        raise CheckpointError(f"this is a {family} checkpoint, not an FcaFormer one: create the matching model "
+                              "(see crossformers.list_models())")
+    if isinstance(model, FcaFormerPlain):
+        return _fit_tables(state_dict, model, set())
+    state, official = {}, set()
+    for k, v in state_dict.items():
+        if k.endswith("attention_bias_idxs"):
+            continue
+        ours = _map_official_key(k)
+        if ours != k and ours.endswith(("rel_pos.table", "cross_bias", "cross_scale")):
+            official.add(ours)
+        state[ours] = v
+    return _fit_tables(state, model, official)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pretrained configs and entrypoints
+
+_PAPER = "arXiv:2211.07198"
+_SOURCE = "https://github.com/hkzhang-git/FcaFormer"
+
+
+def _cfg(**kwargs) -> dict:
+    cfg = dict(
+        url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875, interpolation="bicubic",
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv="stem.0.conv", classifier="head.fc",
+        license="unknown (official repository has no license file)", paper_ids=_PAPER, origin_url=_SOURCE,
+        paper_name="Fcaformer: Forward Cross Attention in Hybrid Vision Transformer")
+    cfg.update(kwargs)
+    return cfg
+
+
+def _register_cfgs():
+    from timm.models import generate_default_cfgs
+
+    return generate_default_cfgs({
+        "fcaformer_l0.untrained": _cfg(classifier="head", first_conv="patch_embed.proj", pool_size=None,
+                                       notes="plain FcaFormer of the paper (Fig. 3a); no released weights"),
+        "fcaformer_l1.untrained": _cfg(notes="no released weights"),
+        "fcaformer_l2.in1k": _cfg(
+            notes="ImageNet-1k weights linked (Google Drive/Baidu, not a direct URL) from the official README: "
+                  "download them and pass checkpoint_path=; eval protocol 224, crop 0.875, bicubic, ImageNet mean/std"),
+        "fcaformer_l3.untrained": _cfg(notes="no released weights"),
+        "fcaformer_l4.untrained": _cfg(notes="no released weights"),
+        "fcaformer_nano.untrained": _cfg(
+            num_classes=10, input_size=(1, 28, 28), pool_size=(1, 1), crop_pct=1.0, mean=(0.2860,), std=(0.3530,),
+            notes="small CPU-scale variant for Fashion-MNIST-like data; train it with `crossformers train`"),
+    })
+
+
+default_cfgs = _register_cfgs()
+
+_MODEL_ARGS = {
+    "fcaformer_l1": dict(embed_dim=(64, 128, 192, 320), depths=(2, 2, 6, 2), num_heads=(0, 0, 6, 10)),
+    "fcaformer_l2": dict(embed_dim=(96, 192, 320, 480), depths=(2, 2, 7, 2), num_heads=(0, 0, 10, 15)),
+    "fcaformer_l3": dict(embed_dim=(96, 192, 320, 512), depths=(3, 6, 12, 3), num_heads=(0, 0, 10, 16)),
+    "fcaformer_l4": dict(embed_dim=(128, 256, 512, 768), depths=(3, 6, 12, 3), num_heads=(0, 0, 16, 24)),
+    # CPU-scale variant: the hybrid layout at ~1.1 M params; 28x28 grey input runs at strides 4/8/16/32 with the
+    # stem adapted by img_size (see README: Fashion-MNIST demo)
+    "fcaformer_nano": dict(embed_dim=(32, 64, 128, 160), depths=(1, 1, 4, 2), num_heads=(0, 0, 4, 5),
+                           img_size=56, in_chans=1, num_classes=10),
+}
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    name = variant.split(".")[0]
+    args = dict(_MODEL_ARGS.get(name, {}))
+    args.update(kwargs)
+    if name == "fcaformer_l0":
+        return build_model(FcaFormerPlain, variant, pretrained, checkpoint_filter_fn,
+                           feature_cfg=dict(feature_cls="getter", out_indices=(11,)), **args)
+    return build_model(FcaFormer, variant, pretrained, checkpoint_filter_fn,
+                       feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **args)
+
+
+@register_model
+def fcaformer_l0(pretrained: bool = False, **kwargs) -> FcaFormerPlain:
+    """FcaFormer-L0, plain (paper Fig. 3a): DeiT-Tiny with Fca blocks, patch 16, D=192, 12 blocks, 3 heads (~5.9 M)."""
+    return _create("fcaformer_l0", pretrained, **kwargs)
+
+
+@register_model
+def fcaformer_l1(pretrained: bool = False, **kwargs) -> FcaFormer:
+    """FcaFormer-L1 (6.2 M params, 1.4 GMACs at 224, 80.3 top-1)."""
+    return _create("fcaformer_l1", pretrained, **kwargs)
+
+
+@register_model
+def fcaformer_l2(pretrained: bool = False, **kwargs) -> FcaFormer:
+    """FcaFormer-L2 (16.3 M params, 3.6 GMACs at 224, 83.1 top-1)."""
+    return _create("fcaformer_l2", pretrained, **kwargs)
+
+
+@register_model
+def fcaformer_l3(pretrained: bool = False, **kwargs) -> FcaFormer:
+    """FcaFormer-L3 (27.9 M params, 6.7 GMACs at 224, 84.2 top-1)."""
+    return _create("fcaformer_l3", pretrained, **kwargs)
+
+
+@register_model
+def fcaformer_l4(pretrained: bool = False, **kwargs) -> FcaFormer:
+    """FcaFormer-L4 (65.6 M params, 14.5 GMACs at 224, 84.9 top-1)."""
+    return _create("fcaformer_l4", pretrained, **kwargs)
+
+
+@register_model
+def fcaformer_nano(pretrained: bool = False, **kwargs) -> FcaFormer:
+    """FcaFormer-nano: a CPU-scale hybrid FcaFormer for small grey images (Fashion-MNIST): 1 input channel, 10
+    classes, tables sized for 56x56 input (28x28 images upsampled 2x by the default transforms)."""
+    return _create("fcaformer_nano", pretrained, **kwargs)
+
+
+for _name in ("fcaformer_l0", "fcaformer_l1", "fcaformer_l2", "fcaformer_l3", "fcaformer_l4", "fcaformer_nano"):
+    register_name(_name)
