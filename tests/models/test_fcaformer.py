@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_case, official_keys, official_state_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 import crossformers
+from conftest import load_case, official_keys, official_state_dict
 from crossformers.errors import CheckpointError, InputSizeError, PretrainedUnavailableError
 from crossformers.layers.position_bias import offset_index
 from crossformers.models.fcaformer import FcaBlock, checkpoint_filter_fn

@@ -1,0 +1,124 @@
+"""timm-style checks run on every registered crossformers model (tests/test_models.py of timm, adapted).
+
+Models run at small sizes so the whole file stays fast on 2 CPU cores; full-size checks live in the family files.
+"""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import crossformers
+
+MODELS = crossformers.list_models()
+
+
+def small(name: str, **kwargs) -> torch.nn.Module:
+    """The model with its real architecture, small head, built for 64x64 input."""
+    cfg = timm.models.get_pretrained_cfg(crossformers.factory.timm_name(name)).to_dict()
+    return crossformers.create_model(name, num_classes=5, img_size=64, **kwargs), cfg["input_size"][0]
+
+
+def test_registry_lists_every_family_name():
+    assert {"fcaformer_l0", "fcaformer_l1", "fcaformer_l2", "fcaformer_l3", "fcaformer_l4",
+            "fcaformer_nano"} <= set(MODELS)
+    for name in MODELS:  # timm sees our names after `import crossformers`
+        assert crossformers.factory.timm_name(name) in timm.list_models()
+
+
+def test_unknown_name_suggests_close_names():
+    with pytest.raises(crossformers.UnknownModelError, match="fcaformer_l1"):
+        crossformers.create_model("fcaformer_l11")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_at_several_sizes(name):
+    model, chans = small(name)
+    model.eval()
+    with torch.no_grad():
+        for h, w in [(64, 64), (96, 64), (48, 80)]:
+            assert model(torch.randn(2, chans, h, w)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_backward_reaches_every_parameter(name):
+    model, chans = small(name)
+    model.train()
+    out = model(torch.randn(2, chans, 64, 64))
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_only_matches_feature_info(name):
+    model, chans = small(name)
+    feats = crossformers.create_model(name, features_only=True, img_size=64).eval()
+    x = torch.randn(1, chans, 64, 96)
+    with torch.no_grad():
+        outs = feats(x)
+    info = feats.feature_info
+    assert len(outs) == len(info.channels())
+    for o, c, r in zip(outs, info.channels(), info.reduction(), strict=True):
+        assert o.shape[1] == c
+        assert o.shape[2] == -(-64 // r) and o.shape[3] == -(-96 // r)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_intermediates_and_head(name):
+    model, chans = small(name)
+    model.eval()
+    x = torch.randn(2, chans, 64, 64)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        feats = model.forward_features(x)
+        only = model.forward_intermediates(x, indices=1, intermediates_only=True)
+        pooled = model.forward_head(feats, pre_logits=True)
+    torch.testing.assert_close(final, feats)
+    assert len(inter) == len(model.feature_info)
+    assert len(only) == 1 and torch.equal(only[0], inter[-1])
+    assert all(t.ndim == 4 for t in inter)
+    assert pooled.shape == (2, model.num_features)
+    torch.testing.assert_close(model.forward_head(feats), model(x))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_reset_classifier(name):
+    model, chans = small(name)
+    model.reset_classifier(11)
+    assert model(torch.randn(2, chans, 64, 64)).shape == (2, 11)
+    model.reset_classifier(0)
+    assert model(torch.randn(2, chans, 64, 64)).shape == (2, model.num_features)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_grad_checkpointing_gives_the_same_gradients(name):
+    model, chans = small(name)
+    model.eval()  # no BN statistics updates, no drop path
+    x = torch.randn(2, chans, 64, 64)
+    model(x).sum().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_no_weight_decay_names_exist(name):
+    model, _ = small(name)
+    names = {n for n, _ in model.named_parameters()}
+    nwd = model.no_weight_decay()
+    assert nwd and nwd <= names
+
+
+@pytest.mark.parametrize("name", ["fcaformer_nano", "fcaformer_l0"])
+def test_torch_compile_full_graph(name):
+    """Dynamo traces the whole model without graph breaks (aot_eager: no C++ compiler needed)."""
+    model, chans = small(name)
+    model.eval()
+    x = torch.randn(2, chans, 64, 64)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
