@@ -161,20 +161,21 @@ def _mismatch_message(model, source, state, missing, unexpected, mismatched) -> 
     )
 
 
-_FAMILY_MARKERS = {
-    "FcaFormer (official layout)": ("layer_2.blocks.", "patch_embed.seq."),
-    "FcaFormer (crossformers layout)": ("stages.2.blocks.0.attn.qkv.weight",),
-    "CrossFormer/CrossFormer++ (official layout)": ("layers.0.blocks.0.attn.pos.",),
-    "CrossViT (official layout)": ("blocks.0.fusion.", "pos_embed.0"),
-    "CrossViT (timm layout)": ("pos_embed_0",),
-}
+# (family, substrings any of which identifies it); order matters: the first match wins
+_FAMILY_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("FcaFormer (official layout)", ("s_token_bias", "patch_embed.seq.", "attention_biases")),
+    ("FcaFormer (crossformers layout)", ("cross_bias", ".rel_pos.table", "stem.0.conv.weight")),
+    ("CrossFormer/CrossFormer++ (official layout)", ("layers.0.blocks.0.attn.pos.",)),
+    ("CrossFormer/CrossFormer++ (crossformers layout)", (".attn.pos.pos_proj.",)),
+    ("CrossViT (official layout)", ("pos_embed.0", "cls_token.0")),
+    ("CrossViT (timm layout)", ("pos_embed_0", "cls_token_0")),
+)
 
 
 def guess_family(state: Mapping[str, torch.Tensor]) -> str | None:
     """Name the model family a state dict most likely belongs to, or None."""
-    keys = list(state)
-    for family, markers in _FAMILY_MARKERS.items():
-        if any(any(k.startswith(m) or k == m for k in keys) for m in markers):
+    for family, markers in _FAMILY_MARKERS:
+        if any(m in k for k in state for m in markers):
             return family
     return None
 

@@ -1,5 +1,8 @@
 """Pieces shared by the model families, each named by its paper term."""
 from .attention import attention, explicit_attention
-from .position_bias import OffsetBiasTable, resample_grid_table
+from .embed import CrossScaleEmbedding
+from .grouping import group_tokens, padding_key_mask, ungroup_tokens
+from .position_bias import DynamicPosBias, OffsetBiasTable, resample_grid_table
 
-__all__ = ["attention", "explicit_attention", "OffsetBiasTable", "resample_grid_table"]
+__all__ = ["attention", "explicit_attention", "CrossScaleEmbedding", "group_tokens", "ungroup_tokens",
+           "padding_key_mask", "DynamicPosBias", "OffsetBiasTable", "resample_grid_table"]

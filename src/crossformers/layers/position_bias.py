@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OffsetBiasTable", "resample_grid_table", "offset_index"]
+__all__ = ["OffsetBiasTable", "DynamicPosBias", "resample_grid_table", "offset_index"]
 
 
 def offset_index(height: int, width: int, table_width: int, device: torch.device | None = None) -> torch.Tensor:
@@ -78,3 +78,48 @@ class OffsetBiasTable(nn.Module):
             table = resample_grid_table(table, (max(height, h0), max(width, w0)), align_corners=True)
         idx = offset_index(height, width, table.shape[-1], device=table.device)
         return table.flatten(1)[:, idx]
+
+
+class DynamicPosBias(nn.Module):
+    """Dynamic position bias (DPB; CrossFormer, ICLR 2022, Sec. 3.2.2).
+
+    An MLP maps each relative coordinate (dy, dx) of a G x G group to one bias per head, so the same weights serve
+    any group size. Three (LayerNorm, ReLU, Linear) layers after a 2 -> D/4 projection (``residual=False`` as in the
+    official models).
+
+    Args:
+        dim: the MLP width is ``dim // 4``.
+        num_heads: outputs per offset.
+        residual: residual connections inside the MLP (off in the released models).
+    """
+
+    def __init__(self, dim: int, num_heads: int, residual: bool = False):
+        super().__init__()
+        self.residual = residual
+        self.num_heads = num_heads
+        pos_dim = dim // 4
+        self.pos_proj = nn.Linear(2, pos_dim)
+        self.pos1 = nn.Sequential(nn.LayerNorm(pos_dim), nn.ReLU(inplace=True), nn.Linear(pos_dim, pos_dim))
+        self.pos2 = nn.Sequential(nn.LayerNorm(pos_dim), nn.ReLU(inplace=True), nn.Linear(pos_dim, pos_dim))
+        self.pos3 = nn.Sequential(nn.LayerNorm(pos_dim), nn.ReLU(inplace=True), nn.Linear(pos_dim, num_heads))
+
+    def table(self, group_h: int, group_w: int) -> torch.Tensor:
+        """Bias of every relative offset: ((2Gh-1) * (2Gw-1), num_heads), offsets in row-major (dy, dx) order."""
+        device = self.pos_proj.weight.device
+        dy = torch.arange(1 - group_h, group_h, device=device)
+        dx = torch.arange(1 - group_w, group_w, device=device)
+        coords = torch.stack(torch.meshgrid(dy, dx, indexing="ij")).flatten(1).t().to(self.pos_proj.weight.dtype)
+        pos = self.pos_proj(coords)
+        if self.residual:
+            pos = pos + self.pos1(pos)
+            pos = pos + self.pos2(pos)
+            return self.pos3(pos)
+        return self.pos3(self.pos2(self.pos1(pos)))
+
+    def forward(self, group_h: int, group_w: int) -> torch.Tensor:
+        """Bias for a (group_h, group_w) group: (num_heads, N, N), N = group_h * group_w."""
+        table = self.table(group_h, group_w)
+        ys = torch.arange(group_h, device=table.device).repeat_interleave(group_w)
+        xs = torch.arange(group_w, device=table.device).repeat(group_h)
+        idx = (ys[:, None] - ys[None, :] + group_h - 1) * (2 * group_w - 1) + (xs[:, None] - xs[None, :] + group_w - 1)
+        return table[idx].permute(2, 0, 1)

@@ -1,5 +1,6 @@
 """Model families; importing this package registers every model with timm and crossformers."""
-from . import fcaformer  # noqa: F401
+from . import crossformer, fcaformer  # noqa: F401
+from .crossformer import CrossFormer
 from .fcaformer import FcaFormer, FcaFormerPlain
 
-__all__ = ["FcaFormer", "FcaFormerPlain"]
+__all__ = ["CrossFormer", "FcaFormer", "FcaFormerPlain"]

@@ -35,8 +35,16 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import ConvNormAct, DropPath, LayerNorm2d, LayerScale, Mlp, NormMlpClassifierHead, PatchEmbed
-from timm.layers import trunc_normal_
+from timm.layers import (
+    ConvNormAct,
+    DropPath,
+    LayerNorm2d,
+    LayerScale,
+    Mlp,
+    NormMlpClassifierHead,
+    PatchEmbed,
+    trunc_normal_,
+)
 from timm.models import register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq

@@ -1,0 +1,86 @@
+"""Short- and long-distance attention grouping (CrossFormer, ICLR 2022, Sec. 3.2, Fig. 2).
+
+Pure tensor functions on channels-last maps. A (H, W) map is padded at the bottom/right to a multiple of the group
+extent (G for SDA, G * I for LDA), cut into groups of G x G tokens, and put back after attention:
+
+* **SDA** (short distance attention): each group is a contiguous G x G window.
+* **LDA** (long distance attention): the map is cut into regions of (G*I) x (G*I); inside a region the tokens whose
+  coordinates are equal modulo I form one group, i.e. G x G tokens sampled every I tokens.
+
+Padded tokens must not be attended to: :func:`padding_key_mask` gives, per group, which keys are padding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["group_extent", "padded_size", "group_tokens", "ungroup_tokens", "padding_key_mask"]
+
+
+def group_extent(group_size: int, interval: int, lda: bool) -> int:
+    """Side of the area one group spans: G (SDA) or G * I (LDA)."""
+    return group_size * interval if lda else group_size
+
+
+def padded_size(height: int, width: int, group_size: int, interval: int, lda: bool) -> tuple[int, int]:
+    """(Hp, Wp): height and width rounded up to a multiple of the group extent."""
+    e = group_extent(group_size, interval, lda)
+    return -(-height // e) * e, -(-width // e) * e
+
+
+def group_tokens(x: torch.Tensor, group_size: int, interval: int, lda: bool) -> torch.Tensor:
+    """Pad (bottom/right, zeros) and cut a map into groups.
+
+    Args:
+        x: (B, H, W, C).
+        group_size: G.
+        interval: I (LDA only).
+        lda: LDA grouping if True, SDA otherwise.
+
+    Returns:
+        (B, nG, G*G, C) with nG = Hp*Wp / G^2; groups in row-major order of (region row, region col, i_h, i_w) for
+        LDA and of (window row, window col) for SDA.
+    """
+    B, H, W, C = x.shape
+    Hp, Wp = padded_size(H, W, group_size, interval, lda)
+    if Hp != H or Wp != W:
+        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+    G = group_size
+    if lda:
+        I = interval  # noqa: E741
+        x = x.reshape(B, Hp // (G * I), G, I, Wp // (G * I), G, I, C).permute(0, 1, 4, 3, 6, 2, 5, 7)
+    else:
+        x = x.reshape(B, Hp // G, G, Wp // G, G, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, -1, G * G, C)
+
+
+def ungroup_tokens(x: torch.Tensor, height: int, width: int, group_size: int, interval: int, lda: bool) -> torch.Tensor:
+    """Inverse of :func:`group_tokens`: (B, nG, G*G, C) -> (B, H, W, C), padding removed."""
+    B, _, _, C = x.shape
+    Hp, Wp = padded_size(height, width, group_size, interval, lda)
+    G = group_size
+    if lda:
+        I = interval  # noqa: E741
+        Rh, Rw = Hp // (G * I), Wp // (G * I)
+        x = x.reshape(B, Rh, Rw, I, I, G, G, C).permute(0, 1, 5, 3, 2, 6, 4, 7)
+    else:
+        x = x.reshape(B, Hp // G, Wp // G, G, G, C).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(B, Hp, Wp, C)
+    if Hp != height or Wp != width:
+        x = x[:, :height, :width]
+    return x
+
+
+def padding_key_mask(height: int, width: int, group_size: int, interval: int, lda: bool,
+                     device: torch.device | None = None) -> torch.Tensor | None:
+    """Which keys of each group are padding.
+
+    Returns:
+        Bool tensor (nG, G*G), True where the token is padding; None when no padding is needed.
+    """
+    Hp, Wp = padded_size(height, width, group_size, interval, lda)
+    if Hp == height and Wp == width:
+        return None
+    pad = torch.ones(1, Hp, Wp, 1, dtype=torch.bool, device=device)
+    pad[:, :height, :width] = False
+    return group_tokens(pad, group_size, interval, lda)[0, :, :, 0]

@@ -1,0 +1,584 @@
+"""CrossFormer (Wang et al., ICLR 2022, arXiv:2108.00154) and CrossFormer++ (Wang et al., TPAMI 2023,
+arXiv:2303.06908), one model with options.
+
+Pieces, by the papers' terms:
+
+* **Cross-scale embedding layer (CEL, Sec. 3.1)** — the stem (kernels 4/8/16/32, stride 4) and every patch merging
+  (kernels 2/4, stride 2) concatenate convolutions of several kernel sizes: :class:`~crossformers.layers.embed.
+  CrossScaleEmbedding`.
+* **Short- and long-distance attention (SDA/LDA, Sec. 3.2.1)** — blocks alternate (even index SDA, odd LDA):
+  attention inside G x G groups, either contiguous windows or tokens sampled every I tokens:
+  :mod:`crossformers.layers.grouping`.
+* **Dynamic position bias (DPB, Sec. 3.2.2)** — an MLP gives the relative-position bias of any group size:
+  :class:`~crossformers.layers.position_bias.DynamicPosBias`. In inference (eval mode, gradients off) the bias of each
+  group size and map size is computed once and cached; the cache is cleared by ``train()`` and by loading weights.
+* **Progressive group size (PGS, CrossFormer++ Sec. 4.1)** — group sizes per stage/block (``group_size``,
+  ``group_type`` in ``constant``, ``linear``, ``linear_div``, ``alter``, ``7_14``): :func:`progressive_group_sizes`.
+* **Amplitude cooling layer (ACL, CrossFormer++ Sec. 4.2)** — a depthwise 3x3 conv + LayerNorm (no residual) after
+  every third block (``(i + 1) % 3 == 0`` and not the last block of a stage), which keeps activation amplitudes from
+  growing with depth: ``acl=True``.
+
+Any input size: padding and masking follow the official code (pad bottom/right to a multiple of the group extent,
+mask padded keys with -1e6), computed per forward from the actual map size, so outputs equal the official ones at
+every size where the official code runs and the model also runs at sizes it refuses (non-square, odd). A map no larger
+than the group size is attended as one SDA group of its smaller side (as the official rule at construction time).
+Odd maps are padded to even before patch merging. The group sizes themselves are fixed at construction from
+``img_size`` (as officially).
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.models import generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from ..checkpoint import guess_family
+from ..errors import CheckpointError
+from ..factory import register_name
+from ..layers.attention import attention
+from ..layers.embed import CrossScaleEmbedding
+from ..layers.grouping import group_tokens, padding_key_mask, ungroup_tokens
+from ..layers.position_bias import DynamicPosBias
+from ._helpers import build_model, check_input
+
+__all__ = ["CrossFormer", "CrossFormerBlock", "progressive_group_sizes", "checkpoint_filter_fn"]
+
+NEG_INF = -1e6  # the official mask value for padded keys
+
+GROUP_TYPES = ("constant", "linear", "linear_div", "alter", "7_14")
+
+
+def progressive_group_sizes(group_size: tuple[int, ...], depths: tuple[int, ...], resolution: int,
+                            group_type: str = "constant") -> list[list[int]]:
+    """Group size of every block (progressive group size, CrossFormer++ Sec. 4.1; official schedules).
+
+    Args:
+        group_size: per-stage group size G (used by ``constant`` and ``7_14``).
+        depths: blocks per stage.
+        resolution: token-map side after the stem (img_size // 4).
+        group_type: ``constant`` (G per stage); ``linear`` (the group covers a fraction of the stage's map that grows
+            linearly from 4/resolution to 1 over all blocks, at least 4); ``linear_div`` (as linear, but in stage 3 a
+            group over half the map stays at half unless it exceeds 3/4, and elsewhere jumps to the whole map);
+            ``alter`` (as linear, but past half the map alternate half/whole in stage 3); ``7_14`` (stage 3's first
+            four blocks use G/2).
+
+    Returns:
+        ``sizes[stage][block]``.
+
+    Raises:
+        ValueError: unknown ``group_type``.
+    """
+    if group_type not in GROUP_TYPES:
+        raise ValueError(f"unknown group_type '{group_type}': choose one of {', '.join(GROUP_TYPES)}")
+    total = sum(depths)
+    start = 4 / resolution
+    step = (1 - start) / total
+    out: list[list[int]] = []
+    cnt = 0
+    for stage, depth in enumerate(depths):
+        side = resolution // 2 ** stage
+        sizes = []
+        for block in range(depth):
+            if group_type == "constant":
+                g = group_size[stage]
+            elif group_type == "7_14":
+                g = group_size[stage] // 2 if stage == 2 and block < 4 else group_size[stage]
+            else:
+                gz = side * (start + cnt * step)
+                if gz > side // 2 and group_type == "linear_div":
+                    gz = side if gz > side * 3 / 4 or stage != 2 else side // 2
+                elif gz > side // 2 and group_type == "alter":
+                    gz = side if cnt % 2 != 0 or stage != 2 else side // 2
+                g = max(4, math.ceil(gz))
+            sizes.append(int(g))
+            cnt += 1
+        out.append(sizes)
+    return out
+
+
+class GroupAttention(nn.Module):
+    """Multi-head self-attention inside groups with a dynamic position bias (CrossFormer Sec. 3.2).
+
+    Input (B, nG, N, C) groups of N = Gh * Gw tokens and an additive bias broadcastable to (nG, heads, N, N);
+    output (B, nG, N, C).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.pos = DynamicPosBias(dim // 4, num_heads)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.fused_attn = True
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        B, nG, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, nG, N, 3, self.num_heads, C // self.num_heads).permute(3, 0, 1, 4, 2, 5)
+        out = attention(q, k, v, bias.to(q.dtype), self.attn_drop, self.training, fused=self.fused_attn)
+        return self.proj_drop(self.proj(out.transpose(2, 3).reshape(B, nG, N, C)))
+
+
+class AmplitudeCooling(nn.Module):
+    """Amplitude cooling layer (ACL, CrossFormer++ Sec. 4.2): depthwise 3x3 conv then LayerNorm, no residual.
+
+    Input/output (B, H, W, C).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+class CrossFormerBlock(nn.Module):
+    """A CrossFormer block: SDA or LDA with DPB, MLP, optional ACL (CrossFormer Fig. 2; CrossFormer++ Fig. 5).
+
+    Args:
+        dim: channels C.
+        num_heads: heads.
+        group_size: G.
+        interval: I (LDA).
+        lda: long-distance attention if True, else short-distance.
+        mlp_ratio: MLP hidden / C.
+        qkv_bias: bias in qkv.
+        drop_path, proj_drop, attn_drop: regularisation rates.
+        acl: append an amplitude cooling layer.
+
+    Input/output (B, H, W, C), any H, W.
+    """
+
+    def __init__(self, dim: int, num_heads: int, group_size: int, interval: int, lda: bool, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, drop_path: float = 0.0, proj_drop: float = 0.0, attn_drop: float = 0.0,
+                 acl: bool = False):
+        super().__init__()
+        self.group_size = group_size
+        self.interval = interval
+        self.lda = lda
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = GroupAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.acl = AmplitudeCooling(dim) if acl else None
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
+
+    def grouping(self, height: int, width: int) -> tuple[int, bool]:
+        """(G, lda) used on a (height, width) map: a map no larger than G is one SDA group of its smaller side."""
+        if min(height, width) <= self.group_size:
+            return min(height, width), False
+        return self.group_size, self.lda
+
+    def attn_bias(self, height: int, width: int) -> torch.Tensor:
+        """DPB plus padding mask for a (height, width) map: (nG or 1, heads, G*G, G*G). Cached in inference."""
+        G, lda = self.grouping(height, width)
+        key = (height, width, G, lda, self.attn.pos.pos_proj.weight.device, self.attn.pos.pos_proj.weight.dtype)
+        cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if cacheable and key in self._bias_cache:
+            return self._bias_cache[key]
+        bias = self.attn.pos(G, G).unsqueeze(0)
+        pad = padding_key_mask(height, width, G, self.interval, lda, device=bias.device)
+        if pad is not None:
+            bias = bias + (pad.to(bias.dtype) * NEG_INF)[:, None, None, :]
+        if cacheable:
+            self._bias_cache[key] = bias
+        return bias
+
+    def clear_cache(self) -> None:
+        """Forget cached position biases (after training steps or loading weights)."""
+        self._bias_cache.clear()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        G, lda = self.grouping(H, W)
+        groups = group_tokens(self.norm1(x), G, self.interval, lda)
+        groups = self.attn(groups, self.attn_bias(H, W))
+        x = x + self.drop_path(ungroup_tokens(groups, H, W, G, self.interval, lda))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.acl is not None:
+            x = self.acl(x)
+        return x
+
+
+class CrossFormerStage(nn.Module):
+    """Patch merging by CEL (stages 2-4), then blocks alternating SDA (even) / LDA (odd). (B, H, W, C) in and out."""
+
+    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, group_sizes: list[int], interval: int,
+                 merge_size: tuple[int, ...] | None, drop_path: list[float], acl: bool, **block_kwargs):
+        super().__init__()
+        self.downsample = (CrossScaleEmbedding(in_dim, dim, merge_size, 2, nn.LayerNorm, norm_first=True,
+                                               input_fmt="NHWC", pad_to_stride=True)
+                           if merge_size else nn.Identity())
+        self.blocks = nn.ModuleList([
+            CrossFormerBlock(dim, num_heads, group_sizes[i], interval, lda=i % 2 == 1, drop_path=drop_path[i],
+                             acl=acl and (i + 1) % 3 == 0 and i < depth - 1, **block_kwargs)
+            for i in range(depth)
+        ])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+
+class CrossFormer(nn.Module):
+    """CrossFormer / CrossFormer++ classifier and backbone.
+
+    Args:
+        img_size: construction size; sets the progressive group sizes (as officially). Any size runs.
+        in_chans: input channels.
+        num_classes: classes (0 = features only).
+        embed_dim: channels of stage 1 (doubling each stage).
+        depths: blocks per stage.
+        num_heads: heads per stage.
+        group_size: G per stage (base of the schedule).
+        interval: LDA interval I per stage.
+        mlp_ratio: MLP ratio (one value or one per stage).
+        qkv_bias: bias in qkv.
+        drop_rate: dropout before the classifier.
+        proj_drop_rate, attn_drop_rate: dropout in blocks.
+        drop_path_rate: stochastic depth, linear over blocks.
+        patch_size: CEL kernel sizes of the stem (stride = the smallest).
+        merge_size: CEL kernel sizes of the three patch mergings.
+        group_type: progressive group size schedule (see :func:`progressive_group_sizes`).
+        acl: amplitude cooling layers (CrossFormer++).
+        global_pool: 'avg' or ''.
+
+    Input (B, in_chans, H, W), H, W >= 32 -> logits (B, num_classes).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 96,
+        depths: tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: tuple[int, ...] = (3, 6, 12, 24),
+        group_size: tuple[int, ...] = (7, 7, 7, 7),
+        interval: tuple[int, ...] = (8, 4, 2, 1),
+        mlp_ratio: float | tuple[float, ...] = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        patch_size: tuple[int, ...] = (4, 8, 16, 32),
+        merge_size: tuple[tuple[int, ...], ...] = ((2, 4), (2, 4), (2, 4)),
+        group_type: str = "constant",
+        acl: bool = False,
+        global_pool: str = "avg",
+    ):
+        super().__init__()
+        n = len(depths)
+        if not (len(num_heads) == len(group_size) == len(interval) == n and len(merge_size) == n - 1):
+            raise ValueError(f"depths has {n} stages: num_heads, group_size and interval need {n} values and "
+                             f"merge_size {n - 1}")
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        mlp_ratios = [mlp_ratio] * n if isinstance(mlp_ratio, (int, float)) else list(mlp_ratio)
+        self.img_size = img_size
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = embed_dim * 2 ** (n - 1)
+        stride = min(patch_size)
+        self.min_input_size = stride * 2 ** (n - 1)
+        self.patch_embed = CrossScaleEmbedding(in_chans, embed_dim, patch_size, stride, nn.LayerNorm)
+        groups = progressive_group_sizes(tuple(group_size), tuple(depths), img_size[0] // stride, group_type)
+        self.group_sizes = groups
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        self.stages = nn.Sequential(*[
+            CrossFormerStage(embed_dim * 2 ** max(i - 1, 0), embed_dim * 2 ** i, depths[i], num_heads[i], groups[i],
+                             interval[i], merge_size[i - 1] if i > 0 else None, dpr[i], acl,
+                             mlp_ratio=mlp_ratios[i], qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
+                             attn_drop=attn_drop_rate)
+            for i in range(n)
+        ])
+        self.feature_info = [dict(num_chs=embed_dim * 2 ** i, reduction=stride * 2 ** i, module=f"stages.{i}")
+                             for i in range(n)]
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+                                   input_fmt="NHWC")
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def train(self, mode: bool = True) -> CrossFormer:
+        """Switch mode; leaving inference drops the cached position biases."""
+        self.clear_cache()
+        return super().train(mode)
+
+    def clear_cache(self) -> None:
+        """Drop every block's cached DPB/mask (called on ``train()`` and after ``load_state_dict``)."""
+        for m in self.modules():
+            if isinstance(m, CrossFormerBlock):
+                m.clear_cache()
+
+    def set_fused_attn(self, enable: bool = True) -> None:
+        """Fused SDPA (default) or explicit softmax attention (analysis, MAC counting)."""
+        for m in self.modules():
+            if isinstance(m, GroupAttention):
+                m.fused_attn = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The DPB MLPs are position encodings: no weight decay on them (norms/biases are excluded by 1-D rule)."""
+        return {n for n, _ in self.named_parameters() if ".attn.pos." in n}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^patch_embed", blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+            check_input(x, self.in_chans, self.min_input_size, type(self).__name__)
+        return self.patch_embed(x)
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs as NCHW (or NHWC) maps at strides 4, 8, 16, 32; ``norm`` applies the final norm to the last.
+
+        Returns the list, or (final normalised NHWC features, list).
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError("output_fmt must be 'NCHW' or 'NHWC'")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        x = self._stem(x)
+        out = []
+        last = len(self.stages) - 1
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                t = self.norm(x) if norm and i == last else x
+                out.append(t.permute(0, 3, 1, 2) if output_fmt == "NCHW" else t)
+        if intermediates_only:
+            return out
+        return self.norm(x), out
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm or max_index < len(self.feature_info) - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> normalised final map (B, H/32, W/32, num_features), channels last (as timm's Swin)."""
+        return self.norm(self.stages(self._stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Average pool then classifier: (B, h, w, C) -> (B, num_classes) (or (B, C) with pre_logits)."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# official checkpoints -> ours
+
+_DERIVED = ("attn.biases", "attn.relative_position_index", "attn_mask")
+
+
+def _map_official_key(key: str) -> str | None:
+    """Our name for an official key; None for buffers we derive (older releases saved the DPB coordinate set
+    ``biases``, ``relative_position_index`` and ``attn_mask``; they depend only on the group size)."""
+    if key.endswith(_DERIVED):
+        return None
+    m = re.match(r"^layers\.(\d+)\.downsample\.(norm|reductions)\.(.*)$", key)
+    if m:  # official: end of stage i; ours: start of stage i + 1
+        part = "norm" if m.group(2) == "norm" else "projs"
+        return f"stages.{int(m.group(1)) + 1}.downsample.{part}.{m.group(3)}"
+    key = re.sub(r"^layers\.", "stages.", key)
+    key = key.replace(".ex_conv.", ".acl.conv.").replace(".ex_ln.", ".acl.norm.")
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert a cheerss/CrossFormer checkpoint (CrossFormer or CrossFormer++, current or older layout) to ours.
+
+    Renames ``layers.i`` -> ``stages.i`` (the merging at the end of official stage i is the start of our stage i+1),
+    ACL ``ex_conv``/``ex_ln`` -> ``acl.conv``/``acl.norm``, ``head`` -> ``head.fc``; drops the derived buffers of older
+    releases (``biases``, ``relative_position_index``, ``attn_mask``) after checking that their group size matches the
+    model's. Keys in our layout pass unchanged.
+
+    Raises:
+        CheckpointError: another architecture, or derived buffers of a different group size.
+    """
+    family = guess_family(state_dict)
+    if family is not None and not family.startswith("CrossFormer"):
+        raise CheckpointError(f"this is a {family} checkpoint, not a CrossFormer one: create the matching model "
+                              "(see crossformers.list_models())")
+    out = {}
+    for k, v in state_dict.items():
+        new = _map_official_key(k)
+        if new is None:
+            _check_derived(k, v, model)
+            continue
+        out[new] = v
+    return out
+
+
+def _check_derived(key: str, value: torch.Tensor, model: nn.Module) -> None:
+    m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.biases$", key)
+    if not m or not isinstance(model, CrossFormer):
+        return
+    stage, block = int(m.group(1)), int(m.group(2))
+    try:
+        blk = model.stages[stage].blocks[block]
+    except (IndexError, AttributeError):
+        return
+    side = math.isqrt(value.shape[0])
+    expected = model.img_size[0] // model.patch_embed.stride // 2 ** stage
+    g = blk.grouping(expected, expected)[0]
+    if side != 2 * g - 1:
+        raise CheckpointError(f"{key} was saved for group size {(side + 1) // 2} but the model uses {g} there: "
+                              "build the model with the img_size/group_size of the checkpoint")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# configs and entrypoints
+
+_V1 = "https://github.com/cheerss/CrossFormer"
+
+
+def _cfg(**kwargs) -> dict:
+    cfg = dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+               interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+               first_conv="patch_embed.projs.0", classifier="head.fc", license="mit", origin_url=_V1)
+    cfg.update(kwargs)
+    return cfg
+
+
+_DRIVE = ("weights on Google Drive / BaiduCloud linked from the official README (not direct downloads): download "
+          "the .pth and pass checkpoint_path=")
+default_cfgs = generate_default_cfgs({
+    "crossformer_tiny.in1k": _cfg(paper_ids="arXiv:2108.00154", notes=_DRIVE),
+    "crossformer_small.in1k": _cfg(paper_ids="arXiv:2108.00154", notes=_DRIVE),
+    "crossformer_base.in1k": _cfg(paper_ids="arXiv:2108.00154", notes=_DRIVE),
+    "crossformer_large.in1k": _cfg(paper_ids="arXiv:2108.00154", notes=_DRIVE),
+    "crossformer_pp_small.in1k": _cfg(paper_ids="arXiv:2303.06908", notes=_DRIVE),
+    "crossformer_pp_base.in1k": _cfg(paper_ids="arXiv:2303.06908", notes=_DRIVE),
+    "crossformer_pp_large.in1k": _cfg(paper_ids="arXiv:2303.06908", notes=_DRIVE),
+    "crossformer_pp_huge.in1k": _cfg(paper_ids="arXiv:2303.06908", notes=_DRIVE),
+})
+
+_V1_ARGS = dict(group_size=(7, 7, 7, 7), interval=(8, 4, 2, 1))
+_PP_ARGS = dict(group_size=(4, 4, 14, 7), interval=(4, 2, 1, 1), acl=True)
+_MODEL_ARGS = {
+    "crossformer_tiny": dict(embed_dim=64, depths=(1, 1, 8, 6), num_heads=(2, 4, 8, 16), drop_path_rate=0.1,
+                             **_V1_ARGS),
+    "crossformer_small": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2,
+                              **_V1_ARGS),
+    "crossformer_base": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3,
+                             **_V1_ARGS),
+    "crossformer_large": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5,
+                              **_V1_ARGS),
+    "crossformer_pp_small": dict(embed_dim=64, depths=(2, 2, 18, 2), num_heads=(2, 4, 8, 16), drop_path_rate=0.2,
+                                 **_PP_ARGS),
+    "crossformer_pp_base": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3,
+                                **_PP_ARGS),
+    "crossformer_pp_large": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5,
+                                 **_PP_ARGS),
+    "crossformer_pp_huge": dict(embed_dim=128, depths=(6, 6, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5,
+                                **_PP_ARGS),
+}
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> CrossFormer:
+    args = dict(_MODEL_ARGS[variant.split(".")[0]])
+    args.update(kwargs)
+    return build_model(CrossFormer, variant, pretrained, checkpoint_filter_fn,
+                       feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **args)
+
+
+@register_model
+def crossformer_tiny(pretrained: bool = False, **kwargs) -> CrossFormer:
+    """CrossFormer-T (27.8 M params, 2.9 GMACs, 81.5 top-1)."""
+    return _create("crossformer_tiny", pretrained, **kwargs)
+
+
+@register_model
+def crossformer_small(pretrained: bool = False, **kwargs) -> CrossFormer:
+    """CrossFormer-S (30.7 M params, 4.9 GMACs, 82.5 top-1)."""
+    return _create("crossformer_small", pretrained, **kwargs)
+
+
+@register_model
+def crossformer_base(pretrained: bool = False, **kwargs) -> CrossFormer:
+    """CrossFormer-B (52.0 M params, 9.2 GMACs, 83.4 top-1)."""
+    return _create("crossformer_base", pretrained, **kwargs)
+
+
+@register_model
+def crossformer_large(pretrained: bool = False, **kwargs) -> CrossFormer:
+    """CrossFormer-L (92.0 M params, 16.1 GMACs, 84.0 top-1)."""
+    return _create("crossformer_large", pretrained, **kwargs)
+
+
+@register_model
+def crossformer_pp_small(pretrained: bool = False, **kwargs) -> CrossFormer:
+    """CrossFormer++-S (23.3 M params, 4.9 GMACs, 83.2 top-1): PGS [4, 4, 14, 7] and ACL."""
+    return _create("crossformer_pp_small", pretrained, **kwargs)
+
+
+@register_model
+def crossformer_pp_base(pretrained: bool = False, **kwargs) -> CrossFormer:
+    """CrossFormer++-B (52.0 M params, 9.5 GMACs, 84.2 top-1)."""
+    return _create("crossformer_pp_base", pretrained, **kwargs)
+
+
+@register_model
+def crossformer_pp_large(pretrained: bool = False, **kwargs) -> CrossFormer:
+    """CrossFormer++-L (92.0 M params, 16.6 GMACs, 84.7 top-1)."""
+    return _create("crossformer_pp_large", pretrained, **kwargs)
+
+
+@register_model
+def crossformer_pp_huge(pretrained: bool = False, **kwargs) -> CrossFormer:
+    """CrossFormer++-H (96.0 M params, 21.8 GMACs, 84.9 top-1)."""
+    return _create("crossformer_pp_huge", pretrained, **kwargs)
+
+
+for _name in _MODEL_ARGS:
+    register_name(_name)
