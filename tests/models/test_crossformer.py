@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_case, official_keys, official_state_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 import crossformers
 from crossformers.errors import CheckpointError, InputSizeError, PretrainedUnavailableError
 from crossformers.layers.grouping import group_tokens, padding_key_mask, ungroup_tokens
 from crossformers.models.crossformer import checkpoint_filter_fn, progressive_group_sizes
+
+from conftest import load_case, official_keys, official_state_dict
 
 
 def model_for_case(meta: dict, **overrides) -> torch.nn.Module:

@@ -6,10 +6,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import crossformers
-from conftest import load_case, official_keys, official_state_dict
 from crossformers.errors import CheckpointError, InputSizeError, PretrainedUnavailableError
 from crossformers.layers.position_bias import offset_index
 from crossformers.models.fcaformer import FcaBlock, checkpoint_filter_fn
+
+from conftest import load_case, official_keys, official_state_dict
 
 
 def model_for_case(meta: dict, **overrides) -> torch.nn.Module:

@@ -33,7 +33,6 @@ import re
 import torch
 from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..checkpoint import guess_family
@@ -43,7 +42,8 @@ from ..layers.attention import attention
 from ..layers.embed import CrossScaleEmbedding
 from ..layers.grouping import group_tokens, padding_key_mask, ungroup_tokens
 from ..layers.position_bias import DynamicPosBias
-from ._helpers import build_model, check_input
+from ._base import HierarchicalModel
+from ._helpers import build_model
 
 __all__ = ["CrossFormer", "CrossFormerBlock", "progressive_group_sizes", "checkpoint_filter_fn"]
 
@@ -195,10 +195,6 @@ class CrossFormerBlock(nn.Module):
             self._bias_cache[key] = bias
         return bias
 
-    def clear_cache(self) -> None:
-        """Forget cached position biases (after training steps or loading weights)."""
-        self._bias_cache.clear()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         G, lda = self.grouping(H, W)
@@ -237,7 +233,7 @@ class CrossFormerStage(nn.Module):
         return x
 
 
-class CrossFormer(nn.Module):
+class CrossFormer(HierarchicalModel):
     """CrossFormer / CrossFormer++ classifier and backbone.
 
     Args:
@@ -260,7 +256,8 @@ class CrossFormer(nn.Module):
         acl: amplitude cooling layers (CrossFormer++).
         global_pool: 'avg' or ''.
 
-    Input (B, in_chans, H, W), H, W >= 32 -> logits (B, num_classes).
+    Input (B, in_chans, H, W), H, W >= 32 -> logits (B, num_classes). Stage maps are channels-last (as timm's Swin);
+    ``forward_intermediates`` returns NCHW by default.
     """
 
     def __init__(
@@ -286,6 +283,7 @@ class CrossFormer(nn.Module):
         global_pool: str = "avg",
     ):
         super().__init__()
+        self.map_fmt = "NHWC"
         n = len(depths)
         if not (len(num_heads) == len(group_size) == len(interval) == n and len(merge_size) == n - 1):
             raise ValueError(f"depths has {n} stages: num_heads, group_size and interval need {n} values and "
@@ -323,22 +321,9 @@ class CrossFormer(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def train(self, mode: bool = True) -> CrossFormer:
-        """Switch mode; leaving inference drops the cached position biases."""
-        self.clear_cache()
-        return super().train(mode)
-
-    def clear_cache(self) -> None:
-        """Drop every block's cached DPB/mask (called on ``train()`` and after ``load_state_dict``)."""
-        for m in self.modules():
-            if isinstance(m, CrossFormerBlock):
-                m.clear_cache()
-
-    def set_fused_attn(self, enable: bool = True) -> None:
-        """Fused SDPA (default) or explicit softmax attention (analysis, MAC counting)."""
-        for m in self.modules():
-            if isinstance(m, GroupAttention):
-                m.fused_attn = enable
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """CEL stem: images (B, C, H, W) -> tokens (B, H/4, W/4, embed_dim), LayerNorm applied."""
+        return self.patch_embed(x)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -349,69 +334,6 @@ class CrossFormer(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^patch_embed", blocks=r"^stages\.(\d+)" if coarse else [
             (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
-            check_input(x, self.in_chans, self.min_input_size, type(self).__name__)
-        return self.patch_embed(x)
-
-    def forward_intermediates(
-        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
-        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs as NCHW (or NHWC) maps at strides 4, 8, 16, 32; ``norm`` applies the final norm to the last.
-
-        Returns the list, or (final normalised NHWC features, list).
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError("output_fmt must be 'NCHW' or 'NHWC'")
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        x = self._stem(x)
-        out = []
-        last = len(self.stages) - 1
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                t = self.norm(x) if norm and i == last else x
-                out.append(t.permute(0, 3, 1, 2) if output_fmt == "NCHW" else t)
-        if intermediates_only:
-            return out
-        return self.norm(x), out
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_norm or max_index < len(self.feature_info) - 1:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> normalised final map (B, H/32, W/32, num_features), channels last (as timm's Swin)."""
-        return self.norm(self.stages(self._stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Average pool then classifier: (B, h, w, C) -> (B, num_classes) (or (B, C) with pre_logits)."""
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ----------------------------------------------------------------------------------------------------------------

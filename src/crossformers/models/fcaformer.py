@@ -56,6 +56,7 @@ from ..errors import CheckpointError
 from ..factory import register_name
 from ..layers.attention import attention
 from ..layers.position_bias import OffsetBiasTable, resample_grid_table
+from ._base import HierarchicalModel, set_fused_attn
 from ._helpers import build_model, check_input
 
 __all__ = ["FcaBlock", "FcaStage", "FcaFormer", "FcaFormerPlain", "checkpoint_filter_fn"]
@@ -317,11 +318,8 @@ class _FcaCommon:
     """timm API pieces common to the hybrid and plain FcaFormer."""
 
     def set_fused_attn(self, enable: bool = True) -> None:
-        """Switch every Fca block between fused SDPA (default) and explicit softmax attention (for analysis and MAC
-        counting)."""
-        for m in self.modules():
-            if isinstance(m, FcaBlock):
-                m.fused_attn = enable
+        """Fused SDPA attention (default) or the explicit softmax path (analysis, MAC counting)."""
+        set_fused_attn(self, enable)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -331,7 +329,7 @@ class _FcaCommon:
                 if n.endswith(("rel_pos.table", "cross_bias", "cross_scale", "cls_token", "pos_embed"))}
 
 
-class FcaFormer(_FcaCommon, nn.Module):
+class FcaFormer(_FcaCommon, HierarchicalModel):
     """Hybrid FcaFormer (paper Sec. 3.2, Fig. 3b): conv stem, 2 ConvNeXt stages, 2 Fca stages, pooled head.
 
     Args:
@@ -407,6 +405,7 @@ class FcaFormer(_FcaCommon, nn.Module):
             prev = embed_dim[i]
             self.feature_info.append(dict(num_chs=prev, reduction=4 * 2 ** i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.norm = nn.Identity()  # the head normalises after pooling
         self.head = NormMlpClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
                                           norm_layer=partial(LayerNorm2d, eps=1e-5))
         self.apply(self._init_weights)
@@ -424,75 +423,6 @@ class FcaFormer(_FcaCommon, nn.Module):
         return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
             (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^head\.norm", (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute stage blocks in the backward pass to save memory."""
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier by a new one for ``num_classes`` (0 = identity)."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def _check(self, x: torch.Tensor) -> None:
-        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
-            check_input(x, self.in_chans, self.min_input_size, type(self).__name__)
-
-    def forward_intermediates(
-        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
-        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features of chosen stages (timm API).
-
-        Args:
-            x: (B, C, H, W).
-            indices: stages to return (int n = last n; None = all).
-            norm: unused (no per-stage norm; kept for API compatibility).
-            stop_early: stop after the last requested stage.
-            output_fmt: only 'NCHW'.
-            intermediates_only: return only the list.
-
-        Returns:
-            NCHW maps at strides 4, 8, 16, 32 (for the chosen stages), optionally with the final features.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError("FcaFormer intermediates are NCHW only")
-        self._check(x)
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.stem(x)
-        out = []
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                out.append(x)
-        return out if intermediates_only else (x, out)
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        """Drop stages after the last requested one (timm API)."""
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> final feature map (B, embed_dim[-1], ceil(H/32), ceil(W/32))."""
-        self._check(x)
-        return self.stages(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Mean pool, LayerNorm, classifier: (B, C, h, w) -> (B, num_classes) or pooled (B, C) if pre_logits."""
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class FcaFormerPlain(_FcaCommon, nn.Module):

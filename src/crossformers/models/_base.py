@@ -1,0 +1,132 @@
+"""The timm model API shared by our hierarchical models (FcaFormer hybrid, CrossFormer).
+
+A subclass provides ``stem(x)`` (image -> first map), ``stages`` (an ``nn.Sequential`` of stages, each with a
+``grad_checkpointing`` flag), ``norm`` (applied to the last stage's output, may be ``nn.Identity``), ``head`` (a timm
+classifier head with ``fc`` and ``reset``), ``feature_info``, ``in_chans``, ``min_input_size`` and ``map_fmt`` (the
+layout of its stage outputs, ``'NCHW'`` or ``'NHWC'``).
+"""
+from __future__ import annotations
+
+import torch
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from ._helpers import check_input
+
+__all__ = ["HierarchicalModel", "set_fused_attn", "clear_caches"]
+
+
+def set_fused_attn(model: nn.Module, enable: bool = True) -> None:
+    """Switch every attention module of ``model`` (those with a ``fused_attn`` flag) between fused SDPA and the
+    explicit softmax path (used for attention maps and for MAC counting)."""
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = enable
+
+
+def clear_caches(model: nn.Module) -> None:
+    """Drop every cached position bias inside ``model`` (modules exposing ``_bias_cache``)."""
+    for m in model.modules():
+        cache = getattr(m, "_bias_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
+
+
+class HierarchicalModel(nn.Module):
+    """timm API for a 4-stage pyramid: intermediates at strides 4-32, features, head, checkpointing."""
+
+    map_fmt: str = "NCHW"
+
+    def _to_fmt(self, x: torch.Tensor, fmt: str) -> torch.Tensor:
+        if fmt == self.map_fmt:
+            return x
+        return x.permute(0, 3, 1, 2) if fmt == "NCHW" else x.permute(0, 2, 3, 1)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+            name = (getattr(self, "pretrained_cfg", None) or {}).get("architecture") or type(self).__name__
+            check_input(x, self.in_chans, self.min_input_size, name)
+        return self.stem(x)
+
+    def set_fused_attn(self, enable: bool = True) -> None:
+        """Fused SDPA attention (default) or the explicit softmax path (analysis, MAC counting)."""
+        set_fused_attn(self, enable)
+
+    def clear_cache(self) -> None:
+        """Drop cached position biases (done automatically by ``train()`` and ``load_state_dict``)."""
+        clear_caches(self)
+
+    def train(self, mode: bool = True):
+        """Switch mode; cached inference-only position biases are dropped."""
+        self.clear_cache()
+        return super().train(mode)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass to save activation memory."""
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier by a freshly initialised one for ``num_classes`` (0 = identity)."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Outputs of chosen stages (timm API).
+
+        Args:
+            x: images (B, C, H, W).
+            indices: stages to return (int n = the last n; None = all).
+            norm: apply the final norm to the last stage's map.
+            stop_early: stop after the last requested stage.
+            output_fmt: 'NCHW' (default) or 'NHWC'.
+            intermediates_only: return only the list.
+
+        Returns:
+            Maps at strides 4, 8, 16, 32 (of the chosen stages); unless ``intermediates_only``, a tuple
+            (final features as from ``forward_features``, maps).
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        x = self._embed(x)
+        out = []
+        last = len(self.stages) - 1
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                out.append(self._to_fmt(self.norm(x) if norm and i == last else x, output_fmt))
+        if intermediates_only:
+            return out
+        return self.norm(x), out
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last requested one (and the head/norm) (timm API)."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm or max_index < len(self.feature_info) - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> final map at stride 32 (layout ``map_fmt``), after the final norm."""
+        return self.norm(self.stages(self._embed(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Final map -> logits (B, num_classes), or pooled features (B, num_features) with ``pre_logits``."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
