@@ -1,5 +1,5 @@
 """Model families; importing this package registers every model with timm and crossformers."""
-from . import crossformer, fcaformer  # noqa: F401
+from . import crossformer, crossvit, fcaformer  # noqa: F401
 from .crossformer import CrossFormer
 from .fcaformer import FcaFormer, FcaFormerPlain
 

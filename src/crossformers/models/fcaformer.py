@@ -731,8 +731,8 @@ def _register_cfgs():
         "fcaformer_l3.untrained": _cfg(notes="no released weights"),
         "fcaformer_l4.untrained": _cfg(notes="no released weights"),
         "fcaformer_nano.untrained": _cfg(
-            num_classes=10, input_size=(1, 28, 28), pool_size=(1, 1), crop_pct=1.0, mean=(0.2860,), std=(0.3530,),
-            notes="small CPU-scale variant for Fashion-MNIST-like data; train it with `crossformers train`"),
+            num_classes=10, input_size=(1, 56, 56), pool_size=(2, 2), crop_pct=1.0, mean=(0.2860,), std=(0.3530,),
+            notes="small CPU-scale variant for Fashion-MNIST-like data (28x28 images upsampled to 56); train it with `crossformers train`"),
     })
 
 

@@ -1,0 +1,30 @@
+"""Errors raised by the training / evaluation engine.
+
+All derive from :class:`crossformers.errors.CrossformersError`, so the command line reports them as one
+``error: <message>`` line with exit code 2.
+"""
+from __future__ import annotations
+
+from ..errors import CrossformersError
+
+__all__ = ["ConfigError", "OutputExistsError", "TrainingError", "NonFiniteLossError", "ImageReadError"]
+
+
+class ConfigError(CrossformersError, ValueError):
+    """An invalid training / evaluation option (the message names the option and a valid value)."""
+
+
+class OutputExistsError(CrossformersError, FileExistsError):
+    """The output directory already holds a run and ``resume`` was not requested."""
+
+
+class TrainingError(CrossformersError, RuntimeError):
+    """Training cannot continue (the message says why and what was kept)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss (or the weights) became NaN/inf; the last good checkpoint is kept untouched."""
+
+
+class ImageReadError(CrossformersError, OSError):
+    """An image file given for prediction is missing or cannot be decoded (the message names the file)."""

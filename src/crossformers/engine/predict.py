@@ -1,0 +1,93 @@
+"""Top-k class predictions for image files with a trained checkpoint: :func:`predict`."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..data import DataError, build_transform, load_image
+from .checkpoint_io import load_trained
+from .distributed import resolve_device
+from .errors import ConfigError, ImageReadError
+from .evaluate import model_in_chans
+from .modeling import check_model_input, model_preprocessing
+
+__all__ = ["predict", "read_images"]
+
+
+def read_images(paths: Sequence[str | os.PathLike]) -> list:
+    """Open and fully decode every image (PIL, mode ``'L'`` or ``'RGB'``) before any computation.
+
+    Raises:
+        ImageReadError: a file is missing, not a file, or cannot be decoded; the message names it.
+    """
+    images = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if not path.exists():
+            raise ImageReadError(f"image not found: {path}")
+        if not path.is_file():
+            raise ImageReadError(f"{path} is not an image file (it is a directory)")
+        try:
+            images.append(load_image(path))
+        except DataError as e:
+            raise ImageReadError(str(e)) from None
+    return images
+
+
+def predict(
+    checkpoint: str | os.PathLike,
+    images: Sequence[str | os.PathLike],
+    topk: int = 5,
+    *,
+    use_ema: bool = False,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> list[list[tuple[str, float]]]:
+    """Classify image files with one of our checkpoints.
+
+    Each image is converted to the checkpoint's channel count (grey or RGB) and preprocessed exactly like the
+    checkpoint's validation data (``meta.json``: input size, mean/std, crop_pct, interpolation).
+
+    Args:
+        checkpoint: checkpoint or run directory (``best/`` preferred).
+        images: image file paths (any format PIL reads).
+        topk: number of classes returned per image (clipped to the class count).
+        use_ema: use the EMA weights.
+        device: ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
+        batch_size: images per forward pass.
+
+    Returns:
+        For each image, in input order, ``topk`` pairs ``(class name, probability in [0, 1])`` sorted by
+        decreasing probability.
+
+    Raises:
+        ImageReadError: an image is missing or corrupt (named in the message).
+        CheckpointError: no usable checkpoint at ``checkpoint``.
+        ConfigError: ``topk`` < 1 or no images.
+    """
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ConfigError(f"topk must be an int >= 1, got {topk!r}")
+    if not images:
+        raise ConfigError("no images given: pass one or more image files")
+    model, meta = load_trained(checkpoint, use_ema=use_ema)
+    classes = list(meta["classes"])
+    dev = resolve_device(device)
+    pre = model_preprocessing(model, in_chans=model_in_chans(model))
+    tf = build_transform(False, tuple(pre["input_size"]), pre["mean"], pre["std"], interpolation=pre["interpolation"],
+                         crop_pct=pre["crop_pct"])
+    pil = read_images(images)
+    model.to(dev)
+    check_model_input(model, pre["input_size"], meta["model"])
+    k = min(topk, len(classes))
+    out: list[list[tuple[str, float]]] = []
+    with torch.no_grad():
+        for i in range(0, len(pil), batch_size):
+            x = torch.stack([tf(img) for img in pil[i:i + batch_size]]).to(dev)
+            probs = model(x).float().softmax(dim=-1)
+            top = probs.topk(k, dim=-1)
+            for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                out.append([(classes[j], float(v)) for v, j in zip(values, indices, strict=True)])
+    return out

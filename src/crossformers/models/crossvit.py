@@ -1,0 +1,991 @@
+"""CrossViT: Cross-Attention Multi-Scale Vision Transformer (Chen, Fan and Panda, ICCV 2021, arXiv:2103.14899).
+
+Pieces, by the paper's terms:
+
+* **Two branches (Sec. 3.2, Fig. 2)** — a *small* branch (S) on fine patches ``P_s`` (12) with a narrow embedding
+  and a *large* branch (L) on coarse patches ``P_l`` (16) with a wide one. Each branch has its own patch embedding,
+  class token (CLS) and absolute position embedding. More than two branches also work (fusion is cyclic).
+* **Multi-scale transformer encoders (Sec. 3.2)** — ``K`` encoders; each runs ``N`` transformer blocks on the small
+  branch and ``M`` on the large branch, then fuses the branches with ``L`` fusion blocks. ``depth`` is written as in
+  the official code and timm: one ``(N, M, L)`` tuple per encoder, where ``L = 0`` (the released configs) means one
+  fusion block.
+* **Multi-scale feature fusion (Sec. 3.3, Fig. 3)**, chosen with ``fusion=``; ``f`` projects a branch to the fusion
+  width and ``g`` back (LayerNorm, GELU, Linear, as in the official code):
+
+  - ``'cross_attn'`` (d, default, the paper's method): the CLS token of each branch, projected by ``f``, is the only
+    query of an attention over the *other* branch's patch tokens; ``g`` brings it back and it replaces the CLS token.
+    Cost per encoder and branch O(N_other * D^2): linear in the number of tokens.
+  - ``'all_attn'`` (a): every token of both branches, projected to a common width ``D_f = max(embed_dim)``, goes
+    through ``L`` self-attention layers together; ``g`` brings each branch back. O((N_s + N_l)^2 * D_f): quadratic.
+  - ``'class_token'`` (b): the projected CLS tokens are summed; each branch gets ``g`` of the sum as its CLS token.
+    O(D_i * D_f) per branch: the cheapest; patch tokens never meet.
+  - ``'pairwise'`` (c): as (b) for the CLS tokens; the projected patch maps are interpolated (bilinear) to each
+    branch's grid and summed position by position, then ``g`` maps the sum back. O((N_s + N_l) * D_i * D_f).
+
+  The official code stacks ``L > 1`` cross-attention blocks so that the second one sees only the CLS token (each
+  block returns only the CLS token); here every fusion layer attends over the other branch's patch tokens again, as
+  the paper describes. The released models have a single fusion block, where both agree.
+* **Dagger models (Sec. 4, Table 1, "†")** — the linear patch embedding replaced by three convolutions
+  (``multi_conv=True``; 7x7 stride 4, then two 3x3 convolutions).
+
+Input sizes (``img_size`` and ``img_scale``, timm's semantics): ``img_size`` is the *model's* input size (240 for
+``crossvit_*_240``) and branch ``i`` has the native size ``ceil(img_size * img_scale[i])`` (240 for the small
+branch, 224 for the large one). Two modes:
+
+* default (``dynamic_img_size=False``, the official behaviour): each branch resizes the input (bicubic,
+  ``align_corners=False``) to its native size unless it is already that size. A 240x240 input reproduces timm's
+  ``crossvit_*_240``; a 224x224 input reproduces the authors' ``crossvit_*_224`` (their small branch resizes 224 to
+  240). Non-square inputs are resized too (the authors' code assumes square ones).
+* ``dynamic_img_size=True``: each branch scales the input by ``img_scale[i]`` (so an input of ``img_size`` runs
+  exactly as in the default mode when the native sizes are multiples of the patches), pads it on the right/bottom to a multiple of its patch and resamples its position
+  embedding (bicubic) to the resulting grid; maps then have ``ceil(H / stride)`` rows with stride
+  ``patch / img_scale``. This is the default for ``features_only`` models (dense backbones keep the geometry).
+
+A new native size is chosen at creation (``img_size=480`` or ``(240, 320)``): position embeddings are sized for it,
+and checkpoints trained at another size are resampled (bicubic) when loaded.
+
+Checkpoints: timm's layout (``pos_embed_0``) and the authors' (``pos_embed.0``) are converted on load by
+:func:`checkpoint_filter_fn`; with either, outputs equal the reference implementation within 1e-4
+(tests/models/test_crossvit.py). timm registers the plain names (``crossvit_15_240``) for its own model; ours are
+registered in timm as ``cf_crossvit_15_240`` and reached by the plain names through :func:`crossformers.create_model`.
+"""
+from __future__ import annotations
+
+import math
+import re
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
+from timm.models import get_pretrained_cfg, register_model
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from ..checkpoint import guess_family
+from ..errors import CheckpointError, PretrainedUnavailableError
+from ..factory import register_name
+from ..layers.attention import attention
+from ..layers.position_bias import resample_grid_table
+from ._helpers import _reachable, build_model, check_input, resolve_pretrained_file
+
+__all__ = [
+    "CrossViT", "MultiScaleEncoder", "CrossAttentionFusion", "AllAttentionFusion", "ClassTokenFusion",
+    "PairwiseFusion", "FUSIONS", "checkpoint_filter_fn",
+]
+
+
+def _scaled(size: int, scale: float) -> int:
+    """ceil(size * scale), robust to float rounding (240 * (224 / 240) -> 224)."""
+    return max(1, math.ceil(size * scale - 1e-6))
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# embedding and transformer blocks
+
+
+class PatchEmbed(nn.Module):
+    """Patch embedding of one branch: a p x p stride-p convolution, or the dagger 3-convolution stem.
+
+    Dagger (``multi_conv=True``, paper "†"): 7x7 stride 4 (pad 3) to D/4 channels, ReLU, 3x3 to D/2, ReLU, 3x3 to D,
+    with the last two strides multiplying to p / 4 (p = 12: strides 3 (pad 0) and 1; p = 16: 2 and 2; p = 8: 2 and 1).
+
+    Input (B, C, H, W) -> (B, D, h, w) with (h, w) = :meth:`grid_size` (H, W).
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, multi_conv: bool = False):
+        super().__init__()
+        self.patch_size = patch_size
+        if not multi_conv:
+            self.specs = [(patch_size, patch_size, 0)]
+            self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+            return
+        rest = patch_size // 4
+        if patch_size % 4 or rest not in (2, 3, 4):
+            raise ValueError(f"the dagger (multi_conv) patch embedding supports patch sizes 8, 12 and 16, got "
+                             f"{patch_size}: use multi_conv=False for other patch sizes")
+        second, third = ((3, 3, 0), (3, 1, 1)) if rest == 3 else ((3, 2, 1), (3, rest // 2, 1))
+        self.specs = [(7, 4, 3), second, third]
+        chans = [in_chans, embed_dim // 4, embed_dim // 2, embed_dim]
+        layers: list[nn.Module] = []
+        for i, (k, s, p) in enumerate(self.specs):
+            if i:
+                layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.Conv2d(chans[i], chans[i + 1], kernel_size=k, stride=s, padding=p))
+        self.proj = nn.Sequential(*layers)
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid produced from a (height, width) image (floor for the linear embedding, as the official code)."""
+        for k, s, p in self.specs:
+            height, width = _conv_out(height, k, s, p), _conv_out(width, k, s, p)
+        return height, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention (keys ``qkv``, ``proj`` as timm's ViT): (B, N, C) -> (B, N, C)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}: choose num_heads dividing dim")
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.fused_attn = True
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = attention(q, k, v, None, self.attn_drop, self.training, fused=self.fused_attn)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block of a branch (ViT): x + MSA(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool = True, proj_drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention of the paper (Sec. 3.3, Eq. 8-9): the first token is the only query.
+
+    Input (B, 1 + N, C) = [CLS || patch tokens] -> (B, 1, C). Keys ``wq``, ``wk``, ``wv``, ``proj`` (official names).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}: choose num_heads dividing dim")
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.fused_attn = True
+        self.wq = nn.Linear(dim, dim, bias=qkv_bias)
+        self.wk = nn.Linear(dim, dim, bias=qkv_bias)
+        self.wv = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        h, d = self.num_heads, C // self.num_heads
+        q = self.wq(x[:, :1]).reshape(B, 1, h, d).transpose(1, 2)
+        k = self.wk(x).reshape(B, N, h, d).transpose(1, 2)
+        v = self.wv(x).reshape(B, N, h, d).transpose(1, 2)
+        out = attention(q, k, v, None, self.attn_drop, self.training, fused=self.fused_attn)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, 1, C)))
+
+
+class CrossAttentionBlock(nn.Module):
+    """One cross-attention fusion layer (Eq. 10): CLS + MCA(LN([CLS || patches])) -> (B, 1, C); no FFN."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = CrossAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1] + self.drop_path(self.attn(self.norm1(x)))
+
+
+class SelfAttentionLayer(nn.Module):
+    """One all-attention fusion layer (Eq. 5): y + MSA(LN(y)); no FFN."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.attn(self.norm1(x)))
+
+
+class Projection(nn.Module):
+    """The paper's alignment projections f(.) and back-projections g(.): LayerNorm, GELU, Linear."""
+
+    def __init__(self, in_dim: int, out_dim: int, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.norm = norm_layer(in_dim)
+        self.act = nn.GELU()
+        self.fc = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.norm(x)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the four fusion strategies of Sec. 3.3 (Fig. 3); each maps per-branch tokens [CLS || patches] to new ones
+
+
+class CrossAttentionFusion(nn.Module):
+    """(d) Cross-attention fusion, the paper's method (Sec. 3.3, Eq. 8-11).
+
+    For branch i and the next branch j = (i + 1) mod n: ``cls = f_i(CLS_i)`` (width D_j), then ``L`` times
+    ``cls = cls + MCA(LN([cls || patches_j]))``, and branch i's CLS token becomes ``g_i(cls)``; its patch tokens are
+    unchanged. Cost per branch: projections of one token, keys/values of N_j + 1 tokens (2 (N_j + 1) D_j^2 MACs per
+    layer), attention of one query (2 (N_j + 1) D_j): linear in the number of tokens.
+
+    Keys: ``f.{i}``, ``blocks.{i}.{layer}`` (``norm1``, ``attn.wq/wk/wv/proj``), ``g.{i}``.
+    """
+
+    def __init__(self, dims, num_heads, depth: int, qkv_bias=True, proj_drop=0.0, attn_drop=0.0, drop_path=0.0,
+                 norm_layer=nn.LayerNorm):
+        super().__init__()
+        n = len(dims)
+        nxt = [(i + 1) % n for i in range(n)]
+        self.f = nn.ModuleList([Projection(dims[i], dims[nxt[i]], norm_layer) for i in range(n)])
+        self.blocks = nn.ModuleList([
+            nn.Sequential(*[
+                CrossAttentionBlock(dims[nxt[i]], num_heads[nxt[i]], qkv_bias, proj_drop, attn_drop, drop_path,
+                                    norm_layer)
+                for _ in range(max(depth, 1))
+            ])
+            for i in range(n)
+        ])
+        self.g = nn.ModuleList([Projection(dims[nxt[i]], dims[i], norm_layer) for i in range(n)])
+
+    def forward(self, xs: list[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        n = len(xs)
+        out = []
+        for i, (f, blocks, g) in enumerate(zip(self.f, self.blocks, self.g, strict=True)):
+            patches = xs[(i + 1) % n][:, 1:]
+            cls = f(xs[i][:, :1])
+            for blk in blocks:
+                cls = blk(torch.cat((cls, patches), dim=1))
+            out.append(torch.cat((g(cls), xs[i][:, 1:]), dim=1))
+        return out
+
+
+class AllAttentionFusion(nn.Module):
+    """(a) All-attention fusion (Sec. 3.3, Eq. 5).
+
+    Every token of every branch is projected by ``f_i`` to the common width D_f = max(embed_dim); the concatenation
+    ``y`` goes through ``L`` layers ``y = y + MSA(LN(y))`` (heads of the widest branch); each branch's part is mapped
+    back by ``g_i`` and replaces all its tokens. Cost per layer with T = sum of all tokens: 4 T D_f^2 (qkv, proj) +
+    2 T^2 D_f (attention), plus 2 T D_i D_f for f and g: quadratic in the number of tokens.
+
+    Keys: ``f.{i}``, ``blocks.{layer}`` (``norm1``, ``attn.qkv``, ``attn.proj``), ``g.{i}``.
+    """
+
+    def __init__(self, dims, num_heads, depth: int, qkv_bias=True, proj_drop=0.0, attn_drop=0.0, drop_path=0.0,
+                 norm_layer=nn.LayerNorm):
+        super().__init__()
+        width = max(dims)
+        heads = num_heads[list(dims).index(width)]
+        self.f = nn.ModuleList([Projection(d, width, norm_layer) for d in dims])
+        self.blocks = nn.Sequential(*[
+            SelfAttentionLayer(width, heads, qkv_bias, proj_drop, attn_drop, drop_path, norm_layer)
+            for _ in range(max(depth, 1))
+        ])
+        self.g = nn.ModuleList([Projection(width, d, norm_layer) for d in dims])
+
+    def forward(self, xs: list[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        lengths = [x.shape[1] for x in xs]
+        y = self.blocks(torch.cat([f(x) for f, x in zip(self.f, xs, strict=True)], dim=1))
+        return [g(part) for g, part in zip(self.g, y.split(lengths, dim=1), strict=True)]
+
+
+class ClassTokenFusion(nn.Module):
+    """(b) Class-token fusion (Sec. 3.3, Eq. 6): every branch's CLS token becomes ``g_i(sum_j f_j(CLS_j))``.
+
+    Patch tokens are unchanged. Cost: 2 D_i D_f MACs per branch (one token each way), no attention; the fusion
+    depth L must be 0 or 1 (there are no layers to stack). Keys: ``f.{i}``, ``g.{i}``.
+    """
+
+    name = "class_token"
+
+    def __init__(self, dims, num_heads, depth: int, norm_layer=nn.LayerNorm, **_):
+        super().__init__()
+        if depth > 1:
+            raise ValueError(f"fusion='{self.name}' has no stacked layers: the fusion depth (last entry of each depth "
+                             f"tuple) must be 0 or 1, got {depth}")
+        width = max(dims)
+        self.f = nn.ModuleList([Projection(d, width, norm_layer) for d in dims])
+        self.g = nn.ModuleList([Projection(width, d, norm_layer) for d in dims])
+
+    def fused_cls(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([f(x[:, :1]) for f, x in zip(self.f, xs, strict=True)]).sum(0)
+
+    def forward(self, xs: list[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        cls = self.fused_cls(xs)
+        return [torch.cat((g(cls), x[:, 1:]), dim=1) for g, x in zip(self.g, xs, strict=True)]
+
+
+class PairwiseFusion(ClassTokenFusion):
+    """(c) Pairwise fusion (Sec. 3.3, Eq. 7): CLS tokens as in (b); patch tokens position by position.
+
+    Each branch's patch tokens are projected by ``f_j`` to D_f, laid out as their (h_j, w_j) map and interpolated
+    (bilinear, ``align_corners=False``) to branch i's grid; the sum over branches is mapped back by ``g_i`` and
+    replaces branch i's patch tokens. Cost: 2 (N_s + N_l) D_i D_f MACs (f and g on every token), no attention.
+    Keys: ``f.{i}``, ``g.{i}``.
+    """
+
+    name = "pairwise"
+
+    def forward(self, xs: list[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        B = xs[0].shape[0]
+        cls = self.fused_cls(xs)
+        maps = [f(x[:, 1:]).transpose(1, 2).reshape(B, -1, *grid) for f, x, grid in zip(self.f, xs, grids, strict=True)]
+        out = []
+        for g, grid in zip(self.g, grids, strict=True):
+            fused = sum(m if tuple(m.shape[-2:]) == tuple(grid) else
+                        F.interpolate(m, size=grid, mode="bilinear", align_corners=False) for m in maps)
+            out.append(g(torch.cat((cls, fused.flatten(2).transpose(1, 2)), dim=1)))
+        return out
+
+
+FUSIONS: dict[str, type[nn.Module]] = {
+    "cross_attn": CrossAttentionFusion, "all_attn": AllAttentionFusion, "class_token": ClassTokenFusion,
+    "pairwise": PairwiseFusion,
+}
+
+
+class MultiScaleEncoder(nn.Module):
+    """One of the K multi-scale transformer encoders (Sec. 3.2, Fig. 2): per-branch transformer blocks (N on the
+    small branch, M on the large one), then the fusion of Sec. 3.3.
+
+    Args:
+        dims, num_heads, mlp_ratio: per branch.
+        depth: (blocks of branch 0, ..., blocks of branch n-1, fusion layers L); L = 0 means one fusion layer.
+        fusion: a key of :data:`FUSIONS`.
+        drop_path: stochastic depth per position, ``max(branch depths) + L`` values (the last for the fusion).
+    """
+
+    def __init__(self, dims, num_heads, mlp_ratio, depth, fusion: str = "cross_attn", qkv_bias: bool = True,
+                 proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: list[float] | None = None,
+                 norm_layer=nn.LayerNorm):
+        super().__init__()
+        n = len(dims)
+        drop_path = drop_path or [0.0] * (max(depth[:n]) + depth[-1] or 1)
+        self.branches = nn.ModuleList([
+            nn.Sequential(*[
+                Block(dims[b], num_heads[b], mlp_ratio[b], qkv_bias, proj_drop, attn_drop, drop_path[i], norm_layer)
+                for i in range(depth[b])
+            ])
+            for b in range(n)
+        ])
+        self.fusion = FUSIONS[fusion](dims, num_heads, depth[-1], qkv_bias=qkv_bias, proj_drop=proj_drop,
+                                      attn_drop=attn_drop, drop_path=drop_path[-1], norm_layer=norm_layer)
+        self.grad_checkpointing = False
+
+    def forward(self, xs: list[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Tokens per branch, each (B, 1 + h_b * w_b, D_b), and the branch grids -> the same shapes."""
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            ckpt = partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+            out = []
+            for blocks, x in zip(self.branches, xs, strict=True):
+                for blk in blocks:
+                    x = ckpt(blk, x)
+                out.append(x)
+            return ckpt(self.fusion, out, grids)
+        return self.fusion([blocks(x) for blocks, x in zip(self.branches, xs, strict=True)], grids)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the model
+
+
+class CrossViT(nn.Module):
+    """CrossViT (paper Fig. 2): branch embeddings, K multi-scale encoders, per-branch LayerNorm and classifier; the
+    logits are the mean of the branches' logits.
+
+    Args:
+        img_size: the model's input size (int or (H, W)); branch i is native at ``ceil(img_size * img_scale[i])``.
+        img_scale: scale of each branch's native size relative to ``img_size`` (timm's argument).
+        patch_size: patch size per branch (P_s, P_l).
+        in_chans, num_classes: as usual (0 classes = no classifier; the output is the concatenated pooled tokens).
+        embed_dim, num_heads: per branch.
+        depth: one (N, M, L) tuple per encoder (K = len(depth)); L = 0 is one fusion layer, as in the official code.
+        mlp_ratio: FFN ratio per branch (extra entries, such as the official third value, are ignored).
+        multi_conv: dagger 3-convolution patch embedding.
+        fusion: 'cross_attn' (default), 'all_attn', 'class_token' or 'pairwise' (see the module docs).
+        dynamic_img_size: scale the input per branch instead of resizing it to the native size (see module docs).
+        qkv_bias: bias in the query/key/value projections.
+        drop_rate: dropout before the classifiers; pos_drop_rate after adding position embeddings;
+            proj_drop_rate, attn_drop_rate inside blocks; drop_path_rate: stochastic depth, linear over encoders.
+        global_pool: 'token' (CLS, official) or 'avg' (mean of patch tokens) per branch.
+        norm_eps: LayerNorm epsilon (1e-6 in the released models).
+
+    Input (B, in_chans, H, W), H and W >= max(patch_size) -> logits (B, num_classes).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 240,
+        img_scale: tuple[float, ...] = (1.0, 224 / 240),
+        patch_size: tuple[int, ...] = (12, 16),
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: tuple[int, ...] = (192, 384),
+        depth: tuple[tuple[int, ...], ...] = ((1, 5, 0), (1, 5, 0), (1, 5, 0)),
+        num_heads: tuple[int, ...] = (6, 6),
+        mlp_ratio: float | tuple[float, ...] = (3.0, 3.0, 1.0),
+        multi_conv: bool = False,
+        fusion: str = "cross_attn",
+        dynamic_img_size: bool = False,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "token",
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        n = len(patch_size)
+        if n < 2 or len(embed_dim) != n or len(num_heads) != n:
+            raise ValueError(f"CrossViT needs >= 2 branches with one patch_size, embed_dim and num_heads each, got "
+                             f"{len(patch_size)}, {len(embed_dim)} and {len(num_heads)} values")
+        img_scale = tuple(float(s) for s in (img_scale if isinstance(img_scale, (tuple, list)) else [img_scale] * n))
+        if len(img_scale) != n:
+            raise ValueError(f"img_scale needs one value per branch ({n}), got {len(img_scale)}")
+        mlp_ratio = tuple(mlp_ratio) if isinstance(mlp_ratio, (tuple, list)) else (mlp_ratio,) * n
+        if len(mlp_ratio) < n:
+            raise ValueError(f"mlp_ratio needs one value per branch ({n}), got {len(mlp_ratio)}")
+        depth = [tuple(int(d) for d in cfg) for cfg in depth]
+        if not depth or any(len(cfg) != n + 1 for cfg in depth):
+            raise ValueError(f"depth needs one (blocks per branch..., fusion layers) tuple of {n + 1} values per "
+                             f"encoder, got {depth}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion '{fusion}': choose one of {', '.join(FUSIONS)}")
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got '{global_pool}'")
+
+        self.num_branches = n
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.fusion = fusion
+        self.dynamic_img_size = dynamic_img_size
+        self.img_size = to_2tuple(img_size)
+        self.img_scale = img_scale
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.embed_dim = tuple(int(d) for d in embed_dim)
+        self.num_features = self.head_hidden_size = sum(self.embed_dim)
+        self.min_input_size = max(self.patch_size)
+        self.branch_img_size = [(_scaled(self.img_size[0], s), _scaled(self.img_size[1], s)) for s in img_scale]
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+
+        self.patch_embed = nn.ModuleList([
+            PatchEmbed(p, in_chans, d, multi_conv) for p, d in zip(self.patch_size, self.embed_dim, strict=True)
+        ])
+        self.grid_size = [pe.grid_size(*size) for pe, size in zip(self.patch_embed, self.branch_img_size, strict=True)]
+        if any(h < 1 or w < 1 for h, w in self.grid_size):
+            raise ValueError(f"img_size {self.img_size} leaves no patch in some branch (native sizes "
+                             f"{self.branch_img_size}, patches {self.patch_size}): use a larger img_size")
+        self.cls_token = nn.ParameterList([nn.Parameter(torch.zeros(1, 1, d)) for d in self.embed_dim])
+        self.pos_embed = nn.ParameterList([
+            nn.Parameter(torch.zeros(1, 1 + h * w, d)) for (h, w), d in zip(self.grid_size, self.embed_dim, strict=True)
+        ])
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+
+        # stochastic depth as the official code: max(branch depths) + L rates per encoder, the last one for fusion
+        lengths = [max(cfg[:-1]) + cfg[-1] for cfg in depth]
+        dpr = torch.linspace(0, drop_path_rate, sum(lengths), device="cpu").tolist()
+        starts = [sum(lengths[:k]) for k in range(len(depth))]
+        self.encoders = nn.ModuleList([
+            MultiScaleEncoder(self.embed_dim, num_heads, mlp_ratio, cfg, fusion, qkv_bias, proj_drop_rate,
+                              attn_drop_rate, dpr[s:s + length] or [0.0], norm_layer)
+            for cfg, s, length in zip(depth, starts, lengths, strict=True)
+        ])
+        self.norm = nn.ModuleList([norm_layer(d) for d in self.embed_dim])
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.ModuleList([
+            nn.Linear(d, num_classes) if num_classes > 0 else nn.Identity() for d in self.embed_dim
+        ])
+
+        # features: patch tokens of branch b after encoder k, branch-major (index b * K + k), as timm's CrossVit
+        K = len(depth)
+        self.feature_info = [
+            dict(num_chs=d, reduction=self._reduction(p, s), module=f"encoders.{k}")
+            for d, p, s in zip(self.embed_dim, self.patch_size, img_scale, strict=True) for k in range(K)
+        ]
+
+        for p in (*self.cls_token, *self.pos_embed):
+            trunc_normal_(p, std=0.02)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _reduction(patch: int, scale: float) -> int | float:
+        r = patch / scale
+        return round(r) if abs(r - round(r)) < 1e-6 else r
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ---- timm API ------------------------------------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Class tokens and position embeddings of every branch."""
+        return {f"{name}.{i}" for name in ("cls_token", "pos_embed") for i in range(self.num_branches)}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
+                    blocks=[(r"^encoders\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each transformer block and each fusion in the backward pass to save memory."""
+        for enc in self.encoders:
+            enc.grad_checkpointing = enable
+
+    def set_fused_attn(self, enable: bool = True) -> None:
+        """Fused SDPA (default) or explicit softmax attention (for attention maps and MAC counting) everywhere."""
+        for m in self.modules():
+            if isinstance(m, (SelfAttention, CrossAttention)):
+                m.fused_attn = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.ModuleList:
+        """The per-branch classifiers."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New classifiers for ``num_classes`` on every branch (0 = none: the model returns the concatenated
+        pooled features, (B, num_features))."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg"):
+                raise ValueError(f"global_pool must be 'token' or 'avg', got '{global_pool}'")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        ref = self.cls_token[0]
+        self.head = nn.ModuleList([
+            nn.Linear(d, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 else nn.Identity()
+            for d in self.embed_dim
+        ])
+
+    # ---- forward -------------------------------------------------------------------------------------------------
+
+    def _branch_image(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The input as branch i sees it: resized to its native size (default), or scaled by img_scale[i] and padded
+        to a multiple of its patch (dynamic_img_size)."""
+        H, W = x.shape[-2:]
+        if self.dynamic_img_size:
+            size = (_scaled(H, self.img_scale[i]), _scaled(W, self.img_scale[i]))
+        else:
+            size = self.branch_img_size[i]
+        if (H, W) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+        if self.dynamic_img_size:
+            p = self.patch_size[i]
+            pad_h, pad_w = -size[0] % p, -size[1] % p
+            if pad_h or pad_w:
+                x = F.pad(x, (0, pad_w, 0, pad_h))
+        return x
+
+    @staticmethod
+    def _resample_pos(pos: torch.Tensor, native: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+        """Position embedding (1, 1 + h0*w0, D) for another grid: the patch part resampled bicubically."""
+        if tuple(grid) == tuple(native):
+            return pos
+        D = pos.shape[-1]
+        patch = pos[:, 1:].reshape(1, native[0], native[1], D).permute(0, 3, 1, 2)
+        patch = resample_grid_table(patch, tuple(grid)).permute(0, 2, 3, 1).reshape(1, -1, D)
+        return torch.cat((pos[:, :1], patch), dim=1)
+
+    def _embed(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """Image -> per-branch tokens [CLS || patches] + position embedding, and the branch grids."""
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+            check_input(x, self.in_chans, self.min_input_size, type(self).__name__)
+        B = x.shape[0]
+        xs, grids = [], []
+        for i, (embed, cls, pos) in enumerate(zip(self.patch_embed, self.cls_token, self.pos_embed, strict=True)):
+            t = embed(self._branch_image(x, i))
+            grid = (t.shape[-2], t.shape[-1])
+            t = torch.cat((cls.expand(B, -1, -1), t.flatten(2).transpose(1, 2)), dim=1)
+            xs.append(self.pos_drop(t + self._resample_pos(pos, self.grid_size[i], grid)))
+            grids.append(grid)
+        return xs, grids
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+        return_prefix_tokens: bool = False,
+    ) -> list | tuple[list[torch.Tensor], list]:
+        """Patch tokens of each branch after each encoder (timm API).
+
+        Args:
+            x: (B, C, H, W).
+            indices: feature indices, branch-major: index b * K + k is branch b after encoder k (int n = last n;
+                None = all).
+            norm: apply the branch's final LayerNorm to the intermediates.
+            stop_early: stop after the last encoder needed.
+            output_fmt: 'NCHW' (B, D_b, h_b, w_b) maps or 'NLC' (B, h_b * w_b, D_b) tokens.
+            intermediates_only: return only the intermediates.
+            return_prefix_tokens: return (patch tokens, CLS token (B, 1, D_b)) pairs.
+
+        Returns:
+            (per-branch normalised final tokens as :meth:`forward_features`, intermediates) or the intermediates.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got '{output_fmt}'")
+        K = len(self.encoders)
+        take, _ = feature_take_indices(self.num_branches * K, indices)
+        last = max(i % K for i in take)
+        xs, grids = self._embed(x)
+        encoders = self.encoders[: last + 1] if stop_early else self.encoders
+        per_branch: list[list] = [[] for _ in range(self.num_branches)]
+        for k, enc in enumerate(encoders):
+            xs = enc(xs, grids)
+            for b in range(self.num_branches):
+                if b * K + k not in take:
+                    continue
+                y = self.norm[b](xs[b]) if norm else xs[b]
+                tokens = y[:, 1:]
+                if output_fmt == "NCHW":
+                    tokens = tokens.transpose(1, 2).reshape(y.shape[0], -1, *grids[b])
+                per_branch[b].append((tokens, y[:, :1]) if return_prefix_tokens else tokens)
+        intermediates = [t for branch in per_branch for t in branch]
+        if intermediates_only:
+            return intermediates
+        return [norm_layer(t) for norm_layer, t in zip(self.norm, xs, strict=True)], intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop encoders after the last one needed for ``indices`` (timm API)."""
+        K = len(self.encoders)
+        take, _ = feature_take_indices(self.num_branches * K, indices)
+        self.encoders = self.encoders[: max(i % K for i in take) + 1]
+        if prune_norm:
+            self.norm = nn.ModuleList([nn.Identity() for _ in range(self.num_branches)])
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) -> per-branch normalised tokens, each (B, 1 + h_b * w_b, D_b)."""
+        xs, grids = self._embed(x)
+        for enc in self.encoders:
+            xs = enc(xs, grids)
+        return [norm(t) for norm, t in zip(self.norm, xs, strict=True)]
+
+    def forward_head(self, xs: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+        """Pool each branch (CLS or mean), classify, average the branches' logits -> (B, num_classes); with
+        ``pre_logits`` or no classifier, the pooled features concatenated -> (B, num_features)."""
+        pooled = [self.head_drop(t[:, 1:].mean(1) if self.global_pool == "avg" else t[:, 0]) for t in xs]
+        if pre_logits or self.num_classes == 0:
+            return torch.cat(pooled, dim=1)
+        return torch.stack([head(p) for head, p in zip(self.head, pooled, strict=True)]).mean(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoints: timm's and the authors' layouts -> ours
+
+_KEY_RULES = [
+    (re.compile(r"^(pos_embed|cls_token)_(\d+)$"), r"\1.\2"),  # timm: pos_embed_0 -> pos_embed.0
+    (re.compile(r"^blocks\.(\d+)\.blocks\.(\d+)\."), r"encoders.\1.branches.\2."),
+    (re.compile(r"^blocks\.(\d+)\.projs\.(\d+)\.0\."), r"encoders.\1.fusion.f.\2.norm."),
+    (re.compile(r"^blocks\.(\d+)\.projs\.(\d+)\.2\."), r"encoders.\1.fusion.f.\2.fc."),
+    (re.compile(r"^blocks\.(\d+)\.revert_projs\.(\d+)\.0\."), r"encoders.\1.fusion.g.\2.norm."),
+    (re.compile(r"^blocks\.(\d+)\.revert_projs\.(\d+)\.2\."), r"encoders.\1.fusion.g.\2.fc."),
+    (re.compile(r"^blocks\.(\d+)\.fusion\.(\d+)\.(\d+)\."), r"encoders.\1.fusion.blocks.\2.\3."),  # L > 0
+    (re.compile(r"^blocks\.(\d+)\.fusion\.(\d+)\.(?=\D)"), r"encoders.\1.fusion.blocks.\2.0."),  # L = 0
+]
+
+
+def _map_key(key: str) -> str:
+    """Our name for a key of timm's or the authors' layout (keys of ours pass unchanged)."""
+    for pattern, repl in _KEY_RULES:
+        new, hits = pattern.subn(repl, key)
+        if hits:
+            return new
+    return key
+
+
+def _source_grid(count: int, target: tuple[int, int], key: str) -> tuple[int, int]:
+    """Grid of a checkpoint's position embedding with ``count`` patch cells: the model's if it fits, else square."""
+    if count == target[0] * target[1]:
+        return target
+    side = math.isqrt(count)
+    if side * side != count:
+        raise CheckpointError(f"cannot infer the patch grid of {key} ({count} cells, not square): create the model "
+                              "with the img_size the checkpoint was trained at")
+    return side, side
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert a CrossViT checkpoint in timm's layout (``pos_embed_0``, timm ``crossvit_*``) or the authors' layout
+    (``pos_embed.0``, IBM/CrossViT ``crossvit_*_224``) to ours.
+
+    Renames ``blocks.k.blocks.b`` -> ``encoders.k.branches.b``, ``projs``/``revert_projs`` -> ``fusion.f``/``fusion.g``
+    (``.0`` -> ``norm``, ``.2`` -> ``fc``), ``fusion.b`` -> ``fusion.blocks.b.0`` (or ``fusion.blocks.b.l`` for
+    L > 0), and resamples position embeddings trained for another grid to the model's (bicubic; the source grid is
+    square unless it equals the model's). Keys already in our layout pass unchanged; unknown keys are kept so that
+    strict loading reports them.
+
+    Raises:
+        CheckpointError: a checkpoint of another architecture (names the family it looks like), or a non-square
+            position embedding of another size.
+    """
+    if not state_dict:
+        return state_dict
+    family = guess_family(state_dict)
+    if family is not None and not family.startswith("CrossViT"):
+        raise CheckpointError(f"this is a {family} checkpoint, not a CrossViT one: create the matching model "
+                              "(see crossformers.list_models())")
+    out = {_map_key(k): v for k, v in state_dict.items()}
+    for i, grid in enumerate(getattr(model, "grid_size", [])):
+        key = f"pos_embed.{i}"
+        v = out.get(key)
+        if v is None or v.ndim != 3 or v.shape[1] == 1 + grid[0] * grid[1] or v.shape[-1] != model.embed_dim[i]:
+            continue
+        src = _source_grid(v.shape[1] - 1, tuple(grid), key)
+        out[key] = CrossViT._resample_pos(v, src, tuple(grid))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pretrained configs, weights and entrypoints
+
+_PAPER = "arXiv:2103.14899"
+_SOURCE = "https://github.com/IBM/CrossViT"
+_IBM_RELEASE = "https://github.com/IBM/CrossViT/releases/download/weights-0.1/"
+
+
+def _cfg(**kwargs) -> dict:
+    cfg = dict(
+        url="", num_classes=1000, input_size=(3, 240, 240), pool_size=None, crop_pct=0.875, interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv=("patch_embed.0.proj", "patch_embed.1.proj"),
+        classifier=("head.0", "head.1"), paper_ids=_PAPER, origin_url=_SOURCE,
+        paper_name="CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification")
+    cfg.update(kwargs)
+    return cfg
+
+
+def _weights_cfgs(name: str, ibm_name: str, size: int) -> dict:
+    """Two tags per variant: timm's port on the Hugging Face hub (default) and the authors' GitHub release."""
+    dagger = "dagger" in name
+    extra = dict(first_conv=("patch_embed.0.proj.0", "patch_embed.1.proj.0")) if dagger else {}
+    ibm_size = 224 if size == 240 else 384
+    crop = 0.875 if size == 240 else 1.0
+    return {
+        f"cf_{name}.in1k": _cfg(
+            hf_hub_id=f"timm/{name}.in1k", input_size=(3, size, size), crop_pct=crop, license="apache-2.0",
+            notes=f"timm's ImageNet-1k weights (timm layout, converted on load); evaluate at {size}", **extra),
+        f"cf_{name}.ibm_in1k": _cfg(
+            url=f"{_IBM_RELEASE}{ibm_name}.pth", input_size=(3, ibm_size, ibm_size), crop_pct=crop,
+            license="see IBM/CrossViT (README: CC-BY-NC 4.0; code headers: Apache-2.0)",
+            notes=f"the authors' release '{ibm_name}' (IBM layout, converted on load); evaluate at {ibm_size}: the "
+                  f"small branch resizes it to {size} as in the authors' code", **extra),
+    }
+
+
+_MODEL_ARGS = {
+    "crossvit_tiny_240": dict(embed_dim=(96, 192), depth=((1, 4, 0),) * 3, num_heads=(3, 3), mlp_ratio=(4, 4, 1)),
+    "crossvit_small_240": dict(embed_dim=(192, 384), depth=((1, 4, 0),) * 3, num_heads=(6, 6), mlp_ratio=(4, 4, 1)),
+    "crossvit_base_240": dict(embed_dim=(384, 768), depth=((1, 4, 0),) * 3, num_heads=(12, 12), mlp_ratio=(4, 4, 1)),
+    "crossvit_9_240": dict(embed_dim=(128, 256), depth=((1, 3, 0),) * 3, num_heads=(4, 4), mlp_ratio=(3, 3, 1)),
+    "crossvit_15_240": dict(embed_dim=(192, 384), depth=((1, 5, 0),) * 3, num_heads=(6, 6), mlp_ratio=(3, 3, 1)),
+    "crossvit_18_240": dict(embed_dim=(224, 448), depth=((1, 6, 0),) * 3, num_heads=(7, 7), mlp_ratio=(3, 3, 1)),
+}
+for _n in ("9", "15", "18"):
+    _MODEL_ARGS[f"crossvit_{_n}_dagger_240"] = dict(_MODEL_ARGS[f"crossvit_{_n}_240"], multi_conv=True)
+for _n in ("15", "18"):
+    _MODEL_ARGS[f"crossvit_{_n}_dagger_408"] = dict(_MODEL_ARGS[f"crossvit_{_n}_240"], multi_conv=True, img_size=408,
+                                                    img_scale=(1.0, 384 / 408))
+for _args in _MODEL_ARGS.values():
+    _args.setdefault("img_size", 240)
+    _args.setdefault("img_scale", (1.0, 224 / 240))
+    _args.setdefault("patch_size", (12, 16))
+
+#: our variant name -> the authors' name of the same weights
+IBM_NAMES = {name: name.replace("_240", "_224").replace("_408", "_384") for name in _MODEL_ARGS}
+
+
+def _register_cfgs():
+    from timm.models import generate_default_cfgs
+
+    cfgs = {}
+    for name in _MODEL_ARGS:
+        cfgs.update(_weights_cfgs(name, IBM_NAMES[name], 408 if name.endswith("_408") else 240))
+    return generate_default_cfgs(cfgs)
+
+
+default_cfgs = _register_cfgs()
+
+
+def _hub_cached(hub_id: str) -> Path | None:
+    """The hub file of ``hub_id`` if it is in the local Hugging Face cache (no network access)."""
+    from huggingface_hub import hf_hub_download
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(hub_id, filename, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached under this name
+            pass
+    return None
+
+
+def _hub_weights(hub_id: str, variant: str) -> Path:
+    """A Hugging Face hub file: from the local cache, else downloaded after a 3 s probe of the host."""
+    cached = _hub_cached(hub_id)
+    if cached is not None:
+        return cached
+    how = f"pass create_model('{variant.split('.')[0].removeprefix('cf_')}', checkpoint_path=PATH)"
+    if not _reachable("https://huggingface.co"):
+        raise PretrainedUnavailableError(
+            f"cannot download {variant} weights: huggingface.co is unreachable (no network?). Download "
+            f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors on a networked machine and {how}.")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(hub_id, "model.safetensors"))
+    except Exception as e:  # noqa: BLE001 - one clear message
+        raise PretrainedUnavailableError(f"cannot download {variant} weights from the hub ({hub_id}): {e}. "
+                                         f"To use them, download the file yourself and {how}.") from None
+
+
+def resolve_weights(variant: str) -> Path:
+    """Local file of the weights of ``variant`` (``cf_name`` or ``cf_name.tag``): the authors' release URL through
+    :func:`~crossformers.models._helpers.resolve_pretrained_file`, timm's hub files through the hub cache.
+
+    Raises:
+        PretrainedUnavailableError: no network (after a 3 s probe) and no cached copy.
+    """
+    cfg = get_pretrained_cfg(variant)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    if not cfg.get("url") and cfg.get("hf_hub_id"):
+        return _hub_weights(cfg["hf_hub_id"], variant)
+    return resolve_pretrained_file(variant)
+
+
+def _construct_loaded(weights: Path, variant: str, **kwargs) -> CrossViT:
+    """Build the model and load ``weights`` (converted; the checkpoint's head is dropped if the class count
+    differs or the model has none)."""
+    from ..checkpoint import head_keys, load_checkpoint, read_state_dict
+
+    model = CrossViT(**kwargs)
+    model.pretrained_cfg = get_pretrained_cfg(variant).to_dict()
+    state = checkpoint_filter_fn(read_state_dict(weights), model)
+    own = model.state_dict()
+    if model.num_classes == 0:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    drop = any(k in state and state[k].shape != own[k].shape for k in head_keys(model))
+    load_checkpoint(model, state, drop_head=drop)
+    return model
+
+
+def _create(name: str, pretrained: bool = False, **kwargs) -> CrossViT:
+    tag = kwargs.pop("pretrained_cfg", None)  # timm passes the tag of 'cf_name.tag' here
+    kwargs.pop("pretrained_cfg_overlay", None)
+    kwargs.pop("cache_dir", None)
+    variant = f"cf_{name}.{tag}" if isinstance(tag, str) and tag else f"cf_{name}"
+    args = dict(_MODEL_ARGS[name])
+    args.update(kwargs)
+    if args.get("features_only"):
+        args.setdefault("dynamic_img_size", True)  # dense features follow the input's geometry
+    K, n = len(args["depth"]), len(args["patch_size"])
+    cls = partial(_construct_loaded, resolve_weights(variant), variant) if pretrained else CrossViT
+    return build_model(cls, variant, False, checkpoint_filter_fn,
+                       feature_cfg=dict(feature_cls="getter", out_indices=tuple((b + 1) * K - 1 for b in range(n))),
+                       **args)
+
+
+@register_model
+def cf_crossvit_tiny_240(pretrained: bool = False, **kwargs) -> CrossViT:
+    """CrossViT-Ti: dims (96, 192), K=3 x (N=1, M=4, L=1), 3 heads, mlp 4 (7.0 M params, 1.6 GMACs, 73.4 top-1)."""
+    return _create("crossvit_tiny_240", pretrained, **kwargs)
+
+
+@register_model
+def cf_crossvit_small_240(pretrained: bool = False, **kwargs) -> CrossViT:
+    """CrossViT-S: dims (192, 384), K=3 x (1, 4, 1), 6 heads, mlp 4 (26.9 M, 5.6 GMACs, 81.0)."""
+    return _create("crossvit_small_240", pretrained, **kwargs)
+
+
+@register_model
+def cf_crossvit_base_240(pretrained: bool = False, **kwargs) -> CrossViT:
+    """CrossViT-B: dims (384, 768), K=3 x (1, 4, 1), 12 heads, mlp 4 (105.0 M, 21.2 GMACs, 82.2)."""
+    return _create("crossvit_base_240", pretrained, **kwargs)
+
+
+@register_model
+def cf_crossvit_9_240(pretrained: bool = False, **kwargs) -> CrossViT:
+    """CrossViT-9: dims (128, 256), K=3 x (1, 3, 1), 4 heads, mlp 3 (8.6 M, 1.8 GMACs, 74.0)."""
+    return _create("crossvit_9_240", pretrained, **kwargs)
+
+
+@register_model
+def cf_crossvit_15_240(pretrained: bool = False, **kwargs) -> CrossViT:
+    """CrossViT-15: dims (192, 384), K=3 x (1, 5, 1), 6 heads, mlp 3 (27.5 M, 5.8 GMACs, 81.5)."""
+    return _create("crossvit_15_240", pretrained, **kwargs)
+
+
+@register_model
+def cf_crossvit_18_240(pretrained: bool = False, **kwargs) -> CrossViT:
+    """CrossViT-18: dims (224, 448), K=3 x (1, 6, 1), 7 heads, mlp 3 (43.3 M, 9.0 GMACs, 82.4)."""
+    return _create("crossvit_18_240", pretrained, **kwargs)
+
+
+@register_model
+def cf_crossvit_9_dagger_240(pretrained: bool = False, **kwargs) -> CrossViT:
+    """CrossViT-9†: CrossViT-9 with the 3-convolution patch embedding (8.8 M, 2.0 GMACs, 77.0)."""
+    return _create("crossvit_9_dagger_240", pretrained, **kwargs)
+
+
+@register_model
+def cf_crossvit_15_dagger_240(pretrained: bool = False, **kwargs) -> CrossViT:
+    """CrossViT-15†: CrossViT-15 with the 3-convolution patch embedding (28.2 M, 6.1 GMACs, 82.3)."""
+    return _create("crossvit_15_dagger_240", pretrained, **kwargs)
+
+
+@register_model
+def cf_crossvit_18_dagger_240(pretrained: bool = False, **kwargs) -> CrossViT:
+    """CrossViT-18†: CrossViT-18 with the 3-convolution patch embedding (44.3 M, 9.5 GMACs, 82.5)."""
+    return _create("crossvit_18_dagger_240", pretrained, **kwargs)
+
+
+@register_model
+def cf_crossvit_15_dagger_408(pretrained: bool = False, **kwargs) -> CrossViT:
+    """CrossViT-15† at 408 (large branch 384), the authors' ``crossvit_15_dagger_384`` (28.5 M, 83.8)."""
+    return _create("crossvit_15_dagger_408", pretrained, **kwargs)
+
+
+@register_model
+def cf_crossvit_18_dagger_408(pretrained: bool = False, **kwargs) -> CrossViT:
+    """CrossViT-18† at 408 (large branch 384), the authors' ``crossvit_18_dagger_384`` (44.6 M, 84.2)."""
+    return _create("crossvit_18_dagger_408", pretrained, **kwargs)
+
+
+for _name in _MODEL_ARGS:
+    register_name(_name, f"cf_{_name}")
