@@ -172,7 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-macs", action="store_true", help="skip MAC counting (faster)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_models)
+    _add_plugin_subcommands(sub)
     return parser
+
+
+# packages that define their own subcommands next to their API: each has a ``cli`` module with
+# ``add_subcommands(subparsers)`` registering parsers whose ``func(args) -> int`` runs the command
+_PLUGIN_PACKAGES = ("profiling", "analysis", "export")
+
+
+def _add_plugin_subcommands(sub: argparse._SubParsersAction) -> None:
+    import importlib
+    import importlib.util
+
+    for package in _PLUGIN_PACKAGES:
+        name = f"crossformers.{package}.cli"
+        if importlib.util.find_spec(f"crossformers.{package}") is None or importlib.util.find_spec(name) is None:
+            continue
+        importlib.import_module(name).add_subcommands(sub)
 
 
 # ------------------------------------------------------------------------------------------------ subcommands
