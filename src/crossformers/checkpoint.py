@@ -167,6 +167,7 @@ _FAMILY_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("FcaFormer (crossformers layout)", ("cross_bias", ".rel_pos.table", "stem.0.conv.weight")),
     ("CrossFormer/CrossFormer++ (official layout)", ("layers.0.blocks.0.attn.pos.",)),
     ("CrossFormer/CrossFormer++ (crossformers layout)", (".attn.pos.pos_proj.",)),
+    ("CrossViT (crossformers layout)", ("encoders.0.fusion.", "encoders.0.branches.")),
     ("CrossViT (official layout)", ("pos_embed.0", "cls_token.0")),
     ("CrossViT (timm layout)", ("pos_embed_0", "cls_token_0")),
 )

@@ -11,7 +11,6 @@ import crossformers
 from crossformers.engine.modeling import count_macs
 from crossformers.errors import CheckpointError, InputSizeError, PretrainedUnavailableError
 from crossformers.layers.position_bias import resample_grid_table
-from crossformers.models import crossvit
 from crossformers.models.crossvit import FUSIONS, CrossViT, checkpoint_filter_fn
 
 from conftest import load_case, official_keys, official_state_dict
@@ -229,10 +228,9 @@ def test_bad_inputs_get_clear_errors():
 
 
 def test_pretrained_names_both_sources_and_fails_fast_offline(monkeypatch, tmp_path):
-    monkeypatch.setattr(crossvit, "_reachable", lambda url, timeout=3.0: False)
     monkeypatch.setattr("crossformers.models._helpers._reachable", lambda url, timeout=3.0: False)
     monkeypatch.setenv("CROSSFORMERS_CACHE", str(tmp_path))
-    monkeypatch.setattr(crossvit, "_hub_cached", lambda hub_id: None)
+    monkeypatch.setattr("crossformers.models._helpers.hub_cached", lambda hub_id: None)
     start = time.monotonic()
     with pytest.raises(PretrainedUnavailableError, match="huggingface.co.*checkpoint_path"):
         crossformers.create_model("crossvit_15_240", pretrained=True)
@@ -253,7 +251,7 @@ def test_pretrained_loads_a_cached_file_and_drops_a_different_head(monkeypatch, 
     ref = timm.create_model("crossvit_9_240", **{k: v for k, v in SMALL.items() if k != "num_classes"})
     path = tmp_path / "model.pth"
     torch.save(ref.state_dict(), path)
-    monkeypatch.setattr(crossvit, "_hub_cached", lambda hub_id: path)
+    monkeypatch.setattr("crossformers.models._helpers.hub_cached", lambda hub_id: path)
     model = crossformers.create_model("crossvit_9_240", pretrained=True, **SMALL).eval()  # 3 classes vs 1000
     torch.testing.assert_close(model.pos_embed[0], ref.pos_embed_0)
     assert model.head[0].out_features == 3

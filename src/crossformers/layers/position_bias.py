@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OffsetBiasTable", "DynamicPosBias", "resample_grid_table", "offset_index"]
+__all__ = ["OffsetBiasTable", "DynamicPosBias", "resample_grid_table", "resample_pos_embed", "offset_index"]
 
 
 def offset_index(height: int, width: int, table_width: int, device: torch.device | None = None) -> torch.Tensor:
@@ -53,6 +53,27 @@ def resample_grid_table(table: torch.Tensor, size: tuple[int, int], align_corner
     flat = table.reshape(1, -1, *table.shape[-2:]).float()
     out = F.interpolate(flat, size=size, mode=mode, align_corners=align_corners)
     return out.reshape(*lead, *size).to(table.dtype)
+
+
+def resample_pos_embed(pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int],
+                       num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Absolute position embedding of a (h0, w0) token grid for another grid, prefix (class) tokens kept.
+
+    Args:
+        pos: (1, P + h0*w0, D).
+        grid: (h0, w0).
+        new_grid: (h, w).
+        num_prefix_tokens: P, tokens in front of the grid (not resampled).
+
+    Returns:
+        (1, P + h*w, D): the grid part resampled bicubically (as timm's ViT); ``pos`` itself if the grids match.
+    """
+    if tuple(grid) == tuple(new_grid):
+        return pos
+    D = pos.shape[-1]
+    patch = pos[:, num_prefix_tokens:].reshape(1, grid[0], grid[1], D).permute(0, 3, 1, 2)
+    patch = resample_grid_table(patch, tuple(new_grid)).permute(0, 2, 3, 1).reshape(1, -1, D)
+    return torch.cat((pos[:, :num_prefix_tokens], patch), dim=1)
 
 
 class OffsetBiasTable(nn.Module):

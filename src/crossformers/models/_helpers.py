@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import InputSizeError, PretrainedUnavailableError
 
-__all__ = ["build_model", "convert_on_load", "check_input", "resolve_pretrained_file"]
+__all__ = ["build_model", "convert_on_load", "check_input", "resolve_pretrained_file", "hub_cached"]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -60,20 +60,53 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_pretrained_file(variant: str) -> Path:
-    """Local path of the authors' weights for ``variant``, downloading them if a direct URL exists.
+def hub_cached(hub_id: str) -> Path | None:
+    """The weights file of Hugging Face hub repo ``hub_id`` if it is in the local hub cache (no network access)."""
+    from huggingface_hub import hf_hub_download
 
-    Never hangs: the network is probed with a 3 s connection timeout first.
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(hub_id, filename, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached under this name
+            pass
+    return None
+
+
+def _hub_file(hub_id: str, variant: str, how: str) -> Path:
+    cached = hub_cached(hub_id)
+    if cached is not None:
+        return cached
+    if not _reachable("https://huggingface.co"):
+        raise PretrainedUnavailableError(
+            f"cannot download {variant} weights: huggingface.co is unreachable (no network?). Download "
+            f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors on a networked machine and {how}.")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(hub_id, "model.safetensors"))
+    except Exception as e:  # noqa: BLE001 - one clear message
+        raise PretrainedUnavailableError(f"cannot download {variant} weights from the hub ({hub_id}): {e}. "
+                                         f"To use them, download the file yourself and {how}.") from None
+
+
+def resolve_pretrained_file(variant: str) -> Path:
+    """Local path of the released weights of ``variant`` (``name`` or ``name.tag``), downloading them where a direct
+    URL or a Hugging Face hub id exists (cached copies are used first).
+
+    Never hangs: the host is probed with a 3 s connection timeout before any download.
 
     Raises:
-        PretrainedUnavailableError: no direct URL (the message says where the authors publish the file and how to
-            pass it with ``checkpoint_path=``), or the host is unreachable.
+        PretrainedUnavailableError: no direct URL or hub id (the message says where the authors publish the file and
+            how to pass it with ``checkpoint_path=``), or the host is unreachable.
     """
     cfg = get_pretrained_cfg(variant)
     cfg = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else (cfg or {})
     url = cfg.get("url") or ""
     where = cfg.get("origin_url") or cfg.get("paper_ids") or "the authors' repository"
-    how = f"download it yourself and pass create_model('{variant.split('.')[0]}', checkpoint_path=PATH)"
+    name = variant.split(".")[0].removeprefix("cf_")
+    how = f"download it yourself and pass create_model('{name}', checkpoint_path=PATH)"
+    if not url and cfg.get("hf_hub_id"):
+        return _hub_file(cfg["hf_hub_id"], variant, how)
     if not url:
         raise PretrainedUnavailableError(
             f"no direct download for {variant}: the authors publish weights at {where} (not a direct link). "
@@ -101,7 +134,7 @@ def build_model(
     """Build ``cls`` through timm's ``build_model_with_cfg`` and load the authors' weights if ``pretrained``.
 
     The weights are located (or the call fails) before the model is built, converted with ``filter_fn`` and loaded
-    strictly; a different ``num_classes`` drops the checkpoint's head explicitly.
+    strictly; a different ``num_classes`` (or ``num_classes=0``) drops the checkpoint's head explicitly.
     """
     from ..checkpoint import head_keys, load_checkpoint, read_state_dict
 
@@ -116,6 +149,10 @@ def build_model(
             model.pretrained_cfg = cfg
             state = filter_fn(read_state_dict(weights), model)
             own = model.state_dict()
+            if getattr(model, "num_classes", None) == 0:  # no classifier: the checkpoint's is dropped explicitly
+                names = cfg.get("classifier") or "head"
+                names = [names] if isinstance(names, str) else list(names)
+                state = {k: v for k, v in state.items() if k.rsplit(".", 1)[0] not in names}
             drop = any(k in state and state[k].shape != own[k].shape for k in head_keys(model))
             load_checkpoint(model, state, drop_head=drop)
         return model

@@ -54,22 +54,22 @@ from __future__ import annotations
 import math
 import re
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
-from timm.models import get_pretrained_cfg, register_model
+from timm.models import register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..checkpoint import guess_family
-from ..errors import CheckpointError, PretrainedUnavailableError
+from ..errors import CheckpointError
 from ..factory import register_name
 from ..layers.attention import attention
-from ..layers.position_bias import resample_grid_table
-from ._helpers import _reachable, build_model, check_input, resolve_pretrained_file
+from ..layers.position_bias import resample_pos_embed
+from ._base import set_fused_attn
+from ._helpers import build_model, check_input
 
 __all__ = [
     "CrossViT", "MultiScaleEncoder", "CrossAttentionFusion", "AllAttentionFusion", "ClassTokenFusion",
@@ -568,9 +568,7 @@ class CrossViT(nn.Module):
 
     def set_fused_attn(self, enable: bool = True) -> None:
         """Fused SDPA (default) or explicit softmax attention (for attention maps and MAC counting) everywhere."""
-        for m in self.modules():
-            if isinstance(m, (SelfAttention, CrossAttention)):
-                m.fused_attn = enable
+        set_fused_attn(self, enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.ModuleList:
@@ -610,16 +608,6 @@ class CrossViT(nn.Module):
                 x = F.pad(x, (0, pad_w, 0, pad_h))
         return x
 
-    @staticmethod
-    def _resample_pos(pos: torch.Tensor, native: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
-        """Position embedding (1, 1 + h0*w0, D) for another grid: the patch part resampled bicubically."""
-        if tuple(grid) == tuple(native):
-            return pos
-        D = pos.shape[-1]
-        patch = pos[:, 1:].reshape(1, native[0], native[1], D).permute(0, 3, 1, 2)
-        patch = resample_grid_table(patch, tuple(grid)).permute(0, 2, 3, 1).reshape(1, -1, D)
-        return torch.cat((pos[:, :1], patch), dim=1)
-
     def _embed(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
         """Image -> per-branch tokens [CLS || patches] + position embedding, and the branch grids."""
         if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
@@ -630,7 +618,7 @@ class CrossViT(nn.Module):
             t = embed(self._branch_image(x, i))
             grid = (t.shape[-2], t.shape[-1])
             t = torch.cat((cls.expand(B, -1, -1), t.flatten(2).transpose(1, 2)), dim=1)
-            xs.append(self.pos_drop(t + self._resample_pos(pos, self.grid_size[i], grid)))
+            xs.append(self.pos_drop(t + resample_pos_embed(pos, self.grid_size[i], grid)))
             grids.append(grid)
         return xs, grids
 
@@ -770,7 +758,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
         if v is None or v.ndim != 3 or v.shape[1] == 1 + grid[0] * grid[1] or v.shape[-1] != model.embed_dim[i]:
             continue
         src = _source_grid(v.shape[1] - 1, tuple(grid), key)
-        out[key] = CrossViT._resample_pos(v, src, tuple(grid))
+        out[key] = resample_pos_embed(v, src, tuple(grid))
     return out
 
 
@@ -844,67 +832,6 @@ def _register_cfgs():
 default_cfgs = _register_cfgs()
 
 
-def _hub_cached(hub_id: str) -> Path | None:
-    """The hub file of ``hub_id`` if it is in the local Hugging Face cache (no network access)."""
-    from huggingface_hub import hf_hub_download
-
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        try:
-            return Path(hf_hub_download(hub_id, filename, local_files_only=True))
-        except Exception:  # noqa: BLE001 - not cached under this name
-            pass
-    return None
-
-
-def _hub_weights(hub_id: str, variant: str) -> Path:
-    """A Hugging Face hub file: from the local cache, else downloaded after a 3 s probe of the host."""
-    cached = _hub_cached(hub_id)
-    if cached is not None:
-        return cached
-    how = f"pass create_model('{variant.split('.')[0].removeprefix('cf_')}', checkpoint_path=PATH)"
-    if not _reachable("https://huggingface.co"):
-        raise PretrainedUnavailableError(
-            f"cannot download {variant} weights: huggingface.co is unreachable (no network?). Download "
-            f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors on a networked machine and {how}.")
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(hub_id, "model.safetensors"))
-    except Exception as e:  # noqa: BLE001 - one clear message
-        raise PretrainedUnavailableError(f"cannot download {variant} weights from the hub ({hub_id}): {e}. "
-                                         f"To use them, download the file yourself and {how}.") from None
-
-
-def resolve_weights(variant: str) -> Path:
-    """Local file of the weights of ``variant`` (``cf_name`` or ``cf_name.tag``): the authors' release URL through
-    :func:`~crossformers.models._helpers.resolve_pretrained_file`, timm's hub files through the hub cache.
-
-    Raises:
-        PretrainedUnavailableError: no network (after a 3 s probe) and no cached copy.
-    """
-    cfg = get_pretrained_cfg(variant)
-    cfg = cfg.to_dict() if cfg is not None else {}
-    if not cfg.get("url") and cfg.get("hf_hub_id"):
-        return _hub_weights(cfg["hf_hub_id"], variant)
-    return resolve_pretrained_file(variant)
-
-
-def _construct_loaded(weights: Path, variant: str, **kwargs) -> CrossViT:
-    """Build the model and load ``weights`` (converted; the checkpoint's head is dropped if the class count
-    differs or the model has none)."""
-    from ..checkpoint import head_keys, load_checkpoint, read_state_dict
-
-    model = CrossViT(**kwargs)
-    model.pretrained_cfg = get_pretrained_cfg(variant).to_dict()
-    state = checkpoint_filter_fn(read_state_dict(weights), model)
-    own = model.state_dict()
-    if model.num_classes == 0:
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    drop = any(k in state and state[k].shape != own[k].shape for k in head_keys(model))
-    load_checkpoint(model, state, drop_head=drop)
-    return model
-
-
 def _create(name: str, pretrained: bool = False, **kwargs) -> CrossViT:
     tag = kwargs.pop("pretrained_cfg", None)  # timm passes the tag of 'cf_name.tag' here
     kwargs.pop("pretrained_cfg_overlay", None)
@@ -915,8 +842,7 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> CrossViT:
     if args.get("features_only"):
         args.setdefault("dynamic_img_size", True)  # dense features follow the input's geometry
     K, n = len(args["depth"]), len(args["patch_size"])
-    cls = partial(_construct_loaded, resolve_weights(variant), variant) if pretrained else CrossViT
-    return build_model(cls, variant, False, checkpoint_filter_fn,
+    return build_model(CrossViT, variant, pretrained, checkpoint_filter_fn,
                        feature_cfg=dict(feature_cls="getter", out_indices=tuple((b + 1) * K - 1 for b in range(n))),
                        **args)
 

@@ -55,7 +55,7 @@ from ..checkpoint import guess_family
 from ..errors import CheckpointError
 from ..factory import register_name
 from ..layers.attention import attention
-from ..layers.position_bias import OffsetBiasTable, resample_grid_table
+from ..layers.position_bias import OffsetBiasTable, resample_grid_table, resample_pos_embed
 from ._base import HierarchicalModel, set_fused_attn
 from ._helpers import build_model, check_input
 
@@ -518,10 +518,7 @@ class FcaFormerPlain(_FcaCommon, nn.Module):
         B, h, w, D = x.shape
         pos = self.pos_embed
         grid = self.patch_embed.grid_size
-        if (h, w) != tuple(grid):
-            patch_pos = pos[:, 1:].reshape(1, grid[0], grid[1], D).permute(0, 3, 1, 2)
-            patch_pos = resample_grid_table(patch_pos, (h, w)).permute(0, 2, 3, 1).reshape(1, h * w, D)
-            pos = torch.cat((pos[:, :1], patch_pos), dim=1)
+        pos = resample_pos_embed(pos, tuple(grid), (h, w))
         x = torch.cat((self.cls_token.expand(B, -1, -1), x.reshape(B, h * w, D)), dim=1) + pos
         return x, (h, w)
 
@@ -657,17 +654,10 @@ def _fit_tables(state: dict[str, torch.Tensor], model: nn.Module, official: set[
                 v = resample_grid_table(v, tuple(target.shape[-2:]),
                                         mode="bilinear" if k.endswith("cross_scale") else "bicubic")
         elif k == "pos_embed" and v.ndim == 3 and v.shape[-1] == target.shape[-1]:
-            v = _resample_pos_embed(v, model.patch_embed.grid_size)
+            side = math.isqrt(v.shape[1] - 1)
+            v = resample_pos_embed(v, (side, side), tuple(model.patch_embed.grid_size))
         out[k] = v
     return out
-
-
-def _resample_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(1, 1 + h0*w0, D) square position embedding -> (1, 1 + grid, D), bicubic."""
-    side = math.isqrt(pos.shape[1] - 1)
-    patch = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    patch = resample_grid_table(patch, grid).permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
-    return torch.cat((pos[:, :1], patch), dim=1)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
