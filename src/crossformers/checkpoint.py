@@ -90,6 +90,7 @@ def load_checkpoint(
     path: str | os.PathLike | Mapping[str, torch.Tensor],
     drop_head: bool = False,
     strict: bool = True,
+    source: str | None = None,
 ) -> nn.Module:
     """Load a checkpoint (ours or an official layout) into ``model``.
 
@@ -102,6 +103,7 @@ def load_checkpoint(
         path: checkpoint file, or an already-read state dict.
         drop_head: drop the checkpoint's classifier weights (explicit, never silent).
         strict: require every key to match (default).
+        source: how to name the checkpoint in messages (default: the path, or "state dict").
 
     Returns:
         ``model``, with the weights loaded in place.
@@ -111,7 +113,7 @@ def load_checkpoint(
             ``drop_head`` is False. The message lists example missing/unexpected keys and the fix.
     """
     state = dict(path) if isinstance(path, Mapping) else read_state_dict(path)
-    source = "state dict" if isinstance(path, Mapping) else str(path)
+    source = source or ("state dict" if isinstance(path, Mapping) else str(path))
     state = _convert(model, state)
     head = head_keys(model)
     own = model.state_dict()

@@ -14,7 +14,7 @@ from typing import Any
 import timm
 from torch import nn
 
-from .checkpoint import load_checkpoint, suggest
+from .checkpoint import suggest
 from .errors import UnknownModelError
 
 __all__ = ["create_model", "list_models", "register_name", "timm_name"]
@@ -65,7 +65,8 @@ def create_model(
         checkpoint_path: a local checkpoint, ours or in the official layout (``.pth`` with ``{'model': ...}`` or a
             bare state dict, or ``.safetensors``); converted on load. If ``num_classes`` is given and differs from
             the checkpoint's, the checkpoint's head is dropped (fine-tuning); otherwise a class-count mismatch is an
-            error.
+            error. With ``features_only=True`` the weights are loaded into the classifier model before it is wrapped
+            and the head is dropped explicitly; every other key must match.
         **kwargs: model arguments (``num_classes``, ``in_chans``, ``img_size``, ``drop_path_rate``, ...).
 
     Returns:
@@ -77,25 +78,8 @@ def create_model(
         PretrainedUnavailableError: ``pretrained=True`` cannot be honoured here.
     """
     registered = timm_name(name)
-    model = timm.create_model(registered, pretrained=pretrained, **kwargs)
     if checkpoint_path is not None:
-        drop_head = False
-        if "num_classes" in kwargs:
-            from .checkpoint import head_keys, read_state_dict
-
-            state = read_state_dict(checkpoint_path)
-            convert = getattr(model, "convert_state_dict", None)
-            if callable(convert):
-                state = convert(state)
-            own = model.state_dict()
-            drop_head = any(k in state and state[k].shape != own[k].shape for k in head_keys(model))
-            load_checkpoint(model, state, drop_head=drop_head)
-            if drop_head:
-                import logging
-
-                logging.getLogger(__name__).warning(
-                    "dropped the checkpoint's classifier (class count differs from num_classes=%s): the head is "
-                    "newly initialised for fine-tuning", kwargs["num_classes"])
-        else:
-            load_checkpoint(model, checkpoint_path)
-    return model
+        # loaded inside the entrypoint, into the classifier model before any features_only wrapping
+        kwargs["checkpoint_file"] = checkpoint_path
+        kwargs["new_head"] = "num_classes" in kwargs
+    return timm.create_model(registered, pretrained=pretrained, **kwargs)

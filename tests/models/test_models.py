@@ -122,3 +122,21 @@ def test_torch_compile_full_graph(name):
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_only_loads_a_classifier_checkpoint_strictly(name, tmp_path):
+    """A classification checkpoint loads into the feature extractor: head dropped explicitly, all else must match."""
+    model, chans = small(name)
+    path = tmp_path / "clf.pth"
+    torch.save(model.state_dict(), path)
+    feats = crossformers.create_model(name, features_only=True, img_size=64, checkpoint_path=path)
+    inner = dict(feats.model.named_parameters())
+    for k, v in model.named_parameters():
+        if k in inner:
+            assert torch.equal(inner[k], v), k
+    broken = {k: v for k, v in model.state_dict().items() if "head" not in k}
+    broken.pop(next(iter(broken)))  # a backbone key missing is an error, not silently ignored
+    torch.save(broken, path)
+    with pytest.raises(crossformers.CheckpointError, match="missing"):
+        crossformers.create_model(name, features_only=True, img_size=64, checkpoint_path=path)

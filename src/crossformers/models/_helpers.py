@@ -123,6 +123,28 @@ def resolve_pretrained_file(variant: str) -> Path:
     return target
 
 
+def _load_weights(model: nn.Module, source: Path | str, cfg: dict[str, Any], filter_fn, new_head: bool,
+                  features_only: bool) -> None:
+    """Load ``source`` into a freshly built ``model``: converted, strict for everything but the classifier.
+
+    The checkpoint's classifier is dropped explicitly when the model has none (``num_classes=0``), when the model is
+    built as a feature extractor, or when ``new_head`` allows a different class count (fine-tuning); otherwise a
+    class-count mismatch is an error.
+    """
+    from ..checkpoint import head_keys, load_checkpoint, read_state_dict
+
+    model.pretrained_cfg = cfg
+    state = filter_fn(read_state_dict(source), model)
+    if features_only or getattr(model, "num_classes", None) == 0:
+        names = cfg.get("classifier") or "head"
+        names = [names] if isinstance(names, str) else list(names)
+        state = {k: v for k, v in state.items() if k.rsplit(".", 1)[0] not in names}
+    own = model.state_dict()
+    drop = features_only or (new_head and any(
+        k in state and state[k].shape != own[k].shape for k in head_keys(model)))
+    load_checkpoint(model, state, drop_head=drop, source=str(source))
+
+
 def build_model(
     cls: type[nn.Module],
     variant: str,
@@ -131,14 +153,20 @@ def build_model(
     feature_cfg: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build ``cls`` through timm's ``build_model_with_cfg`` and load the authors' weights if ``pretrained``.
+    """Build ``cls`` through timm's ``build_model_with_cfg``, then load the authors' weights (``pretrained``) or a
+    local checkpoint (``checkpoint_file=PATH`` among ``kwargs``, passed by :func:`crossformers.create_model`).
 
-    The weights are located (or the call fails) before the model is built, converted with ``filter_fn`` and loaded
-    strictly; a different ``num_classes`` (or ``num_classes=0``) drops the checkpoint's head explicitly.
+    Weights are located (or the call fails) before the model is built, converted with ``filter_fn`` and loaded into
+    the classifier model *before* any ``features_only`` wrapping, strictly except for the head: it is dropped
+    explicitly for ``num_classes=0``, for feature extractors, and for a different class count when ``pretrained``
+    or when ``new_head=True`` (the caller gave ``num_classes``).
     """
-    from ..checkpoint import head_keys, load_checkpoint, read_state_dict
-
-    weights = resolve_pretrained_file(variant) if pretrained else None
+    checkpoint_file = kwargs.pop("checkpoint_file", None)
+    new_head = bool(kwargs.pop("new_head", False))
+    weights = checkpoint_file if checkpoint_file is not None else (
+        resolve_pretrained_file(variant) if pretrained else None)
+    new_head = new_head or (pretrained and checkpoint_file is None)
+    features_only = bool(kwargs.get("features_only", False))
     cfg = get_pretrained_cfg(variant)
     cfg = cfg.to_dict() if cfg is not None else {}
 
@@ -146,15 +174,7 @@ def build_model(
         model = cls(**kw)
         convert_on_load(model, filter_fn)
         if weights is not None:
-            model.pretrained_cfg = cfg
-            state = filter_fn(read_state_dict(weights), model)
-            own = model.state_dict()
-            if getattr(model, "num_classes", None) == 0:  # no classifier: the checkpoint's is dropped explicitly
-                names = cfg.get("classifier") or "head"
-                names = [names] if isinstance(names, str) else list(names)
-                state = {k: v for k, v in state.items() if k.rsplit(".", 1)[0] not in names}
-            drop = any(k in state and state[k].shape != own[k].shape for k in head_keys(model))
-            load_checkpoint(model, state, drop_head=drop)
+            _load_weights(model, weights, cfg, filter_fn, new_head, features_only)
         return model
 
     return build_model_with_cfg(construct, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
