@@ -16,7 +16,7 @@ fi
 start=$(date +%s)
 "$cf" train --model fcaformer_nano --data fashion-mnist --epochs 5 --batch-size 128 --lr 2e-3 \
   --warmup-epochs 0.5 --weight-decay 0.05 --label-smoothing 0.1 --drop-path-rate 0.05 \
-  --scale 0.75 1 --ratio 0.9 1.1 --hflip 0.5 --output "$out"
+  --scale 0.9 1 --ratio 1 1 --hflip 0.5 --output "$out"
 echo "[demo] training took $(( $(date +%s) - start )) s"
 
 "$cf" eval "$out" --data fashion-mnist --split val
