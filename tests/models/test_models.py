@@ -113,7 +113,7 @@ def test_no_weight_decay_names_exist(name):
     assert nwd and nwd <= names
 
 
-@pytest.mark.parametrize("name", ["fcaformer_nano", "fcaformer_l0"])
+@pytest.mark.parametrize("name", ["fcaformer_nano", "fcaformer_l0", "crossformer_tiny", "crossvit_9_240"])
 def test_torch_compile_full_graph(name):
     """Dynamo traces the whole model without graph breaks (aot_eager: no C++ compiler needed)."""
     model, chans = small(name)
