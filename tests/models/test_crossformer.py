@@ -10,7 +10,7 @@ from crossformers.errors import CheckpointError, InputSizeError, PretrainedUnava
 from crossformers.layers.grouping import group_tokens, padding_key_mask, ungroup_tokens
 from crossformers.models.crossformer import checkpoint_filter_fn, progressive_group_sizes
 
-from conftest import load_case, official_keys, official_state_dict
+from parity_fixtures import load_case, official_keys, official_state_dict
 
 
 def model_for_case(meta: dict, **overrides) -> torch.nn.Module:

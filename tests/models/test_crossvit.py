@@ -13,7 +13,7 @@ from crossformers.errors import CheckpointError, InputSizeError, PretrainedUnava
 from crossformers.layers.position_bias import resample_grid_table
 from crossformers.models.crossvit import FUSIONS, CrossViT, checkpoint_filter_fn
 
-from conftest import load_case, official_keys, official_state_dict
+from parity_fixtures import load_case, official_keys, official_state_dict
 
 VARIANTS = crossformers.list_models("crossvit_*")
 SMALL = dict(img_size=48, img_scale=(1.0, 32 / 48), patch_size=(12, 16), embed_dim=(16, 32), num_heads=(2, 2),

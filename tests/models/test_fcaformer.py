@@ -10,7 +10,7 @@ from crossformers.errors import CheckpointError, InputSizeError, PretrainedUnava
 from crossformers.layers.position_bias import offset_index
 from crossformers.models.fcaformer import FcaBlock, checkpoint_filter_fn
 
-from conftest import load_case, official_keys, official_state_dict
+from parity_fixtures import load_case, official_keys, official_state_dict
 
 
 def model_for_case(meta: dict, **overrides) -> torch.nn.Module:
