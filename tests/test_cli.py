@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 
@@ -108,7 +109,8 @@ def test_train_eval_predict_end_to_end(tmp_path, fmnist):
                  "last/model_ema.safetensors", "last/train_state.pt", "last/meta.json", "best/model.safetensors"):
         assert (out / name).is_file(), name
     meta = json.loads((out / "best" / "meta.json").read_text())
-    assert meta["model"] == "fcaformer_nano" and meta["preprocessing"]["input_size"] == [1, 28, 28]
+    native = list(timm.models.get_pretrained_cfg("fcaformer_nano").input_size)  # (1, 56, 56): the model's own size
+    assert meta["model"] == "fcaformer_nano" and meta["preprocessing"]["input_size"] == native
 
     p = run("eval", out, "--data", fmnist, "--limit", "256", "--json")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -168,7 +170,7 @@ def test_models_table(capsys):
     assert header.split()[:4] == ["model", "params", "(M)", "GMACs"]
     name, params, gmacs, size = row.split()
     assert name == "fcaformer_nano" and float(params) == pytest.approx(1.59, abs=0.01) and float(gmacs) > 0
-    assert size == "1x28x28"
+    assert size == "x".join(map(str, timm.models.get_pretrained_cfg("fcaformer_nano").input_size))
     code, out, _ = _run(["models", "--pattern", "fcaformer_nano", "--json", "--no-macs"], capsys)
     assert json.loads(out)[0]["gmacs"] is None
 
