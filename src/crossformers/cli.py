@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from crossformers.cli_types import json_object
+
 __all__ = ["main", "build_parser"]
 
 _EXIT_BAD_INPUT = 2
@@ -51,20 +53,10 @@ def _none_or(cast):
     return parse
 
 
-def _json_dict(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): e.g. '{{\"patch_size\": 4}}'") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"patch_size\": 4}'")
-    return value
-
-
 # field name -> (flag, argparse kwargs); defaults are SUPPRESSed so only explicit flags override a base config
 _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("model", "--model", dict(help="crossformers model name, or timm:<name> for any timm model (default fcaformer_nano)")),
-    ("model_kwargs", "--model-kwargs", dict(type=_json_dict, metavar="JSON",
+    ("model_kwargs", "--model-kwargs", dict(type=json_object, metavar="JSON",
                                             help="extra model constructor arguments as a JSON object")),
     ("data", "--data", dict(help="'fashion-mnist' or an image-folder root with train/ and val/ (default fashion-mnist)")),
     ("output", "--output", dict(help="run directory (must be new or empty unless --resume; default runs/train)")),

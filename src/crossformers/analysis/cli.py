@@ -18,22 +18,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from crossformers.cli_types import json_object
+
 __all__ = ["add_subcommands"]
 
 log = logging.getLogger("crossformers.analysis")
 
 #: the keys of crossformers.analysis.cam.CAM_METHODS (kept here so that building the parser imports no torch)
 CAM_METHOD_NAMES = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): e.g. '{{\"img_size\": 112}}'") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"acl\": false}'")
-    return value
 
 
 def _common(p: argparse.ArgumentParser, several: bool, num_images: int) -> None:
@@ -52,7 +44,7 @@ def _common(p: argparse.ArgumentParser, several: bool, num_images: int) -> None:
     m.add_argument("--checkpoint", metavar="FILE", help="weights for a single model given by name (official or ours)")
     m.add_argument("--pretrained", action="store_true", help="the authors' released weights for model names")
     m.add_argument("--ema", action="store_true", help="the EMA weights of our checkpoints")
-    m.add_argument("--model-kwargs", nargs="+", type=_json_object, metavar="JSON",
+    m.add_argument("--model-kwargs", nargs="+", type=json_object, metavar="JSON",
                    help="constructor arguments for model names: one JSON object for all models, or one per model")
     m.add_argument("--img-size", type=int, metavar="PX", help="square input side in pixels (model names: also the "
                                                               "construction size)")

@@ -10,29 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+
+from crossformers.cli_types import json_object, positive_int
 
 __all__ = ["add_subcommands"]
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): e.g. '{{\"num_classes\": 10}}'") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"num_classes\": 10}'")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: expected a whole number of pixels") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid size {value}: must be positive")
-    return value
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -50,15 +31,15 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
             "stored in the ONNX metadata)."))
     p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="model name or run/checkpoint directory")
     p.add_argument("--format", default="onnx", choices=("onnx", "torch.export"), help="output format (default onnx)")
-    p.add_argument("--img-size", type=_positive_int, nargs="+", metavar=("H", "W"),
+    p.add_argument("--img-size", type=positive_int, nargs="+", metavar=("H", "W"),
                    help="traced image size in pixels, H [W] (default: the size the model was built for; with "
                         "--dynamic it must be one of the dynamic sizes)")
     p.add_argument("--output", metavar="PATH", help="file to write (default MODEL.onnx / MODEL.pt2 here)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and, where possible, height/width")
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="batch of a static export (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch of a static export (default 1)")
     p.add_argument("--checkpoint", metavar="FILE", help="weights for a model name (ours or the authors' layout)")
     p.add_argument("--pretrained", action="store_true", help="the authors' released weights for a model name")
-    p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
+    p.add_argument("--model-kwargs", type=json_object, default=None, metavar="JSON",
                    help="model constructor arguments, e.g. '{\"num_classes\": 10}'")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |exported - PyTorch| (default 1e-4)")
