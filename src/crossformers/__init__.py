@@ -10,7 +10,15 @@ from .factory import create_model, list_models
 
 __version__ = "0.1.0"
 
+
+def fuse(model, layer_scale: bool = True, inplace: bool = True):
+    """Fold Conv-BN pairs (and layer scales) for inference; see :func:`crossformers.profiling.fuse`."""
+    from .profiling.fuse import fuse as _fuse
+
+    return _fuse(model, layer_scale=layer_scale, inplace=inplace)
+
+
 __all__ = [
-    "create_model", "list_models", "load_checkpoint", "read_state_dict", "CrossformersError", "CheckpointError",
+    "create_model", "list_models", "fuse", "load_checkpoint", "read_state_dict", "CrossformersError", "CheckpointError",
     "InputSizeError", "PretrainedUnavailableError", "UnknownModelError", "__version__",
 ]

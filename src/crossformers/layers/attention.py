@@ -48,11 +48,39 @@ def attention(
         q, k, v, bias, dropout_p, training: as in :func:`explicit_attention`.
         fused: use ``F.scaled_dot_product_attention`` (default) or the explicit path.
 
+    Inputs with more than one leading (batch) dim, e.g. (B, groups, heads, N, head_dim), are flattened to 4-D for
+    the fused path: PyTorch's fast CPU kernel (flash attention) takes 4-D inputs only and would otherwise fall back
+    to a much slower decomposed ("math") implementation.
+
     Returns:
-        (B, heads, Nq, head_dim).
+        (B, heads, Nq, head_dim) (or q's leading dims, heads, Nq, head_dim).
     """
+    if fused and bias is not None and bias.requires_grad and torch.is_grad_enabled() and q.device.type == "cpu":
+        # PyTorch's fused CPU kernel has no gradient for the bias: SDPA would fall back to its decomposed path, which
+        # is this explicit path plus NaN guards for fully masked rows (none here: the bias is finite)
+        fused = False
     if fused:
         if bias is not None and bias.dtype != q.dtype:
             bias = bias.to(q.dtype)
+        lead = q.shape[:-3]
+        if len(lead) > 1:
+            q, k, v = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))
+            bias = None if bias is None else _flatten_bias(bias, lead)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p if training else 0.0)
+            return out.reshape(*lead, *out.shape[-3:])
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p if training else 0.0)
     return explicit_attention(q, k, v, bias, dropout_p, training)[0]
+
+
+def _flatten_bias(bias: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    """A bias broadcastable to (*lead, heads, Nq, Nk) as a 4-D bias for the flattened batch prod(lead).
+
+    Leading dims of size 1 stay broadcast (no copy); a bias that varies over the leading dims is expanded (one copy of
+    (prod(lead), heads, Nq, Nk), only when the groups carry different masks and the batch is larger than one).
+    """
+    while bias.ndim < len(lead) + 3:
+        bias = bias.unsqueeze(0)
+    blead = bias.shape[:-3]
+    if all(d == 1 for d in blead):
+        return bias.reshape(1, *bias.shape[-3:])
+    return bias.expand(*lead, *bias.shape[-3:]).reshape(-1, *bias.shape[-3:])

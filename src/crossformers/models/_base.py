@@ -13,7 +13,7 @@ from torch import nn
 
 from ._helpers import check_input
 
-__all__ = ["HierarchicalModel", "set_fused_attn", "clear_caches"]
+__all__ = ["HierarchicalModel", "set_fused_attn", "clear_caches", "set_bias_cache", "set_channels_last"]
 
 
 def set_fused_attn(model: nn.Module, enable: bool = True) -> None:
@@ -32,10 +32,54 @@ def clear_caches(model: nn.Module) -> None:
             cache.clear()
 
 
+class _DisabledCache(dict):
+    """A ``_bias_cache`` that keeps nothing: what :func:`set_bias_cache` installs to switch caching off."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def setdefault(self, key, default=None):
+        return default
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+
+def set_bias_cache(model: nn.Module, enable: bool = True) -> None:
+    """Switch the inference-time position-bias caches of ``model`` on (default) or off.
+
+    Every module with a ``_bias_cache`` dict (CrossFormer's DPB, FcaFormer's relative/cross-token bias) caches the
+    bias it computes in eval mode without gradients; switched off, the bias is recomputed in every forward (the plain
+    path, e.g. to check that both agree).
+    """
+    for m in model.modules():
+        cache = getattr(m, "_bias_cache", None)
+        if isinstance(cache, dict):
+            if not enable:
+                m._bias_cache = _DisabledCache()
+            elif isinstance(cache, _DisabledCache):
+                m._bias_cache = {}
+
+
+def set_channels_last(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Run the convolutions of ``model`` channels-last (NHWC memory) or back in the default layout.
+
+    Converts the 4-D parameters/buffers (convolution weights) to the memory format and makes every
+    :class:`HierarchicalModel` inside convert its input images, so callers keep passing ordinary NCHW tensors.
+    Results are equal within float rounding. Returns ``model``.
+    """
+    model.to(memory_format=torch.channels_last if enable else torch.contiguous_format)
+    for m in model.modules():
+        if isinstance(m, HierarchicalModel):
+            m.channels_last = enable
+    return model
+
+
 class HierarchicalModel(nn.Module):
     """timm API for a 4-stage pyramid: intermediates at strides 4-32, features, head, checkpointing."""
 
     map_fmt: str = "NCHW"
+    channels_last: bool = False  # convert input images to channels-last memory (see set_channels_last)
 
     def _to_fmt(self, x: torch.Tensor, fmt: str) -> torch.Tensor:
         if fmt == self.map_fmt:
@@ -46,11 +90,17 @@ class HierarchicalModel(nn.Module):
         if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
             name = (getattr(self, "pretrained_cfg", None) or {}).get("architecture") or type(self).__name__
             check_input(x, self.in_chans, self.min_input_size, name)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.stem(x)
 
     def set_fused_attn(self, enable: bool = True) -> None:
         """Fused SDPA attention (default) or the explicit softmax path (analysis, MAC counting)."""
         set_fused_attn(self, enable)
+
+    def set_bias_cache(self, enable: bool = True) -> None:
+        """Cache position biases in inference (default) or recompute them in every forward."""
+        set_bias_cache(self, enable)
 
     def clear_cache(self) -> None:
         """Drop cached position biases (done automatically by ``train()`` and ``load_state_dict``)."""

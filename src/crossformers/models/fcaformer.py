@@ -55,6 +55,7 @@ from ..checkpoint import guess_family
 from ..errors import CheckpointError
 from ..factory import register_name
 from ..layers.attention import attention
+from ..layers.linear import fast_linear, uses_onednn_linear
 from ..layers.position_bias import OffsetBiasTable, resample_grid_table, resample_pos_embed
 from ._base import HierarchicalModel, set_fused_attn
 from ._helpers import build_model, check_input
@@ -147,6 +148,18 @@ class FcaBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
         self.ls2 = LayerScale(dim, ls_init_value)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # inference-only cache of the attention bias and scale factors per grid/device/dtype (see attn_bias)
+        self._bias_cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+
+    def train(self, mode: bool = True):
+        """Switch mode; the cached inference bias is dropped (also for the plain model, which has no model-level
+        cache handling)."""
+        self._bias_cache.clear()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._bias_cache.clear()  # new weights: the cached bias is stale
+        super()._load_from_state_dict(*args, **kwargs)
 
     def cross_tables(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cross-token bias (heads, 1, S) and scale factors (S, 1) or None for a cross grid ``grid``.
@@ -158,6 +171,49 @@ class FcaBlock(nn.Module):
         scale = None
         if self.cross_scale is not None:
             scale = resample_grid_table(self.cross_scale, grid, mode="bilinear").reshape(-1, 1)
+        return bias, scale
+
+    def _bias_tables(self) -> list[torch.Tensor]:
+        return [t for t in (None if self.rel_pos is None else self.rel_pos.table, getattr(self, "cross_bias", None),
+                            getattr(self, "cross_scale", None)) if t is not None]
+
+    def attn_bias(self, height: int, width: int, device: torch.device, dtype: torch.dtype,
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Attention bias and cross-token scale factors for a (height, width) token grid.
+
+        Returns:
+            (bias (1, heads, N, N + S) or None, scale (S, 1) or None) in ``dtype`` on ``device``, with N = P + H*W
+            queries/regular keys (P prefix tokens get zero bias) and S = num_sources * Hs * Ws cross keys: the
+            relative position bias of regular tokens next to the per-head cross-token bias.
+
+        In inference (eval mode, gradients off, not compiling) the result is computed once per grid, device, dtype
+        and table storage/version and cached in ``_bias_cache``; ``train()``, loading weights, in-place updates of
+        the tables (e.g. an EMA step) and moving/converting them invalidate it.
+        """
+        cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        key = None
+        if cacheable:
+            key = (height, width, device, dtype, *((t.data_ptr(), t._version) for t in self._bias_tables()))
+            hit = self._bias_cache.get(key)
+            if hit is not None:
+                return hit
+        P = self.num_prefix_tokens
+        N = P + height * width
+        bias = scale = None
+        if self.rel_pos is not None:
+            bias = self.rel_pos(height, width)
+            if P:
+                bias = F.pad(bias, (P, 0, P, 0))
+        if self.num_sources > 0:
+            cbias, scale = self.cross_tables(cross_grid(height, width))
+            cbias = cbias.expand(self.num_heads, N, cbias.shape[-1])
+            regular = bias if bias is not None else cbias.new_zeros(self.num_heads, N, N)
+            bias = torch.cat((regular, cbias), dim=-1)
+            scale = scale if scale is None else scale.to(device=device, dtype=dtype)
+        if bias is not None:
+            bias = bias.to(device=device, dtype=dtype).unsqueeze(0)
+        if key is not None:
+            self._bias_cache[key] = (bias, scale)
         return bias, scale
 
     def forward(
@@ -177,49 +233,40 @@ class FcaBlock(nn.Module):
         H, W = grid
         P = self.num_prefix_tokens
         heads, hd = self.num_heads, C // self.num_heads
+        if self.num_sources > 0 and (not cross or len(cross) != self.num_sources):
+            raise ValueError(f"FcaBlock expects cross tokens of {self.num_sources} earlier blocks, "
+                             f"got {0 if not cross else len(cross)}")
 
         q, k, v = self.qkv(self.norm1(x)).reshape(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = None
-        if self.rel_pos is not None:
-            bias = self.rel_pos(H, W)
-            if P:
-                bias = F.pad(bias, (P, 0, P, 0))
+        bias, scale = self.attn_bias(H, W, q.device, q.dtype)
         if self.num_sources > 0:
-            if not cross or len(cross) != self.num_sources:
-                raise ValueError(f"FcaBlock expects cross tokens of {self.num_sources} earlier blocks, "
-                                 f"got {0 if not cross else len(cross)}")
             s = torch.cat(cross, dim=1)
-            cbias, scale = self.cross_tables(cross_grid(H, W))
             if scale is not None:
-                s = s * scale.to(s.dtype)
+                s = s * scale
             s = self.cross_norm(s)
-            kv = F.linear(s, self.qkv.weight[C:], None if self.qkv.bias is None else self.qkv.bias[C:])
+            lin = fast_linear if uses_onednn_linear(self.qkv) else F.linear
+            kv = lin(s, self.qkv.weight[C:], None if self.qkv.bias is None else self.qkv.bias[C:])
             ks, vs = kv.reshape(B, -1, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
             k = torch.cat((k, ks), dim=2)
             v = torch.cat((v, vs), dim=2)
-            cbias = cbias.expand(heads, N, cbias.shape[-1])
-            if bias is None:
-                bias = torch.cat((x.new_zeros(heads, N, N), cbias), dim=-1)
-            else:
-                bias = torch.cat((bias, cbias), dim=-1)
-        if bias is not None:
-            bias = bias.to(q.dtype).unsqueeze(0)
         out = attention(q, k, v, bias, self.attn_drop, self.training, fused=self.fused_attn)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
         x = x + self.drop_path(self.ls1(out))
 
-        # token merge (-> cross tokens) and enhancement, on the spatial map only
-        prefix, tokens = x[:, :P], x[:, P:]
-        fmap = tokens.transpose(1, 2).reshape(B, C, H, W)
+        # token merge (-> cross tokens) and enhancement, on the spatial map only. The (B, H*W, C) tokens are viewed
+        # as a channels-last (B, C, H, W) map (no copy); the depthwise convolutions then run channels-last and their
+        # outputs view back as tokens (no transpose round-trips).
+        tokens = x[:, P:] if P else x
+        fmap = tokens.reshape(B, H, W, C).permute(0, 3, 1, 2)
         new_cross = None
         if self.make_cross:
             if self.merge is not None:
                 merged = self.merge(fmap)
             else:
                 merged = F.adaptive_avg_pool2d(fmap, cross_grid(H, W))
-            new_cross = merged.flatten(2).transpose(1, 2)
-        tokens = self.enhance(fmap).flatten(2).transpose(1, 2)
-        x = torch.cat((prefix, tokens), dim=1) if P else tokens
+            new_cross = merged.permute(0, 2, 3, 1).reshape(B, -1, C)
+        tokens = self.enhance(fmap).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        x = torch.cat((x[:, :P], tokens), dim=1) if P else tokens
         x = x + self.drop_path(self.ls2(self.mlp(self.mlp_norm(self.norm2(x)))))
         return x, new_cross
 
@@ -295,7 +342,8 @@ class ConvStage(nn.Module):
 class FcaStage(nn.Module):
     """An Fca stage (paper Fig. 2): optional downsampling, then Fca blocks with forward cross attention.
 
-    Input (B, C_in, H, W) -> output (B, C, H', W') (NCHW in and out; tokens inside).
+    Input (B, C_in, H, W) -> output (B, C, H', W') (NCHW in and out; tokens inside). The output is a channels-last
+    view of the tokens (no copy); a channels-last input map becomes tokens without a copy as well.
     """
 
     def __init__(self, in_chs: int, out_chs: int, depth: int, num_heads: int, grid_size: tuple[int, int],
@@ -309,9 +357,9 @@ class FcaStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         B, C, H, W = x.shape
-        x = x.flatten(2).transpose(1, 2)
+        x = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
         x = run_fca_blocks(self.blocks, x, (H, W), self.cab_max_d, self.grad_checkpointing)
-        return x.transpose(1, 2).reshape(B, C, H, W)
+        return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
 
 class _FcaCommon:

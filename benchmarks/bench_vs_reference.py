@@ -1,0 +1,344 @@
+#!/usr/bin/env python
+"""Our models against the reference implementations, side by side in one process, calls alternating.
+
+* CrossViT: ours against timm's own ``crossvit_*`` (timm is a dependency), input 240.
+* CrossFormer / CrossFormer++ and FcaFormer: ours against the official code, **only** if you pass
+  ``--official-root DIR`` pointing at your own checkout of cheerss/CrossFormer and/or hkzhang-git/FcaFormer (the
+  script imports ``models/crossformer.py`` / ``image_classification/models/fcaformer.py`` from there at run time;
+  nothing of theirs is copied into this repository), input 224.
+
+For every pair the reference's weights are loaded into ours (through our checkpoint converter) and the logits are
+compared first, so the two sides compute the same function. Then, alternating one call at a time (the order
+rotates each round), the script times
+
+* inference latency at batch 1 (eval, ``torch.inference_mode``, fp32, eager): the reference, ours as created, and
+  ours with every fast path (``crossformers.profiling.optimize_for_inference``: folded BatchNorm/layer scales, oneDNN
+  linear layers, channels-last for FcaFormer);
+* a training step at batch 32 (forward, cross-entropy, backward, AdamW step; train mode) for the small variants:
+  the reference, ours as created, and ours with ``optimize_for_training`` (oneDNN linear layers, channels-last for
+  FcaFormer).
+
+Ratios are ours / reference (below 1 = we are faster): the ratio of medians, and the median of the per-round
+ratios (paired, more robust to drift on a shared machine). Results go to ``docs/benchmarks/`` as markdown and JSON,
+with the command line, the CPU model (``lscpu``), the torch/timm versions and the load average.
+
+Examples::
+
+    python benchmarks/bench_vs_reference.py                                   # CrossViT vs timm only
+    python benchmarks/bench_vs_reference.py --official-root ~/src/CrossFormer --official-root ~/src/FcaFormer
+    python benchmarks/bench_vs_reference.py --variants crossvit_9_240 --rounds 31 --no-train
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib.util
+import io
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import crossformers
+from crossformers.profiling import machine_info, optimize_for_inference, optimize_for_training
+from crossformers.profiling.published import family_of
+
+ROOT = Path(__file__).resolve().parents[1]
+GOALS = {"latency": {"CrossViT": 0.85, "CrossViT-dagger": 0.85, "CrossFormer": 0.67, "CrossFormer++": 0.67, "FcaFormer": 0.67},
+         "train": 0.8}
+
+LATENCY_DEFAULT = ["crossvit_tiny_240", "crossvit_9_240", "crossvit_15_240", "crossvit_9_dagger_240",
+                   "crossformer_tiny", "crossformer_small", "crossformer_pp_small", "fcaformer_l1", "fcaformer_l2"]
+TRAIN_DEFAULT = ["crossvit_9_240", "crossformer_tiny", "fcaformer_l1"]
+
+
+# ------------------------------------------------------------------------------------------------ references
+
+def _import_file(path: Path, name: str):
+    """Import a model file of an official repository without letting it register names in timm's registry."""
+    import timm.models._registry as registry
+
+    modules = [registry]
+    with contextlib.suppress(ImportError):
+        import timm.models.registry as legacy  # the deprecated path the official files import from
+
+        modules.append(legacy)
+    saved = [(m, m.register_model) for m in modules]
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        for m, _ in saved:
+            m.register_model = lambda fn: fn
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        for m, fn in saved:
+            m.register_model = fn
+    return module
+
+
+def find_official(roots: list[str]) -> dict[str, Path]:
+    """The official model files under the given checkouts: {'crossformer': path, 'fcaformer': path}."""
+    found: dict[str, Path] = {}
+    for root in roots:
+        r = Path(root).expanduser()
+        for key, rels in (("crossformer", ["models/crossformer.py", "crossformer.py"]),
+                          ("fcaformer", ["image_classification/models/fcaformer.py", "fcaformer.py"])):
+            for rel in rels:
+                if (r / rel).is_file() and key not in found:
+                    found[key] = r / rel
+    return found
+
+
+def official_crossformer(path: Path, variant: str) -> nn.Module:
+    from crossformers.models.crossformer import _MODEL_ARGS
+
+    a = _MODEL_ARGS[variant]
+    module = _import_file(path, "_official_crossformer")
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the group sizes
+        return module.CrossFormer(
+            img_size=224, patch_size=[4, 8, 16, 32], embed_dim=a["embed_dim"], depths=list(a["depths"]),
+            num_heads=list(a["num_heads"]), group_size=list(a["group_size"]), crs_interval=list(a["interval"]),
+            mlp_ratio=[4.0] * 4, merge_size=[[2, 4]] * 3, use_acl=a.get("acl", False),
+            drop_path_rate=a["drop_path_rate"])
+
+
+def official_fcaformer(path: Path, variant: str) -> nn.Module:
+    module = _import_file(path, "_official_fcaformer")
+    return getattr(module, variant)(drop_path_rate=0.0)  # ours defaults to 0 (the official default is 0.1)
+
+
+def reference(name: str, official: dict[str, Path]) -> tuple[str, nn.Module] | None:
+    """(label, reference model) for one of our variants, or None when its reference is not available."""
+    if name.startswith("crossvit"):
+        import timm
+
+        return "timm", timm.create_model(name)
+    key = "fcaformer" if name.startswith("fcaformer") else "crossformer"
+    if key not in official or name in ("fcaformer_l0", "fcaformer_nano"):
+        return None
+    build = official_fcaformer if key == "fcaformer" else official_crossformer
+    return "official", build(official[key], name)
+
+
+def input_side(name: str) -> int:
+    return 240 if name.startswith("crossvit") else 224
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+def alternate(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Time each call once per round, rotating the order every round; returns seconds per call."""
+    names = list(calls)
+    for _ in range(warmup):
+        for n in names:
+            calls[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            t0 = time.perf_counter()
+            calls[n]()
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(times: dict[str, list[float]], ref: str) -> dict[str, dict[str, float]]:
+    out = {}
+    for n, ts in times.items():
+        paired = [a / b for a, b in zip(ts, times[ref], strict=True)]
+        out[n] = {"median_s": statistics.median(ts), "min_s": min(ts), "ratio": statistics.median(ts) /
+                  statistics.median(times[ref]), "paired_ratio": statistics.median(paired)}
+    return out
+
+
+@torch.no_grad()
+def randomize(model: nn.Module) -> None:
+    """Perturb every weight so that each branch matters (the default init zeroes biases and sets layer scales to
+    1e-6, which leaves logits near zero and makes the equality check meaningless)."""
+    g = torch.Generator().manual_seed(0)
+    for name, p in model.named_parameters():
+        if name.split(".")[-1] in ("gamma", "gamma_1", "gamma_2"):
+            p.fill_(0.5)
+        else:
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+
+
+def check_equal(ours: nn.Module, ref: nn.Module, side: int) -> float:
+    """Randomize the reference, load its weights into ours (converted on load) and return the max abs logit
+    difference relative to the largest reference logit."""
+    randomize(ref)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, side, side)
+    with torch.inference_mode():
+        expected = ref.eval()(x)
+        return ((ours.eval()(x) - expected).abs().max() / expected.abs().max()).item()
+
+
+def bench_latency(name: str, official: dict[str, Path], rounds: int) -> dict | None:
+    made = reference(name, official)
+    if made is None:
+        return None
+    ref_label, ref = made
+    ours = crossformers.create_model(name)
+    diff = check_equal(ours, ref, input_side(name))
+    fast = optimize_for_inference(copy.deepcopy(ours))
+    ref.eval()
+    ours.eval()
+    x = torch.randn(1, 3, input_side(name), input_side(name))
+    with torch.inference_mode():
+        times = alternate({"reference": lambda: ref(x), "ours": lambda: ours(x), "ours_fast": lambda: fast(x)},
+                          rounds, warmup=2)
+    return {"variant": name, "family": family_of(name), "reference": ref_label,
+            "input": input_side(name), "max_abs_diff": diff, "stats": summarize(times, "reference"),
+            "samples_s": times}
+
+
+def bench_train(name: str, official: dict[str, Path], rounds: int, batch: int) -> dict | None:
+    made = reference(name, official)
+    if made is None:
+        return None
+    ref_label, ref = made
+    ours = crossformers.create_model(name)
+    diff = check_equal(ours, ref, input_side(name))
+    ours_dnn = optimize_for_training(copy.deepcopy(ours))
+    side = input_side(name)
+    x = torch.randn(batch, 3, side, side)
+    y = torch.randint(0, 1000, (batch,))
+    steps = {}
+    for label, model in (("reference", ref), ("ours", ours), ("ours_fast", ours_dnn)):
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(model=model, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+
+        steps[label] = step
+    times = alternate(steps, rounds, warmup=1)
+    return {"variant": name, "family": family_of(name), "reference": ref_label,
+            "input": side, "batch": batch, "max_abs_diff": diff, "stats": summarize(times, "reference"),
+            "samples_s": times}
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def _fmt_ratio(r: float, goal: float | None) -> str:
+    mark = "" if goal is None else (" ✓" if r <= goal else " ✗")
+    return f"{r:.3f}{mark}"
+
+
+def markdown(doc: dict) -> str:
+    m = doc["machine"]
+    lines = [f"# Benchmark: crossformers vs. reference implementations ({doc['date']})", "",
+             f"- command: `{doc['command']}`",
+             f"- machine: {m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m['torch']}, timm {m['timm']}, "
+             f"python {m['python']}",
+             f"- threads: {doc['threads']}; load average before/after: {doc['load_before']} / {doc['load_after']}",
+             "- ratio = ours / reference (< 1: ours faster); *paired* = median of per-round ratios (calls alternate, "
+             "order rotating). `ours` = as created; `ours fast` = `optimize_for_inference` (latency) or "
+             "`optimize_for_training` (training: oneDNN linear layers, channels-last for FcaFormer). ✓/✗: goal met (latency ≤ 0.67 CrossFormer/FcaFormer, ≤ 0.85 CrossViT; training ≤ 0.8).",
+             "- The machine is shared and timings drift by tens of percent; only the side-by-side ratios mean "
+             "anything.", ""]
+    if doc["latency"]:
+        lines += [f"## Latency, batch 1, eager fp32 ({doc['rounds']} alternating rounds)", "",
+                  "| variant | reference | input | rel. logit diff | ref ms | ours ms | ratio (paired) | ours fast ms | "
+                  "ratio fast (paired) |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in doc["latency"]:
+            s = r["stats"]
+            goal = GOALS["latency"].get(r["family"])
+            lines.append(
+                f"| {r['variant']} | {r['reference']} | {r['input']} | {r['max_abs_diff']:.1e} | "
+                f"{s['reference']['median_s'] * 1e3:.1f} | {s['ours']['median_s'] * 1e3:.1f} | "
+                f"{_fmt_ratio(s['ours']['ratio'], goal)} ({s['ours']['paired_ratio']:.3f}) | "
+                f"{s['ours_fast']['median_s'] * 1e3:.1f} | {_fmt_ratio(s['ours_fast']['ratio'], goal)} "
+                f"({s['ours_fast']['paired_ratio']:.3f}) |")
+        lines.append("")
+    if doc["train"]:
+        lines += [f"## Training step, batch {doc['train_batch']} (fwd + bwd + AdamW), fp32 ({doc['train_rounds']} "
+                  "alternating rounds)", "",
+                  "| variant | reference | input | ref s/step | ours s/step | ratio (paired) | ours fast s/step | "
+                  "ratio fast (paired) |", "|---|---|---|---|---|---|---|---|"]
+        for r in doc["train"]:
+            s = r["stats"]
+            lines.append(
+                f"| {r['variant']} | {r['reference']} | {r['input']} | {s['reference']['median_s']:.2f} | "
+                f"{s['ours']['median_s']:.2f} | {_fmt_ratio(s['ours']['ratio'], GOALS['train'])} "
+                f"({s['ours']['paired_ratio']:.3f}) | {s['ours_fast']['median_s']:.2f} | "
+                f"{_fmt_ratio(s['ours_fast']['ratio'], GOALS['train'])} ({s['ours_fast']['paired_ratio']:.3f}) |")
+        lines.append("")
+    if doc["skipped"]:
+        lines += [f"Skipped (no reference available: pass --official-root): {', '.join(doc['skipped'])}", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--official-root", action="append", default=[], metavar="DIR",
+                   help="your checkout of cheerss/CrossFormer or hkzhang-git/FcaFormer (repeatable)")
+    p.add_argument("--variants", nargs="+", default=None, help=f"latency variants (default {' '.join(LATENCY_DEFAULT)})")
+    p.add_argument("--train-variants", nargs="+", default=None, help=f"training variants (default {' '.join(TRAIN_DEFAULT)})")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    p.add_argument("--rounds", type=int, default=21, help="alternating latency rounds (default 21)")
+    p.add_argument("--train-rounds", type=int, default=3, help="alternating training rounds (default 3)")
+    p.add_argument("--train-batch", type=int, default=32, help="training batch (default 32)")
+    p.add_argument("--no-train", action="store_true", help="skip the training-step benchmark")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency benchmark")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"), help="output directory")
+    p.add_argument("--tag", default="vs_reference", help="file name stem (default vs_reference)")
+    args = p.parse_args(argv)
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    official = find_official(args.official_root)
+    for root in args.official_root:
+        if not any(str(v).startswith(str(Path(root).expanduser())) for v in official.values()):
+            p.error(f"--official-root {root}: no models/crossformer.py or image_classification/models/fcaformer.py")
+    doc = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+           "machine": machine_info(), "threads": torch.get_num_threads(), "rounds": args.rounds,
+           "train_rounds": args.train_rounds, "train_batch": args.train_batch,
+           "load_before": [round(v, 2) for v in os.getloadavg()], "latency": [], "train": [], "skipped": []}
+    for name in ([] if args.no_latency else (args.variants or LATENCY_DEFAULT)):
+        print(f"latency: {name} ...", file=sys.stderr, flush=True)
+        r = bench_latency(name, official, args.rounds)
+        if r is None:
+            doc["skipped"].append(name)
+            continue
+        doc["latency"].append(r)
+        s = r["stats"]
+        print(f"  ratio {s['ours']['ratio']:.3f}, fast {s['ours_fast']['ratio']:.3f} "
+              f"(ref {s['reference']['median_s'] * 1e3:.1f} ms)", file=sys.stderr, flush=True)
+    for name in ([] if args.no_train else (args.train_variants or TRAIN_DEFAULT)):
+        print(f"training step: {name} ...", file=sys.stderr, flush=True)
+        r = bench_train(name, official, args.train_rounds, args.train_batch)
+        if r is None:
+            doc["skipped"].append(f"{name} (train)")
+            continue
+        doc["train"].append(r)
+        s = r["stats"]
+        print(f"  ratio {s['ours']['ratio']:.3f}, fast {s['ours_fast']['ratio']:.3f} "
+              f"(ref {s['reference']['median_s']:.2f} s)", file=sys.stderr, flush=True)
+    doc["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / f"{args.tag}.md").write_text(markdown(doc))
+    print(markdown(doc))
+    print(f"wrote {out / (args.tag + '.md')} and {out / (args.tag + '.json')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Linear layers through oneDNN on the CPU: a switchable fast path for every ``nn.Linear`` / timm ``Mlp``.
+
+PyTorch runs fp32 ``nn.Linear`` on the CPU through MKL's sgemm. On AMD CPUs MKL dispatches to its AVX2 code, while
+oneDNN (bundled with PyTorch as MKL-DNN) uses its own AVX-512 kernels: on the 2-core AMD EPYC (Zen 5) of
+``shared/reference/baseline.md`` oneDNN runs the matrix products of these models 1.5-2.4x faster (forward and both
+backward products; measured in ``docs/profiling.md``). On Intel CPUs both libraries use AVX-512 and the gain is small.
+
+:func:`set_onednn_linear` switches a model's ``nn.Linear`` modules (and timm ``Mlp`` blocks, whose first layer then
+also fuses the exact GELU) to :class:`OneDNNLinear` / :class:`OneDNNMlp` by changing their class: parameters, state
+dict and results (within float rounding, ~1e-6 relative) stay the same, and the switch is reversible. The oneDNN
+call is used only where it pays: fp32 CPU tensors, no autocast, not while ``torch.compile`` traces (the compiler
+sees ordinary ``aten.linear``), and products of at least :data:`MIN_MACS` multiply-adds (oneDNN's fixed cost per call
+is ~20 us); everything else goes through ``F.linear``. Training works: a custom autograd function computes both
+backward products with oneDNN as well.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp
+from torch import nn
+
+__all__ = ["MIN_MACS", "onednn_available", "fast_linear", "OneDNNLinear", "OneDNNMlp", "set_onednn_linear",
+           "uses_onednn_linear"]
+
+MIN_MACS = 1 << 20  # below ~1 M multiply-adds oneDNN's per-call overhead outweighs its faster kernel
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch build has oneDNN (MKL-DNN) and its pointwise linear op."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, attr: str = "none",
+            algorithm: str = "") -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
+
+
+class _OneDNNLinearFn(torch.autograd.Function):
+    """y = x W^T + b with oneDNN for the forward product and both backward products."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = _onednn(g, weight.t(), None).reshape(x.shape)  # (M, N) @ (N, K)
+        if ctx.needs_input_grad[1]:
+            gw = _onednn(g.t(), x.reshape(-1, x.shape[-1]).t(), None)  # (N, M) @ (M, K)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(0)
+        return gx, gw, gb
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu" or weight.device.type != "cpu":
+        return False
+    if x.dim() < 2 or torch.is_autocast_enabled("cpu"):
+        return False
+    return x.numel() * weight.shape[0] >= MIN_MACS and onednn_available()
+
+
+def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, through oneDNN when that is faster (see the module docs).
+
+    Args:
+        x: (..., in_features).
+        weight: (out_features, in_features).
+        bias: (out_features,) or None.
+
+    Returns:
+        (..., out_features).
+    """
+    if not _use_onednn(x, weight):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        return _OneDNNLinearFn.apply(x, weight, bias)
+    return _onednn(x, weight, bias)
+
+
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` whose forward is :func:`fast_linear` (same parameters and state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_linear(x, self.weight, self.bias)
+
+
+class OneDNNMlp(Mlp):
+    """timm ``Mlp`` whose layers use :func:`fast_linear`; in inference the exact GELU is fused into the first product
+    (oneDNN ``gelu_erf`` post-op) when the block is fc1 -> GELU -> fc2 with nothing in between that acts."""
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        act = self.act
+        return (isinstance(act, nn.GELU) and act.approximate == "none" and isinstance(self.norm, nn.Identity)
+                and (not self.training or self.drop1.p == 0) and not torch.is_grad_enabled()
+                and isinstance(self.fc1, nn.Linear) and _use_onednn(x, self.fc1.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fusable(x):
+            x = _onednn(x, self.fc1.weight, self.fc1.bias, "gelu", "none")
+        else:
+            x = self.act(self.fc1(x))
+            x = self.drop1(x)
+            x = self.norm(x)
+        x = self.fc2(x)
+        return self.drop2(x)
+
+
+def set_onednn_linear(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Switch every plain ``nn.Linear`` and timm ``Mlp`` of ``model`` to the oneDNN fast path (or back).
+
+    Only modules of exactly these classes change (subclasses keep their own forward). Returns ``model``.
+    """
+    swaps = {nn.Linear: OneDNNLinear, Mlp: OneDNNMlp} if enable else {OneDNNLinear: nn.Linear, OneDNNMlp: Mlp}
+    for m in model.modules():
+        new = swaps.get(type(m))
+        if new is not None:
+            m.__class__ = new
+    return model
+
+
+def uses_onednn_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is switched to the oneDNN path (for layers that call ``F.linear`` on a module's weights)."""
+    return isinstance(module, OneDNNLinear)

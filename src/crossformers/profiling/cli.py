@@ -1,0 +1,190 @@
+"""``crossformers profile``: the profiler on the command line (plugged into ``crossformers.cli``).
+
+Examples::
+
+    crossformers profile fcaformer_l1 crossformer_tiny --threads 2 --batch-size 32
+    crossformers profile crossvit_9_240 --img-size 224 --breakdown --json out/cv9.json --csv out/cv9.csv
+    crossformers profile fcaformer_l2 --optimize                 # fused BN, oneDNN linear, channels-last
+    crossformers profile fcaformer_l2 --fuse --channels-last --compile
+    crossformers profile --plot docs/accuracy_vs_cost.png --threads 2        # every model with published accuracy
+    crossformers profile --plot fig.png --from-json out/all.json              # re-plot saved results
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import shlex
+import sys
+from typing import Any
+
+__all__ = ["add_subcommands", "run"]
+
+
+def _json_dict(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): e.g. '{{\"drop_path_rate\": 0}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"drop_path_rate\": 0}'")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``profile`` subcommand on the ``crossformers`` parser."""
+    p = subparsers.add_parser("profile", help="params, MACs, latency, throughput, memory, FLOP rate of models",
+                              description=(
+        "Profile models: parameters, MACs (FLOPs/2, explicit attention, per image), batch-1 latency (median and p90 "
+        "after warm-up, ms), throughput at batch N (img/s), peak memory (MiB: peak RSS of inference in a fresh "
+        "process minus its RSS after imports on CPU; max allocated on CUDA), achieved GFLOP/s and its fraction of the "
+        "measured matmul peak (torch.mm 2048x2048, same threads). Timings on a shared machine are noisy: compare "
+        "models side by side (benchmarks/)."))
+    p.add_argument("models", metavar="MODEL", nargs="*",
+                   help="crossformers model names (or timm:<name>); shell patterns such as 'fcaformer_l*' expand")
+    p.add_argument("--img-size", type=_positive, nargs="+", metavar=("H", "W"),
+                   help="input height and width in pixels (one value = square; default: each model's own)")
+    p.add_argument("--batch-size", type=_non_negative, default=32, metavar="N",
+                   help="batch for the throughput measurement (default 32; 0 skips it)")
+    p.add_argument("--threads", type=_positive, default=None, metavar="T",
+                   help="CPU intra-op threads (default: torch's default)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights and inputs dtype (default fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile (inductor) before timing")
+    p.add_argument("--fuse", action="store_true", help="fold BatchNorms and layer scales into the layers before them")
+    p.add_argument("--channels-last", action="store_true", help="run convolutions channels-last")
+    p.add_argument("--onednn-linear", action="store_true", help="run linear layers through oneDNN (AVX-512 kernels)")
+    p.add_argument("--optimize", action="store_true", help=(
+        "every fast path: --fuse, --onednn-linear and --channels-last where it helps (FcaFormer)"))
+    p.add_argument("--warmup", type=_non_negative, default=5, help="untimed batch-1 calls first (default 5)")
+    p.add_argument("--repeats", type=_positive, default=20, help="timed batch-1 calls (default 20)")
+    p.add_argument("--throughput-repeats", type=_positive, default=3, help="timed batches of N (default 3)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--macs-only", action="store_true", help="params and MACs only (no timing, no memory)")
+    p.add_argument("--breakdown", action="store_true", help="print the MACs of every module (see --breakdown-depth)")
+    p.add_argument("--breakdown-depth", type=_positive, default=2, metavar="D",
+                   help="module name levels in the breakdown (default 2)")
+    p.add_argument("--model-kwargs", type=_json_dict, metavar="JSON", help="extra constructor arguments (JSON)")
+    p.add_argument("--json", metavar="PATH", help="write the results (and machine info) as JSON")
+    p.add_argument("--csv", metavar="PATH", help="write the results as CSV")
+    p.add_argument("--plot", metavar="PATH", help=(
+        "plot published top-1 against MACs and against measured latency for every registered model with a published "
+        "accuracy (matching --plot-models); models not profiled above are timed quickly (latency only)"))
+    p.add_argument("--plot-models", default="*", metavar="PATTERN",
+                   help="restrict the --plot models (shell pattern, default all)")
+    p.add_argument("--from-json", metavar="PATH", help="load results written by --json instead of measuring")
+    p.set_defaults(func=run)
+
+
+def _expand(names: list[str]) -> list[str]:
+    import crossformers
+    from crossformers.errors import UnknownModelError
+
+    out: list[str] = []
+    for name in names:
+        if any(c in name for c in "*?[") and not name.startswith("timm:"):
+            hits = crossformers.list_models(name)
+            if not hits:
+                raise UnknownModelError(f"no registered model matches {name!r}: see `crossformers models`")
+            out += hits
+        else:
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
+def _validate(names: list[str]) -> None:
+    """Fail before any measurement if a name is unknown (the error suggests close names)."""
+    from crossformers.engine.config import TIMM_PREFIX
+    from crossformers.errors import UnknownModelError
+    from crossformers.factory import timm_name
+
+    for name in names:
+        if name.startswith(TIMM_PREFIX):
+            import timm
+
+            if not timm.is_model(name[len(TIMM_PREFIX):]):
+                raise UnknownModelError(f"unknown timm model '{name[len(TIMM_PREFIX):]}': see timm.list_models()")
+        else:
+            timm_name(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``crossformers profile`` for parsed ``args``; returns the exit code."""
+    from crossformers.profiling import (
+        PUBLISHED,
+        ProfilingError,
+        format_breakdown,
+        format_table,
+        plot_accuracy,
+        profile_model,
+        read_json,
+        write_csv,
+        write_json,
+    )
+
+    if not args.models and not args.plot and not args.from_json:
+        raise ProfilingError("name at least one MODEL (see `crossformers models`), or use --plot / --from-json")
+    if args.img_size is not None and len(args.img_size) > 2:
+        raise ProfilingError(f"--img-size takes H W (or one value for a square), got {len(args.img_size)} values")
+    size = None if args.img_size is None else tuple(args.img_size) if len(args.img_size) == 2 else args.img_size[0]
+    common = dict(img_size=size, threads=args.threads, device=args.device, compile=args.compile, dtype=args.dtype,
+                  fuse=args.fuse, channels_last=args.channels_last, onednn_linear=args.onednn_linear,
+                  optimize=args.optimize, warmup=args.warmup,
+                  model_kwargs=args.model_kwargs)
+
+    def log(msg: str) -> None:
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+
+    names = _expand(args.models)
+    _validate(names)
+    results = read_json(args.from_json) if args.from_json else []
+    for name in names:
+        log(f"profiling {name} ...")
+        results.append(profile_model(
+            name, batch_size=args.batch_size, repeats=args.repeats, throughput_repeats=args.throughput_repeats,
+            latency=not args.macs_only, memory=not (args.no_memory or args.macs_only), breakdown=args.breakdown,
+            **common))
+    if results:
+        print(format_table(results))
+    if args.breakdown:
+        for r in results:
+            print()
+            print(format_breakdown(r, depth=args.breakdown_depth))
+    if args.plot:
+        done = {r.model for r in results}
+        todo = [n for n in sorted(PUBLISHED) if fnmatch.fnmatch(n, args.plot_models) and n not in done]
+        if not args.from_json:
+            for name in todo:
+                log(f"timing {name} for the plot ...")
+                results.append(profile_model(name, batch_size=0, repeats=max(3, args.repeats // 4), memory=False,
+                                             **{**common, "warmup": min(args.warmup, 2)}))
+        path = plot_accuracy([r for r in results if fnmatch.fnmatch(r.model, args.plot_models)], args.plot)
+        log(f"wrote {path}")
+    command = ("crossformers " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+               if sys.argv[1:2] == ["profile"] else None)
+    if args.json:
+        log(f"wrote {write_json(results, args.json, extra={'command': command})}")
+    if args.csv:
+        log(f"wrote {write_csv(results, args.csv)}")
+    return 0

@@ -1,0 +1,231 @@
+"""Timing, memory and machine-peak measurements used by :func:`crossformers.profiling.profile_model`.
+
+Timings are wall-clock (``time.perf_counter``), with a CUDA synchronisation around every call on GPUs. On a shared
+machine they drift by tens of percent between runs: compare models only side by side in one process (see
+``benchmarks/``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from .errors import ProfilingError
+
+__all__ = [
+    "num_threads", "time_calls", "summarize_ms", "matmul_peak_gflops", "rss_peak_subprocess", "rss_increase_inprocess",
+    "cuda_peak_mib", "machine_info", "cpu_name",
+]
+
+_MIB = 1024.0 * 1024.0
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with ``torch.set_num_threads(threads)`` (None: leave as is); yields the thread count in use."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ProfilingError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(int(threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int = 5, repeats: int = 20,
+               min_time_s: float = 0.0) -> list[float]:
+    """Wall-clock times of ``fn()`` after ``warmup`` untimed calls.
+
+    Args:
+        fn: the call to time (e.g. a forward pass under ``torch.inference_mode``).
+        device: synchronised around every call when it is a CUDA device.
+        warmup: untimed calls first (allocator, oneDNN primitive caches, compilation).
+        repeats: timed calls (at least one).
+        min_time_s: keep timing beyond ``repeats`` until this many seconds are spent (at most 10 * repeats calls).
+
+    Returns:
+        Per-call times in ms.
+    """
+    for _ in range(max(0, warmup)):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    spent = 0.0
+    limit = max(1, repeats) * 10
+    while len(times) < max(1, repeats) or (spent < min_time_s and len(times) < limit):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        times.append(dt * 1e3)
+        spent += dt
+    return times
+
+
+def summarize_ms(times: list[float]) -> dict[str, float]:
+    """Median, 90th percentile (linear interpolation), min and mean of per-call times in ms."""
+    ordered = sorted(times)
+    pos = 0.9 * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    p90 = ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return {"median": statistics.median(ordered), "p90": p90, "min": ordered[0], "mean": statistics.fmean(ordered)}
+
+
+_PEAK_CACHE: dict[tuple, float] = {}
+
+
+def matmul_peak_gflops(threads: int | None = None, device: str | torch.device = "cpu",
+                       dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's measured matrix-multiply peak: best of ``repeats`` ``torch.mm`` of two ``n x n`` matrices.
+
+    Cached per (threads, device, dtype, n) for the life of the process.
+
+    Returns:
+        GFLOP/s (2 n^3 FLOPs per product / best time).
+    """
+    device = torch.device(device)
+    with num_threads(threads) as used:
+        key = (used, str(device), dtype, n)
+        if key in _PEAK_CACHE:
+            return _PEAK_CACHE[key]
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        out = torch.empty(n, n, device=device, dtype=dtype)
+        with torch.inference_mode():
+            best = min(time_calls(lambda: torch.mm(a, b, out=out), device, warmup=1, repeats=repeats))
+    _PEAK_CACHE[key] = 2.0 * n ** 3 / (best / 1e3) / 1e9
+    return _PEAK_CACHE[key]
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _maxrss_kib() -> int:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux
+
+
+def rss_peak_subprocess(spec: dict[str, Any], timeout_s: float = 1800.0) -> dict[str, Any]:
+    """Peak resident memory of inference in a fresh Python process (robust: nothing else lives there).
+
+    The child (``python -m crossformers.profiling._memory``) imports torch and crossformers, records its RSS, builds
+    the model of ``spec`` (name, kwargs, dtype, folding, channels-last, threads), runs batch-1 inference and then
+    batch-N inference under ``torch.inference_mode``, and reports its peak RSS after each.
+
+    Args:
+        spec: ``{"model", "model_kwargs", "img_size": [H, W], "in_chans", "batch_sizes": [1, N], "threads",
+            "dtype", "fuse", "channels_last"}``.
+
+    Returns:
+        ``{"baseline_mib": RSS after imports, "peak_mib": {batch: peak RSS}, "increase_mib": {batch: peak - baseline}}``
+        in MiB.
+
+    Raises:
+        ProfilingError: the child failed (its last error line is quoted).
+    """
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-m", "crossformers.profiling._memory", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout_s, env=env)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise ProfilingError(f"memory measurement of {spec.get('model')} failed: "
+                             f"{lines[-1] if lines else 'exit code ' + str(proc.returncode)}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["peak_mib"] = {int(k): v for k, v in out["peak_mib"].items()}
+    out["increase_mib"] = {int(k): v for k, v in out["increase_mib"].items()}
+    return out
+
+
+def rss_increase_inprocess(fn: Callable[[], Any]) -> float | None:
+    """Peak RSS increase (MiB) while running ``fn()`` in this process, for models that cannot be rebuilt by name.
+
+    Resets the kernel's RSS high-water mark (``/proc/self/clear_refs``, Linux) first, so this counts activations and
+    workspace but not the weights (already resident) and may undercount memory the allocator reuses. None where the
+    high-water mark cannot be reset.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    base = _proc_status_kib("VmRSS")
+    fn()
+    peak = _proc_status_kib("VmHWM")
+    if base is None or peak is None:
+        return None
+    return max(0.0, (peak - base) / 1024.0)
+
+
+def cuda_peak_mib(fn: Callable[[], Any], device: torch.device) -> float:
+    """``torch.cuda.max_memory_allocated`` (MiB, weights included) while running ``fn()`` on ``device``."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / _MIB
+
+
+# ------------------------------------------------------------------------------------------------ machine
+
+def cpu_name() -> str:
+    """CPU model name (``lscpu``'s "Model name", else /proc/cpuinfo, else ``platform.processor()``)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
+                             env={**os.environ, "LC_ALL": "C"}).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """Machine and software versions for reports: CPU model, logical CPUs, torch/timm/python versions, CUDA device."""
+    import timm
+
+    info: dict[str, Any] = {
+        "cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch": torch.__version__, "timm": timm.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info

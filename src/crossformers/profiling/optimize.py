@@ -1,0 +1,69 @@
+"""One call for the fast inference set-up of a model: :func:`optimize_for_inference`."""
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from ..layers.linear import set_onednn_linear
+from ..models._base import set_bias_cache, set_channels_last, set_fused_attn
+from .fuse import fuse
+
+__all__ = ["optimize_for_inference", "optimize_for_training", "prefers_channels_last"]
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Whether channels-last memory speeds ``model`` up (measured, docs/profiling.md): the hybrid FcaFormer (conv
+    stem, ConvNeXt stages, depthwise convolutions on token maps); not CrossFormer (its maps are channels-last tokens
+    already and the stem convolutions gain nothing) nor CrossViT (one patch convolution)."""
+    from ..models.fcaformer import FcaFormer
+
+    return any(isinstance(m, FcaFormer) for m in model.modules())
+
+
+def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: bool = True,
+                           channels_last: bool | None = None, inplace: bool = True) -> nn.Module:
+    """Eval mode with every fast path on: fused attention, cached position biases, BatchNorm/layer-scale folding,
+    oneDNN linear layers, and channels-last memory where it helps.
+
+    Each path is proven equal to the plain path within 1e-4 on the parity fixtures (tests/profiling). The model
+    stays an ordinary module (same outputs; ``torch.compile`` still applies on top).
+
+    Args:
+        model: a crossformers model (other modules work too: the paths they lack are skipped).
+        fold: :func:`crossformers.profiling.fuse.fuse` (changes the state dict: BatchNorms disappear).
+        onednn_linear: :func:`crossformers.layers.linear.set_onednn_linear`.
+        channels_last: True/False, or None for :func:`prefers_channels_last`.
+        inplace: change ``model`` (default) or a deep copy.
+
+    Returns:
+        The optimized model in eval mode.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    set_fused_attn(model, True)
+    set_bias_cache(model, True)
+    if fold:
+        fuse(model)
+    if onednn_linear:
+        set_onednn_linear(model, True)
+    if channels_last is None:
+        channels_last = prefers_channels_last(model)
+    if channels_last:
+        set_channels_last(model, True)
+    return model
+
+
+def optimize_for_training(model: nn.Module, onednn_linear: bool = True, channels_last: bool | None = None) -> nn.Module:
+    """The fast paths that also apply in training, switched on in place: oneDNN linear layers (forward and both
+    backward products) and channels-last memory where it helps. The state dict and the training mode are unchanged,
+    so checkpoints stay interchangeable. Returns ``model``.
+    """
+    if onednn_linear:
+        set_onednn_linear(model, True)
+    if channels_last is None:
+        channels_last = prefers_channels_last(model)
+    if channels_last:
+        set_channels_last(model, True)
+    return model

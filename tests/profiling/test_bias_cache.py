@@ -1,0 +1,124 @@
+"""FcaFormer's inference bias cache: when it fills, and that train(), new weights and in-place updates invalidate it."""
+from __future__ import annotations
+
+import pytest
+import torch
+from profiling_cases import one_thread  # noqa: F401  (autouse fixture)
+
+import crossformers
+from crossformers.models.fcaformer import FcaBlock
+from crossformers.profiling import set_bias_cache
+
+HYBRID = dict(img_size=64, embed_dim=(16, 32, 48, 64), depths=(1, 1, 3, 2), num_heads=(0, 0, 2, 4), num_classes=5)
+PLAIN = dict(img_size=64, embed_dim=32, depth=3, num_heads=2, num_classes=5)
+
+
+def build(name: str) -> torch.nn.Module:
+    model = crossformers.create_model(name, **(HYBRID if name == "fcaformer_l1" else PLAIN))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(("rel_pos.table", "cross_bias")):
+                p.normal_()
+            if n.endswith("gamma"):
+                p.fill_(1.0)
+    return model.eval()
+
+
+def blocks(model: torch.nn.Module) -> list[FcaBlock]:
+    return [m for m in model.modules() if isinstance(m, FcaBlock)]
+
+
+def cached(model: torch.nn.Module) -> list[int]:
+    return [len(b._bias_cache) for b in blocks(model)]
+
+
+@pytest.mark.parametrize("name", ["fcaformer_l1", "fcaformer_l0"])
+def test_cache_fills_only_in_inference(name):
+    model = build(name)
+    x = torch.randn(1, 3, 64, 64)
+    model(x)  # eval, but gradients on: nothing cached
+    assert not any(cached(model))
+    with torch.no_grad():
+        y1 = model(x)
+    assert all(n == 1 for n in cached(model))
+    with torch.inference_mode():
+        y2 = model(x)
+        model(torch.randn(1, 3, 48, 80))  # another grid: a second entry
+    assert all(n == 2 for n in cached(model))
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    model.train()
+    assert not any(cached(model))
+    with torch.no_grad():
+        model(x)  # training mode: not cached
+    assert not any(cached(model))
+
+
+@pytest.mark.parametrize("name", ["fcaformer_l1", "fcaformer_l0"])
+def test_train_then_eval_recomputes(name):
+    model = build(name)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    model.train()
+    with torch.no_grad():
+        for b in blocks(model):
+            if b.rel_pos is not None:
+                b.rel_pos.table.data.add_(1.0)  # .data: bypasses the version counter, like a careless optimizer
+            if b.num_sources:
+                b.cross_bias.data.mul_(-1)
+    model.eval()
+    with torch.no_grad():
+        after = model(x)
+    fresh = build(name)
+    fresh.load_state_dict(model.state_dict())
+    set_bias_cache(fresh, False)
+    with torch.no_grad():
+        expected = fresh(x)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fcaformer_l1", "fcaformer_l0"])
+def test_loading_weights_invalidates(name):
+    model, other = build(name), build(name)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+        expected = other(x)
+    assert any(cached(model))
+    model.load_state_dict(other.state_dict())
+    assert not any(cached(model))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-6)
+    # assign=True replaces the parameter objects (fresh version counters): still invalidated
+    with torch.no_grad():
+        model(x)
+    third = build(name)
+    model.load_state_dict(third.state_dict(), assign=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), third(x), rtol=0, atol=1e-6)
+
+
+def test_in_place_updates_invalidate_without_train_or_load():
+    """An EMA-style update (in place, eval mode, no grad) changes the tables' version: the cache misses."""
+    model = build("fcaformer_l1")
+    x = torch.randn(1, 3, 64, 64)
+    target = build("fcaformer_l1")
+    with torch.no_grad():
+        model(x)
+        for p, q in zip(model.parameters(), target.parameters(), strict=True):
+            p.lerp_(q, 1.0)  # what timm's ModelEmaV3 does, here with weight 1: model becomes target
+        torch.testing.assert_close(model(x), target(x), rtol=0, atol=1e-6)
+
+
+def test_cache_switch():
+    model = build("fcaformer_l1")
+    x = torch.randn(1, 3, 64, 64)
+    set_bias_cache(model, False)
+    with torch.no_grad():
+        y = model(x)
+    assert not any(cached(model))
+    set_bias_cache(model, True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), y, rtol=0, atol=1e-6)
+    assert any(cached(model))

@@ -1,0 +1,182 @@
+"""Every inference fast path computes the plain path's function (max abs difference <= 1e-4).
+
+Plain path: explicit softmax attention, position biases recomputed in every forward, BatchNorms and layer scales
+unfolded, ``nn.Linear`` through ``F.linear``, default (NCHW) memory format. Fast paths, one at a time and all
+together: fused SDPA attention, cached biases, Conv-BN/layer-scale folding (``crossformers.profiling.fuse``), oneDNN
+linear layers, channels-last; and optimize_for_inference (all of them, channels-last where it helps).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from profiling_cases import CASES, fixture_model, one_thread  # noqa: F401  (autouse fixture)
+
+import crossformers
+from crossformers.layers import linear as onednn
+from crossformers.layers.linear import OneDNNLinear, OneDNNMlp, set_onednn_linear
+from crossformers.profiling import (
+    fuse,
+    optimize_for_inference,
+    optimize_for_training,
+    set_bias_cache,
+    set_channels_last,
+)
+
+ATOL = 1e-4
+
+
+def plain(model: torch.nn.Module) -> torch.nn.Module:
+    model = copy.deepcopy(model).eval()
+    model.set_fused_attn(False)
+    set_bias_cache(model, False)
+    return model
+
+
+def fast(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    """A copy of the plain ``model`` with one fast path (or 'all') switched on."""
+    model = copy.deepcopy(model).eval()
+    if path in ("fused_attn", "all"):
+        model.set_fused_attn(True)
+    if path in ("bias_cache", "all"):
+        set_bias_cache(model, True)
+    if path in ("fuse", "all"):
+        fuse(model)
+    if path in ("onednn_linear", "all"):
+        set_onednn_linear(model)
+    if path in ("channels_last", "all"):
+        set_channels_last(model)
+    if path == "optimize":
+        optimize_for_inference(model)
+    return model
+
+
+def run(model: torch.nn.Module, x: torch.Tensor, path: str) -> torch.Tensor:
+    if path in ("channels_last", "all"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        first = model(x)
+        second = model(x)  # with the bias cache: served from the cache
+    if path in ("bias_cache", "all", "optimize"):
+        assert any(getattr(m, "_bias_cache", None) for m in model.modules()) or not any(
+            hasattr(m, "_bias_cache") for m in model.modules())
+    torch.testing.assert_close(second, first, rtol=0, atol=1e-6)
+    return second
+
+
+PATHS = ["fused_attn", "bias_cache", "fuse", "onednn_linear", "channels_last", "all", "optimize"]
+
+
+@pytest.fixture
+def force_onednn(monkeypatch):
+    """Use oneDNN for every product (the tiny fixture models are below the size threshold)."""
+    monkeypatch.setattr(onednn, "MIN_MACS", 0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fast_paths_equal_plain_on_parity_fixtures(case, force_onednn):
+    model, x, ref = fixture_model(case)
+    base = plain(model)
+    with torch.no_grad():
+        expected = base(x)
+    torch.testing.assert_close(expected, ref, atol=1e-4, rtol=1e-4)  # the plain path is the official function
+    for path in PATHS:
+        got = run(fast(base, path), x, path)
+        diff = (got - expected).abs().max().item()
+        assert diff <= ATOL, f"{case}: fast path {path} differs from the plain path by {diff:.2e}"
+
+
+def _randomize(model: torch.nn.Module) -> torch.nn.Module:
+    """Random weights everywhere (layer scales ~1, positive BN variances) so that every branch matters."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("gamma", "ls1.gamma", "ls2.gamma")):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1 and ("norm" in name or "bn" in name) and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+    return model.eval()
+
+
+SMALL = {
+    "crossformer": ("crossformer_pp_small", dict(img_size=64, embed_dim=16, depths=(1, 2, 4, 1), num_heads=(2, 2, 4, 4),
+                                                 group_size=(4, 4, 4, 4), interval=(4, 2, 1, 1), num_classes=5)),
+    "fcaformer": ("fcaformer_l1", dict(img_size=64, embed_dim=(16, 32, 48, 64), depths=(1, 1, 3, 2),
+                                       num_heads=(0, 0, 2, 4), num_classes=5)),
+    "fcaformer_plain": ("fcaformer_l0", dict(img_size=64, embed_dim=32, depth=3, num_heads=2, num_classes=5)),
+    "crossvit": ("crossvit_9_dagger_240", dict(img_size=48, img_scale=(1.0, 32 / 48), patch_size=(12, 16),
+                                               embed_dim=(16, 32), num_heads=(2, 2), depth=((1, 1, 0), (1, 1, 0)),
+                                               mlp_ratio=(2, 2, 1), num_classes=5)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(SMALL))
+@pytest.mark.parametrize("size", [(64, 64), (80, 48)])
+def test_fast_paths_equal_plain_on_random_inputs(family, size, force_onednn):
+    """Random weights and inputs at two sizes (the second is non-square and not a multiple of the group extents:
+    padding masks in CrossFormer, resampled tables in FcaFormer), batch 2."""
+    name, kwargs = SMALL[family]
+    base = plain(_randomize(crossformers.create_model(name, **kwargs)))
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        expected = base(x)
+    for path in PATHS:
+        got = run(fast(base, path), x, path)
+        diff = (got - expected).abs().max().item()
+        assert diff <= ATOL, f"{family} {size}: fast path {path} differs from the plain path by {diff:.2e}"
+
+
+def test_fuse_folds_conv_bn_and_layer_scales():
+    from timm.layers import ConvNormAct, LayerScale
+
+    model = _randomize(crossformers.create_model("fcaformer_l1", **SMALL["fcaformer"][1]))
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert n_bn > 0
+    model.train()
+    fused = fuse(model)
+    assert fused is model and not fused.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert not any(isinstance(m, LayerScale) for m in fused.modules())
+    assert all(m.conv.bias is not None for m in fused.modules() if isinstance(m, ConvNormAct))
+    copied = fuse(_randomize(crossformers.create_model("fcaformer_l1", **SMALL["fcaformer"][1])), inplace=False)
+    assert copied is not None
+
+
+def test_training_fast_paths_are_reversible_and_train_alike(force_onednn):
+    """optimize_for_training (oneDNN linear: a class swap, same state dict; channels-last): forward and gradients
+    equal the plain path's; the oneDNN switch goes back."""
+    model = _randomize(crossformers.create_model("fcaformer_l1", **SMALL["fcaformer"][1])).train()
+    ref = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    optimize_for_training(model)
+    assert model.training and model.channels_last
+    assert any(isinstance(m, OneDNNLinear) for m in model.modules())
+    assert any(isinstance(m, OneDNNMlp) for m in model.modules())
+    assert list(model.state_dict()) == keys
+    x = torch.randn(2, 3, 64, 64)
+    for m in (model, ref):
+        m.zero_grad()
+        m(x).square().sum().backward()
+    torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=1e-5)
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-3, msg=n)
+    set_onednn_linear(model, False)
+    assert not any(isinstance(m, (OneDNNLinear, OneDNNMlp)) for m in model.modules())
+
+
+def test_onednn_linear_skips_small_and_non_fp32_products():
+    x = torch.randn(4, 8)
+    w = torch.randn(3, 8)
+    assert not onednn._use_onednn(x, w)  # 96 MACs: below the threshold
+    big = torch.randn(512, 512)
+    assert onednn._use_onednn(big, torch.randn(512, 512)) == onednn.onednn_available()
+    assert not onednn._use_onednn(big.bfloat16(), torch.randn(512, 512).bfloat16())

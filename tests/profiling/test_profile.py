@@ -1,0 +1,142 @@
+"""profile_model, its reports (table, JSON, CSV, plot) and the ``crossformers profile`` command on small models."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from profiling_cases import one_thread  # noqa: F401  (autouse fixture)
+
+import crossformers
+from crossformers.cli import main
+from crossformers.profiling import (
+    PUBLISHED,
+    ProfileResult,
+    ProfilingError,
+    count_macs,
+    format_breakdown,
+    format_table,
+    plot_accuracy,
+    profile_model,
+    read_json,
+    write_csv,
+    write_json,
+)
+
+FAST = dict(threads=1, warmup=1, repeats=3, throughput_repeats=1)
+
+
+def test_profile_fields_of_a_small_model():
+    r = profile_model("fcaformer_nano", img_size=32, batch_size=2, breakdown=True, **FAST)
+    model = crossformers.create_model("fcaformer_nano")
+    assert r.model == "fcaformer_nano" and r.family == "FcaFormer"
+    assert r.img_size == (32, 32) and r.in_chans == 1 and r.batch_size == 2 and r.threads == 1
+    assert (r.device, r.dtype, r.compiled, r.fused, r.channels_last) == ("cpu", "fp32", False, False, False)
+    assert r.params == sum(p.numel() for p in model.parameters())
+    assert r.macs == count_macs(model, (1, 32, 32))[0] > 0
+    assert 0 < r.latency_min_ms <= r.latency_ms <= r.latency_p90_ms
+    assert len(r.latency_samples_ms) >= 3
+    assert r.throughput_img_s > 0
+    assert r.peak_mem_mib > 0 and r.peak_mem_batch_mib >= r.peak_mem_mib * 0.9 and "subprocess" in r.mem_method
+    assert r.achieved_gflops == pytest.approx(2 * r.macs / (r.latency_ms / 1e3) / 1e9)
+    assert r.matmul_peak_gflops > 0 and r.peak_fraction == pytest.approx(r.achieved_gflops / r.matmul_peak_gflops)
+    assert r.published_top1 is None  # no published accuracy for the nano variant
+    assert r.breakdown[""] == r.macs and "stages.2" in r.breakdown
+    text = format_breakdown(r, depth=2)
+    assert "stages.2" in text and "stem" in text
+    assert "fcaformer_nano" in format_table([r])
+
+
+def test_profile_a_module_with_options():
+    model = crossformers.create_model("fcaformer_nano").train()
+    r = profile_model(model, img_size=(40, 32), batch_size=0, fuse=True, channels_last=True, memory=True,
+                      matmul_peak=False, **FAST)
+    assert model.training  # the caller's model is untouched (a fused copy was profiled)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert r.fused and r.channels_last and r.img_size == (40, 32)
+    assert r.throughput_img_s is None and r.peak_fraction is None
+    assert r.peak_mem_mib is None or r.peak_mem_mib >= 0
+
+
+def test_bf16_and_compile_options():
+    r = profile_model("fcaformer_nano", img_size=32, batch_size=0, dtype="bf16", memory=False, matmul_peak=False,
+                      **FAST)
+    assert r.dtype == "bf16" and r.latency_ms > 0
+    torch._dynamo.reset()
+    r = profile_model("crossvit_9_240", img_size=48, batch_size=0, compile="aot_eager", memory=False,
+                      matmul_peak=False, model_kwargs=dict(img_size=48, img_scale=(1.0, 32 / 48), embed_dim=(16, 32),
+                                                           num_heads=(2, 2), num_classes=3), **FAST)
+    torch._dynamo.reset()
+    assert r.compiled and r.compile_s > 0 and r.latency_ms > 0
+
+
+def test_bad_options_raise_profiling_errors():
+    with pytest.raises(ProfilingError, match="dtype"):
+        profile_model("fcaformer_nano", dtype="fp8")
+    with pytest.raises(ProfilingError, match="img_size"):
+        profile_model("fcaformer_nano", img_size=(1, 2, 3), latency=False, memory=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ProfilingError, match="CUDA"):
+            profile_model("fcaformer_nano", device="cuda")
+    with pytest.raises(crossformers.UnknownModelError):
+        profile_model("fcaformer_l11")
+
+
+def _synthetic(name: str, latency: float) -> ProfileResult:
+    pub = PUBLISHED[name]
+    return ProfileResult(model=name, family=pub.family, img_size=(pub.img_size,) * 2, in_chans=3, batch_size=0,
+                         threads=2, device="cpu", dtype="fp32", compiled=False, fused=False, channels_last=False,
+                         params=int(pub.params_m * 1e6), macs=int((pub.gmacs or 1.0) * 1e9), latency_ms=latency,
+                         published_top1=pub.top1)
+
+
+def test_json_csv_and_plot_round_trip(tmp_path):
+    results = [_synthetic("fcaformer_l1", 40.0), _synthetic("fcaformer_l2", 90.0),
+               _synthetic("crossformer_tiny", 80.0), _synthetic("crossvit_9_240", 45.0)]
+    js = write_json(results, tmp_path / "r.json", extra={"command": "test"})
+    doc = json.loads(js.read_text())
+    assert doc["command"] == "test" and "cpu" in doc["machine"] and len(doc["results"]) == 4
+    assert read_json(js)[1].latency_ms == 90.0 and read_json(js)[0].img_size == (224, 224)
+    rows = list(csv.DictReader(write_csv(results, tmp_path / "r.csv").open()))
+    assert rows[2]["model"] == "crossformer_tiny" and float(rows[2]["latency_ms"]) == 80.0 and "gmacs" in rows[0]
+    png = plot_accuracy(results, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ProfilingError, match="published"):
+        plot_accuracy([_synthetic("fcaformer_l1", 1.0).__class__(**{**_synthetic("fcaformer_l1", 1.0).__dict__,
+                                                                     "published_top1": None})], tmp_path / "x.png")
+
+
+def test_cli_profile(tmp_path, capsys):
+    js, cs = tmp_path / "out.json", tmp_path / "out.csv"
+    code = main(["profile", "fcaformer_nano", "--img-size", "32", "--batch-size", "2", "--threads", "1",
+                 "--repeats", "2", "--warmup", "1", "--throughput-repeats", "1", "--no-memory", "--breakdown",
+                 "--json", str(js), "--csv", str(cs)])
+    out = capsys.readouterr()
+    assert code == 0
+    assert "fcaformer_nano" in out.out and "GMACs" in out.out and "stages.2" in out.out
+    assert json.loads(js.read_text())["results"][0]["model"] == "fcaformer_nano"
+    assert cs.read_text().startswith("model,")
+    png = tmp_path / "plot.png"
+    write_json([_synthetic("fcaformer_l1", 40.0), _synthetic("crossformer_small", 120.0)], tmp_path / "saved.json")
+    assert main(["profile", "--from-json", str(tmp_path / "saved.json"), "--plot", str(png)]) == 0
+    assert png.is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["profile", "fcaformer_l11", "--macs-only"], "unknown model"),
+    (["profile"], "MODEL"),
+    (["profile", "fcaformer_nano", "--img-size", "1", "2", "3"], "--img-size"),
+    (["profile", "nomatch*"], "matches"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+
+
+def test_cli_rejects_bad_flag_values(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["profile", "fcaformer_nano", "--threads", "0"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("error:")
