@@ -309,7 +309,16 @@ def main(argv: list[str] | None = None) -> int:
            "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
            "machine": machine_info(), "threads": torch.get_num_threads(), "rounds": args.rounds,
            "train_rounds": args.train_rounds, "train_batch": args.train_batch,
-           "load_before": [round(v, 2) for v in os.getloadavg()], "latency": [], "train": [], "skipped": []}
+           "load_before": [round(v, 2) for v in os.getloadavg()], "load_after": None, "latency": [], "train": [],
+           "skipped": []}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every group, so that an interrupted run keeps what it measured
+        doc["load_after"] = [round(v, 2) for v in os.getloadavg()]
+        (out / f"{args.tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (out / f"{args.tag}.md").write_text(markdown(doc))
+
     for name in ([] if args.no_latency else (args.variants or LATENCY_DEFAULT)):
         print(f"latency: {name} ...", file=sys.stderr, flush=True)
         r = bench_latency(name, official, args.rounds)
@@ -317,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["skipped"].append(name)
             continue
         doc["latency"].append(r)
+        save()
         s = r["stats"]
         print(f"  ratio {s['ours']['ratio']:.3f}, fast {s['ours_fast']['ratio']:.3f} "
               f"(ref {s['reference']['median_s'] * 1e3:.1f} ms)", file=sys.stderr, flush=True)
@@ -327,14 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             doc["skipped"].append(f"{name} (train)")
             continue
         doc["train"].append(r)
+        save()
         s = r["stats"]
         print(f"  ratio {s['ours']['ratio']:.3f}, fast {s['ours_fast']['ratio']:.3f} "
               f"(ref {s['reference']['median_s']:.2f} s)", file=sys.stderr, flush=True)
-    doc["load_after"] = [round(v, 2) for v in os.getloadavg()]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out / f"{args.tag}.md").write_text(markdown(doc))
+    save()
     print(markdown(doc))
     print(f"wrote {out / (args.tag + '.md')} and {out / (args.tag + '.json')}", file=sys.stderr)
     return 0
