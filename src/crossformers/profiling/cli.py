@@ -13,32 +13,12 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import shlex
 import sys
-from typing import Any
+
+from crossformers.cli_types import json_object, positive_int
 
 __all__ = ["add_subcommands", "run"]
-
-
-def _json_dict(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): e.g. '{{\"drop_path_rate\": 0}}'") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"drop_path_rate\": 0}'")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _non_negative(text: str) -> int:
@@ -62,11 +42,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "models side by side (benchmarks/)."))
     p.add_argument("models", metavar="MODEL", nargs="*",
                    help="crossformers model names (or timm:<name>); shell patterns such as 'fcaformer_l*' expand")
-    p.add_argument("--img-size", type=_positive, nargs="+", metavar=("H", "W"),
+    p.add_argument("--img-size", type=positive_int, nargs="+", metavar=("H", "W"),
                    help="input height and width in pixels (one value = square; default: each model's own)")
     p.add_argument("--batch-size", type=_non_negative, default=32, metavar="N",
                    help="batch for the throughput measurement (default 32; 0 skips it)")
-    p.add_argument("--threads", type=_positive, default=None, metavar="T",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="T",
                    help="CPU intra-op threads (default: torch's default)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights and inputs dtype (default fp32)")
@@ -77,14 +57,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--optimize", action="store_true", help=(
         "every fast path: --fuse, --onednn-linear and --channels-last where it helps (FcaFormer)"))
     p.add_argument("--warmup", type=_non_negative, default=5, help="untimed batch-1 calls first (default 5)")
-    p.add_argument("--repeats", type=_positive, default=20, help="timed batch-1 calls (default 20)")
-    p.add_argument("--throughput-repeats", type=_positive, default=3, help="timed batches of N (default 3)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="timed batch-1 calls (default 20)")
+    p.add_argument("--throughput-repeats", type=positive_int, default=3, help="timed batches of N (default 3)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--macs-only", action="store_true", help="params and MACs only (no timing, no memory)")
     p.add_argument("--breakdown", action="store_true", help="print the MACs of every module (see --breakdown-depth)")
-    p.add_argument("--breakdown-depth", type=_positive, default=2, metavar="D",
+    p.add_argument("--breakdown-depth", type=positive_int, default=2, metavar="D",
                    help="module name levels in the breakdown (default 2)")
-    p.add_argument("--model-kwargs", type=_json_dict, metavar="JSON", help="extra constructor arguments (JSON)")
+    p.add_argument("--model-kwargs", type=json_object, metavar="JSON", help="extra constructor arguments (JSON)")
     p.add_argument("--json", metavar="PATH", help="write the results (and machine info) as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the results as CSV")
     p.add_argument("--plot", metavar="PATH", help=(
@@ -165,6 +145,12 @@ def run(args: argparse.Namespace) -> int:
             name, batch_size=args.batch_size, repeats=args.repeats, throughput_repeats=args.throughput_repeats,
             latency=not args.macs_only, memory=not (args.no_memory or args.macs_only), breakdown=args.breakdown,
             **common))
+    if args.plot and not args.from_json:
+        done = {r.model for r in results}
+        for name in [n for n in sorted(PUBLISHED) if fnmatch.fnmatch(n, args.plot_models) and n not in done]:
+            log(f"timing {name} for the plot ...")
+            results.append(profile_model(name, batch_size=0, repeats=max(3, args.repeats // 4), memory=False,
+                                         **{**common, "warmup": min(args.warmup, 2)}))
     if results:
         print(format_table(results))
     if args.breakdown:
@@ -172,13 +158,6 @@ def run(args: argparse.Namespace) -> int:
             print()
             print(format_breakdown(r, depth=args.breakdown_depth))
     if args.plot:
-        done = {r.model for r in results}
-        todo = [n for n in sorted(PUBLISHED) if fnmatch.fnmatch(n, args.plot_models) and n not in done]
-        if not args.from_json:
-            for name in todo:
-                log(f"timing {name} for the plot ...")
-                results.append(profile_model(name, batch_size=0, repeats=max(3, args.repeats // 4), memory=False,
-                                             **{**common, "warmup": min(args.warmup, 2)}))
         path = plot_accuracy([r for r in results if fnmatch.fnmatch(r.model, args.plot_models)], args.plot)
         log(f"wrote {path}")
     command = ("crossformers " + " ".join(shlex.quote(a) for a in sys.argv[1:])
