@@ -164,22 +164,9 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] | list[int]) -> float:
     """Multiply-accumulate operations for one image of ``input_size`` (C, H, W), as total FLOPs / 2.
 
-    Counted with ``torch.utils.flop_counter.FlopCounterMode`` in eval mode. Models with ``set_fused_attn`` are
-    switched to explicit attention first (the fused CPU attention kernel is not counted) and switched back after.
+    Delegates to :func:`crossformers.profiling.count_macs` (explicit attention path, eval mode, the model's mode and
+    attention flags restored), the one MAC counter of the project.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from ..profiling.macs import count_macs as _count
 
-    was_training = model.training
-    model.eval()
-    toggled = callable(getattr(model, "set_fused_attn", None))
-    if toggled:
-        model.set_fused_attn(False)
-    try:
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            model(torch.zeros(1, *[int(s) for s in input_size]))
-        return counter.get_total_flops() / 2.0
-    finally:
-        if toggled:
-            model.set_fused_attn(True)
-        model.train(was_training)
+    return float(_count(model, tuple(int(s) for s in input_size))[0])
