@@ -87,6 +87,19 @@ def test_dpb_cache_is_invalidated_by_train_and_load():
         assert not blk._bias_cache and blk.attn.pos.pos_proj.weight.grad is not None
 
 
+def test_dpb_cache_misses_after_in_place_update():
+    """An EMA-style step (in place, eval mode, no grad: what timm's ModelEmaV3 does) must not reuse the old DPB."""
+    meta, t = load_case("crossformer_v1_tiny64")
+    model, target = model_for_case(meta), model_for_case(meta)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.normal_(0, 0.2)
+        model(t["input"])  # fills the caches with the old DPB
+        for p, q in zip(model.parameters(), target.parameters(), strict=True):
+            p.lerp_(q, 1.0)  # model becomes target without train() or load_state_dict
+        torch.testing.assert_close(model(t["input"]), target(t["input"]), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("variant", ["crossformer_tiny", "crossformer_small", "crossformer_base", "crossformer_large",
                                      "crossformer_pp_small", "crossformer_pp_base", "crossformer_pp_large",
                                      "crossformer_pp_huge"])

@@ -13,7 +13,8 @@ from torch import nn
 
 from ._helpers import check_input
 
-__all__ = ["HierarchicalModel", "set_fused_attn", "clear_caches", "set_bias_cache", "set_channels_last"]
+__all__ = ["HierarchicalModel", "set_fused_attn", "clear_caches", "set_bias_cache", "set_channels_last",
+           "tensor_versions"]
 
 
 def set_fused_attn(model: nn.Module, enable: bool = True) -> None:
@@ -22,6 +23,12 @@ def set_fused_attn(model: nn.Module, enable: bool = True) -> None:
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = enable
+
+
+def tensor_versions(tensors) -> tuple[tuple[int, int], ...]:
+    """(storage address, in-place version counter) of each tensor: part of a bias-cache key, so that moving the
+    tensors, loading new ones or updating them in place (an optimizer or EMA step) makes the cache miss."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def clear_caches(model: nn.Module) -> None:

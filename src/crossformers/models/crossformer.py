@@ -42,7 +42,7 @@ from ..layers.attention import attention
 from ..layers.embed import CrossScaleEmbedding
 from ..layers.grouping import group_tokens, padding_key_mask, ungroup_tokens
 from ..layers.position_bias import DynamicPosBias
-from ._base import HierarchicalModel
+from ._base import HierarchicalModel, tensor_versions
 from ._helpers import build_model
 
 __all__ = ["CrossFormer", "CrossFormerBlock", "progressive_group_sizes", "checkpoint_filter_fn"]
@@ -181,9 +181,13 @@ class CrossFormerBlock(nn.Module):
         return self.group_size, self.lda
 
     def attn_bias(self, height: int, width: int) -> torch.Tensor:
-        """DPB plus padding mask for a (height, width) map: (nG or 1, heads, G*G, G*G). Cached in inference."""
+        """DPB plus padding mask for a (height, width) map: (nG or 1, heads, G*G, G*G).
+
+        Cached in inference (eval mode, gradients off, not compiling) per map size and per storage and version of
+        the DPB parameters, so ``train()``, loading weights, moving them and in-place updates (an EMA step) all
+        invalidate it."""
         G, lda = self.grouping(height, width)
-        key = (height, width, G, lda, self.attn.pos.pos_proj.weight.device, self.attn.pos.pos_proj.weight.dtype)
+        key = (height, width, G, lda, *tensor_versions(self.attn.pos.parameters()))
         cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         if cacheable and key in self._bias_cache:
             return self._bias_cache[key]

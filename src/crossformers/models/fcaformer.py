@@ -57,7 +57,7 @@ from ..factory import register_name
 from ..layers.attention import attention
 from ..layers.linear import fast_linear, uses_onednn_linear
 from ..layers.position_bias import OffsetBiasTable, resample_grid_table, resample_pos_embed
-from ._base import HierarchicalModel, set_fused_attn
+from ._base import HierarchicalModel, set_fused_attn, tensor_versions
 from ._helpers import build_model, check_input
 
 __all__ = ["FcaBlock", "FcaStage", "FcaFormer", "FcaFormerPlain", "checkpoint_filter_fn"]
@@ -193,7 +193,7 @@ class FcaBlock(nn.Module):
         cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         key = None
         if cacheable:
-            key = (height, width, device, dtype, *((t.data_ptr(), t._version) for t in self._bias_tables()))
+            key = (height, width, device, dtype, *tensor_versions(self._bias_tables()))
             hit = self._bias_cache.get(key)
             if hit is not None:
                 return hit
