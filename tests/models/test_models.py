@@ -140,3 +140,22 @@ def test_features_only_loads_a_classifier_checkpoint_strictly(name, tmp_path):
     torch.save(broken, path)
     with pytest.raises(crossformers.CheckpointError, match="missing"):
         crossformers.create_model(name, features_only=True, img_size=64, checkpoint_path=path)
+
+
+@pytest.mark.parametrize("name", ["fcaformer_l1", "fcaformer_l0", "crossformer_tiny", "crossformer_pp_small",
+                                  "crossvit_9_240"])
+def test_whole_model_pickles(name):
+    """torch.save(model) and copy.deepcopy work: our load hooks are picklable objects."""
+    import copy
+    import io
+
+    model, chans = small(name)
+    model.eval()
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)  # our own object, written just above
+    x = torch.randn(1, chans, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(copy.deepcopy(loaded)(x), model(x), rtol=0, atol=0)

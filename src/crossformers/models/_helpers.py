@@ -2,6 +2,7 @@
 official checkpoints on load, and checking inputs."""
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Callable
@@ -20,6 +21,28 @@ __all__ = ["build_model", "convert_on_load", "check_input", "resolve_pretrained_
 StateDict = dict[str, torch.Tensor]
 
 
+class _ConvertStateDict:
+    """Load-state-dict pre-hook rewriting the incoming state dict with ``filter_fn`` (a module-level function, so
+    the model stays picklable: ``torch.save(model)``, ``copy.deepcopy``, multiprocessing)."""
+
+    def __init__(self, filter_fn: Callable[[StateDict, nn.Module], StateDict]):
+        self.filter_fn = filter_fn
+
+    def __call__(self, module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                 error_msgs) -> None:
+        own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        converted = self.filter_fn(own, module)
+        for k in [k for k in state_dict if k.startswith(prefix)]:
+            del state_dict[k]
+        state_dict.update({prefix + k: v for k, v in converted.items()})
+
+
+def _clear_cache_after_load(module: nn.Module, incompatible_keys) -> None:
+    clear = getattr(module, "clear_cache", None)
+    if callable(clear):
+        clear()
+
+
 def convert_on_load(model: nn.Module, filter_fn: Callable[[StateDict, nn.Module], StateDict]) -> None:
     """Make ``model.load_state_dict`` accept official checkpoint layouts.
 
@@ -27,23 +50,16 @@ def convert_on_load(model: nn.Module, filter_fn: Callable[[StateDict, nn.Module]
     keys already in our layout unchanged), and a post-hook that clears cached position biases. This is what lets
     ``timm.create_model(name, checkpoint_path=...)`` and plain ``model.load_state_dict(official_sd)`` work.
     Also sets ``model.convert_state_dict(sd)``, used by :func:`crossformers.checkpoint.load_checkpoint`.
+    Hooks are picklable objects, so ``torch.save(model)`` works.
     """
+    model.register_load_state_dict_pre_hook(_ConvertStateDict(filter_fn))
+    model.register_load_state_dict_post_hook(_clear_cache_after_load)
+    model.convert_state_dict = functools.partial(_convert_copy, filter_fn, model)
 
-    def pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        converted = filter_fn(own, model)
-        for k in [k for k in state_dict if k.startswith(prefix)]:
-            del state_dict[k]
-        state_dict.update({prefix + k: v for k, v in converted.items()})
 
-    def post_hook(module, incompatible_keys):
-        clear = getattr(module, "clear_cache", None)
-        if callable(clear):
-            clear()
-
-    model.register_load_state_dict_pre_hook(pre_hook)
-    model.register_load_state_dict_post_hook(post_hook)
-    model.convert_state_dict = lambda sd: filter_fn(dict(sd), model)
+def _convert_copy(filter_fn: Callable[[StateDict, nn.Module], StateDict], model: nn.Module, sd: StateDict
+                  ) -> StateDict:
+    return filter_fn(dict(sd), model)
 
 
 def _cache_dir() -> Path:
