@@ -15,7 +15,7 @@ for fusion in cross_attn all_attn class_token pairwise; do
   [ -e "$out/$fusion/last/meta.json" ] && continue
   "$root/.venv/bin/crossformers" train --model crossvit_tiny_240 --model-kwargs "{$arch, \"fusion\": \"$fusion\"}" \
     --data fashion-mnist --epochs "$epochs" --batch-size 128 --lr 2e-3 --warmup-epochs 0.5 --weight-decay 0.05 \
-    --label-smoothing 0.1 --scale 0.75 1 --ratio 0.9 1.1 --output "$out/$fusion" --progress=false
+    --label-smoothing 0.1 --scale 0.75 1 --ratio 0.9 1.1 --output "$out/$fusion" --no-progress
 done
 "$root/.venv/bin/python" - "$out" <<'PY'
 import json, sys
