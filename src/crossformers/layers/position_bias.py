@@ -13,11 +13,16 @@ How other sizes are handled (documented behaviour):
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OffsetBiasTable", "DynamicPosBias", "resample_grid_table", "resample_pos_embed", "offset_index"]
+from ..errors import CheckpointError
+
+__all__ = ["OffsetBiasTable", "DynamicPosBias", "resample_grid_table", "resample_pos_embed", "offset_index",
+           "infer_grid"]
 
 
 def offset_index(height: int, width: int, table_width: int, device: torch.device | None = None) -> torch.Tensor:
@@ -144,3 +149,19 @@ class DynamicPosBias(nn.Module):
         xs = torch.arange(group_w, device=table.device).repeat(group_h)
         idx = (ys[:, None] - ys[None, :] + group_h - 1) * (2 * group_w - 1) + (xs[:, None] - xs[None, :] + group_w - 1)
         return table[idx].permute(2, 0, 1)
+
+
+def infer_grid(count: int, target: tuple[int, int], key: str) -> tuple[int, int]:
+    """The (h, w) grid of a checkpoint table with ``count`` flattened cells (a position embedding, a relative or
+    cross-token table): the model's own grid ``target`` when the sizes agree, else a square.
+
+    Raises:
+        CheckpointError: ``count`` is neither ``target``'s size nor a square (naming ``key`` and the fix).
+    """
+    if count == target[0] * target[1]:
+        return target
+    side = math.isqrt(count)
+    if side * side != count:
+        raise CheckpointError(f"cannot infer the grid of {key} ({count} cells, not square): create the model with "
+                              "the img_size the checkpoint was trained at")
+    return side, side

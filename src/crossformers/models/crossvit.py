@@ -67,7 +67,7 @@ from ..checkpoint import guess_family
 from ..errors import CheckpointError
 from ..factory import register_name
 from ..layers.attention import attention
-from ..layers.position_bias import resample_pos_embed
+from ..layers.position_bias import infer_grid, resample_pos_embed
 from ._base import set_fused_attn
 from ._helpers import build_model, check_input
 
@@ -199,32 +199,37 @@ class CrossAttention(nn.Module):
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, 1, C)))
 
 
-class CrossAttentionBlock(nn.Module):
+class _PreNormAttention(nn.Module):
+    """x -> residual + DropPath(attention(LN(x))) with no FFN: the fusion layers of Sec. 3.3. Subclasses choose the
+    attention module and whether the residual is the CLS token only."""
+
+    attn_cls: type[nn.Module]
+    cls_residual: bool
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = self.attn_cls(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x[:, :1] if self.cls_residual else x
+        return residual + self.drop_path(self.attn(self.norm1(x)))
+
+
+class CrossAttentionBlock(_PreNormAttention):
     """One cross-attention fusion layer (Eq. 10): CLS + MCA(LN([CLS || patches])) -> (B, 1, C); no FFN."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_layer=nn.LayerNorm):
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = CrossAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :1] + self.drop_path(self.attn(self.norm1(x)))
+    attn_cls = CrossAttention
+    cls_residual = True
 
 
-class SelfAttentionLayer(nn.Module):
-    """One all-attention fusion layer (Eq. 5): y + MSA(LN(y)); no FFN."""
+class SelfAttentionLayer(_PreNormAttention):
+    """One all-attention fusion layer (Eq. 5): y + MSA(LN(y)) -> (B, N, C); no FFN."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_layer=nn.LayerNorm):
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = SelfAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.attn(self.norm1(x)))
+    attn_cls = SelfAttention
+    cls_residual = False
 
 
 class Projection(nn.Module):
@@ -720,17 +725,6 @@ def _map_key(key: str) -> str:
     return key
 
 
-def _source_grid(count: int, target: tuple[int, int], key: str) -> tuple[int, int]:
-    """Grid of a checkpoint's position embedding with ``count`` patch cells: the model's if it fits, else square."""
-    if count == target[0] * target[1]:
-        return target
-    side = math.isqrt(count)
-    if side * side != count:
-        raise CheckpointError(f"cannot infer the patch grid of {key} ({count} cells, not square): create the model "
-                              "with the img_size the checkpoint was trained at")
-    return side, side
-
-
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Convert a CrossViT checkpoint in timm's layout (``pos_embed_0``, timm ``crossvit_*``) or the authors' layout
     (``pos_embed.0``, IBM/CrossViT ``crossvit_*_224``) to ours.
@@ -757,7 +751,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
         v = out.get(key)
         if v is None or v.ndim != 3 or v.shape[1] == 1 + grid[0] * grid[1] or v.shape[-1] != model.embed_dim[i]:
             continue
-        src = _source_grid(v.shape[1] - 1, tuple(grid), key)
+        src = infer_grid(v.shape[1] - 1, tuple(grid), key)
         out[key] = resample_pos_embed(v, src, tuple(grid))
     return out
 

@@ -56,7 +56,7 @@ from ..errors import CheckpointError
 from ..factory import register_name
 from ..layers.attention import attention
 from ..layers.linear import fast_linear, uses_onednn_linear
-from ..layers.position_bias import OffsetBiasTable, resample_grid_table, resample_pos_embed
+from ..layers.position_bias import OffsetBiasTable, infer_grid, resample_grid_table, resample_pos_embed
 from ._base import HierarchicalModel, set_fused_attn, tensor_versions
 from ._helpers import build_model, check_input
 
@@ -654,17 +654,6 @@ def _map_official_key(key: str) -> str:
     return key
 
 
-def _grid_of(count: int, target: tuple[int, int], key: str) -> tuple[int, int]:
-    """Grid (h, w) of a flat official table of ``count`` cells: the model's grid if it fits, else a square."""
-    if count == target[0] * target[1]:
-        return target
-    side = math.isqrt(count)
-    if side * side != count:
-        raise CheckpointError(f"cannot infer the token grid of {key} ({count} cells): build the model with the "
-                              "img_size the checkpoint was trained at")
-    return side, side
-
-
 def _official_table(key: str, v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Reshape an official flat table to our layout (grid from the model, or square for another training size).
 
@@ -672,14 +661,14 @@ def _official_table(key: str, v: torch.Tensor, target: torch.Tensor) -> torch.Te
     (heads, n, h0, w0); ``s_scale_factors`` (1, n*S0, 1) -> (n, h0, w0).
     """
     if key.endswith("rel_pos.table"):
-        return v.reshape(v.shape[0], *_grid_of(v.shape[-1], tuple(target.shape[-2:]), key))
+        return v.reshape(v.shape[0], *infer_grid(v.shape[-1], tuple(target.shape[-2:]), key))
     if key.endswith("cross_bias"):
         heads, n = target.shape[:2]
         flat = v.reshape(heads, n, -1)
     else:
         n = target.shape[0]
         flat = v.reshape(n, -1)
-    return flat.reshape(*flat.shape[:-1], *_grid_of(flat.shape[-1], tuple(target.shape[-2:]), key))
+    return flat.reshape(*flat.shape[:-1], *infer_grid(flat.shape[-1], tuple(target.shape[-2:]), key))
 
 
 def _fit_tables(state: dict[str, torch.Tensor], model: nn.Module, official: set[str]) -> dict[str, torch.Tensor]:
