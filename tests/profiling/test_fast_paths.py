@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import timm
 import torch
 from profiling_cases import CASES, fixture_model, one_thread  # noqa: F401  (autouse fixture)
 
@@ -31,6 +32,7 @@ def plain(model: torch.nn.Module) -> torch.nn.Module:
     model = copy.deepcopy(model).eval()
     model.set_fused_attn(False)
     set_bias_cache(model, False)
+    set_onednn_linear(model, False)  # models are created with it on AVX-512 CPUs
     return model
 
 
@@ -180,3 +182,55 @@ def test_onednn_linear_skips_small_and_non_fp32_products():
     big = torch.randn(512, 512)
     assert onednn._use_onednn(big, torch.randn(512, 512)) == onednn.onednn_available()
     assert not onednn._use_onednn(big.bfloat16(), torch.randn(512, 512).bfloat16())
+
+
+def _uses(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, (OneDNNLinear, OneDNNMlp)) for m in model.modules())
+
+
+@pytest.mark.skipif(not onednn.onednn_available(), reason="this PyTorch build has no oneDNN")
+def test_create_model_switches_onednn_linear_by_default_with_opt_outs(monkeypatch):
+    small = dict(SMALL["crossformer"][1])
+    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR", raising=False)
+    expected = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert onednn.onednn_by_default() == expected
+    assert _uses(crossformers.create_model("crossformer_tiny", **small)) == expected
+    assert _uses(timm.create_model("crossformer_tiny", **small)) == expected  # timm's path builds through ours
+    assert not _uses(crossformers.create_model("crossformer_tiny", onednn_linear=False, **small))
+    assert _uses(crossformers.create_model("crossformer_tiny", onednn_linear=True, **small))
+    monkeypatch.setenv("CROSSFORMERS_ONEDNN_LINEAR", "0")
+    assert not _uses(crossformers.create_model("crossformer_tiny", **small))
+    monkeypatch.setenv("CROSSFORMERS_ONEDNN_LINEAR", "1")
+    model = crossformers.create_model("crossformer_tiny", **small)
+    assert _uses(model)
+    ref = crossformers.create_model("crossformer_tiny", onednn_linear=False, **small)
+    assert list(model.state_dict()) == list(ref.state_dict())  # a class swap: same keys and shapes
+
+
+def test_onednn_linear_steps_aside_while_exporting():
+    big = torch.randn(512, 512)
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(onednn._use_onednn(x, big))
+            return x + 1
+
+    torch.export.export(Probe(), (big,))
+    assert seen and not any(seen)
+
+
+def test_flop_counters_see_plain_linear_layers(force_onednn):
+    """Under FlopCounterMode (a dispatch mode) the oneDNN path steps aside: raw counts equal the plain model's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    name, kwargs = SMALL["crossformer"]
+    fast_model = crossformers.create_model(name, onednn_linear=True, **kwargs).eval()
+    plain_model = crossformers.create_model(name, onednn_linear=False, **kwargs).eval()
+    plain_model.load_state_dict(fast_model.state_dict())
+    counts = []
+    for m in (fast_model, plain_model):
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            m(torch.randn(1, 3, 64, 64))
+        counts.append(fc.get_total_flops())
+    assert counts[0] == counts[1] > 0

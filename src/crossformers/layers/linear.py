@@ -5,23 +5,28 @@ oneDNN (bundled with PyTorch as MKL-DNN) uses its own AVX-512 kernels: on the 2-
 ``shared/reference/baseline.md`` oneDNN runs the matrix products of these models 1.5-2.4x faster (forward and both
 backward products; measured in ``docs/profiling.md``). On Intel CPUs both libraries use AVX-512 and the gain is small.
 
-:func:`set_onednn_linear` switches a model's ``nn.Linear`` modules (and timm ``Mlp`` blocks, whose first layer then
+Models made by :func:`crossformers.create_model` use this path by default on AVX-512 CPUs
+(:func:`onednn_by_default`; ``create_model(..., onednn_linear=False)`` or ``CROSSFORMERS_ONEDNN_LINEAR=0`` to opt
+out). :func:`set_onednn_linear` switches a model's ``nn.Linear`` modules (and timm ``Mlp`` blocks, whose first layer then
 also fuses the exact GELU) to :class:`OneDNNLinear` / :class:`OneDNNMlp` by changing their class: parameters, state
 dict and results (within float rounding, ~1e-6 relative) stay the same, and the switch is reversible. The oneDNN
-call is used only where it pays: fp32 CPU tensors, no autocast, not while ``torch.compile`` traces (the compiler
-sees ordinary ``aten.linear``), and products of at least :data:`MIN_MACS` multiply-adds (oneDNN's fixed cost per call
-is ~20 us); everything else goes through ``F.linear``. Training works: a custom autograd function computes both
-backward products with oneDNN as well.
+call is used only where it pays: fp32 CPU tensors, no autocast, and products of at least :data:`MIN_MACS`
+multiply-adds (oneDNN's fixed cost per call is ~20 us). It steps aside while ``torch.compile``, ``torch.export`` or
+``torch.jit.trace`` trace and under a Python dispatch mode such as ``torch.utils.flop_counter.FlopCounterMode``, so
+compilers and FLOP counters see the ordinary ``aten.linear``; everything else goes through ``F.linear``. Training
+works: a custom autograd function computes both backward products with oneDNN as well.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
-__all__ = ["MIN_MACS", "onednn_available", "fast_linear", "OneDNNLinear", "OneDNNMlp", "set_onednn_linear",
-           "uses_onednn_linear"]
+__all__ = ["MIN_MACS", "onednn_available", "onednn_by_default", "fast_linear", "OneDNNLinear", "OneDNNMlp",
+           "set_onednn_linear", "uses_onednn_linear"]
 
 MIN_MACS = 1 << 20  # below ~1 M multiply-adds oneDNN's per-call overhead outweighs its faster kernel
 
@@ -29,6 +34,20 @@ MIN_MACS = 1 << 20  # below ~1 M multiply-adds oneDNN's per-call overhead outwei
 def onednn_available() -> bool:
     """Whether this PyTorch build has oneDNN (MKL-DNN) and its pointwise linear op."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_by_default() -> bool:
+    """Whether :func:`crossformers.create_model` switches new models to the oneDNN linear path.
+
+    Yes on CPUs with AVX-512 (where the gain was measured) when oneDNN is available, unless the environment variable
+    ``CROSSFORMERS_ONEDNN_LINEAR`` is ``0``; ``1`` forces it on any CPU. Per model: ``create_model(...,
+    onednn_linear=False)`` or :func:`set_onednn_linear`. The switch never changes parameters or the state dict and
+    only acts on fp32 CPU tensors, so CUDA, bf16/autocast, ``torch.compile`` and export are unaffected.
+    """
+    env = os.environ.get("CROSSFORMERS_ONEDNN_LINEAR", "").strip()
+    if env in ("0", "1"):
+        return env == "1" and onednn_available()
+    return onednn_available() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, attr: str = "none",
@@ -61,8 +80,10 @@ class _OneDNNLinearFn(torch.autograd.Function):
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
+    if torch.compiler.is_exporting() or torch._C._len_torch_dispatch_stack() > 0:
+        return False  # under a dispatch mode (FlopCounterMode, fake tensors, ...) tools see the ordinary aten.linear
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu" or weight.device.type != "cpu":
         return False
     if x.dim() < 2 or torch.is_autocast_enabled("cpu"):

@@ -15,6 +15,7 @@ from timm.models import build_model_with_cfg, get_pretrained_cfg
 from torch import nn
 
 from ..errors import InputSizeError, PretrainedUnavailableError
+from ..layers.linear import onednn_by_default, set_onednn_linear
 
 __all__ = ["build_model", "convert_on_load", "check_input", "resolve_pretrained_file", "hub_cached"]
 
@@ -176,9 +177,14 @@ def build_model(
     the classifier model *before* any ``features_only`` wrapping, strictly except for the head: it is dropped
     explicitly for ``num_classes=0``, for feature extractors, and for a different class count when ``pretrained``
     or when ``new_head=True`` (the caller gave ``num_classes``).
+
+    ``onednn_linear`` (default :func:`crossformers.layers.linear.onednn_by_default`) switches the linear layers to
+    the oneDNN path; parameters and state dict are unchanged.
     """
     checkpoint_file = kwargs.pop("checkpoint_file", None)
     new_head = bool(kwargs.pop("new_head", False))
+    onednn = kwargs.pop("onednn_linear", None)
+    onednn = onednn_by_default() if onednn is None else bool(onednn)
     weights = checkpoint_file if checkpoint_file is not None else (
         resolve_pretrained_file(variant) if pretrained else None)
     new_head = new_head or (pretrained and checkpoint_file is None)
@@ -188,6 +194,8 @@ def build_model(
 
     def construct(**kw):
         model = cls(**kw)
+        if onednn:
+            set_onednn_linear(model, True)
         convert_on_load(model, filter_fn)
         if weights is not None:
             _load_weights(model, weights, cfg, filter_fn, new_head, features_only)

@@ -187,8 +187,8 @@ class CrossFormerBlock(nn.Module):
         the DPB parameters, so ``train()``, loading weights, moving them and in-place updates (an EMA step) all
         invalidate it."""
         G, lda = self.grouping(height, width)
-        key = (height, width, G, lda, *tensor_versions(self.attn.pos.parameters()))
         cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        key = (height, width, G, lda, *tensor_versions(self.attn.pos.parameters())) if cacheable else None
         if cacheable and key in self._bias_cache:
             return self._bias_cache[key]
         bias = self.attn.pos(G, G).unsqueeze(0)

@@ -53,7 +53,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile (inductor) before timing")
     p.add_argument("--fuse", action="store_true", help="fold BatchNorms and layer scales into the layers before them")
     p.add_argument("--channels-last", action="store_true", help="run convolutions channels-last")
-    p.add_argument("--onednn-linear", action="store_true", help="run linear layers through oneDNN (AVX-512 kernels)")
+    p.add_argument("--onednn-linear", action=argparse.BooleanOptionalAction, default=None, help=(
+        "force linear layers through oneDNN (--onednn-linear) or MKL (--no-onednn-linear); default: as created "
+        "(oneDNN on AVX-512 CPUs, see CROSSFORMERS_ONEDNN_LINEAR)"))
     p.add_argument("--optimize", action="store_true", help=(
         "every fast path: --fuse, --onednn-linear and --channels-last where it helps (FcaFormer)"))
     p.add_argument("--warmup", type=_non_negative, default=5, help="untimed batch-1 calls first (default 5)")

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers.linear import uses_onednn_linear
 from .errors import ProfilingError
 from .macs import count_macs
 from .measure import (
@@ -186,9 +187,10 @@ def _check_compiler() -> None:
 
 
 def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, fuse: bool = False,
-                  channels_last: bool = False, compile: bool | str = False, onednn_linear: bool = False) -> nn.Module:
-    """Eval mode, optional BatchNorm/layer-scale folding, oneDNN linear layers, channels-last, device/dtype, optional
-    ``torch.compile``.
+                  channels_last: bool = False, compile: bool | str = False, onednn_linear: bool | None = None,
+                  ) -> nn.Module:
+    """Eval mode, optional BatchNorm/layer-scale folding, oneDNN linear layers on/off (None: as created),
+    channels-last, device/dtype, optional ``torch.compile``.
 
     Modifies ``model`` in place (the compiled wrapper, if any, is returned).
     """
@@ -199,8 +201,8 @@ def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, fu
     model.eval()
     if fuse:
         fuse_model(model)
-    if onednn_linear:
-        set_onednn_linear(model, True)
+    if onednn_linear is not None:
+        set_onednn_linear(model, onednn_linear)
     model.to(device=device, dtype=dtype)
     if channels_last:
         set_channels_last(model, True)
@@ -229,7 +231,7 @@ def profile_model(
     *,
     fuse: bool = False,
     channels_last: bool = False,
-    onednn_linear: bool = False,
+    onednn_linear: bool | None = None,
     optimize: bool = False,
     warmup: int = 5,
     repeats: int = 20,
@@ -255,7 +257,9 @@ def profile_model(
         dtype: 'fp32' or 'bf16' (weights and inputs converted; MACs are counted in the model's own dtype).
         fuse: fold BatchNorms and layer scales (:func:`crossformers.profiling.fuse.fuse`) first.
         channels_last: run convolutions channels-last.
-        onednn_linear: linear layers through oneDNN (:func:`crossformers.layers.linear.set_onednn_linear`).
+        onednn_linear: force linear layers through oneDNN (True) or MKL (False); None keeps the model as created
+            (:func:`crossformers.layers.linear.onednn_by_default`: on for AVX-512 CPUs). The result records the state
+            measured.
         optimize: every fast path (:func:`crossformers.profiling.optimize.optimize_for_inference`): ``fuse``,
             ``onednn_linear``, and ``channels_last`` where it helps.
         warmup, repeats, min_time_s: latency measurement: untimed calls, timed calls, and minimum timed seconds.
@@ -282,7 +286,7 @@ def profile_model(
         model = name_or_model
         cfg = getattr(model, "pretrained_cfg", None) or {}
         name = cfg.get("architecture") or type(model).__name__
-        needs_copy = fuse or channels_last or onednn_linear or optimize or any(
+        needs_copy = fuse or channels_last or onednn_linear is not None or optimize or any(
             p.dtype != torch_dtype or p.device != dev for p in model.parameters())
         if needs_copy:
             model = copy.deepcopy(model)
@@ -309,7 +313,7 @@ def profile_model(
         result = ProfileResult(
             model=name, family=family_of(name), img_size=size, in_chans=chans, batch_size=int(batch_size or 0),
             threads=used_threads, device=str(dev), dtype=label, compiled=bool(compile), fused=fuse,
-            channels_last=channels_last, onednn_linear=onednn_linear, params=params, macs=macs,
+            channels_last=channels_last, onednn_linear=bool(onednn_linear), params=params, macs=macs,
             published_top1=pub.top1 if pub else None, breakdown=per_module if breakdown else None)
 
         sizes = [1] + ([int(batch_size)] if batch_size and batch_size > 1 else [])
@@ -324,6 +328,7 @@ def profile_model(
 
         run = prepare_model(model, dev, torch_dtype, fuse=fuse, channels_last=channels_last, compile=compile,
                             onednn_linear=onednn_linear)
+        result.onednn_linear = any(uses_onednn_linear(m) for m in model.modules())
         x1 = _make_input(1, chans, size, dev, torch_dtype, channels_last)
         try:
             with torch.inference_mode():
