@@ -131,7 +131,7 @@ def upernet(
     num_classes: int,
     checkpoint_path: str | os.PathLike | None = None,
     pretrained: bool = False,
-    decoder_channels: int = 256,
+    decoder_channels: int = 512,
     decoder_use_norm: bool | str | dict = "batchnorm",
     neck_dim: int | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
@@ -140,7 +140,9 @@ def upernet(
 
     Args:
         backbone_name, num_classes, checkpoint_path, pretrained, neck_dim, backbone_kwargs: as :func:`fpn`.
-        decoder_channels: UPerNet width (smp default 256; mmsegmentation's configs of the papers use 512).
+        decoder_channels: UPerNet width. Default 512, the width of the mmsegmentation configs behind the papers'
+            ADE20K tables (their published parameter counts are matched up to the auxiliary FCN head, which is used
+            only in training); smp's own default is 256.
         decoder_use_norm: smp normalisation argument of the decoder convolutions.
 
     Returns:
