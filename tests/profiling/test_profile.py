@@ -108,15 +108,19 @@ def test_json_csv_and_plot_round_trip(tmp_path):
 
 
 def test_cli_profile(tmp_path, capsys):
-    js, cs = tmp_path / "out.json", tmp_path / "out.csv"
+    js, cs, md = tmp_path / "out.json", tmp_path / "out.csv", tmp_path / "out.md"
     code = main(["profile", "fcaformer_nano", "--img-size", "32", "--batch-size", "2", "--threads", "1",
                  "--repeats", "2", "--warmup", "1", "--throughput-repeats", "1", "--no-memory", "--breakdown",
-                 "--json", str(js), "--csv", str(cs)])
+                 "--json", str(js), "--csv", str(cs), "--markdown", str(md)])
     out = capsys.readouterr()
     assert code == 0
     assert "fcaformer_nano" in out.out and "GMACs" in out.out and "stages.2" in out.out
     assert json.loads(js.read_text())["results"][0]["model"] == "fcaformer_nano"
     assert cs.read_text().startswith("model,")
+    table = md.read_text().splitlines()
+    assert table[0].startswith("| model | input | params (M) | GMACs |") and table[1].startswith("|---|")
+    assert table[2].startswith("| fcaformer_nano | 32x32 |") and table[2].count("|") == table[0].count("|")
+    assert "1 thread(s)" in table[-1] and "throughput at N=2" in table[-1]
     png = tmp_path / "plot.png"
     write_json([_synthetic("fcaformer_l1", 40.0), _synthetic("crossformer_small", 120.0)], tmp_path / "saved.json")
     assert main(["profile", "--from-json", str(tmp_path / "saved.json"), "--plot", str(png)]) == 0

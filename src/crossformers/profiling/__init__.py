@@ -17,10 +17,10 @@ from .optimize import optimize_for_inference, optimize_for_training
 from .plot import plot_accuracy
 from .profile import ProfileResult, profile_model
 from .published import PUBLISHED, Published
-from .report import format_breakdown, format_table, read_json, write_csv, write_json
+from .report import format_breakdown, format_markdown, format_table, read_json, write_csv, write_json
 
 __all__ = [
     "profile_model", "ProfileResult", "count_macs", "fuse", "optimize_for_inference", "optimize_for_training", "set_onednn_linear", "set_fused_attn", "set_bias_cache", "set_channels_last",
-    "matmul_peak_gflops", "machine_info", "plot_accuracy", "format_table", "format_breakdown", "write_json",
+    "matmul_peak_gflops", "machine_info", "plot_accuracy", "format_table", "format_markdown", "format_breakdown", "write_json",
     "write_csv", "read_json", "PUBLISHED", "Published", "ProfilingError",
 ]

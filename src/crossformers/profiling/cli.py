@@ -69,6 +69,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-kwargs", type=json_object, metavar="JSON", help="extra constructor arguments (JSON)")
     p.add_argument("--json", metavar="PATH", help="write the results (and machine info) as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the results as CSV")
+    p.add_argument("--markdown", metavar="PATH", help="write the results table as Markdown")
     p.add_argument("--plot", metavar="PATH", help=(
         "plot published top-1 against MACs and against measured latency for every registered model with a published "
         "accuracy (matching --plot-models); models not profiled above are timed quickly (latency only)"))
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         PUBLISHED,
         ProfilingError,
         format_breakdown,
+        format_markdown,
         format_table,
         plot_accuracy,
         profile_model,
@@ -168,4 +170,9 @@ def run(args: argparse.Namespace) -> int:
         log(f"wrote {write_json(results, args.json, extra={'command': command})}")
     if args.csv:
         log(f"wrote {write_csv(results, args.csv)}")
+    if args.markdown:
+        from crossformers.engine.checkpoint_io import atomic_write_text
+
+        atomic_write_text(args.markdown, format_markdown(results))
+        log(f"wrote {args.markdown}")
     return 0

@@ -1,4 +1,4 @@
-"""Rendering profile results: a text table, per-module MAC breakdowns, JSON and CSV files."""
+"""Rendering profile results: a text or Markdown table, per-module MAC breakdowns, JSON and CSV files."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ from typing import Any
 
 from .profile import ProfileResult
 
-__all__ = ["format_table", "format_breakdown", "write_json", "write_csv", "read_json"]
+__all__ = ["format_table", "format_markdown", "format_breakdown", "write_json", "write_csv", "read_json"]
 
 _COLUMNS: list[tuple[str, str, str]] = [  # header, attribute, format
     ("model", "model", "{}"),
@@ -32,24 +32,44 @@ def _cell(result: ProfileResult, attr: str, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _settings(results: Sequence[ProfileResult]) -> str:
+    """The settings common to a table's rows: device, threads, dtype, batch N, options, matmul peak, memory method."""
+    if not results:
+        return ""
+    r = results[0]
+    opts = [o for o, on in (("compiled", r.compiled), ("fused", r.fused), ("oneDNN linear", r.onednn_linear),
+                            ("channels-last", r.channels_last)) if on]
+    peak = f", matmul peak {r.matmul_peak_gflops:.1f} GFLOP/s" if r.matmul_peak_gflops else ""
+    tput = f"throughput at N={r.batch_size}" if r.batch_size else "no throughput"
+    return (f"{r.device}, {r.threads} thread(s), {r.dtype}, {tput}{', ' + ', '.join(opts) if opts else ''}{peak}; "
+            f"MACs = FLOPs/2 per image; peak MiB = {r.mem_method or 'not measured'}")
+
+
+def _rows(results: Sequence[ProfileResult]) -> list[list[str]]:
+    return [[h for h, _, _ in _COLUMNS]] + [[_cell(r, a, f) for _, a, f in _COLUMNS] for r in results]
+
+
 def format_table(results: Sequence[ProfileResult]) -> str:
     """A fixed-width text table, one row per result, plus a line with the common settings (threads, device,
     dtype, batch N, options) and the measured matmul peak."""
-    rows = [[h for h, _, _ in _COLUMNS]] + [[_cell(r, a, f) for _, a, f in _COLUMNS] for r in results]
+    rows = _rows(results)
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     if results:
-        r = results[0]
-        opts = [o for o, on in (("compiled", r.compiled), ("fused", r.fused), ("oneDNN linear", r.onednn_linear),
-                                ("channels-last", r.channels_last)) if on]
-        peak = f", matmul peak {r.matmul_peak_gflops:.1f} GFLOP/s" if r.matmul_peak_gflops else ""
-        tput = f"throughput at N={r.batch_size}" if r.batch_size else "no throughput"
-        lines.append(f"({r.device}, {r.threads} thread(s), {r.dtype}, {tput}"
-                     f"{', ' + ', '.join(opts) if opts else ''}{peak}; MACs = FLOPs/2 per image; peak MiB = "
-                     f"{r.mem_method or 'not measured'})")
+        lines.append(f"({_settings(results)})")
     return "\n".join(lines)
+
+
+def format_markdown(results: Sequence[ProfileResult]) -> str:
+    """The same table as :func:`format_table` in Markdown (for READMEs and reports), settings line below it."""
+    rows = _rows(results)
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines.insert(1, "|" + "---|" * len(_COLUMNS))
+    if results:
+        lines += ["", f"*{_settings(results)}*"]
+    return "\n".join(lines) + "\n"
 
 
 def format_breakdown(result: ProfileResult, depth: int = 2, min_share: float = 0.0) -> str:
