@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Our models against the reference implementations, side by side in one process, calls alternating.
 
-* CrossViT: ours against timm's own ``crossvit_*`` (timm is a dependency), input 240.
+* CrossViT: ours against timm's own ``crossvit_*`` (timm is a dependency), input 240 (408 for the `_408` models).
 * CrossFormer / CrossFormer++ and FcaFormer: ours against the official code, **only** if you pass
   ``--official-root DIR`` pointing at your own checkout of cheerss/CrossFormer and/or hkzhang-git/FcaFormer (the
   script imports ``models/crossformer.py`` / ``image_classification/models/fcaformer.py`` from there at run time;
@@ -131,7 +131,10 @@ def reference(name: str, official: dict[str, Path]) -> tuple[str, nn.Module] | N
 
 
 def input_side(name: str) -> int:
-    return 240 if name.startswith("crossvit") else 224
+    """The variant's evaluation size (pretrained_cfg): 224, 240 or 408 (CrossViT-dagger 408)."""
+    import timm
+
+    return int(timm.models.get_pretrained_cfg(crossformers.factory.timm_name(name)).input_size[-1])
 
 
 # ------------------------------------------------------------------------------------------------ timing
