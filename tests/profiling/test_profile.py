@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,3 +145,18 @@ def test_cli_rejects_bad_flag_values(capsys):
         main(["profile", "fcaformer_nano", "--threads", "0"])
     assert e.value.code == 2
     assert capsys.readouterr().err.startswith("error:")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_subprocess_memory_does_not_inherit_the_parent_size():
+    """Linux carries a forking parent's RSS into the child's ru_maxrss across exec: a child spawned by a large
+    process must still report only its own peak."""
+    from crossformers.profiling.measure import rss_peak_subprocess
+
+    ballast = torch.ones(512 * 2**20)  # 2 GiB resident in this (parent) process
+    spec = dict(model="fcaformer_nano", model_kwargs={}, img_size=[32, 32], in_chans=1, batch_sizes=[1], threads=1,
+                dtype="fp32")
+    mem = rss_peak_subprocess(spec)
+    assert ballast.sum().item() == ballast.numel()
+    assert 0 < mem["increase_mib"][1] < 200  # a 1.6 M-parameter model at 32x32
+    assert mem["peak_mib"][1] < 1536  # imports (~0.7 GiB) + the model, below the parent's 2 GiB of ballast alone

@@ -32,7 +32,9 @@ def main(argv: list[str]) -> int:
             for _ in range(2):
                 model(x)
             del x
-            now = _maxrss_kib()
+            # VmHWM: this process's own high-water mark. ru_maxrss is not: Linux carries the forking parent's RSS
+            # into it across exec, so a child of a large process would report the parent's size.
+            now = _proc_status_kib("VmHWM") or _maxrss_kib()
             peak[int(batch)] = now / 1024.0
             increase[int(batch)] = (now - baseline_kib) / 1024.0
     print(json.dumps({"baseline_mib": baseline_kib / 1024.0, "peak_mib": peak, "increase_mib": increase}))
