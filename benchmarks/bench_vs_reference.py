@@ -16,7 +16,7 @@ rotates each round), the script times
   linear layers, channels-last for FcaFormer);
 * a training step at batch 32 (forward, cross-entropy, backward, AdamW step; train mode) for the small variants:
   the reference, ours as created, and ours with ``optimize_for_training`` (oneDNN linear layers, channels-last for
-  FcaFormer).
+  FcaFormer); and the peak memory of two such steps, each side in a fresh process (peak RSS minus RSS after imports).
 
 Ratios are ours / reference (below 1 = we are faster): the ratio of medians, and the median of the per-round
 ratios (paired, more robust to drift on a shared machine). Results go to ``docs/benchmarks/`` as markdown and JSON,
@@ -38,6 +38,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -206,7 +207,8 @@ def bench_latency(name: str, official: dict[str, Path], rounds: int) -> dict | N
             "samples_s": times}
 
 
-def bench_train(name: str, official: dict[str, Path], rounds: int, batch: int) -> dict | None:
+def bench_train(name: str, official: dict[str, Path], rounds: int, batch: int, official_root: list[str],
+                memory: bool = True) -> dict | None:
     made = reference(name, official)
     if made is None:
         return None
@@ -217,22 +219,59 @@ def bench_train(name: str, official: dict[str, Path], rounds: int, batch: int) -
     side = input_side(name)
     x = torch.randn(batch, 3, side, side)
     y = torch.randint(0, 1000, (batch,))
-    steps = {}
-    for label, model in (("reference", ref), ("ours", ours), ("ours_fast", ours_dnn)):
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def step(model=model, opt=opt):
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-
-        steps[label] = step
+    steps = {label: _train_step_fn(model, x, y) for label, model in
+             (("reference", ref), ("ours", ours), ("ours_fast", ours_dnn))}
     times = alternate(steps, rounds, warmup=1)
+    peak = {which: train_peak_mib(name, official_root, which, batch, torch.get_num_threads()) if memory else None
+            for which in ("reference", "ours", "ours_fast")}
     return {"variant": name, "family": family_of(name), "reference": ref_label,
             "input": side, "batch": batch, "max_abs_diff": diff, "stats": summarize(times, "reference"),
-            "samples_s": times}
+            "samples_s": times, "peak_mib": peak}
+
+
+def _train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def _memory_child(spec: dict) -> dict:
+    """Run in a fresh process: build one side, take two training steps, report this process's peak RSS (VmHWM)
+    minus its RSS after the imports, in MiB (weights, gradients, AdamW state, activations, workspace)."""
+    from crossformers.profiling.measure import _proc_status_kib
+
+    torch.set_num_threads(spec["threads"])
+    base = _proc_status_kib("VmRSS")
+    name, side, batch = spec["variant"], spec["side"], spec["batch"]
+    if spec["which"] == "reference":
+        model = reference(name, find_official(spec["official_root"]))[1]
+    else:
+        model = crossformers.create_model(name)
+        if spec["which"] == "ours_fast":
+            optimize_for_training(model)
+    g = torch.Generator().manual_seed(0)
+    step = _train_step_fn(model, torch.randn(batch, 3, side, side, generator=g), torch.randint(0, 1000, (batch,),
+                                                                                              generator=g))
+    for _ in range(2):
+        step()
+    return {"peak_mib": (_proc_status_kib("VmHWM") - base) / 1024.0}
+
+
+def train_peak_mib(name: str, official_root: list[str], which: str, batch: int, threads: int) -> float | None:
+    """Peak memory (MiB) of a training step of one side, measured in a fresh subprocess; None without /proc."""
+    if not Path("/proc/self/status").is_file():
+        return None
+    spec = {"variant": name, "side": input_side(name), "batch": batch, "which": which, "threads": threads,
+            "official_root": official_root}
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(spec)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -240,6 +279,13 @@ def bench_train(name: str, official: dict[str, Path], rounds: int, batch: int) -
 def _fmt_ratio(r: float, goal: float | None) -> str:
     mark = "" if goal is None else (" ✓" if r <= goal else " ✗")
     return f"{r:.3f}{mark}"
+
+
+def _fmt_mib(peak: dict | None) -> str:
+    if not peak or any(peak.get(k) is None for k in ("reference", "ours", "ours_fast")):
+        return "-"
+    mark = " ✓" if peak["ours"] <= peak["reference"] else " ✗"
+    return f"{peak['reference']:.0f} / {peak['ours']:.0f}{mark} / {peak['ours_fast']:.0f}"
 
 
 def markdown(doc: dict) -> str:
@@ -251,7 +297,7 @@ def markdown(doc: dict) -> str:
              f"- threads: {doc['threads']}; load average before/after: {doc['load_before']} / {doc['load_after']}",
              "- ratio = ours / reference (< 1: ours faster); *paired* = median of per-round ratios (calls alternate, "
              "order rotating). `ours` = as created; `ours fast` = `optimize_for_inference` (latency) or "
-             "`optimize_for_training` (training: oneDNN linear layers, channels-last for FcaFormer). ✓/✗: goal met (latency ≤ 0.67 CrossFormer/FcaFormer, ≤ 0.85 CrossViT; training ≤ 0.8).",
+             "`optimize_for_training` (training: oneDNN linear layers, channels-last for FcaFormer). ✓/✗: goal met (latency ≤ 0.67 CrossFormer/FcaFormer, ≤ 0.85 CrossViT; training ≤ 0.8; training peak memory, measured in a fresh process per side as peak RSS minus RSS after imports, no higher than the reference's).",
              "- The machine is shared and timings drift by tens of percent; only the side-by-side ratios mean "
              "anything.", ""]
     if doc["latency"]:
@@ -272,14 +318,15 @@ def markdown(doc: dict) -> str:
         lines += [f"## Training step, batch {doc['train_batch']} (fwd + bwd + AdamW), fp32 ({doc['train_rounds']} "
                   "alternating rounds)", "",
                   "| variant | reference | input | ref s/step | ours s/step | ratio (paired) | ours fast s/step | "
-                  "ratio fast (paired) |", "|---|---|---|---|---|---|---|---|"]
+                  "ratio fast (paired) | peak MiB ref / ours / ours fast |", "|---|---|---|---|---|---|---|---|---|"]
         for r in doc["train"]:
             s = r["stats"]
             lines.append(
                 f"| {r['variant']} | {r['reference']} | {r['input']} | {s['reference']['median_s']:.2f} | "
                 f"{s['ours']['median_s']:.2f} | {_fmt_ratio(s['ours']['ratio'], GOALS['train'])} "
                 f"({s['ours']['paired_ratio']:.3f}) | {s['ours_fast']['median_s']:.2f} | "
-                f"{_fmt_ratio(s['ours_fast']['ratio'], GOALS['train'])} ({s['ours_fast']['paired_ratio']:.3f}) |")
+                f"{_fmt_ratio(s['ours_fast']['ratio'], GOALS['train'])} ({s['ours_fast']['paired_ratio']:.3f}) | "
+                f"{_fmt_mib(r.get('peak_mib'))} |")
         lines.append("")
     if doc["skipped"]:
         lines += [f"Skipped (no reference available: pass --official-root): {', '.join(doc['skipped'])}", ""]
@@ -298,9 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-batch", type=int, default=32, help="training batch (default 32)")
     p.add_argument("--no-train", action="store_true", help="skip the training-step benchmark")
     p.add_argument("--no-latency", action="store_true", help="skip the latency benchmark")
+    p.add_argument("--no-train-memory", action="store_true", help="skip the training peak-memory measurement")
+    p.add_argument("--memory-child", metavar="JSON", help=argparse.SUPPRESS)  # internal: one side in a fresh process
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"), help="output directory")
     p.add_argument("--tag", default="vs_reference", help="file name stem (default vs_reference)")
     args = p.parse_args(argv)
+    if args.memory_child:
+        print(json.dumps(_memory_child(json.loads(args.memory_child))))
+        return 0
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -335,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(ref {s['reference']['median_s'] * 1e3:.1f} ms)", file=sys.stderr, flush=True)
     for name in ([] if args.no_train else (args.train_variants or TRAIN_DEFAULT)):
         print(f"training step: {name} ...", file=sys.stderr, flush=True)
-        r = bench_train(name, official, args.train_rounds, args.train_batch)
+        r = bench_train(name, official, args.train_rounds, args.train_batch, args.official_root,
+                        memory=not args.no_train_memory)
         if r is None:
             doc["skipped"].append(f"{name} (train)")
             continue
