@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Our models against the reference implementations, side by side in one process, calls alternating.
 
-* CrossViT: ours against timm's own ``crossvit_*`` (timm is a dependency), input 240 (408 for the `_408` models).
+* CrossViT: ours against timm's own ``crossvit_*`` (timm is a dependency), input 240 (408 for the `_408` models);
+  or, with ``--official-root`` at a checkout of IBM/CrossViT, against the authors' ``crossvit_*_224`` / ``_384`` at
+  their input size 224 / 384.
 * CrossFormer / CrossFormer++ and FcaFormer: ours against the official code, **only** if you pass
   ``--official-root DIR`` pointing at your own checkout of cheerss/CrossFormer and/or hkzhang-git/FcaFormer (the
   script imports ``models/crossformer.py`` / ``image_classification/models/fcaformer.py`` from there at run time;
@@ -88,12 +90,14 @@ def _import_file(path: Path, name: str):
 
 
 def find_official(roots: list[str]) -> dict[str, Path]:
-    """The official model files under the given checkouts: {'crossformer': path, 'fcaformer': path}."""
+    """The official model files under the given checkouts: {'crossformer': path, 'fcaformer': path, 'crossvit': path}
+    (IBM/CrossViT)."""
     found: dict[str, Path] = {}
     for root in roots:
         r = Path(root).expanduser()
         for key, rels in (("crossformer", ["models/crossformer.py", "crossformer.py"]),
-                          ("fcaformer", ["image_classification/models/fcaformer.py", "fcaformer.py"])):
+                          ("fcaformer", ["image_classification/models/fcaformer.py", "fcaformer.py"]),
+                          ("crossvit", ["models/crossvit.py"])):
             for rel in rels:
                 if (r / rel).is_file() and key not in found:
                     found[key] = r / rel
@@ -118,9 +122,32 @@ def official_fcaformer(path: Path, variant: str) -> nn.Module:
     return getattr(module, variant)(drop_path_rate=0.0)  # ours defaults to 0 (the official default is 0.1)
 
 
+def official_crossvit(path: Path, variant: str) -> nn.Module:
+    """The authors' CrossViT (IBM/CrossViT ``models/crossvit.py``): their ``crossvit_*_224`` / ``_384`` models are
+    ours ``_240`` / ``_408`` (branch sizes 240/224 and 408/384) evaluated at 224 / 384 input. Their file targets timm
+    0.4: its ``Block(..., qk_scale=None, drop=p)`` call is mapped onto timm 1.0's ``Block(..., proj_drop=p)`` while the
+    file is imported (nothing else of theirs is changed or copied)."""
+    import timm.models.vision_transformer as vt
+
+    class _Timm04Block(vt.Block):
+        def __init__(self, *args, qk_scale=None, drop=0.0, **kwargs):
+            if qk_scale is not None:
+                raise ValueError("qk_scale is not supported by timm 1.0's Block")
+            super().__init__(*args, proj_drop=drop, **kwargs)
+
+    saved, vt.Block = vt.Block, _Timm04Block
+    try:
+        module = _import_file(path, "_official_crossvit")
+    finally:
+        vt.Block = saved
+    return getattr(module, variant.replace("_240", "_224").replace("_408", "_384"))()
+
+
 def reference(name: str, official: dict[str, Path]) -> tuple[str, nn.Module] | None:
     """(label, reference model) for one of our variants, or None when its reference is not available."""
     if name.startswith("crossvit"):
+        if "crossvit" in official:
+            return "authors", official_crossvit(official["crossvit"], name)
         import timm
 
         return "timm", timm.create_model(name)
@@ -131,10 +158,13 @@ def reference(name: str, official: dict[str, Path]) -> tuple[str, nn.Module] | N
     return "official", build(official[key], name)
 
 
-def input_side(name: str) -> int:
-    """The variant's evaluation size (pretrained_cfg): 224, 240 or 408 (CrossViT-dagger 408)."""
+def input_side(name: str, official: dict[str, Path] | None = None) -> int:
+    """The variant's evaluation size: its pretrained_cfg's (224, 240 or 408), or the authors' CrossViT protocol (224,
+    or 384 for the 408 models) when their code is the reference."""
     import timm
 
+    if name.startswith("crossvit") and official and "crossvit" in official:
+        return 384 if name.endswith("_408") else 224
     return int(timm.models.get_pretrained_cfg(crossformers.factory.timm_name(name)).input_size[-1])
 
 
@@ -194,16 +224,16 @@ def bench_latency(name: str, official: dict[str, Path], rounds: int) -> dict | N
         return None
     ref_label, ref = made
     ours = crossformers.create_model(name)
-    diff = check_equal(ours, ref, input_side(name))
+    diff = check_equal(ours, ref, input_side(name, official))
     fast = optimize_for_inference(copy.deepcopy(ours))
     ref.eval()
     ours.eval()
-    x = torch.randn(1, 3, input_side(name), input_side(name))
+    x = torch.randn(1, 3, input_side(name, official), input_side(name, official))
     with torch.inference_mode():
         times = alternate({"reference": lambda: ref(x), "ours": lambda: ours(x), "ours_fast": lambda: fast(x)},
                           rounds, warmup=2)
     return {"variant": name, "family": family_of(name), "reference": ref_label,
-            "input": input_side(name), "max_abs_diff": diff, "stats": summarize(times, "reference"),
+            "input": input_side(name, official), "max_abs_diff": diff, "stats": summarize(times, "reference"),
             "samples_s": times}
 
 
@@ -214,9 +244,9 @@ def bench_train(name: str, official: dict[str, Path], rounds: int, batch: int, o
         return None
     ref_label, ref = made
     ours = crossformers.create_model(name)
-    diff = check_equal(ours, ref, input_side(name))
+    diff = check_equal(ours, ref, input_side(name, official))
     ours_dnn = optimize_for_training(copy.deepcopy(ours))
-    side = input_side(name)
+    side = input_side(name, official)
     x = torch.randn(batch, 3, side, side)
     y = torch.randint(0, 1000, (batch,))
     steps = {label: _train_step_fn(model, x, y) for label, model in
@@ -267,7 +297,7 @@ def train_peak_mib(name: str, official_root: list[str], which: str, batch: int, 
     """Peak memory (MiB) of a training step of one side, measured in a fresh subprocess; None without /proc."""
     if not Path("/proc/self/status").is_file():
         return None
-    spec = {"variant": name, "side": input_side(name), "batch": batch, "which": which, "threads": threads,
+    spec = {"variant": name, "side": input_side(name, find_official(official_root)), "batch": batch, "which": which, "threads": threads,
             "official_root": official_root}
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(spec)],
                           capture_output=True, text=True, check=True)
@@ -336,7 +366,8 @@ def markdown(doc: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official-root", action="append", default=[], metavar="DIR",
-                   help="your checkout of cheerss/CrossFormer or hkzhang-git/FcaFormer (repeatable)")
+                   help="your checkout of cheerss/CrossFormer, hkzhang-git/FcaFormer or IBM/CrossViT (repeatable; "
+                        "IBM/CrossViT makes the authors' code CrossViT's reference instead of timm's)")
     p.add_argument("--variants", nargs="+", default=None, help=f"latency variants (default {' '.join(LATENCY_DEFAULT)})")
     p.add_argument("--train-variants", nargs="+", default=None, help=f"training variants (default {' '.join(TRAIN_DEFAULT)})")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
@@ -359,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     official = find_official(args.official_root)
     for root in args.official_root:
         if not any(str(v).startswith(str(Path(root).expanduser())) for v in official.values()):
-            p.error(f"--official-root {root}: no models/crossformer.py or image_classification/models/fcaformer.py")
+            p.error(f"--official-root {root}: no models/crossformer.py, image_classification/models/fcaformer.py or "
+                    "models/crossvit.py")
     doc = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
            "machine": machine_info(), "threads": torch.get_num_threads(), "rounds": args.rounds,
