@@ -15,7 +15,7 @@ from .published import FAMILIES
 __all__ = ["plot_accuracy"]
 
 _STYLE = {"CrossFormer": ("tab:blue", "o"), "CrossFormer++": ("tab:purple", "D"), "FcaFormer": ("tab:red", "*"),
-          "CrossViT": ("tab:green", "s"), "CrossViT-dagger": ("tab:olive", "^")}
+          "FcaFormer (plain)": ("tab:pink", "P"), "CrossViT": ("tab:green", "s"), "CrossViT-dagger": ("tab:olive", "^")}
 
 
 def _short(name: str) -> str:

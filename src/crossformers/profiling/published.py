@@ -48,7 +48,7 @@ PUBLISHED: dict[str, Published] = {
     "crossformer_pp_base": Published("CrossFormer++", 84.2, 52.0, 9.5, 224, _CFPP),
     "crossformer_pp_large": Published("CrossFormer++", 84.7, 92.0, 16.6, 224, _CFPP),
     "crossformer_pp_huge": Published("CrossFormer++", 84.9, 96.0, 21.8, 224, _CFPP),
-    "fcaformer_l0": Published("FcaFormer", 74.3, 5.9, None, 224, "FcaFormer paper (arXiv:2211.07198), Sec. 3.2 (plain L0)"),
+    "fcaformer_l0": Published("FcaFormer (plain)", 74.3, 5.9, None, 224, "FcaFormer paper (arXiv:2211.07198), Sec. 3.2 (plain L0)"),
     "fcaformer_l1": Published("FcaFormer", 80.3, 6.2, 1.4, 224, _FCA),
     "fcaformer_l2": Published("FcaFormer", 83.1, 16.3, 3.6, 224, _FCA),
     "fcaformer_l3": Published("FcaFormer", 84.2, 27.9, 6.7, 224, _FCA),
@@ -66,7 +66,7 @@ PUBLISHED: dict[str, Published] = {
     "crossvit_18_dagger_408": Published("CrossViT-dagger", 84.20, 44.61, None, 408, _CV),
 }
 
-FAMILIES = ("CrossFormer", "CrossFormer++", "FcaFormer", "CrossViT", "CrossViT-dagger")
+FAMILIES = ("CrossFormer", "CrossFormer++", "FcaFormer", "FcaFormer (plain)", "CrossViT", "CrossViT-dagger")
 
 
 def published(name: str) -> Published | None:
