@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import Any
 
-__all__ = ["json_object", "positive_int"]
+__all__ = ["json_object", "positive_int", "non_negative_int"]
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -19,12 +19,21 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def positive_int(text: str) -> int:
-    """A whole number >= 1 (sizes in pixels, batch sizes)."""
+def _whole_number(text: str, minimum: int, requirement: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {value}: must be positive")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"invalid value {value}: {requirement}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (sizes in pixels, batch sizes)."""
+    return _whole_number(text, 1, "must be positive")
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (counts where 0 means "none", e.g. warm-up calls, ``--batch-size 0`` to skip)."""
+    return _whole_number(text, 0, "must be >= 0")

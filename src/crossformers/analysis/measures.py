@@ -14,6 +14,7 @@ All take a model (``nn.Module``, one of our checkpoint directories, or a model n
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -271,6 +272,23 @@ def _batches(x: torch.Tensor, batch_size: int):
         yield x[i:i + batch_size]
 
 
+@contextlib.contextmanager
+def _captured_batches(net: nn.Module, blocks: Blocks, x: torch.Tensor, batch_size: int):
+    """Run ``net`` on ``x`` in chunks of ``batch_size`` while capturing the chosen blocks' attention.
+
+    Yields ``(order, records)``: the captured block names in model order, and an iterator over every
+    :class:`AttentionRecord` of every chunk (each chunk's records are dropped before the next chunk runs).
+    """
+    with torch.no_grad(), capture_attention(net, blocks) as cap:
+        def records():
+            for xb in _batches(x, batch_size):
+                cap.clear()
+                net(xb.to(_device(net)))
+                yield from cap.records
+
+        yield [b.name for b in cap.blocks], records()
+
+
 def mean_attention_distance(
     model: nn.Module | str | os.PathLike | LoadedModel,
     images: torch.Tensor | Sequence[Any] | ImageBatch,
@@ -302,26 +320,22 @@ def mean_attention_distance(
     qs = None if queries is None else _check_queries(queries, tuple(batch.tensor.shape[-2:]))
     net = loaded.model
     acc: dict[str, dict[str, Any]] = {}
-    with torch.no_grad(), capture_attention(net, blocks) as cap:
-        order = [b.name for b in cap.blocks]
-        for xb in _batches(batch.tensor, batch_size):
-            cap.clear()
-            net(xb.to(_device(net)))
-            for rec in cap.records:
-                a = acc.setdefault(rec.name, dict(info=rec.block, meta=rec.meta, sums=0.0, count=0, tok=0.0,
-                                                  tok_count=0, cross=0.0, cross_count=0, nq=0))
-                qmask = _query_mask(rec, qs)
-                sums, count = record_distance_sums(rec, qmask)
-                a["sums"] = a["sums"] + sums
-                a["count"] += count
-                a["nq"] = count // rec.probs.shape[0]
-                if rec.block.family == "fcaformer":
-                    s2, c2 = record_distance_sums(rec, qmask, key_labels=["tokens"])
-                    a["tok"] = a["tok"] + s2
-                    a["tok_count"] += c2
-                    share, n = _cross_mass(rec, qmask)
-                    a["cross"] += share
-                    a["cross_count"] += n
+    with _captured_batches(net, blocks, batch.tensor, batch_size) as (order, records):
+        for rec in records:
+            a = acc.setdefault(rec.name, dict(info=rec.block, meta=rec.meta, sums=0.0, count=0, tok=0.0,
+                                              tok_count=0, cross=0.0, cross_count=0, nq=0))
+            qmask = _query_mask(rec, qs)
+            sums, count = record_distance_sums(rec, qmask)
+            a["sums"] = a["sums"] + sums
+            a["count"] += count
+            a["nq"] = count // rec.probs.shape[0]
+            if rec.block.family == "fcaformer":
+                s2, c2 = record_distance_sums(rec, qmask, key_labels=["tokens"])
+                a["tok"] = a["tok"] + s2
+                a["tok_count"] += c2
+                share, n = _cross_mass(rec, qmask)
+                a["cross"] += share
+                a["cross_count"] += n
     out = []
     for name in order:
         a = acc[name]
@@ -390,28 +404,24 @@ def cross_token_share(
     batch = _batch(loaded, images, preprocessing)
     net = loaded.model
     acc: dict[str, dict[str, Any]] = {}
-    with torch.no_grad(), capture_attention(net, blocks) as cap:
-        order = [b.name for b in cap.blocks]
-        for xb in _batches(batch.tensor, batch_size):
-            cap.clear()
-            net(xb.to(_device(net)))
-            for rec in cap.records:
-                a = acc.setdefault(rec.name, dict(info=rec.block, rec=rec, total=0.0, count=0, per={}, tokens=0.0,
-                                                  cls=0.0))
-                a["rec"] = rec
-                qmask = rec.spatial_queries()
-                m = torch.from_numpy(qmask)
-                mean_heads = rec.probs.mean(2).double()  # (B, nG, Nq, Nk)
-                for seg in rec.key_segments:
-                    mass = float((mean_heads[..., seg.start:seg.stop].sum(-1) * m[None]).sum())
-                    if seg.label == "cross":
-                        a["per"][seg.source] = a["per"].get(seg.source, 0.0) + mass
-                        a["total"] += mass
-                    elif seg.label == "cls":
-                        a["cls"] += mass
-                    else:
-                        a["tokens"] += mass
-                a["count"] += int(m.sum()) * int(rec.probs.shape[0])
+    with _captured_batches(net, blocks, batch.tensor, batch_size) as (order, records):
+        for rec in records:
+            a = acc.setdefault(rec.name, dict(info=rec.block, rec=rec, total=0.0, count=0, per={}, tokens=0.0,
+                                              cls=0.0))
+            a["rec"] = rec
+            qmask = rec.spatial_queries()
+            m = torch.from_numpy(qmask)
+            mean_heads = rec.probs.mean(2).double()  # (B, nG, Nq, Nk)
+            for seg in rec.key_segments:
+                mass = float((mean_heads[..., seg.start:seg.stop].sum(-1) * m[None]).sum())
+                if seg.label == "cross":
+                    a["per"][seg.source] = a["per"].get(seg.source, 0.0) + mass
+                    a["total"] += mass
+                elif seg.label == "cls":
+                    a["cls"] += mass
+                else:
+                    a["tokens"] += mass
+            a["count"] += int(m.sum()) * int(rec.probs.shape[0])
     entries, sources = [], []
     for name in order:
         a = acc[name]

@@ -16,19 +16,9 @@ import fnmatch
 import shlex
 import sys
 
-from crossformers.cli_types import json_object, positive_int
+from crossformers.cli_types import json_object, non_negative_int, positive_int
 
 __all__ = ["add_subcommands", "run"]
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +34,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                    help="crossformers model names (or timm:<name>); shell patterns such as 'fcaformer_l*' expand")
     p.add_argument("--img-size", type=positive_int, nargs="+", metavar=("H", "W"),
                    help="input height and width in pixels (one value = square; default: each model's own)")
-    p.add_argument("--batch-size", type=_non_negative, default=32, metavar="N",
+    p.add_argument("--batch-size", type=non_negative_int, default=32, metavar="N",
                    help="batch for the throughput measurement (default 32; 0 skips it)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="T",
                    help="CPU intra-op threads (default: torch's default)")
@@ -58,7 +48,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "(oneDNN on AVX-512 CPUs, see CROSSFORMERS_ONEDNN_LINEAR)"))
     p.add_argument("--optimize", action="store_true", help=(
         "every fast path: --fuse, --onednn-linear and --channels-last where it helps (FcaFormer)"))
-    p.add_argument("--warmup", type=_non_negative, default=5, help="untimed batch-1 calls first (default 5)")
+    p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed batch-1 calls first (default 5)")
     p.add_argument("--repeats", type=positive_int, default=20, help="timed batch-1 calls (default 20)")
     p.add_argument("--throughput-repeats", type=positive_int, default=3, help="timed batches of N (default 3)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")

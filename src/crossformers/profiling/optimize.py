@@ -46,13 +46,7 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: b
     set_bias_cache(model, True)
     if fold:
         fuse(model)
-    if onednn_linear:
-        set_onednn_linear(model, True)
-    if channels_last is None:
-        channels_last = prefers_channels_last(model)
-    if channels_last:
-        set_channels_last(model, True)
-    return model
+    return optimize_for_training(model, onednn_linear, channels_last)  # the paths shared with training
 
 
 def optimize_for_training(model: nn.Module, onednn_linear: bool = True, channels_last: bool | None = None) -> nn.Module:
