@@ -218,35 +218,42 @@ def check_equal(ours: nn.Module, ref: nn.Module, side: int) -> float:
         return ((ours.eval()(x) - expected).abs().max() / expected.abs().max()).item()
 
 
-def bench_latency(name: str, official: dict[str, Path], rounds: int) -> dict | None:
+def _pair(name: str, official: dict[str, Path]) -> tuple[str, nn.Module, nn.Module, float, int] | None:
+    """(reference label, reference model, our model with its weights, relative logit difference, input side), or
+    None when no reference is available."""
     made = reference(name, official)
     if made is None:
         return None
     ref_label, ref = made
     ours = crossformers.create_model(name)
-    diff = check_equal(ours, ref, input_side(name, official))
+    side = input_side(name, official)
+    return ref_label, ref, ours, check_equal(ours, ref, side), side
+
+
+def bench_latency(name: str, official: dict[str, Path], rounds: int) -> dict | None:
+    pair = _pair(name, official)
+    if pair is None:
+        return None
+    ref_label, ref, ours, diff, side = pair
     fast = optimize_for_inference(copy.deepcopy(ours))
     ref.eval()
     ours.eval()
-    x = torch.randn(1, 3, input_side(name, official), input_side(name, official))
+    x = torch.randn(1, 3, side, side)
     with torch.inference_mode():
         times = alternate({"reference": lambda: ref(x), "ours": lambda: ours(x), "ours_fast": lambda: fast(x)},
                           rounds, warmup=2)
     return {"variant": name, "family": family_of(name), "reference": ref_label,
-            "input": input_side(name, official), "max_abs_diff": diff, "stats": summarize(times, "reference"),
+            "input": side, "max_abs_diff": diff, "stats": summarize(times, "reference"),
             "samples_s": times}
 
 
 def bench_train(name: str, official: dict[str, Path], rounds: int, batch: int, official_root: list[str],
                 memory: bool = True) -> dict | None:
-    made = reference(name, official)
-    if made is None:
+    pair = _pair(name, official)
+    if pair is None:
         return None
-    ref_label, ref = made
-    ours = crossformers.create_model(name)
-    diff = check_equal(ours, ref, input_side(name, official))
+    ref_label, ref, ours, diff, side = pair
     ours_dnn = optimize_for_training(copy.deepcopy(ours))
-    side = input_side(name, official)
     x = torch.randn(batch, 3, side, side)
     y = torch.randint(0, 1000, (batch,))
     steps = {label: _train_step_fn(model, x, y) for label, model in
