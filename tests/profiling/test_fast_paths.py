@@ -16,7 +16,7 @@ from profiling_cases import CASES, fixture_model, one_thread  # noqa: F401  (aut
 
 import crossformers
 from crossformers.layers import linear as onednn
-from crossformers.layers.linear import OneDNNLinear, OneDNNMlp, set_onednn_linear
+from crossformers.layers.linear import OneDNNLinear, OneDNNMlp, set_onednn_linear, set_packed_weights
 from crossformers.profiling import (
     fuse,
     optimize_for_inference,
@@ -45,8 +45,10 @@ def fast(model: torch.nn.Module, path: str) -> torch.nn.Module:
         set_bias_cache(model, True)
     if path in ("fuse", "all"):
         fuse(model)
-    if path in ("onednn_linear", "all"):
+    if path in ("onednn_linear", "packed_weights", "all"):
         set_onednn_linear(model)
+    if path in ("packed_weights", "all"):
+        set_packed_weights(model)
     if path in ("channels_last", "all"):
         set_channels_last(model)
     if path == "optimize":
@@ -67,7 +69,7 @@ def run(model: torch.nn.Module, x: torch.Tensor, path: str) -> torch.Tensor:
     return second
 
 
-PATHS = ["fused_attn", "bias_cache", "fuse", "onednn_linear", "channels_last", "all", "optimize"]
+PATHS = ["fused_attn", "bias_cache", "fuse", "onednn_linear", "packed_weights", "channels_last", "all", "optimize"]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import copy
 
 from torch import nn
 
-from ..layers.linear import set_onednn_linear
+from ..layers.linear import set_onednn_linear, set_packed_weights
 from ..models._base import set_bias_cache, set_channels_last, set_fused_attn
 from .fuse import fuse
 
@@ -22,9 +22,10 @@ def prefers_channels_last(model: nn.Module) -> bool:
 
 
 def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: bool = True,
-                           channels_last: bool | None = None, inplace: bool = True) -> nn.Module:
+                           channels_last: bool | None = None, inplace: bool = True,
+                           pack_weights: bool = True) -> nn.Module:
     """Eval mode with every fast path on: fused attention, cached position biases, BatchNorm/layer-scale folding,
-    oneDNN linear layers, and channels-last memory where it helps.
+    oneDNN linear layers with packed weights, and channels-last memory where it helps.
 
     Each path is proven equal to the plain path within 1e-4 on the parity fixtures (tests/profiling). The model
     stays an ordinary module (same outputs; ``torch.compile`` still applies on top).
@@ -33,6 +34,9 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: b
         model: a crossformers model (other modules work too: the paths they lack are skipped).
         fold: :func:`crossformers.profiling.fuse.fuse` (changes the state dict: BatchNorms disappear).
         onednn_linear: :func:`crossformers.layers.linear.set_onednn_linear`.
+        pack_weights: with ``onednn_linear``, :func:`crossformers.layers.linear.set_packed_weights`: inference under
+            ``torch.no_grad()``/``inference_mode()`` reuses oneDNN-blocked weight copies (faster products; one extra
+            fp32 copy of the linear weights in memory).
         channels_last: True/False, or None for :func:`prefers_channels_last`.
         inplace: change ``model`` (default) or a deep copy.
 
@@ -46,7 +50,10 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: b
     set_bias_cache(model, True)
     if fold:
         fuse(model)
-    return optimize_for_training(model, onednn_linear, channels_last)  # the paths shared with training
+    optimize_for_training(model, onednn_linear, channels_last)  # the paths shared with training
+    if onednn_linear and pack_weights:
+        set_packed_weights(model, True)
+    return model
 
 
 def optimize_for_training(model: nn.Module, onednn_linear: bool = True, channels_last: bool | None = None) -> nn.Module:

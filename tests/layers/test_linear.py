@@ -1,0 +1,107 @@
+"""Packed oneDNN weights (layers.linear.set_packed_weights): same results as the unpacked product, rebuilt whenever
+the weight changes, used only without autograd, freed by train() and never pickled."""
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from crossformers.layers import linear as onednn
+from crossformers.layers.linear import OneDNNLinear, set_onednn_linear, set_packed_weights
+
+pytestmark = pytest.mark.skipif(not onednn.onednn_available(), reason="this PyTorch build has no oneDNN")
+
+
+@pytest.fixture(autouse=True)
+def every_product_to_onednn(monkeypatch):
+    """These small products are below the size threshold; send them to oneDNN anyway."""
+    monkeypatch.setattr(onednn, "MIN_MACS", 0)
+
+
+def _packed_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 256), nn.GELU(), nn.Linear(256, 96))
+    set_onednn_linear(model)
+    return set_packed_weights(model)
+
+
+def _cache(model: nn.Module) -> list:
+    return [m.__dict__.get("_packed") for m in model.modules() if isinstance(m, OneDNNLinear)]
+
+
+def test_packed_product_equals_plain_linear_for_any_row_count():
+    model = _packed_mlp().eval()
+    plain = set_onednn_linear(copy.deepcopy(model), False)
+    for shape in ((1, 96), (3, 50, 96), (2, 1000, 96)):  # other row counts than the one packed for
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), plain(x), atol=1e-5, rtol=1e-5)
+        assert all(c is not None for c in _cache(model))
+
+
+def test_packed_weights_follow_loaded_and_in_place_updated_weights():
+    model = _packed_mlp().eval()
+    x = torch.randn(4, 40, 96)
+    with torch.inference_mode():
+        before = model(x)
+    other = _packed_mlp()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-0.5)
+    model.load_state_dict(other.state_dict())  # an in-place copy: same storage, new version
+    plain = set_onednn_linear(copy.deepcopy(other), False).eval()
+    with torch.inference_mode():
+        after = model(x)
+        torch.testing.assert_close(after, plain(x), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(after, before)
+    with torch.no_grad():
+        model[0].weight.zero_()  # an optimizer-style in-place update
+        model[0].bias.zero_()
+        torch.testing.assert_close(model[0](x), torch.zeros(4, 40, 256))
+
+
+def test_packing_needs_no_grad_and_train_frees_it():
+    model = _packed_mlp().eval()
+    x = torch.randn(2, 64, 96, requires_grad=True)
+    model(x).sum().backward()  # autograd on: the plain weight, gradients flow
+    assert model[0].weight.grad is not None
+    assert all(c is None for c in _cache(model))
+    with torch.no_grad():
+        model(x)
+    assert all(c is not None for c in _cache(model))
+    model.train()
+    assert all(c is None for c in _cache(model))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    set_packed_weights(model, False)
+    assert all(c is None for c in _cache(model)) and not model[0].pack_weights
+
+
+def test_models_with_packed_weights_copy_and_pickle_without_the_cache():
+    model = _packed_mlp().eval()
+    x = torch.randn(2, 64, 96)
+    with torch.no_grad():
+        expected = model(x)
+    assert all(c is not None for c in _cache(model))
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert all(c is None for c in _cache(clone)) and clone[0].pack_weights
+        with torch.no_grad():
+            torch.testing.assert_close(clone(x), expected)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    assert set(torch.load(io.BytesIO(buf.getvalue()), weights_only=True)) == set(model.state_dict())
+    assert all(c is not None for c in _cache(model))  # the original keeps its cache
+
+
+def test_switching_back_to_nn_linear_drops_packing_state():
+    model = _packed_mlp().eval()
+    with torch.no_grad():
+        model(torch.randn(2, 64, 96))
+    set_onednn_linear(model, False)
+    assert type(model[0]) is nn.Linear
+    assert "_packed" not in model[0].__dict__ and "pack_weights" not in model[0].__dict__
