@@ -105,3 +105,18 @@ def test_switching_back_to_nn_linear_drops_packing_state():
     set_onednn_linear(model, False)
     assert type(model[0]) is nn.Linear
     assert "_packed" not in model[0].__dict__ and "pack_weights" not in model[0].__dict__
+
+
+@pytest.mark.parametrize("in_features,out_features", [(48, 160), (160, 48), (64, 64)])
+def test_onednn_backward_products_equal_autograd_of_f_linear(in_features, out_features):
+    """Both weight-gradient layouts (larger of in/out features as oneDNN's output channels) and the input gradient."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 70, in_features, requires_grad=True)
+    w = torch.randn(out_features, in_features, requires_grad=True)
+    b = torch.randn(out_features, requires_grad=True)
+    grad = torch.randn(3, 70, out_features)
+    got = torch.autograd.grad(onednn.fast_linear(x, w, b), (x, w, b), grad)
+    want = torch.autograd.grad(torch.nn.functional.linear(x, w, b), (x, w, b), grad)
+    for g, r in zip(got, want, strict=True):
+        assert g.shape == r.shape
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
