@@ -160,3 +160,32 @@ def test_subprocess_memory_does_not_inherit_the_parent_size():
     assert ballast.sum().item() == ballast.numel()
     assert 0 < mem["increase_mib"][1] < 200  # a 1.6 M-parameter model at 32x32
     assert mem["peak_mib"][1] < 1536  # imports (~0.7 GiB) + the model, below the parent's 2 GiB of ballast alone
+
+
+TINY_CROSSVIT = dict(img_size=48, img_scale=(1.0, 32 / 48), embed_dim=(16, 32), num_heads=(2, 2), num_classes=3)
+
+
+def test_optimize_packs_onednn_weights_and_inductor_compiles_frozen():
+    """--optimize adds packed oneDNN weights (where oneDNN is the linear path); --compile with inductor goes through
+    compile_for_inference and matches the eager model."""
+    from crossformers.layers.linear import OneDNNLinear, onednn_by_default
+
+    r = profile_model("crossvit_9_240", img_size=48, batch_size=0, optimize=True, memory=False, matmul_peak=False,
+                      model_kwargs=TINY_CROSSVIT, **FAST)
+    assert r.fused and r.onednn_linear == onednn_by_default() and r.packed_weights == r.onednn_linear
+    model = crossformers.create_model("crossvit_9_240", **TINY_CROSSVIT).eval()
+    from crossformers.profiling.profile import prepare_model
+
+    torch._dynamo.reset()
+    try:
+        run = prepare_model(model, torch.device("cpu"), torch.float32, compile=True, pack_weights=True)
+        x = torch.randn(2, 3, 48, 48)
+        with torch.inference_mode():
+            out = run(x)
+        torch._dynamo.reset()
+        assert type(run).__name__ == "CompiledForInference" and run.module is model
+        assert all(m.pack_weights for m in model.modules() if isinstance(m, OneDNNLinear))
+        with torch.inference_mode():
+            torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
+    finally:
+        torch._dynamo.reset()

@@ -21,7 +21,8 @@ def main(argv: list[str]) -> int:
     _, dtype = resolve_dtype(spec.get("dtype", "fp32"))
     model = build_model_for_profile(spec["model"], spec.get("model_kwargs"))
     model = prepare_model(model, torch.device("cpu"), dtype, fuse=bool(spec.get("fuse")),
-                          channels_last=bool(spec.get("channels_last")), onednn_linear=spec.get("onednn_linear"))
+                          channels_last=bool(spec.get("channels_last")), onednn_linear=spec.get("onednn_linear"),
+                          pack_weights=bool(spec.get("pack_weights")))
     chans, (h, w) = int(spec["in_chans"]), spec["img_size"]
     peak, increase = {}, {}
     with torch.inference_mode():

@@ -40,14 +40,16 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                    help="CPU intra-op threads (default: torch's default)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights and inputs dtype (default fp32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile (inductor) before timing")
+    p.add_argument("--compile", action="store_true", help=(
+        "torch.compile (inductor) before timing: frozen weights, packed for oneDNN on AVX-512 CPUs"))
     p.add_argument("--fuse", action="store_true", help="fold BatchNorms and layer scales into the layers before them")
     p.add_argument("--channels-last", action="store_true", help="run convolutions channels-last")
     p.add_argument("--onednn-linear", action=argparse.BooleanOptionalAction, default=None, help=(
         "force linear layers through oneDNN (--onednn-linear) or MKL (--no-onednn-linear); default: as created "
         "(oneDNN on AVX-512 CPUs, see CROSSFORMERS_ONEDNN_LINEAR)"))
     p.add_argument("--optimize", action="store_true", help=(
-        "every fast path: --fuse, --onednn-linear and --channels-last where it helps (FcaFormer)"))
+        "every fast path: --fuse, --onednn-linear with packed weights, and --channels-last where it helps "
+        "(FcaFormer)"))
     p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed batch-1 calls first (default 5)")
     p.add_argument("--repeats", type=positive_int, default=20, help="timed batch-1 calls (default 20)")
     p.add_argument("--throughput-repeats", type=positive_int, default=3, help="timed batches of N (default 3)")

@@ -13,8 +13,8 @@ Measures, for a model built by name (or given as a module):
 
 Inference runs in eval mode under ``torch.inference_mode()``, with the models' default fast paths on (fused attention,
 cached position biases); ``fuse=True`` folds BatchNorms and layer scales, ``onednn_linear=True`` runs linear layers
-through oneDNN, ``channels_last=True`` runs convolutions channels-last, ``optimize=True`` all of these (channels-last
-only where it helps), ``compile=True`` uses ``torch.compile`` (inductor; needs a C++ compiler on CPU).
+through oneDNN, ``channels_last=True`` runs convolutions channels-last, ``optimize=True`` all of these plus packed
+oneDNN weights (channels-last only where it helps), ``compile=True`` uses ``torch.compile`` (inductor; needs a C++ compiler on CPU).
 """
 from __future__ import annotations
 
@@ -83,6 +83,7 @@ class ProfileResult:
     published_top1: float | None = None
     compile_s: float | None = None
     onednn_linear: bool = False
+    packed_weights: bool = False
     breakdown: dict[str, int] | None = None
     latency_samples_ms: list[float] = field(default_factory=list, repr=False)
 
@@ -188,13 +189,14 @@ def _check_compiler() -> None:
 
 def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, fuse: bool = False,
                   channels_last: bool = False, compile: bool | str = False, onednn_linear: bool | None = None,
-                  ) -> nn.Module:
-    """Eval mode, optional BatchNorm/layer-scale folding, oneDNN linear layers on/off (None: as created),
-    channels-last, device/dtype, optional ``torch.compile``.
+                  pack_weights: bool = False) -> nn.Module:
+    """Eval mode, optional BatchNorm/layer-scale folding, oneDNN linear layers on/off (None: as created), their
+    packed weights (:func:`crossformers.layers.linear.set_packed_weights`), channels-last, device/dtype, optional ``torch.compile`` (inductor: :func:`~.compile.compile_for_inference`,
+    frozen weights packed for oneDNN on AVX-512 CPUs; another backend name: plain ``torch.compile``).
 
     Modifies ``model`` in place (the compiled wrapper, if any, is returned).
     """
-    from ..layers.linear import set_onednn_linear
+    from ..layers.linear import set_onednn_linear, set_packed_weights
     from ..models._base import set_channels_last
     from .fuse import fuse as fuse_model
 
@@ -203,6 +205,7 @@ def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, fu
         fuse_model(model)
     if onednn_linear is not None:
         set_onednn_linear(model, onednn_linear)
+    set_packed_weights(model, pack_weights)
     model.to(device=device, dtype=dtype)
     if channels_last:
         set_channels_last(model, True)
@@ -210,6 +213,10 @@ def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, fu
         backend = "inductor" if compile is True else str(compile)
         if backend == "inductor" and device.type == "cpu":
             _check_compiler()
+        if backend == "inductor":
+            from .compile import compile_for_inference
+
+            return compile_for_inference(model, dynamic=False, fullgraph=False)  # frozen, oneDNN-packed on CPU
         model = torch.compile(model, backend=backend, dynamic=False)
     return model
 
@@ -261,7 +268,7 @@ def profile_model(
             (:func:`crossformers.layers.linear.onednn_by_default`: on for AVX-512 CPUs). The result records the state
             measured.
         optimize: every fast path (:func:`crossformers.profiling.optimize.optimize_for_inference`): ``fuse``,
-            ``onednn_linear``, and ``channels_last`` where it helps.
+            ``onednn_linear`` with packed weights, and ``channels_last`` where it helps.
         warmup, repeats, min_time_s: latency measurement: untimed calls, timed calls, and minimum timed seconds.
         throughput_repeats: timed batches for the throughput (after one warm-up batch).
         latency: measure latency/throughput (False: params and MACs only).
@@ -320,15 +327,16 @@ def profile_model(
         if memory and dev.type == "cpu" and isinstance(name_or_model, str):
             spec = dict(model=name, model_kwargs=model_kwargs or {}, img_size=list(size), in_chans=chans,
                         batch_sizes=sizes, threads=used_threads, dtype=label, fuse=fuse, channels_last=channels_last,
-                        onednn_linear=onednn_linear)
+                        onednn_linear=onednn_linear, pack_weights=optimize)
             mem = rss_peak_subprocess(spec)
             result.peak_mem_mib = mem["increase_mib"].get(1)
             result.peak_mem_batch_mib = mem["increase_mib"].get(sizes[-1]) if len(sizes) > 1 else None
             result.mem_method = "subprocess peak RSS - RSS after imports (eager)"
 
         run = prepare_model(model, dev, torch_dtype, fuse=fuse, channels_last=channels_last, compile=compile,
-                            onednn_linear=onednn_linear)
+                            onednn_linear=onednn_linear, pack_weights=optimize)
         result.onednn_linear = any(uses_onednn_linear(m) for m in model.modules())
+        result.packed_weights = optimize and result.onednn_linear and not compile
         x1 = _make_input(1, chans, size, dev, torch_dtype, channels_last)
         try:
             with torch.inference_mode():

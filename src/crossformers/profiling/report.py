@@ -38,6 +38,7 @@ def _settings(results: Sequence[ProfileResult]) -> str:
         return ""
     r = results[0]
     opts = [o for o, on in (("compiled", r.compiled), ("fused", r.fused), ("oneDNN linear", r.onednn_linear),
+                            ("packed weights", r.packed_weights),
                             ("channels-last", r.channels_last)) if on]
     peak = f", matmul peak {r.matmul_peak_gflops:.1f} GFLOP/s" if r.matmul_peak_gflops else ""
     tput = f"throughput at N={r.batch_size}" if r.batch_size else "no throughput"

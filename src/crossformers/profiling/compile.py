@@ -1,0 +1,114 @@
+"""``torch.compile`` for CPU inference that keeps oneDNN's matrix products: :func:`compile_for_inference`.
+
+Plain ``torch.compile`` on the CPU lowers fp32 linear layers to MKL's sgemm, which on AMD CPUs runs MKL's AVX2 code:
+on the Zen 5 machine of ``docs/profiling.md`` compiled models were 1.2-1.5x *slower* than our eager models, whose
+linear layers call oneDNN's AVX-512 kernels. :func:`compile_for_inference` compiles with inductor's weight freezing
+(parameters become constants, so every linear weight is packed once at compile time) and, where oneDNN is our
+default linear path (:func:`crossformers.layers.linear.onednn_by_default`), makes inductor pack those weights for
+oneDNN (``mkldnn::_reorder_linear_weight`` + ``mkldnn::_linear_pointwise``, the lowering inductor itself uses for
+bf16 and ahead-of-time compilation) instead of MKL. Everything else (fusion of norms, residual adds and activations,
+attention) is inductor's. Measured against ``optimize_for_inference`` eager: 0.62-0.83x the latency
+(``docs/profiling.md``).
+
+The oneDNN choice is made by swapping two methods of inductor's private ``CpuMkldnnDeviceOp`` for the duration of
+each call of the returned module (where compilation happens); if a future PyTorch renames them, compilation falls
+back to inductor's own choice with a warning, and results are unaffected either way.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ..layers.linear import onednn_by_default
+
+__all__ = ["compile_for_inference", "CompiledForInference"]
+
+
+def _pack_weight_for_onednn(self, graph, is_lp_weight, transpose_weight_node, batch_size):
+    """Graph node packing a linear weight (out, in) into oneDNN's blocked layout for ``batch_size`` rows."""
+    from torch.fx.experimental.symbolic_shapes import has_free_symbols, optimization_hint
+
+    rows = optimization_hint(batch_size) if has_free_symbols(batch_size) else batch_size
+    return graph.create_node("call_function", torch.ops.mkldnn._reorder_linear_weight,
+                             args=(transpose_weight_node, rows))
+
+
+def _linear_with_onednn(self, graph, is_lp_weight, batch_size, input, packed_weight_node, bias):
+    """Graph node for ``input @ W^T + bias`` through oneDNN with the packed weight (no post-op: inductor's own
+    fusion passes may add one afterwards)."""
+    return graph.create_node("call_function", torch.ops.mkldnn._linear_pointwise.default,
+                             (input, packed_weight_node, bias, "none", [], ""))
+
+
+@contextlib.contextmanager
+def onednn_weight_packing() -> Iterator[bool]:
+    """While active, inductor's freezing pass packs fp32 CPU linear weights for oneDNN rather than MKL.
+
+    Yields whether the switch is in place (False, with a warning, when this PyTorch's inductor lacks the hooks).
+    """
+    try:
+        from torch._inductor.fx_passes import mkldnn_fusion
+
+        device_op = mkldnn_fusion.CpuMkldnnDeviceOp
+        saved = device_op.pack_linear_weight, device_op.pack_linear
+    except (ImportError, AttributeError):
+        warnings.warn("this PyTorch's inductor has no CpuMkldnnDeviceOp.pack_linear_weight/pack_linear: compiled "
+                      "linear layers keep inductor's own (MKL) lowering", RuntimeWarning, stacklevel=3)
+        yield False
+        return
+    device_op.pack_linear_weight, device_op.pack_linear = _pack_weight_for_onednn, _linear_with_onednn
+    try:
+        yield True
+    finally:
+        device_op.pack_linear_weight, device_op.pack_linear = saved
+
+
+class CompiledForInference(nn.Module):
+    """A frozen, compiled inference model: ``forward`` calls the ``torch.compile`` wrapper of ``module`` without
+    autograd, inside :func:`onednn_weight_packing` when ``onednn`` is set (so recompilations, e.g. for a new input
+    size, take the same lowering).
+
+    The weights are frozen at the first call of each input shape: after changing or loading weights, compile again.
+    ``module`` stays reachable as ``.module`` (for ``state_dict``, ``count_macs`` and so on).
+    """
+
+    def __init__(self, module: nn.Module, compiled: nn.Module, onednn: bool):
+        super().__init__()
+        self.module = module
+        self._compiled = [compiled]  # a list: not registered as a submodule (its parameters are ``module``'s)
+        self.onednn = onednn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) images -> the wrapped model's output (e.g. (B, num_classes) logits)."""
+        from torch._inductor import config
+
+        packing = onednn_weight_packing() if self.onednn else contextlib.nullcontext()
+        # freezing is read outside torch.compile's per-call options, hence a config patch around each call; the FX
+        # graph cache is off because its key does not see the oneDNN swap
+        with packing, config.patch(freezing=True, fx_graph_cache=False), torch.no_grad():
+            return self._compiled[0](x)
+
+
+def compile_for_inference(model: nn.Module, dynamic: bool = False, fullgraph: bool = True,
+                          onednn: bool | None = None) -> CompiledForInference:
+    """Compile ``model`` for inference with inductor, weights frozen (and packed for oneDNN on the CPU).
+
+    Args:
+        model: any module taking one image batch; put in eval mode (in place). Apply eager fast paths first if you
+            like (e.g. :func:`crossformers.profiling.fuse`); oneDNN linear layers step aside while tracing.
+        dynamic: passed to ``torch.compile`` (False: one specialised graph per input shape).
+        fullgraph: passed to ``torch.compile`` (every family compiles without graph breaks).
+        onednn: pack linear weights for oneDNN instead of MKL; None = :func:`onednn_by_default` (AVX-512 CPUs).
+            Has no effect on CUDA, where inductor's own lowering is used.
+
+    Returns:
+        A :class:`CompiledForInference`; the first call compiles (tens of seconds on a 2-core CPU; needs a C++
+        compiler on CPU) and always runs without autograd.
+    """
+    model.eval()
+    compiled = torch.compile(model, dynamic=dynamic, fullgraph=fullgraph)
+    return CompiledForInference(model, compiled, onednn_by_default() if onednn is None else onednn)
