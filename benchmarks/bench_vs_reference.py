@@ -11,11 +11,13 @@
 
 For every pair the reference's weights are loaded into ours (through our checkpoint converter) and the logits are
 compared first, so the two sides compute the same function. Then, alternating one call at a time (the order
-rotates each round), the script times
+is a different permutation each round), the script times
 
 * inference latency at batch 1 (eval, ``torch.inference_mode``, fp32, eager): the reference, ours as created, and
   ours with every fast path (``crossformers.profiling.optimize_for_inference``: folded BatchNorm/layer scales, oneDNN
-  linear layers, channels-last for FcaFormer);
+  linear layers with packed weights, channels-last for FcaFormer); and, for the ``--compile-variants``, ours
+  compiled with ``crossformers.profiling.compile_for_inference`` (inductor, frozen weights packed for oneDNN; the
+  compile time is reported separately);
 * a training step at batch 32 (forward, cross-entropy, backward, AdamW step; train mode) for the small variants:
   the reference, ours as created, and ours with ``optimize_for_training`` (oneDNN linear layers, channels-last for
   FcaFormer); and the peak memory of two such steps, each side in a fresh process (peak RSS minus RSS after imports).
@@ -37,8 +39,10 @@ import contextlib
 import copy
 import importlib.util
 import io
+import itertools
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -52,7 +56,7 @@ import torch
 from torch import nn
 
 import crossformers
-from crossformers.profiling import machine_info, optimize_for_inference, optimize_for_training
+from crossformers.profiling import compile_for_inference, machine_info, optimize_for_inference, optimize_for_training
 from crossformers.profiling.published import family_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,14 +175,20 @@ def input_side(name: str, official: dict[str, Path] | None = None) -> int:
 # ------------------------------------------------------------------------------------------------ timing
 
 def alternate(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Time each call once per round, rotating the order every round; returns seconds per call."""
+    """Time each call once per round, the order a different permutation every round; returns seconds per call.
+
+    Permutations, not rotations: a rotation keeps the cyclic order, so one side would always run right after the
+    same other side and inherit its allocator and cache state (measured: a model timed right after the reference
+    ran ~5-10 % slower than an identical copy timed after it)."""
     names = list(calls)
     for _ in range(warmup):
         for n in names:
             calls[n]()
     times: dict[str, list[float]] = {n: [] for n in names}
+    orders = list(itertools.permutations(names))
+    random.Random(0).shuffle(orders)  # successive rounds differ in their first call too
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = orders[r % len(orders)]
         for n in order:
             t0 = time.perf_counter()
             calls[n]()
@@ -230,7 +240,7 @@ def _pair(name: str, official: dict[str, Path]) -> tuple[str, nn.Module, nn.Modu
     return ref_label, ref, ours, check_equal(ours, ref, side), side
 
 
-def bench_latency(name: str, official: dict[str, Path], rounds: int) -> dict | None:
+def bench_latency(name: str, official: dict[str, Path], rounds: int, compiled: bool = False) -> dict | None:
     pair = _pair(name, official)
     if pair is None:
         return None
@@ -239,12 +249,26 @@ def bench_latency(name: str, official: dict[str, Path], rounds: int) -> dict | N
     ref.eval()
     ours.eval()
     x = torch.randn(1, 3, side, side)
+    calls = {"reference": lambda: ref(x), "ours": lambda: ours(x), "ours_fast": lambda: fast(x)}
+    extra = {}
     with torch.inference_mode():
-        times = alternate({"reference": lambda: ref(x), "ours": lambda: ours(x), "ours_fast": lambda: fast(x)},
-                          rounds, warmup=2)
+        if compiled:
+            torch._dynamo.reset()
+            comp = compile_for_inference(copy.deepcopy(ours))
+            t0 = time.perf_counter()
+            out = comp(x)
+            extra["compile_s"] = time.perf_counter() - t0
+            expected = fast(x)
+            extra["compiled_rel_diff"] = ((out - expected).abs().max() / expected.abs().max()).item()
+            calls["ours_compiled"] = lambda: comp(x)
+        times = alternate(calls, rounds, warmup=2)
+    stats = summarize(times, "reference")
+    if compiled:
+        stats["ours_compiled"]["paired_vs_fast"] = statistics.median(
+            a / b for a, b in zip(times["ours_compiled"], times["ours_fast"], strict=True))
+        torch._dynamo.reset()
     return {"variant": name, "family": family_of(name), "reference": ref_label,
-            "input": side, "max_abs_diff": diff, "stats": summarize(times, "reference"),
-            "samples_s": times}
+            "input": side, "max_abs_diff": diff, "stats": stats, "samples_s": times, **extra}
 
 
 def bench_train(name: str, official: dict[str, Path], rounds: int, batch: int, official_root: list[str],
@@ -333,7 +357,7 @@ def markdown(doc: dict) -> str:
              f"python {m['python']}",
              f"- threads: {doc['threads']}; load average before/after: {doc['load_before']} / {doc['load_after']}",
              "- ratio = ours / reference (< 1: ours faster); *paired* = median of per-round ratios (calls alternate, "
-             "order rotating). `ours` = as created; `ours fast` = `optimize_for_inference` (latency) or "
+             "order permuted each round). `ours` = as created; `ours fast` = `optimize_for_inference` (latency) or "
              "`optimize_for_training` (training: oneDNN linear layers, channels-last for FcaFormer). ✓/✗: goal met (latency ≤ 0.67 CrossFormer/FcaFormer, ≤ 0.85 CrossViT; training ≤ 0.8; training peak memory, measured in a fresh process per side as peak RSS minus RSS after imports, no higher than the reference's).",
              "- The machine is shared and timings drift by tens of percent; only the side-by-side ratios mean "
              "anything.", ""]
@@ -350,6 +374,21 @@ def markdown(doc: dict) -> str:
                 f"{_fmt_ratio(s['ours']['ratio'], goal)} ({s['ours']['paired_ratio']:.3f}) | "
                 f"{s['ours_fast']['median_s'] * 1e3:.1f} | {_fmt_ratio(s['ours_fast']['ratio'], goal)} "
                 f"({s['ours_fast']['paired_ratio']:.3f}) |")
+        lines.append("")
+    comp = [r for r in doc["latency"] if "ours_compiled" in r["stats"]]
+    if comp:
+        lines += ["## torch.compile: `compile_for_inference` (same rounds, batch 1)", "",
+                  "| variant | ref ms | ours fast ms | compiled ms | compiled / ref (paired) | "
+                  "compiled / ours fast (paired) | rel. diff to ours fast | compile s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in comp:
+            s = r["stats"]
+            c = s["ours_compiled"]
+            lines.append(
+                f"| {r['variant']} | {s['reference']['median_s'] * 1e3:.1f} | {s['ours_fast']['median_s'] * 1e3:.1f} "
+                f"| {c['median_s'] * 1e3:.1f} | {c['ratio']:.3f} ({c['paired_ratio']:.3f}) | "
+                f"{c['median_s'] / s['ours_fast']['median_s']:.3f} ({c['paired_vs_fast']:.3f}) | "
+                f"{r['compiled_rel_diff']:.1e} | {r['compile_s']:.0f} |")
         lines.append("")
     if doc["train"]:
         lines += [f"## Training step, batch {doc['train_batch']} (fwd + bwd + AdamW), fp32 ({doc['train_rounds']} "
@@ -377,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
                         "IBM/CrossViT makes the authors' code CrossViT's reference instead of timm's)")
     p.add_argument("--variants", nargs="+", default=None, help=f"latency variants (default {' '.join(LATENCY_DEFAULT)})")
     p.add_argument("--train-variants", nargs="+", default=None, help=f"training variants (default {' '.join(TRAIN_DEFAULT)})")
+    p.add_argument("--compile-variants", nargs="+", default=[], metavar="NAME",
+                   help="latency variants also timed compiled (compile_for_inference; tens of seconds each)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
     p.add_argument("--rounds", type=int, default=21, help="alternating latency rounds (default 21)")
     p.add_argument("--train-rounds", type=int, default=3, help="alternating training rounds (default 3)")
@@ -415,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in ([] if args.no_latency else (args.variants or LATENCY_DEFAULT)):
         print(f"latency: {name} ...", file=sys.stderr, flush=True)
-        r = bench_latency(name, official, args.rounds)
+        r = bench_latency(name, official, args.rounds, compiled=name in args.compile_variants)
         if r is None:
             doc["skipped"].append(name)
             continue
