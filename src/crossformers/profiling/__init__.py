@@ -9,6 +9,7 @@ Command line: ``crossformers profile MODEL... [--json PATH] [--csv PATH] [--plot
 """
 from ..layers.linear import set_onednn_linear, set_packed_weights
 from ..models._base import set_bias_cache, set_channels_last, set_fused_attn
+from .allocator import retain_freed_memory
 from .compile import compile_for_inference
 from .errors import ProfilingError
 from .fuse import fuse
@@ -23,7 +24,7 @@ from .report import format_breakdown, format_markdown, format_table, read_json, 
 __all__ = [
     "profile_model", "ProfileResult", "count_macs", "fuse", "optimize_for_inference", "optimize_for_training",
     "compile_for_inference", "set_onednn_linear", "set_packed_weights", "set_fused_attn", "set_bias_cache",
-    "set_channels_last",
+    "set_channels_last", "retain_freed_memory",
     "matmul_peak_gflops", "machine_info", "plot_accuracy", "format_table", "format_markdown", "format_breakdown", "write_json",
     "write_csv", "read_json", "PUBLISHED", "Published", "ProfilingError",
 ]
