@@ -1,39 +1,53 @@
-"""retain_freed_memory: with glibc, memory of freed tensors stays in the process for reuse."""
+"""retain_freed_memory: with glibc, memory of freed tensors stays in the process for reuse.
+
+Each measurement runs in a fresh interpreter: in the test process, memory freed by earlier tests would serve the
+new tensors and hide the effect.
+"""
 from __future__ import annotations
 
 import ctypes.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from crossformers.profiling.allocator import retain_freed_memory
-
-STATUS = Path("/proc/self/status")
-pytestmark = pytest.mark.skipif(not STATUS.exists() or ctypes.util.find_library("c") is None,
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists() or ctypes.util.find_library("c") is None,
                                 reason="needs Linux /proc and a C library")
 
+PROBE = r"""
+import json, sys
+from pathlib import Path
+import torch
+from crossformers.profiling.allocator import retain_freed_memory
 
-def _rss_mib() -> float:
-    for line in STATUS.read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS line")
+def rss():
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+active = retain_freed_memory() if sys.argv[1] == "retain" else None
+before = rss()
+blocks = [torch.ones(4 * 1024 * 1024) for _ in range(10)]  # 10 x 16 MiB, each below the 32 MiB threshold
+grown = rss()
+del blocks
+kept = rss()
+again = [torch.ones(4 * 1024 * 1024) for _ in range(10)]
+print(json.dumps(dict(active=active, grown=grown - before, released=grown - kept, regrown=rss() - kept)))
+"""
 
 
-def test_freed_tensors_stay_resident_while_retained():
-    if not retain_freed_memory():
+def _probe(mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_freed_tensors_stay_resident_while_retained_and_are_given_back_by_default():
+    retained = _probe("retain")
+    if not retained["active"]:
         pytest.skip("not glibc: mallopt unavailable")
-    try:
-        before = _rss_mib()
-        blocks = [torch.ones(4 * 1024 * 1024) for _ in range(10)]  # 10 x 16 MiB, each below the 32 MiB threshold
-        grown = _rss_mib()
-        assert grown - before > 120
-        del blocks
-        kept = _rss_mib()
-        assert grown - kept < 40, f"RSS fell from {grown:.0f} to {kept:.0f} MiB: freed memory was given back"
-        again = [torch.ones(4 * 1024 * 1024) for _ in range(10)]  # reuses the retained memory
-        assert _rss_mib() - kept < 40
-        del again
-    finally:
-        assert retain_freed_memory(False)
+    assert retained["grown"] > 120
+    assert retained["released"] < 40, retained  # freed memory kept in the process
+    assert retained["regrown"] < 40, retained  # and reused by the next tensors
+    default = _probe("default")
+    assert default["grown"] > 120 and default["released"] > 120, default  # glibc's default unmaps it
