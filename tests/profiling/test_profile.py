@@ -189,3 +189,16 @@ def test_optimize_packs_onednn_weights_and_inductor_compiles_frozen():
             torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
     finally:
         torch._dynamo.reset()
+
+
+def test_profile_records_and_keeps_a_given_models_packed_weights():
+    """A module profiled as given is measured as it is: packing switched on by its owner stays on and is recorded."""
+    from crossformers.layers.linear import OneDNNLinear, set_onednn_linear, set_packed_weights
+
+    model = set_packed_weights(set_onednn_linear(crossformers.create_model("crossvit_9_240", **TINY_CROSSVIT)))
+    r = profile_model(model, img_size=48, batch_size=0, memory=False, matmul_peak=False, **FAST)
+    assert r.onednn_linear and r.packed_weights
+    assert all(m.pack_weights for m in model.modules() if isinstance(m, OneDNNLinear))
+    plain = profile_model(crossformers.create_model("crossvit_9_240", **TINY_CROSSVIT), img_size=48, batch_size=0,
+                          memory=False, matmul_peak=False, **FAST)
+    assert not plain.packed_weights

@@ -7,8 +7,8 @@ backward products; measured in ``docs/profiling.md``). On Intel CPUs both librar
 
 Models made by :func:`crossformers.create_model` use this path by default on AVX-512 CPUs
 (:func:`onednn_by_default`; ``create_model(..., onednn_linear=False)`` or ``CROSSFORMERS_ONEDNN_LINEAR=0`` to opt
-out). :func:`set_onednn_linear` switches a model's ``nn.Linear`` modules (and timm ``Mlp`` blocks, whose first layer then
-also fuses the exact GELU) to :class:`OneDNNLinear` / :class:`OneDNNMlp` by changing their class: parameters, state
+out). :func:`set_onednn_linear` switches a model's ``nn.Linear`` modules (and timm ``Mlp`` blocks, whose first layer
+then also fuses the exact GELU) to :class:`OneDNNLinear` / :class:`OneDNNMlp` by changing their class: parameters, state
 dict and results (within float rounding, ~1e-6 relative) stay the same, and the switch is reversible. The oneDNN
 call is used only where it pays: fp32 CPU tensors, no autocast, and products of at least :data:`MIN_MACS`
 multiply-adds (oneDNN's fixed cost per call is ~20 us). It steps aside while ``torch.compile``, ``torch.export`` or

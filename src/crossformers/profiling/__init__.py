@@ -24,7 +24,7 @@ from .report import format_breakdown, format_markdown, format_table, read_json, 
 __all__ = [
     "profile_model", "ProfileResult", "count_macs", "fuse", "optimize_for_inference", "optimize_for_training",
     "compile_for_inference", "set_onednn_linear", "set_packed_weights", "set_fused_attn", "set_bias_cache",
-    "set_channels_last", "retain_freed_memory",
-    "matmul_peak_gflops", "machine_info", "plot_accuracy", "format_table", "format_markdown", "format_breakdown", "write_json",
-    "write_csv", "read_json", "PUBLISHED", "Published", "ProfilingError",
+    "set_channels_last", "retain_freed_memory", "matmul_peak_gflops", "machine_info", "plot_accuracy", "format_table",
+    "format_markdown", "format_breakdown", "write_json", "write_csv", "read_json", "PUBLISHED", "Published",
+    "ProfilingError",
 ]

@@ -14,7 +14,8 @@ Measures, for a model built by name (or given as a module):
 Inference runs in eval mode under ``torch.inference_mode()``, with the models' default fast paths on (fused attention,
 cached position biases); ``fuse=True`` folds BatchNorms and layer scales, ``onednn_linear=True`` runs linear layers
 through oneDNN, ``channels_last=True`` runs convolutions channels-last, ``optimize=True`` all of these plus packed
-oneDNN weights (channels-last only where it helps), ``compile=True`` uses ``torch.compile`` (inductor; needs a C++ compiler on CPU).
+oneDNN weights (channels-last only where it helps), ``compile=True`` compiles with inductor through
+:func:`crossformers.profiling.compile.compile_for_inference` (frozen weights; needs a C++ compiler on CPU).
 """
 from __future__ import annotations
 
@@ -190,9 +191,10 @@ def _check_compiler() -> None:
 def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, fuse: bool = False,
                   channels_last: bool = False, compile: bool | str = False, onednn_linear: bool | None = None,
                   pack_weights: bool = False) -> nn.Module:
-    """Eval mode, optional BatchNorm/layer-scale folding, oneDNN linear layers on/off (None: as created), their
-    packed weights (:func:`crossformers.layers.linear.set_packed_weights`), channels-last, device/dtype, optional ``torch.compile`` (inductor: :func:`~.compile.compile_for_inference`,
-    frozen weights packed for oneDNN on AVX-512 CPUs; another backend name: plain ``torch.compile``).
+    """Eval mode, optional BatchNorm/layer-scale folding, oneDNN linear layers on/off (None: as created), packed
+    oneDNN weights switched on (``pack_weights``; False leaves the model's setting alone), channels-last,
+    device/dtype, optional ``torch.compile`` (inductor: :func:`~.compile.compile_for_inference`, frozen weights
+    packed for oneDNN on AVX-512 CPUs; another backend name: plain ``torch.compile``).
 
     Modifies ``model`` in place (the compiled wrapper, if any, is returned).
     """
@@ -205,7 +207,8 @@ def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, fu
         fuse_model(model)
     if onednn_linear is not None:
         set_onednn_linear(model, onednn_linear)
-    set_packed_weights(model, pack_weights)
+    if pack_weights:
+        set_packed_weights(model, True)
     model.to(device=device, dtype=dtype)
     if channels_last:
         set_channels_last(model, True)
@@ -336,7 +339,8 @@ def profile_model(
         run = prepare_model(model, dev, torch_dtype, fuse=fuse, channels_last=channels_last, compile=compile,
                             onednn_linear=onednn_linear, pack_weights=optimize)
         result.onednn_linear = any(uses_onednn_linear(m) for m in model.modules())
-        result.packed_weights = optimize and result.onednn_linear and not compile
+        result.packed_weights = not compile and any(
+            getattr(m, "pack_weights", False) for m in model.modules() if uses_onednn_linear(m))
         x1 = _make_input(1, chans, size, dev, torch_dtype, channels_last)
         try:
             with torch.inference_mode():
