@@ -1,22 +1,20 @@
-"""Helpers to read the parity fixtures in ../shared/parity (beside the repository)."""
+"""Helpers to read the parity fixtures in ``tests/fixtures/parity`` (see the README there for their origin)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED = Path(os.environ.get("CROSSFORMERS_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-PARITY = SHARED / "parity"
+PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
 
 
 def load_case(case: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(json metadata, tensors) of one parity fixture; skips only if ../shared is absent."""
+    """(json metadata, tensors) of one parity fixture; fails (never skips) if the file is missing."""
     meta_path = PARITY / f"{case}.json"
     if not meta_path.is_file():
-        pytest.fail(f"parity fixture {meta_path} missing: tests expect ../shared/parity beside the repository")
+        pytest.fail(f"parity fixture {meta_path} missing: it is part of the repository (tests/fixtures/parity)")
     from safetensors.torch import load_file
 
     return json.loads(meta_path.read_text()), load_file(str(PARITY / f"{case}.safetensors"))
@@ -28,7 +26,7 @@ def official_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def official_keys(variant: str) -> dict[str, tuple[int, ...]]:
-    """Keys and shapes of a full-size official checkpoint, from parity/keys/<variant>.txt."""
+    """Keys and shapes of a full-size official checkpoint, from ``fixtures/parity/keys/<variant>.txt``."""
     out = {}
     for line in (PARITY / "keys" / f"{variant}.txt").read_text().splitlines():
         key, shape = line.split("\t")
