@@ -24,11 +24,15 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "[setup] creating virtual environment $venv"
   python3 -m venv "$venv"
 fi
+# The stamp holds a hash of pyproject.toml: a venv shared by several checkouts (CROSSFORMERS_VENV) is reinstalled only
+# when the dependencies change, not because a fresh clone's files are newer. scripts/test.sh imports the checkout's
+# own src/ whichever checkout the editable install points at.
 stamp="$venv/.crossformers-installed"
-if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing crossformers and its pinned dependencies (torch from local disk, ~2 min)"
   "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
   "$venv/bin/python" -m pip install -q -e "$root[test]"
-  touch "$stamp"
+  echo "$want" > "$stamp"
 fi
 echo "[setup] ready: $venv"

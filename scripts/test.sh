@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: set-up (Debian data package, venv, pip install) then pytest.
-# Usage: bash scripts/test.sh [extra pytest args]   (set CROSSFORMERS_SLOW=1 to include tests marked slow)
+# Usage: bash scripts/test.sh [extra pytest args]   (set CROSSFORMERS_SLOW=1 to include tests marked slow;
+# CROSSFORMERS_VENV=DIR reuses an existing virtual environment instead of ./.venv)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup.sh"
+venv="${CROSSFORMERS_VENV:-$root/.venv}"
+CROSSFORMERS_VENV="$venv" bash "$root/scripts/setup.sh"
 cd "$root"
 marker=(-m "not slow")
 [ "${CROSSFORMERS_SLOW:-0}" = "1" ] && marker=()
-exec "$root/.venv/bin/python" -m pytest -q -p no:cacheprovider "${marker[@]}" "$@"
+# This checkout's own sources come first, also for the subprocesses the tests start (a shared venv's editable
+# install may point at another checkout).
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "${marker[@]}" "$@"

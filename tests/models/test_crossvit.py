@@ -103,7 +103,7 @@ def test_every_official_key_is_mapped(variant, keyfile):
     assert len(keys) == len(own)
 
 
-PUBLISHED = {  # params (M, timm), GMACs (paper) -- shared/reference/variants.md
+PUBLISHED = {  # params (M, timm), GMACs (paper) -- docs/reference.md (timm results, CrossViT paper Table 2)
     "crossvit_tiny_240": (7.01, 1.6), "crossvit_small_240": (26.86, 5.6), "crossvit_base_240": (105.03, 21.2),
     "crossvit_9_240": (8.55, 1.8), "crossvit_15_240": (27.53, 5.8), "crossvit_18_240": (43.27, 9.0),
     "crossvit_9_dagger_240": (8.78, 2.0), "crossvit_15_dagger_240": (28.21, 6.1),

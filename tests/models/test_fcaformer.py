@@ -197,7 +197,7 @@ def test_fused_and_explicit_attention_agree():
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
 
 
-PUBLISHED = {  # params (M), GMACs at 224: shared/reference/variants.md
+PUBLISHED = {  # params (M), GMACs at 224: docs/reference.md (FcaFormer paper, Table 2)
     "fcaformer_l1": (6.2, 1.4), "fcaformer_l2": (16.3, 3.6), "fcaformer_l3": (27.9, 6.7), "fcaformer_l4": (65.6, 14.5),
 }
 

@@ -2,7 +2,7 @@
 
 PyTorch runs fp32 ``nn.Linear`` on the CPU through MKL's sgemm. On AMD CPUs MKL dispatches to its AVX2 code, while
 oneDNN (bundled with PyTorch as MKL-DNN) uses its own AVX-512 kernels: on the 2-core AMD EPYC (Zen 5) of
-``shared/reference/baseline.md`` oneDNN runs the matrix products of these models 1.5-2.4x faster (forward and both
+``docs/reference.md`` oneDNN runs the matrix products of these models 1.5-2.4x faster (forward and both
 backward products; measured in ``docs/profiling.md``). On Intel CPUs both libraries use AVX-512 and the gain is small.
 
 Models made by :func:`crossformers.create_model` use this path by default on AVX-512 CPUs

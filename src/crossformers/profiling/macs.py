@@ -2,7 +2,7 @@
 
 One MAC is one multiply and one add, i.e. 2 FLOPs: every figure here is the flop counter's FLOPs / 2 (the papers
 write "FLOPs" for MACs). Only matrix products and convolutions are counted (norms, activations, softmax and
-element-wise ops are not), as in the papers and in ``shared/reference/baseline.md``.
+element-wise ops are not), as in the papers and in ``docs/reference.md`` (the official code's baseline).
 
 The fused CPU attention kernel (``aten::_scaled_dot_product_flash_attention_for_cpu``) has no formula in
 ``torch.utils.flop_counter``, so it would silently count nothing. Two safeguards: attention modules with a

@@ -6,7 +6,7 @@ Measures, for a model built by name (or given as a module):
 * latency at batch 1 (median and 90th percentile after warm-up, ms);
 * throughput at batch N (img/s, from the median time of a batch);
 * peak memory (MiB): on the CPU the peak RSS of batch-1 inference in a fresh subprocess minus its RSS after the
-  imports (weights + activations + workspace; comparable to ``shared/reference/baseline.md``); on CUDA
+  imports (weights + activations + workspace; comparable to the baseline in ``docs/reference.md``); on CUDA
   ``torch.cuda.max_memory_allocated``;
 * achieved GFLOP/s at batch 1 (2 x MACs / median latency) and its fraction of the machine's measured matmul peak
   (``torch.mm`` of 2048 x 2048 matrices, same threads, device and dtype).

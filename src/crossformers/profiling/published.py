@@ -1,4 +1,4 @@
-"""Published ImageNet-1k figures of the registered models (from ``shared/reference/variants.md``).
+"""Published ImageNet-1k figures of the registered models (cited in ``docs/reference.md``).
 
 Kept here, not in each model's ``pretrained_cfg``, so that the profiler and its accuracy/cost plot read one table.
 Sources: CrossFormer (ICLR 2022) and CrossFormer++ (TPAMI 2023) papers and official configs; FcaFormer (arXiv:2211.07198)
