@@ -190,7 +190,7 @@ def test_acl_placement():
     assert not any(blk.acl is not None for s in v1.stages for blk in s.blocks)
 
 
-PUBLISHED = {  # params (M) from the papers; GMACs from the official code under torch's flop counter (baseline.md)
+PUBLISHED = {  # params (M) from the papers; GMACs from the official code under torch's flop counter (docs/reference.md)
     "crossformer_tiny": (27.8, 2.857), "crossformer_small": (30.7, 4.906), "crossformer_base": (52.0, 9.159),
     "crossformer_large": (92.0, 16.107), "crossformer_pp_small": (23.3, 4.428), "crossformer_pp_base": (52.0, 9.592),
     "crossformer_pp_large": (92.0, 16.722), "crossformer_pp_huge": (96.0, 22.000),

@@ -74,7 +74,7 @@ def test_fused_attention_and_onednn_are_counted(monkeypatch):
 
 
 def test_published_model_macs():
-    """fcaformer_l1 at 224: the published 1.4 GMACs (baseline.md: 1.374 by the same counter)."""
+    """fcaformer_l1 at 224: the published 1.4 GMACs (docs/reference.md baseline: 1.374 by the same counter)."""
     total, per_module = count_macs(crossformers.create_model("fcaformer_l1"), (3, 224, 224))
     assert abs(total / 1e9 - 1.374) < 0.01
     assert sum(v for k, v in per_module.items() if k.count(".") == 1 and k.startswith("stages.")) == \
