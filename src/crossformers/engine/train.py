@@ -55,6 +55,7 @@ from .checkpoint_io import (
     save_checkpoint,
 )
 from .config import TrainConfig
+from .config_file import CONFIG_YAML, config_to_yaml
 from .distributed import (
     DistInfo,
     all_gather_objects,
@@ -307,6 +308,8 @@ class _Trainer:
                 self.history.load(keep_before_epoch=self.epoch + 1)
             self.wrote_config = not (self.out / "config.json").exists()
             atomic_write_text(self.out / "config.json", cfg.to_json() + "\n")
+            self.wrote_yaml = not (self.out / CONFIG_YAML).exists()
+            atomic_write_text(self.out / CONFIG_YAML, config_to_yaml(cfg))
 
     def _load_resume_state(self) -> None:
         cfg, ckpt = self.cfg, self.resume_dir
@@ -452,6 +455,8 @@ class _Trainer:
             return
         if self.wrote_config:
             (self.out / "config.json").unlink(missing_ok=True)
+        if getattr(self, "wrote_yaml", False):
+            (self.out / CONFIG_YAML).unlink(missing_ok=True)
         if self.created_output:
             with contextlib.suppress(OSError):
                 self.out.rmdir()  # only if empty
