@@ -454,7 +454,7 @@ def resolve_recipe(name: str, explicit: Mapping[str, Any] | None = None,
         if rv.note and key not in given:
             not_applied.append(f"note: {key}={rv.value!r}: {rv.note}")
 
-    overridden = sorted(k for k in given if k in values and given[k] != values[k])
+    overridden = sorted(k for k in given if k in values and k != "model" and given[k] != values[k])
     for k in given:
         sources.pop(k, None)
     cfg = (base or TrainConfig()).replace(**values)
