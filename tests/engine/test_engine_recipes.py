@@ -171,3 +171,13 @@ def test_cli_bad_recipe_is_one_error_line(capsys):
     assert err == "error: unknown recipe 'nope': run `crossformers recipes` to list them\n"
     assert cli.main(["train", "--recipe", "crossvit_imagenet", "--resume", "runs/x"]) == 2
     assert capsys.readouterr().err.startswith("error: --recipe cannot be combined with --resume")
+
+
+def test_docs_table_lists_every_source():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "recipes.md").read_text()
+    for recipe in RECIPES.values():
+        assert f"## `{recipe.name}`" in text
+        for rv in [*recipe.values.values(), *recipe.drop_path.values(), recipe.drop_path_default]:
+            assert rv.source.replace("|", "\\|") in text, (recipe.name, rv.source)

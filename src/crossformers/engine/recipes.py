@@ -399,8 +399,9 @@ def resolve_recipe(name: str, explicit: Mapping[str, Any] | None = None,
     if unknown:
         raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
     if recipe.requires_pretrained and not given.get("pretrained") and not (base and base.pretrained):
-        raise ConfigError(f"recipe {name} fine-tunes a trained model: pass --pretrained FILE (e.g. the authors' "
-                          f"{recipe.models[0].replace('408', '240')} checkpoint or one of our runs)")
+        raise ConfigError(f"recipe {name} fine-tunes a trained model: pass --pretrained FILE (a .pth / "
+                          f".safetensors checkpoint of {recipe.models[0].replace('408', '240')}, e.g. the authors' "
+                          f"{recipe.models[0].replace('408', '224')}.pth)")
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     not_applied: list[str] = []
