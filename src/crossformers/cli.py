@@ -88,6 +88,8 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("auto_augment", "--auto-augment", dict(type=_none_or(str), metavar="POLICY",
                                             help="timm policy, e.g. rand-m9-mstd0.5-inc1 (default off)")),
     ("re_prob", "--re-prob", dict(type=float, help="RandomErasing probability (default 0)")),
+    ("aug_repeats", "--aug-repeats", dict(type=int, metavar="N", help="repeated augmentation: each image N times "
+                                                                     "per epoch, e.g. 3 (default 0 = off)")),
     ("hflip", "--hflip", dict(type=float, help="horizontal flip probability (default 0.5)")),
     ("scale", "--scale", dict(type=float, nargs=2, metavar=("LO", "HI"), help="RandomResizedCrop area range (0.08 1)")),
     ("ratio", "--ratio", dict(type=float, nargs=2, metavar=("LO", "HI"), help="RandomResizedCrop aspect range (0.75 1.33)")),

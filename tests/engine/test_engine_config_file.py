@@ -86,17 +86,18 @@ def test_yaml_round_trip_of_every_option():
 
 
 def test_run_writes_config_yaml_that_repeats_it(tmp_path, fmnist, capsys):
-    """A recipe run writes RUN/config.yaml; `--config RUN/config.yaml --output NEW` resolves to the same options
-    (the recipe's lr rule is not applied twice)."""
+    """A recipe run (CrossViT's: repeated augmentation) writes RUN/config.yaml; `--config RUN/config.yaml --output
+    NEW` resolves to the same options (the recipe's lr rule is not applied twice)."""
     fast = ["--model", "timm:test_vit", "--img-size", "32", "--batch-size", "16", "--limit-train", "32",
             "--limit-val", "16", "--warmup-steps", "0", "--device", "cpu", "--epochs", "1", "--max-steps", "1",
             "--no-amp", "--data", fmnist]
     first = tmp_path / "first"
-    assert cli.main(["train", "--recipe", "crossformer_imagenet", *fast, "--output", str(first)]) == 0
+    assert cli.main(["train", "--recipe", "crossvit_imagenet", *fast, "--output", str(first)]) == 0
     err = capsys.readouterr().err
-    assert "recipe crossformer_imagenet: overridden by explicit options: amp, batch_size, epochs" in err
+    assert "recipe crossvit_imagenet: overridden by explicit options: amp, batch_size, epochs" in err
+    assert "not applied: lr_schedule_unit='epoch'" in err
     original = load_config_file(first / "config.yaml")
-    assert original["lr"] == pytest.approx(5e-4 * 16 / 512) and original["clip_grad"] == 5.0
+    assert original["lr"] == pytest.approx(5e-4 * 16 / 512) and original["aug_repeats"] == 3
     assert TrainConfig.from_json(first / "config.json") == TrainConfig().replace(**original)
 
     second = tmp_path / "second"

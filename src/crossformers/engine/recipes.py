@@ -30,7 +30,7 @@ from .config import TIMM_PREFIX, TrainConfig
 from .errors import ConfigError
 
 __all__ = ["Recipe", "RecipeValue", "LrScaling", "ResolvedRecipe", "RECIPES", "list_recipes", "get_recipe",
-           "resolve_recipe", "format_recipe", "print_recipes", "CHECKED_KEYS", "UNSUPPORTED_KEYS"]
+           "resolve_recipe", "format_recipe", "print_recipes", "markdown_tables", "CHECKED_KEYS", "UNSUPPORTED_KEYS"]
 
 _CF = "cheerss/CrossFormer@7952010"
 _CV = "IBM/CrossViT@3f7ab77"
@@ -42,7 +42,6 @@ CHECKED_KEYS = ("input_size", "train_interpolation", "eval_interpolation", "eval
 #: Recipe keys the engine has no option for; a recipe value other than the engine's behaviour (given here) is
 #: reported as not applied.
 UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
-    "repeated_aug": (False, "the engine has no repeated-augmentation sampler (each image once per epoch)"),
     "lr_schedule_unit": ("step", "the engine updates the cosine schedule every optimizer step"),
     "finetune_eval_mode": (False, "the engine fine-tunes in train mode (drop path / dropout / BatchNorm active)"),
 }
@@ -151,6 +150,7 @@ def _crossformer_values() -> dict[str, RecipeValue]:
         "ratio": _v((3 / 4, 4 / 3), _CF, "data/build.py:101-110", "timm create_transform without ratio: its default"),
         "hflip": _v(0.5, _CF, "data/build.py:101-110", "timm create_transform without hflip: its default 0.5"),
         "ema_decay": _v(0.0, _CF, "main.py:12-21", "no model EMA: main.py imports and builds none"),
+        "aug_repeats": _v(0, _CF, "data/build.py:30-31", "DistributedSampler: no repeated augmentation"),
         "amp": _v(True, _CF, "main.py:54", "--amp-opt-level default='native' (torch autocast; here bfloat16)"),
         "input_size": _v(224, _CF, "main.py:72", "--img_size default=224; config.py:253 copies it"),
         "train_interpolation": _v("bicubic", _CF, "config.py:23", "DATA.INTERPOLATION = 'bicubic' (data/build.py:109)"),
@@ -236,8 +236,8 @@ def _crossvit_values() -> dict[str, RecipeValue]:
         "eval_interpolation": _v("bicubic", _CV, "datasets.py:111", "Resize(size, interpolation=3), 3 = bicubic"),
         "eval_crop_pct": _v(0.875, _CV, "main.py:110", "--crop-ratio default=256/224: resize int(ratio * size) "
                             "(datasets.py:109), centre crop"),
-        "repeated_aug": _v(True, _CV, "main.py:107-109", "--repeated-aug default True: RASampler with 3 repeats "
-                           "(main.py:194-197, samplers.py:34-58)"),
+        "aug_repeats": _v(3, _CV, "samplers.py:50", "each index repeated 3 times; RASampler is used because "
+                          "--repeated-aug defaults to True (main.py:107-109, 194-197)"),
         "lr_schedule_unit": _v("epoch", _CV, "main.py:317", "lr_scheduler.step(epoch): timm cosine per epoch"),
     }
 
@@ -311,6 +311,7 @@ def _fcaformer() -> Recipe:
         "scale": _v((0.08, 1.0), _FCA, f"{d}:58-69", "timm create_transform without scale: its default"),
         "ratio": _v((3 / 4, 4 / 3), _FCA, f"{d}:58-69", "timm create_transform without ratio: its default"),
         "hflip": _v(0.5, _FCA, f"{d}:58-69", "timm create_transform without hflip: its default 0.5"),
+        "aug_repeats": _v(0, _FCA, f"{m}:226", "DistributedSampler: no repeated augmentation"),
         "ema_decay": _v(0.9999, _FCA, f"{m}:70", "--model_ema_decay default=0.9999; scripts/fca_l*.sh:1 "
                         "--model_ema true --model_ema_eval true"),
         "amp": _v(False, _FCA, f"{m}:192", "--use_amp default=False; the scripts do not set it"),
@@ -525,3 +526,31 @@ def print_recipes(name: str | None = None, model: str | None = None) -> int:
         for line in res.not_applied:
             print(f"  {line}")
     return 0
+
+
+def markdown_tables() -> str:
+    """One Markdown table per recipe (option, value, source), as in ``docs/recipes.md``."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: list[str] = []
+    for name in list_recipes():
+        r = RECIPES[name]
+        out += [f"## `{name}`", "", f"{r.description}. Written for: {', '.join(f'`{m}`' for m in r.models)}.", "",
+                "| option | value | source (file:line at the pinned commit) |", "|---|---|---|"]
+        for key in sorted(r.values):
+            rv = r.values[key]
+            label = f"`{key}`" if key in fields else f"`{key}` (checked)"
+            note = f" **Note:** {rv.note}" if rv.note else ""
+            out.append(f"| {label} | `{_fmt(rv.value)}` | {rv.source}{note} |")
+        out += [f"| `drop_path_rate` for `{m}` | `{_fmt(rv.value)}` | {rv.source} |" for m, rv in r.drop_path.items()]
+        if r.drop_path_default is not None:
+            out.append(f"| `drop_path_rate`, other models | `{_fmt(r.drop_path_default.value)}` | "
+                       f"{r.drop_path_default.source} |")
+        if r.lr_scaling is not None:
+            sc = r.lr_scaling
+            out.append(f"| lr rule | `{', '.join(sc.fields)}` x (`batch_size` x `accum_steps`) / {sc.base_batch} | "
+                       f"{sc.source} |")
+        else:
+            out.append("| lr rule | learning rates used as given (for the global batch above) | the scripts set "
+                       "`--lr` for that batch |")
+        out.append("")
+    return "\n".join(out)

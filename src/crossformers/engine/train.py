@@ -227,7 +227,7 @@ class _Trainer:
         self.batch = cfg.batch_size // info.world_size
         self.train_loader = build_loader(train_ds, self.batch, True, num_workers=cfg.workers,
                                          distributed=info.distributed, seed=cfg.seed,
-                                         pin_memory=self.device.type == "cuda")
+                                         pin_memory=self.device.type == "cuda", aug_repeats=cfg.aug_repeats)
         self.n_batches = batches_per_epoch(self.train_loader)
         if self.n_batches == 0:
             raise ConfigError(
