@@ -9,7 +9,7 @@ gave explicitly into a :class:`~crossformers.engine.TrainConfig`:
 * per-variant values (drop path) are taken for the chosen ``model``;
 * the learning-rate scaling rule of the authors' script is applied to the resolved global batch
   (``batch_size * accum_steps``) unless the learning rate is given explicitly;
-* values the engine cannot apply (e.g. repeated augmentation, a per-epoch schedule) or that differ from the model's
+* values the engine cannot apply (a per-epoch schedule, fine-tuning in eval mode) or that differ from the model's
   preprocessing (evaluation crop / interpolation come from the model's ``pretrained_cfg``) are reported in
   :attr:`ResolvedRecipe.not_applied`, which ``crossformers train`` prints at start.
 
