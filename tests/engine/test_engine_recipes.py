@@ -184,3 +184,28 @@ def test_docs_tables_are_the_recipe_table():
     for recipe in RECIPES.values():
         for rv in [*recipe.values.values(), *recipe.drop_path.values(), recipe.drop_path_default]:
             assert rv.source in text, (recipe.name, rv.source)
+
+
+def test_repeated_augmentation_trains_and_resumes_bit_identically(tiny_config):
+    """CrossViT's repeated augmentation (--aug-repeats 3): a run stopped mid-epoch and resumed ends with the same
+    weights as an uninterrupted one."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from crossformers.engine import train
+
+    opts = dict(epochs=2, limit_train=96, batch_size=16, aug_repeats=3, drop_path_rate=0.1, re_prob=0.25,
+                warmup_steps=2)
+    straight = tiny_config("straight", **opts)
+    result = train(straight, progress=False)
+    assert result["step"] == 2 * 96 // 16  # the epoch length is unchanged by the repeats
+    interrupted = tiny_config("interrupted", max_steps=3, **opts)
+    train(interrupted, progress=False)
+    train(interrupted.replace(max_steps=None, resume=interrupted.output), progress=False)
+    a = load_file(f"{straight.output}/last/model.safetensors")
+    b = load_file(f"{interrupted.output}/last/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads(open(f"{interrupted.output}/last/meta.json").read())
+    assert meta["config"]["aug_repeats"] == 3
