@@ -88,6 +88,8 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("auto_augment", "--auto-augment", dict(type=_none_or(str), metavar="POLICY",
                                             help="timm policy, e.g. rand-m9-mstd0.5-inc1 (default off)")),
     ("re_prob", "--re-prob", dict(type=float, help="RandomErasing probability (default 0)")),
+    ("aug_repeats", "--aug-repeats", dict(type=int, metavar="N", help="repeated augmentation: each image N times "
+                                                                     "per epoch, e.g. 3 (default 0 = off)")),
     ("hflip", "--hflip", dict(type=float, help="horizontal flip probability (default 0.5)")),
     ("scale", "--scale", dict(type=float, nargs=2, metavar=("LO", "HI"), help="RandomResizedCrop area range (0.08 1)")),
     ("ratio", "--ratio", dict(type=float, nargs=2, metavar=("LO", "HI"), help="RandomResizedCrop aspect range (0.75 1.33)")),
@@ -118,9 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train or fine-tune a model", description=(
         "Train a model. --batch-size is the GLOBAL batch (divided over `torchrun` processes). Writes RUN/last, "
-        "RUN/best, metrics.csv, metrics.jsonl, curves.png and config.json into --output."))
-    p.add_argument("--config", metavar="JSON", help="options from a JSON file (keys = TrainConfig fields); flags "
-                                                   "given on the command line override it")
+        "RUN/best, metrics.csv, metrics.jsonl, curves.png, config.json and config.yaml (all resolved options: "
+        "`--config RUN/config.yaml` repeats the run) into --output."))
+    p.add_argument("--config", metavar="YAML", help="options from a YAML (or JSON) file, keys = option names as in "
+                                                   "RUN/config.yaml; flags given on the command line override it")
+    p.add_argument("--recipe", metavar="NAME", help="a paper's ImageNet recipe (`crossformers recipes` lists them); "
+                                                   "--config and flags override its values")
     for field, flag, kwargs in _TRAIN_OPTIONS:
         p.add_argument(flag, dest=field, default=argparse.SUPPRESS, **kwargs)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -164,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-macs", action="store_true", help="skip MAC counting (faster)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_models)
+    p = sub.add_parser("recipes", help="the papers' ImageNet training recipes (for train --recipe)", description=(
+        "List the papers' training recipes, or print one: every value with its source file and line in the "
+        "authors' code."))
+    p.add_argument("name", nargs="?", metavar="NAME", help="a recipe to print (default: list all)")
+    p.add_argument("--model", help="also show the options `train --recipe NAME --model MODEL` resolves to")
+    p.set_defaults(func=_cmd_recipes)
     _add_plugin_subcommands(sub)
     return parser
 
@@ -209,14 +220,22 @@ def _setup_logging(level: int = logging.INFO) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    """The :class:`TrainConfig` described by parsed ``train`` arguments (base: --config, else the resumed run's saved
-    options, else defaults; explicit flags override)."""
+    """The :class:`TrainConfig` described by parsed ``train`` arguments: defaults < --recipe < --config file <
+    explicit flags; without --recipe/--config a --resume run's saved options are the base. Recipe values that will
+    not be applied are logged (rank 0)."""
+    import os
+
     from crossformers.engine import TrainConfig, read_meta, resolve_checkpoint_dir
+    from crossformers.engine.config_file import merge_train_options
 
     given = {field: getattr(args, field) for field, _, _ in _TRAIN_OPTIONS if hasattr(args, field)}
-    if args.config:
-        base = TrainConfig.from_json(Path(args.config))
-    elif given.get("resume"):
+    if args.config or getattr(args, "recipe", None):
+        cfg, notes = merge_train_options(given, args.config, getattr(args, "recipe", None))
+        if int(os.environ.get("RANK", "0")) == 0:
+            for line in notes:
+                logging.getLogger("crossformers.train").warning("%s", line)
+        return cfg
+    if given.get("resume"):
         ckpt = resolve_checkpoint_dir(given["resume"], prefer="last")
         saved = dict(read_meta(ckpt).get("config") or {})
         saved["max_steps"] = None  # the interruption point of the old run is not an option of the new one
@@ -292,6 +311,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for img, preds in zip(args.images, results, strict=True):
         print(f"{img}: " + ", ".join(f"{c} ({p:.3f})" for c, p in preds))
     return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from crossformers.engine.recipes import print_recipes
+
+    return print_recipes(args.name, args.model)
 
 
 def model_table(pattern: str = "*", macs: bool = True) -> list[dict[str, Any]]:

@@ -154,3 +154,34 @@ def test_loader_errors() -> None:
         build_loader(Indices(10), 0, True)
     with pytest.raises(DataError, match="dataset is empty"):
         build_loader(Indices(0), 2, True)
+
+
+def test_repeat_aug_sampler_is_timms_order_and_resumes():
+    """Repeated augmentation (CrossViT's RASampler): timm's RepeatAugSampler order at epoch seed+epoch, the copies of
+    an image dealt to different ranks, and a mid-epoch start yields the rest of the same order."""
+    from timm.data.distributed_sampler import RepeatAugSampler
+
+    from crossformers.data import ResumableRepeatAugSampler
+
+    data = list(range(600))
+    ranks = [build_loader(data, 10, True, distributed=True, num_replicas=3, rank=r, seed=5, aug_repeats=3)
+             for r in range(3)]
+    for loader in ranks:
+        assert isinstance(loader.sampler, ResumableRepeatAugSampler)
+        set_epoch(loader, 2)
+    orders = [list(iter(loader.sampler)) for loader in ranks]
+    for r, order in enumerate(orders):
+        ref = RepeatAugSampler(data, num_replicas=3, rank=r, num_repeats=3)
+        ref.set_epoch(5 + 2)
+        assert order == list(iter(ref))
+        assert len(order) == 512 // 3  # selected_round 256, as samplers.py:37 of CrossViT
+    assert orders[0][:5] == orders[1][:5] == orders[2][:5]  # the 3 copies of an image go to the 3 ranks
+    assert batches_per_epoch(ranks[0]) == 170 // 10
+    loader = build_loader(data, 10, True, distributed=True, num_replicas=3, rank=1, seed=5, aug_repeats=3)
+    set_epoch(loader, 2, start_batch=4)
+    assert [int(i) for b in loader for i in b] == orders[1][40:170]
+    single = build_loader(data, 8, True, seed=0, aug_repeats=3)
+    idx = list(iter(single.sampler))
+    assert len(idx) == 512 and idx[0] == idx[1] == idx[2] != idx[3]  # one process: copies in a row
+    with pytest.raises(DataError, match="aug_repeats must be an int >= 0"):
+        build_loader(data, 8, True, aug_repeats=-1)

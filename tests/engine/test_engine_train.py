@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from crossformers.engine import NonFiniteLossError, OutputExistsError, TrainConfig, load_trained, train
+from crossformers.engine.config_file import load_config_file
 
 train_module = importlib.import_module("crossformers.engine.train")  # the module (the package exports the function)
 
@@ -21,11 +22,13 @@ def test_run_directory_contents(tiny_config):
     assert result["epoch"] == 2 and result["step"] == 8 and not result["stopped_early"]
     for key in ("train_loss", "val_loss", "val_top1", "val_top5", "val_top1_ema", "best_val_top1"):
         assert isinstance(result[key], float)
-    assert sorted(os.listdir(out)) == ["best", "config.json", "curves.png", "last", "metrics.csv", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == ["best", "config.json", "config.yaml", "curves.png", "last", "metrics.csv",
+                                       "metrics.jsonl"]
     assert sorted(os.listdir(f"{out}/last")) == ["meta.json", "model.safetensors", "model_ema.safetensors",
                                                  "train_state.pt"]
     assert "train_state.pt" not in os.listdir(f"{out}/best")
     assert TrainConfig.from_json(f"{out}/config.json") == cfg
+    assert TrainConfig().replace(**load_config_file(f"{out}/config.yaml")) == cfg
     rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert open(f"{out}/metrics.csv").read().splitlines()[0].startswith("epoch,step,lr,train_loss")

@@ -28,7 +28,7 @@ from .factory import (
 )
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_ENV, FashionMNIST, read_idx
 from .folders import ImageFolderDataset, load_image, verify_images
-from .loader import ResumableSampler, batches_per_epoch, build_loader, set_epoch
+from .loader import ResumableRepeatAugSampler, ResumableSampler, batches_per_epoch, build_loader, set_epoch
 from .mixup import CheckedMixup, build_mixup
 from .subset import LabeledSubset, stratified_indices, take_subset
 from .transforms import ToMode, build_transform, denormalize
@@ -45,6 +45,7 @@ __all__ = [
     "ImageFolderDataset",
     "LabeledSubset",
     "ResumableSampler",
+    "ResumableRepeatAugSampler",
     "ToMode",
     "batches_per_epoch",
     "build_dataset",

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .errors import DataError
 
-__all__ = ["ResumableSampler", "batches_per_epoch", "build_loader", "set_epoch"]
+__all__ = ["ResumableSampler", "ResumableRepeatAugSampler", "batches_per_epoch", "build_loader", "set_epoch"]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -81,6 +81,39 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start_index
 
 
+class ResumableRepeatAugSampler(ResumableSampler):
+    """Repeated augmentation (Hoffer et al. 2020; DeiT's ``RASampler``, as used by CrossViT) that can resume.
+
+    Each epoch takes the shuffled indices, repeats each one ``num_repeats`` times in a row and deals them out over the
+    replicas, so the copies of an image land in different processes (one process: consecutive batches), then keeps
+    the first ``num_selected_samples`` per rank (about ``len(dataset) / num_replicas``: an epoch costs as much as
+    without repeats). The order is timm's :class:`~timm.data.distributed_sampler.RepeatAugSampler` with its epoch
+    set to ``seed + epoch``; ``start_index`` skips indices as in :class:`ResumableSampler`.
+
+    Args:
+        dataset: the dataset (only ``len`` is used).
+        num_replicas, rank: processes and this process's rank.
+        shuffle: shuffle before repeating. seed: base seed, identical on all ranks.
+        num_repeats: copies of each image per epoch (>= 2).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 num_repeats: int = 3) -> None:
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.num_repeats = int(num_repeats)
+        self._repeat = RepeatAugSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                                        num_repeats=self.num_repeats)
+        self.num_samples = len(self._repeat)
+        self.total_size = self.num_samples * num_replicas
+
+    def __iter__(self):  # type: ignore[override]
+        self._repeat.set_epoch(self.seed + self.epoch)
+        indices = list(iter(self._repeat))
+        return iter(indices[self.start_index :])
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -97,6 +130,7 @@ def build_loader(
     pin_memory: bool = False,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     persistent_workers: bool = False,
+    aug_repeats: int = 0,
 ) -> DataLoader:
     """Build a deterministic, resumable DataLoader.
 
@@ -117,6 +151,8 @@ def build_loader(
         collate_fn: passed to DataLoader (default collation if None).
         persistent_workers: keep workers alive across epochs. Off by default: workers are seeded
             when they start, so only fresh workers pick up the per-epoch seed needed for exact resume.
+        aug_repeats: repeated augmentation for training: each image this many times per epoch
+            (:class:`ResumableRepeatAugSampler`); 0 or 1 = off.
 
     Returns:
         A DataLoader whose ``sampler`` is a :class:`ResumableSampler`; call
@@ -157,7 +193,13 @@ def build_loader(
             f"Need num_replicas >= 1 and 0 <= rank < num_replicas, got num_replicas={num_replicas}, rank={rank}."
         )
 
-    sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=is_training, seed=seed)
+    if isinstance(aug_repeats, bool) or not isinstance(aug_repeats, int) or aug_repeats < 0:
+        raise DataError(f"aug_repeats must be an int >= 0 (0 = off, e.g. 3), got {aug_repeats!r}.")
+    if is_training and aug_repeats > 1:
+        sampler: ResumableSampler = ResumableRepeatAugSampler(dataset, num_replicas=num_replicas, rank=rank,
+                                                              shuffle=True, seed=seed, num_repeats=aug_repeats)
+    else:
+        sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=is_training, seed=seed)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

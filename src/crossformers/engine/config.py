@@ -50,6 +50,9 @@ class TrainConfig:
         mixup, cutmix: Beta alphas (0 = off). mixup_prob: probability of mixing a batch.
         mixup_switch_prob: probability of CutMix instead of Mixup when both are on.
         label_smoothing: label-smoothing epsilon in [0, 1).
+        aug_repeats: repeated augmentation: each training image this many times per epoch, the copies differently
+            augmented, with the epoch length unchanged (timm's ``RepeatAugSampler``; DeiT / CrossViT use 3);
+            0 = off.
 
     Optimisation (AdamW, cosine schedule with linear warmup, updated every optimizer step):
         epochs: passes over the training set.
@@ -106,6 +109,7 @@ class TrainConfig:
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
     label_smoothing: float = 0.1
+    aug_repeats: int = 0
     # optimisation
     epochs: int = 10
     batch_size: int = 128
@@ -241,6 +245,8 @@ class TrainConfig:
             need(isinstance(v, (tuple, list)) and len(v) == 2 and all(is_num(x) and x > 0 for x in v) and v[0] <= v[1],
                  f"{name} must be two positive numbers low <= high, got {v!r}")
         need(is_int(self.seed) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
+        need(is_int(self.aug_repeats) and self.aug_repeats >= 0,
+             f"aug_repeats must be an int >= 0 (0 = off, e.g. 3), got {self.aug_repeats!r}")
         need(is_int(self.workers) and self.workers >= 0, f"workers must be an int >= 0, got {self.workers!r}")
         need(is_int(self.log_interval) and self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval!r}")
         for name in ("limit_train", "limit_val", "max_steps"):

@@ -55,6 +55,7 @@ from .checkpoint_io import (
     save_checkpoint,
 )
 from .config import TrainConfig
+from .config_file import CONFIG_YAML, config_to_yaml
 from .distributed import (
     DistInfo,
     all_gather_objects,
@@ -226,7 +227,7 @@ class _Trainer:
         self.batch = cfg.batch_size // info.world_size
         self.train_loader = build_loader(train_ds, self.batch, True, num_workers=cfg.workers,
                                          distributed=info.distributed, seed=cfg.seed,
-                                         pin_memory=self.device.type == "cuda")
+                                         pin_memory=self.device.type == "cuda", aug_repeats=cfg.aug_repeats)
         self.n_batches = batches_per_epoch(self.train_loader)
         if self.n_batches == 0:
             raise ConfigError(
@@ -307,6 +308,8 @@ class _Trainer:
                 self.history.load(keep_before_epoch=self.epoch + 1)
             self.wrote_config = not (self.out / "config.json").exists()
             atomic_write_text(self.out / "config.json", cfg.to_json() + "\n")
+            self.wrote_yaml = not (self.out / CONFIG_YAML).exists()
+            atomic_write_text(self.out / CONFIG_YAML, config_to_yaml(cfg))
 
     def _load_resume_state(self) -> None:
         cfg, ckpt = self.cfg, self.resume_dir
@@ -452,6 +455,8 @@ class _Trainer:
             return
         if self.wrote_config:
             (self.out / "config.json").unlink(missing_ok=True)
+        if getattr(self, "wrote_yaml", False):
+            (self.out / CONFIG_YAML).unlink(missing_ok=True)
         if self.created_output:
             with contextlib.suppress(OSError):
                 self.out.rmdir()  # only if empty
