@@ -17,6 +17,8 @@ CASES = [
     "crossformer_pp_small_224x224",  # last map 7x7
     "crossformer_pp_small_256x320",
     "crossformer_pp_small_adaptive_256x320",  # adaptive_interval=True (their option)
+    "fcaformer_sh_l2_128x192",  # stage 3 (8x12) and stage 4 (4x6) smaller than their windows (14, 7)
+    "fcaformer_sh_l2_256x320",  # several padded windows per Fca stage
 ]
 
 
@@ -44,6 +46,7 @@ def test_parity_with_the_authors_dense_backbone(case):
     ("crossformer_small", "dense_crossformer_small_det"),
     ("crossformer_base", "dense_crossformer_base_det"),
     ("crossformer_pp_small", "dense_crossformer_pp_small_det"),
+    ("fcaformer_sh_l2", "dense_fcaformer_sh_l2"),
 ])
 def test_every_key_of_the_authors_full_size_checkpoints_maps(name, manifest):
     keys = read_keys(manifest)
@@ -76,7 +79,10 @@ def test_defaults_are_the_authors_detection_configs():
         assert large.feature_info.channels() == [128, 256, 512, 1024]
         assert large.stages[3].blocks[-1].drop_path.drop_prob == pytest.approx(0.5)
         # registered for create_model / timm too
-        assert "crossformer_small_dense" in crossformers.list_models("*_dense")
+        assert crossformers.list_models(dense=True) == [
+            "crossformer_base_dense", "crossformer_large_dense", "crossformer_pp_small_dense",
+            "crossformer_small_dense", "fcaformer_sh_l2"]
+        assert not crossformers.list_models("*_dense") and "fcaformer_sh_l2" not in crossformers.list_models()
         assert isinstance(crossformers.create_model("crossformer_small_dense"), type(pp))
 
 
@@ -157,3 +163,64 @@ def test_checkpoint_of_another_family_is_refused(tmp_path):
     with pytest.raises(crossformers.CheckpointError, match="FcaFormer .crossformers layout. checkpoint, not a "
                                                            "CrossFormer one"):
         backbone("crossformer_small", checkpoint_path=path, **tiny)
+
+
+FCA_TINY = dict(embed_dim=(16, 32, 48, 64), depths=(1, 1, 3, 2), num_heads=(0, 0, 2, 2), out_dims=(8, 16, 24, 32))
+
+
+def test_fcaformer_dense_structure_any_size():
+    model = backbone("fcaformer_sh_l2", **FCA_TINY).eval()
+    assert model.feature_info.channels() == [8, 16, 24, 32] and model.feature_info.reduction() == [4, 8, 16, 32]
+    with torch.no_grad():
+        for h, w in [(64, 64), (90, 130), (37, 51)]:
+            outs = model(torch.randn(1, 3, h, w))
+            assert [tuple(o.shape[-2:]) for o in outs] == [(-(-h // s), -(-w // s)) for s in (4, 8, 16, 32)]
+    with torch.device("meta"):
+        full = backbone("fcaformer_sh_l2")
+    assert full.window_sizes == (14, 7) and full.feature_info.channels() == [96, 192, 384, 768]
+    assert full.stages[2].blocks[0].rel_pos.table.shape == (10, 14, 14)
+
+
+def test_fcaformer_classification_checkpoint_initialises_the_output_layers(tmp_path):
+    kw = {k: v for k, v in FCA_TINY.items() if k != "out_dims"}
+    clf = crossformers.create_model("fcaformer_l2", num_classes=5, img_size=224, **kw)
+    path = tmp_path / "l2.pth"
+    torch.save(clf.state_dict(), path)
+    model = _warns_once(lambda: backbone("fcaformer_sh_l2", checkpoint_path=path, **FCA_TINY),
+                        "12 dense-only keys initialised, not in the checkpoint (out_proj.0.weight")
+    report = model.load_report
+    assert sorted(report.dropped) == ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"]
+    assert len(report.initialised) == 12  # 4 projections + 4 norms (weight, bias)
+    own = model.state_dict()
+    for k, v in clf.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(own[k], v), k
+
+
+def test_fcaformer_mmdet_checkpoint_loads_and_another_family_is_refused(tmp_path):
+    keys = read_keys("dense_fcaformer_sh_l2")
+    weights = seeded_weights(keys, 0)
+    ckpt = {"state_dict": {**_mmdet(weights), "decode_head.conv_seg.weight": torch.zeros(150, 512, 1, 1)}}
+    model = backbone("fcaformer_sh_l2")
+    report = _warns_once(lambda: load_dense_weights(model, ckpt["state_dict"]), "1 neck/head keys not loaded (decode_head")
+    assert report.loaded == len(model.state_dict()) and report.not_loaded == ["decode_head.conv_seg.weight"]
+    assert torch.equal(model.stages[2].blocks[1].cross_bias.flatten(), weights["layer_2.blocks.1.s_token_bias"].flatten())
+    cf = _mmdet({k: torch.zeros(s) for k, s in read_keys("dense_crossformer_small_det")})
+    with pytest.raises(crossformers.CheckpointError, match="CrossFormer.* checkpoint, not an FcaFormer one"):
+        load_dense_weights(backbone("fcaformer_sh_l2", **FCA_TINY), cf)
+
+
+@pytest.mark.parametrize("name,manifest,initialised", [
+    ("crossformer_small", "crossformer_small", 0),
+    ("crossformer_pp_small", "crossformer_pp_small", 0),
+    ("fcaformer_sh_l2", "fcaformer_l2", 12),
+])
+def test_the_authors_imagenet_checkpoints_load_into_the_dense_backbones(name, manifest, initialised):
+    """Every key of the authors' full-size classification checkpoints is either loaded or reported as dropped."""
+    with torch.device("meta"):  # shapes and names only
+        model = backbone(name)
+        state = {k: torch.empty(s) for k, s in read_keys(manifest)}
+    report = _warns_once(lambda: load_dense_weights(model, {"model": state}["model"]), "4 classification keys dropped")
+    assert report.layout == "classification" and len(report.dropped) == 4
+    assert len(report.initialised) == initialised
+    assert report.loaded + len(report.initialised) == len(model.state_dict())

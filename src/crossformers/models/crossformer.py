@@ -813,4 +813,4 @@ def _no_pretrained(name: str, pretrained: bool) -> None:
 
 
 for _name in _DENSE_ARGS:
-    register_name(_name)
+    register_name(_name, dense=True)
