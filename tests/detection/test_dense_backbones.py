@@ -224,3 +224,24 @@ def test_the_authors_imagenet_checkpoints_load_into_the_dense_backbones(name, ma
     assert report.layout == "classification" and len(report.dropped) == 4
     assert len(report.initialised) == initialised
     assert report.loaded + len(report.initialised) == len(model.state_dict())
+
+
+@pytest.mark.parametrize("name,kw", [("crossformer_pp_small", dict(embed_dim=16, depths=(1, 2, 3, 1),
+                                                                     num_heads=(1, 2, 4, 8))),
+                                     ("fcaformer_sh_l2", FCA_TINY)])
+def test_training_reaches_every_parameter(name, kw):
+    """A dense backbone trains as a whole (no unused parameters, so DDP needs no find_unused_parameters)."""
+    model = backbone(name, drop_path_rate=0.1, **kw).train()
+    sum(o.square().mean() for o in model(torch.randn(2, 3, 64, 96))).backward()
+    assert not [n for n, p in model.named_parameters() if p.grad is None]
+
+
+def test_pretrained_and_bad_arguments_fail_clearly():
+    with pytest.raises(crossformers.PretrainedUnavailableError, match="no direct download for crossformer_small_dense"):
+        backbone("crossformer_small", pretrained=True)
+    with pytest.raises(crossformers.PretrainedUnavailableError, match="no direct download for fcaformer_sh_l2"):
+        backbone("fcaformer_sh_l2", pretrained=True)
+    with pytest.raises(crossformers.CheckpointError, match="checkpoint not found: .*missing.pth"):
+        backbone("fcaformer_sh_l2", checkpoint_path="missing.pth", **FCA_TINY)
+    with pytest.raises(ValueError, match=r"out_indices \(4,\) must be stage indices among 0..3"):
+        backbone("crossformer_small", out_indices=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
