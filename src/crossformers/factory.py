@@ -21,11 +21,16 @@ __all__ = ["create_model", "list_models", "register_name", "timm_name"]
 
 # crossformers name -> timm registry name
 _NAMES: dict[str, str] = {}
+# the names of dense (detection/segmentation) backbones among them: no classifier, listed apart
+_DENSE: set[str] = set()
 
 
-def register_name(name: str, timm_registered_name: str | None = None) -> None:
-    """Record ``name`` as a crossformers model reachable as ``timm_registered_name`` in timm (default: same)."""
+def register_name(name: str, timm_registered_name: str | None = None, dense: bool = False) -> None:
+    """Record ``name`` as a crossformers model reachable as ``timm_registered_name`` in timm (default: same);
+    ``dense=True`` for a dense backbone (no classifier; listed by ``list_models(dense=True)``)."""
     _NAMES[name] = timm_registered_name or name
+    if dense:
+        _DENSE.add(name)
 
 
 def timm_name(name: str) -> str:
@@ -45,9 +50,10 @@ def timm_name(name: str) -> str:
     )
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Sorted names of the registered crossformers models matching the shell-style ``pattern``."""
-    return sorted(n for n in _NAMES if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", dense: bool = False) -> list[str]:
+    """Sorted names of the registered crossformers models matching the shell-style ``pattern``: the classifiers, or
+    with ``dense=True`` the dense (detection/segmentation) backbones, e.g. ``crossformer_small_dense``."""
+    return sorted(n for n in _NAMES if fnmatch.fnmatch(n, pattern) and (n in _DENSE) == dense)
 
 
 def create_model(

@@ -508,3 +508,309 @@ def crossformer_pp_huge(pretrained: bool = False, **kwargs) -> CrossFormer:
 
 for _name in _MODEL_ARGS:
     register_name(_name)
+
+
+# ================================================================================================================
+# Dense (detection / segmentation) backbones: the authors' ``models/crossformer_backbone_det.py`` (= ``_seg.py``)
+# ================================================================================================================
+#
+# How the authors' dense backbone differs from the classifier above (each checked against their code, commit
+# 795201075f0066e78408882617312084e25aef61, and by the parity fixtures in tests/fixtures/parity/dense):
+#
+# * every stage's map is returned *before* the patch merging that follows it, and there is no final norm and no head;
+# * a map whose smaller side is no larger than the group size is attended as ONE SDA group of its *larger* side, the
+#   smaller side padded up to it (padded keys masked); the classifier uses a group of the smaller side instead;
+# * the detection/segmentation configs use a constant group size (7 in every stage) and intervals [8, 4, 2, 1] for
+#   CrossFormer++ too (its classifier uses PGS [4, 4, 14, 7] and intervals [4, 2, 1, 1]); ACL stays on;
+# * ``adaptive_interval=True`` (their option, off in every released config) sets the LDA interval of a block from
+#   the map in each forward: ceil(max(H, W) / G).
+#
+# Their blocks also *remember* a small map: once a block has seen a map no larger than its group it stays SDA for
+# every later call (they overwrite ``self.lsda_flag``). We do not keep such state: every forward depends only on its
+# own input (the two agree for any single size and whenever no map is that small, e.g. at detection sizes).
+
+DENSE_NEG_INF = NEG_INF
+
+
+class DenseCrossFormerBlock(CrossFormerBlock):
+    """A CrossFormer block with the grouping rule of the authors' dense backbone.
+
+    As :class:`CrossFormerBlock`, except: a map no larger than G (smaller side) is attended as one SDA group of its
+    larger side (padded, padded keys masked), and with ``adaptive_interval`` the LDA interval is ceil(max(H, W) / G)
+    per forward. Input/output (B, H, W, C), any H, W.
+    """
+
+    def __init__(self, *args, adaptive_interval: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.adaptive_interval = adaptive_interval
+
+    def grouping(self, height: int, width: int) -> tuple[int, bool]:
+        """(G, lda) used on a (height, width) map: a map no larger than G is one SDA group of its LARGER side."""
+        if min(height, width) <= self.group_size:
+            return max(height, width), False
+        return self.group_size, self.lda
+
+    def interval_for(self, height: int, width: int) -> int:
+        """LDA interval on a (height, width) map: fixed, or ceil(max(H, W) / G) with ``adaptive_interval``."""
+        if not self.adaptive_interval:
+            return self.interval
+        G, _ = self.grouping(height, width)
+        return math.ceil(max(height, width) / G)
+
+    def attn_bias(self, height: int, width: int) -> torch.Tensor:
+        """DPB plus padding mask for a (height, width) map: (nG or 1, heads, G*G, G*G) (cached in inference)."""
+        G, lda = self.grouping(height, width)
+        interval = self.interval_for(height, width)
+        cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        key = (height, width, G, lda, interval, *tensor_versions(self.attn.pos.parameters())) if cacheable else None
+        if cacheable and key in self._bias_cache:
+            return self._bias_cache[key]
+        bias = self.attn.pos(G, G).unsqueeze(0)
+        pad = padding_key_mask(height, width, G, interval, lda, device=bias.device)
+        if pad is not None:
+            bias = bias + (pad.to(bias.dtype) * DENSE_NEG_INF)[:, None, None, :]
+        if cacheable:
+            self._bias_cache[key] = bias
+        return bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        G, lda = self.grouping(H, W)
+        interval = self.interval_for(H, W)
+        groups = group_tokens(self.norm1(x), G, interval, lda)
+        groups = self.attn(groups, self.attn_bias(H, W))
+        x = x + self.drop_path(ungroup_tokens(groups, H, W, G, interval, lda))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.acl is not None:
+            x = self.acl(x)
+        return x
+
+
+class DenseCrossFormerStage(CrossFormerStage):
+    """A stage of the dense backbone: patch merging (stages 2-4), then :class:`DenseCrossFormerBlock` s.
+
+    (B, H, W, C) in and out; the output is the map the authors' dense code returns for this stage.
+    """
+
+    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, group_size: int, interval: int,
+                 merge_size: tuple[int, ...] | None, drop_path: list[float], acl: bool, adaptive_interval: bool,
+                 **block_kwargs):
+        super().__init__(in_dim, dim, 0, num_heads, [], interval, merge_size, [], acl)
+        self.blocks = nn.ModuleList([
+            DenseCrossFormerBlock(dim, num_heads, group_size, interval, lda=i % 2 == 1, drop_path=drop_path[i],
+                                  acl=acl and (i + 1) % 3 == 0 and i < depth - 1,
+                                  adaptive_interval=adaptive_interval, **block_kwargs)
+            for i in range(depth)
+        ])
+
+
+class DenseCrossFormer(HierarchicalModel):
+    """The authors' dense CrossFormer / CrossFormer++ backbone (their ``CrossFormer_S/B/L/S2`` of
+    ``detection/crossformer_factory.py`` and ``segmentation/crossformer_factory.py``).
+
+    Args:
+        in_chans: input channels.
+        embed_dim: channels of stage 1 (doubling each stage).
+        depths: blocks per stage.
+        num_heads: heads per stage.
+        group_size: constant group size G per stage (their configs: 7 everywhere).
+        interval: LDA interval per stage (their configs: [8, 4, 2, 1]).
+        adaptive_interval: LDA interval ceil(max(H, W) / G) per forward (their option; off in their configs).
+        acl: amplitude cooling layers (CrossFormer++).
+        mlp_ratio, qkv_bias: block settings.
+        drop_path_rate: stochastic depth, linear over blocks (their factory: S 0.2, B 0.3, L 0.5, S2 0.2).
+        proj_drop_rate, attn_drop_rate: dropout in blocks.
+        patch_size: CEL kernel sizes of the stem (stride = the smallest).
+        merge_size: CEL kernel sizes of the three patch mergings.
+        out_indices: which stage maps to return (default all four).
+        img_size: accepted for API symmetry and ignored (the group sizes are constant; any size runs).
+
+    Input (B, in_chans, H, W), H, W >= 32 -> list of NCHW maps, stage i: (B, embed_dim * 2^i, ~H / 2^(i+2),
+    ~W / 2^(i+2)) (floor at the stem as theirs; odd maps are padded to even before merging, where theirs refuses).
+    ``feature_info`` (a timm ``FeatureInfo``) gives channels and reductions of the returned maps.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        depths: tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: tuple[int, ...] = (3, 6, 12, 24),
+        group_size: int | tuple[int, ...] = (7, 7, 7, 7),
+        interval: tuple[int, ...] = (8, 4, 2, 1),
+        adaptive_interval: bool = False,
+        acl: bool = False,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.2,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        patch_size: tuple[int, ...] = (4, 8, 16, 32),
+        merge_size: tuple[tuple[int, ...], ...] = ((2, 4), (2, 4), (2, 4)),
+        out_indices: tuple[int, ...] = (0, 1, 2, 3),
+        img_size: int | tuple[int, int] | None = None,
+    ):
+        super().__init__()
+        from timm.models._features import FeatureInfo
+
+        self.map_fmt = "NHWC"
+        n = len(depths)
+        group_size = (group_size,) * n if isinstance(group_size, int) else tuple(group_size)
+        if not (len(num_heads) == len(group_size) == len(interval) == n and len(merge_size) == n - 1):
+            raise ValueError(f"depths has {n} stages: num_heads, group_size and interval need {n} values and "
+                             f"merge_size {n - 1}")
+        self.in_chans = in_chans
+        self.num_classes = 0
+        self.group_size = group_size
+        self.interval = tuple(interval)
+        self.adaptive_interval = adaptive_interval
+        self.num_features = self.head_hidden_size = embed_dim * 2 ** (n - 1)
+        stride = min(patch_size)
+        self.min_input_size = stride * 2 ** (n - 1)
+        self.patch_embed = CrossScaleEmbedding(in_chans, embed_dim, patch_size, stride, nn.LayerNorm)
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
+        self.stages = nn.Sequential(*[
+            DenseCrossFormerStage(embed_dim * 2 ** max(i - 1, 0), embed_dim * 2 ** i, depths[i], num_heads[i],
+                                  group_size[i], interval[i], merge_size[i - 1] if i > 0 else None, dpr[i], acl,
+                                  adaptive_interval, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                                  proj_drop=proj_drop_rate, attn_drop=attn_drop_rate)
+            for i in range(n)
+        ])
+        self.out_indices = tuple(int(i) for i in out_indices)
+        if not self.out_indices or any(i not in range(n) for i in self.out_indices):
+            raise ValueError(f"out_indices {out_indices} must be stage indices among 0..{n - 1}")
+        self.feature_info = FeatureInfo(
+            [dict(num_chs=embed_dim * 2 ** i, reduction=stride * 2 ** i, module=f"stages.{i}") for i in range(n)],
+            self.out_indices)
+        self.norm = nn.Identity()  # no final norm in the dense backbone
+        self.head = nn.Identity()
+        self.apply(CrossFormer._init_weights)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """CEL stem: images (B, C, H, W) -> tokens (B, H/4, W/4, embed_dim), LayerNorm applied."""
+        return self.patch_embed(x)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The DPB MLPs are position encodings: no weight decay on them."""
+        return {n for n, _ in self.named_parameters() if ".attn.pos." in n}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^patch_embed", blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)])
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A dense backbone has no classifier: only ``num_classes=0`` is accepted."""
+        if num_classes:
+            raise ValueError("a dense backbone has no classifier: use the classification model for num_classes > 0")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Images (B, C, H, W) -> the maps of ``out_indices`` (NCHW, contiguous), as the authors' ``forward``."""
+        x = self._embed(x)
+        outs = []
+        last = max(self.out_indices)
+        for i, stage in enumerate(self.stages[: last + 1]):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x.permute(0, 3, 1, 2).contiguous())
+        return outs
+
+
+#: dense variant -> (constructor arguments, the authors' class, non-dense model whose weights it takes)
+_DENSE_ARGS = {
+    "crossformer_small_dense": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                                    drop_path_rate=0.2),
+    "crossformer_base_dense": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
+                                   drop_path_rate=0.3),
+    "crossformer_large_dense": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
+                                    drop_path_rate=0.5),
+    "crossformer_pp_small_dense": dict(embed_dim=64, depths=(2, 2, 18, 2), num_heads=(2, 4, 8, 16),
+                                       drop_path_rate=0.2, acl=True),
+}
+#: the authors' class name of each dense variant (detection/segmentation ``crossformer_factory.py``)
+DENSE_OFFICIAL_CLASS = {"crossformer_small_dense": "CrossFormer_S", "crossformer_base_dense": "CrossFormer_B",
+                        "crossformer_large_dense": "CrossFormer_L", "crossformer_pp_small_dense": "CrossFormer_S2"}
+
+
+def dense_checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert the backbone part of an authors' dense checkpoint (keys without ``backbone.``; the same layout as
+    their classifier minus ``norm``/``head``), or a classification checkpoint, to the dense model's names.
+
+    Classification-only keys (``norm.*``, ``head.*``) are kept, so that the loader can report what it drops.
+
+    Raises:
+        CheckpointError: another architecture.
+    """
+    return checkpoint_filter_fn(state_dict, model)
+
+
+def _dense_cfg(name: str) -> dict:
+    return _cfg(num_classes=0, classifier="", input_size=(3, 800, 1280), pool_size=None, crop_pct=1.0,
+                paper_ids="arXiv:2303.06908" if "_pp_" in name else "arXiv:2108.00154",
+                notes=f"the authors' dense backbone {DENSE_OFFICIAL_CLASS[name]} (detection/segmentation); weights: "
+                      "their mmdet/mmseg checkpoints (Google Drive, linked from their README) via checkpoint_path=")
+
+
+def _create_dense(variant: str, **kwargs) -> DenseCrossFormer:
+    from ..detection.dense import load_dense_weights
+
+    checkpoint = kwargs.pop("checkpoint_file", None)
+    kwargs.pop("new_head", None)
+    for timm_only in ("features_only", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(timm_only, None)
+    args = dict(_DENSE_ARGS[variant])
+    args.update(kwargs)
+    model = DenseCrossFormer(**args)
+    model.pretrained_cfg = _dense_cfg(variant) | {"architecture": variant}
+    from ._helpers import convert_on_load
+
+    convert_on_load(model, dense_checkpoint_filter_fn)
+    if checkpoint is not None:
+        load_dense_weights(model, checkpoint)
+    return model
+
+
+@register_model
+def crossformer_small_dense(pretrained: bool = False, **kwargs) -> DenseCrossFormer:
+    """CrossFormer-S dense backbone (the authors' ``CrossFormer_S``): G 7, intervals [8, 4, 2, 1], four maps."""
+    _no_pretrained("crossformer_small_dense", pretrained)
+    return _create_dense("crossformer_small_dense", **kwargs)
+
+
+@register_model
+def crossformer_base_dense(pretrained: bool = False, **kwargs) -> DenseCrossFormer:
+    """CrossFormer-B dense backbone (the authors' ``CrossFormer_B``): G 7, intervals [8, 4, 2, 1], four maps."""
+    _no_pretrained("crossformer_base_dense", pretrained)
+    return _create_dense("crossformer_base_dense", **kwargs)
+
+
+@register_model
+def crossformer_large_dense(pretrained: bool = False, **kwargs) -> DenseCrossFormer:
+    """CrossFormer-L dense backbone (the authors' ``CrossFormer_L``): G 7, intervals [8, 4, 2, 1], four maps."""
+    _no_pretrained("crossformer_large_dense", pretrained)
+    return _create_dense("crossformer_large_dense", **kwargs)
+
+
+@register_model
+def crossformer_pp_small_dense(pretrained: bool = False, **kwargs) -> DenseCrossFormer:
+    """CrossFormer++-S dense backbone (the authors' ``CrossFormer_S2``): G 7, intervals [8, 4, 2, 1], ACL on."""
+    _no_pretrained("crossformer_pp_small_dense", pretrained)
+    return _create_dense("crossformer_pp_small_dense", **kwargs)
+
+
+def _no_pretrained(name: str, pretrained: bool) -> None:
+    if pretrained:
+        from ..errors import PretrainedUnavailableError
+
+        raise PretrainedUnavailableError(
+            f"no direct download for {name}: the authors publish their detection/segmentation checkpoints on Google "
+            f"Drive ({_V1}); download one and pass checkpoint_path=FILE")
+
+
+for _name in _DENSE_ARGS:
+    register_name(_name, dense=True)

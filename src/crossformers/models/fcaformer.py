@@ -827,3 +827,228 @@ def fcaformer_nano(pretrained: bool = False, **kwargs) -> FcaFormer:
 
 for _name in ("fcaformer_l0", "fcaformer_l1", "fcaformer_l2", "fcaformer_l3", "fcaformer_l4", "fcaformer_nano"):
     register_name(_name)
+
+
+# ================================================================================================================
+# Dense (detection / segmentation) backbone: the authors' FcaFormer_SH_512
+# ================================================================================================================
+#
+# hkzhang-git/FcaFormer ``object_detection/mmdet/models/backbones/fcaformer.py`` (= ``semantic-segmentation/backbone/
+# fcaformer.py``), commit 7dcd8e0ed207a6c74708ab10553dcd6a6d4ea2bd. The trunk is FcaFormer-L2's (same blocks and
+# weights); what differs from the classifier (checked against their code and by tests/fixtures/parity/dense):
+#
+# * the Fca stages attend inside windows (14 x 14 tokens in stage 3, 7 x 7 in stage 4, i.e. the classifier's grids at
+#   224 px) instead of over the whole map; a map that is not a multiple of the window is zero-padded, at the top/left
+#   before even blocks (0, 2, ...) and at the bottom/right before odd blocks, so the windows shift between blocks; the
+#   padded tokens are attended like others (no mask), as theirs;
+# * cross tokens are made and consumed per window: block i of a stage reads, in each window, the cross tokens that
+#   blocks 0..i-1 made in the window with the same index;
+# * each stage's map (before the next downsampling) goes through a 1x1 convolution (no bias) to 96/192/384/768
+#   channels and a channels-first LayerNorm (eps 1e-6): the four outputs. There is no classifier head.
+
+
+class WindowFcaStage(nn.Module):
+    """An Fca stage run in windows, as the authors' dense ``FcaLayer`` (see the section comment above).
+
+    Args:
+        in_chs, out_chs: channels before / after the optional downsampling.
+        depth: Fca blocks.
+        num_heads: heads.
+        window: window side (tokens); the blocks' position tables are sized for it.
+        drop_path: stochastic depth rate per block.
+        down: downsample by 2 first (FcaFormer's transition).
+        **block_kwargs: :class:`FcaBlock` arguments.
+
+    Input (B, C_in, H, W) -> (B, out_chs, H', W'), any H', W' >= 1.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, depth: int, num_heads: int, window: int, drop_path: list[float],
+                 down: bool, **block_kwargs):
+        super().__init__()
+        self.window = window
+        self.downsample = downsample(in_chs, out_chs) if down else nn.Identity()
+        self.blocks = fca_blocks(out_chs, depth, num_heads, (window, window), drop_path, True, max(depth, 1),
+                                 **block_kwargs)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        B, C, H, W = x.shape
+        w = self.window
+        ph, pw = (-H) % w, (-W) % w
+        hn, wn = (H + ph) // w, (W + pw) // w
+        history: list[torch.Tensor] = []
+        for i, blk in enumerate(self.blocks):
+            top_left = i % 2 == 0
+            xp = F.pad(x, (pw, 0, ph, 0) if top_left else (0, pw, 0, ph))
+            tokens = xp.reshape(B, C, hn, w, wn, w).permute(0, 2, 4, 3, 5, 1).reshape(B * hn * wn, w * w, C)
+            sources = history[-blk.num_sources:] if blk.num_sources else None
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                tokens, new = torch.utils.checkpoint.checkpoint(blk, tokens, (w, w), sources, use_reentrant=False)
+            else:
+                tokens, new = blk(tokens, (w, w), sources)
+            if new is not None:
+                history.append(new)
+            xp = tokens.reshape(B, hn, wn, w, w, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, hn * w, wn * w)
+            x = xp[:, :, ph:, pw:] if top_left else xp[:, :, :H, :W]
+        return x
+
+
+class FcaFormerDense(_FcaCommon, HierarchicalModel):
+    """The authors' dense FcaFormer backbone ``FcaFormer_SH_512`` (Mask R-CNN / Cascade Mask R-CNN / UPerNet in the
+    FcaFormer paper, Tables 3-4): FcaFormer-L2's trunk with windowed Fca stages and projected, normalised outputs.
+
+    Args:
+        in_chans: input channels.
+        embed_dim: channels per stage (theirs: 96, 192, 320, 480).
+        depths: blocks per stage (2, 2, 7, 2).
+        num_heads: heads per stage (0 for the ConvNeXt stages; 10, 15).
+        window_sizes: window side of each Fca stage (14, 7).
+        out_dims: channels of the four outputs after the 1x1 projections (96, 192, 384, 768).
+        mlp_ratio: FFN ratio of the Fca blocks.
+        drop_path_rate: stochastic depth, linear over all blocks (their default 0.1).
+        ls_init_value: layer-scale init.
+        out_indices: which maps to return (default all four).
+        img_size: accepted for API symmetry and ignored (the tables are sized by the windows).
+
+    Input (B, in_chans, H, W), any H, W >= 4 -> list of NCHW maps (B, out_dims[i], ceil(H / 2^(i+2)),
+    ceil(W / 2^(i+2))). ``feature_info`` (a timm ``FeatureInfo``) describes them.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        embed_dim: tuple[int, ...] = (96, 192, 320, 480),
+        depths: tuple[int, ...] = (2, 2, 7, 2),
+        num_heads: tuple[int, ...] = (0, 0, 10, 15),
+        window_sizes: tuple[int, int] = (14, 7),
+        out_dims: tuple[int, ...] = (96, 192, 384, 768),
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        ls_init_value: float = 1e-6,
+        out_indices: tuple[int, ...] = (0, 1, 2, 3),
+        img_size: int | tuple[int, int] | None = None,
+    ):
+        super().__init__()
+        from timm.models._features import FeatureInfo
+
+        if not (len(embed_dim) == len(depths) == len(num_heads) == len(out_dims) == 4) or len(window_sizes) != 2:
+            raise ValueError("FcaFormerDense needs 4 stages (embed_dim, depths, num_heads, out_dims) and 2 window "
+                             "sizes (one per Fca stage)")
+        if num_heads[0] or num_heads[1] or not (num_heads[2] and num_heads[3]):
+            raise ValueError(f"num_heads must be 0 for the two ConvNeXt stages and > 0 for the Fca stages, "
+                             f"got {tuple(num_heads)}")
+        self.in_chans = in_chans
+        self.num_classes = 0
+        self.embed_dim = tuple(embed_dim)
+        self.window_sizes = tuple(window_sizes)
+        self.num_features = self.head_hidden_size = out_dims[-1]
+        self.min_input_size = 4
+        self.stem = nn.Sequential(
+            ConvNormAct(in_chans, embed_dim[0] // 2, 3, stride=2, act_layer=nn.GELU),
+            ConvNormAct(embed_dim[0] // 2, embed_dim[0], 3, stride=2, apply_act=False),
+        )
+        dpr = [r.tolist() for r in
+               torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
+        stages: list[nn.Module] = []
+        prev = embed_dim[0]
+        for i in range(4):
+            if i < 2:
+                stages.append(ConvStage(prev, embed_dim[i], depths[i], dpr[i], down=i > 0,
+                                        ls_init_value=ls_init_value))
+            else:
+                stages.append(WindowFcaStage(prev, embed_dim[i], depths[i], num_heads[i], window_sizes[i - 2], dpr[i],
+                                             down=True, mlp_ratio=mlp_ratio, ls_init_value=ls_init_value))
+            prev = embed_dim[i]
+        self.stages = nn.Sequential(*stages)
+        self.out_proj = nn.ModuleList([nn.Conv2d(embed_dim[i], out_dims[i], 1, bias=False) for i in range(4)])
+        self.out_norm = nn.ModuleList([LayerNorm2d(out_dims[i], eps=1e-6) for i in range(4)])
+        self.out_indices = tuple(int(i) for i in out_indices)
+        if not self.out_indices or any(i not in range(4) for i in self.out_indices):
+            raise ValueError(f"out_indices {out_indices} must be stage indices among 0..3")
+        self.feature_info = FeatureInfo(
+            [dict(num_chs=out_dims[i], reduction=4 * 2 ** i, module=f"out_norm.{i}") for i in range(4)],
+            self.out_indices)
+        self.norm = nn.Identity()
+        self.head = nn.Identity()
+        self.apply(FcaFormer._init_weights)
+
+    def dense_only_keys(self) -> list[str]:
+        """Keys a classification (FcaFormer-L2) checkpoint does not have: the output projections and norms."""
+        return [k for k in self.state_dict() if k.startswith(("out_proj.", "out_norm."))]
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay (timm convention)."""
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+            (r"^out_(proj|norm)", (99999,))])
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A dense backbone has no classifier: only ``num_classes=0`` is accepted."""
+        if num_classes:
+            raise ValueError("a dense backbone has no classifier: use fcaformer_l2 for num_classes > 0")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Images (B, C, H, W) -> the projected, normalised maps of ``out_indices`` (NCHW)."""
+        x = self._embed(x)
+        outs = []
+        for i, stage in enumerate(self.stages[: max(self.out_indices) + 1]):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(self.out_norm[i](self.out_proj[i](x)))
+        return outs
+
+
+def dense_checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert the backbone part of a ``FcaFormer_SH_512`` checkpoint (keys without ``backbone.``), or a
+    classification checkpoint, to :class:`FcaFormerDense`'s names: ``head<i>.weight`` -> ``out_proj.<i>.weight``,
+    ``norm<i>.*`` -> ``out_norm.<i>.*``, the trunk as :func:`checkpoint_filter_fn` (so ``head.*`` of a classifier
+    becomes ``head.norm``/``head.fc``, which the loader reports as dropped).
+
+    Raises:
+        CheckpointError: a checkpoint of another architecture.
+    """
+    renamed = {}
+    for k, v in state_dict.items():
+        k = re.sub(r"^head(\d)\.weight$", r"out_proj.\1.weight", k)
+        k = re.sub(r"^norm(\d)\.(weight|bias)$", r"out_norm.\1.\2", k)
+        renamed[k] = v
+    return checkpoint_filter_fn(renamed, model)
+
+
+def _create_dense(variant: str, **kwargs) -> FcaFormerDense:
+    from ..detection.dense import load_dense_weights
+    from ._helpers import convert_on_load
+
+    checkpoint = kwargs.pop("checkpoint_file", None)
+    for ignored in ("new_head", "features_only", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(ignored, None)
+    model = FcaFormerDense(**kwargs)
+    model.pretrained_cfg = _cfg(num_classes=0, classifier="", input_size=(3, 512, 512), pool_size=None, crop_pct=1.0,
+                                first_conv="stem.0.conv", architecture=variant,
+                                notes="the authors' dense backbone FcaFormer_SH_512 (detection/segmentation)")
+    convert_on_load(model, dense_checkpoint_filter_fn)
+    if checkpoint is not None:
+        load_dense_weights(model, checkpoint)
+    return model
+
+
+@register_model
+def fcaformer_sh_l2(pretrained: bool = False, **kwargs) -> FcaFormerDense:
+    """FcaFormer-L2 dense backbone (the authors' ``FcaFormer_SH_512``): windowed Fca stages (14, 7), four maps of
+    96/192/384/768 channels. Weights: an FcaFormer-L2 ImageNet checkpoint or their mmdet/mmseg checkpoint."""
+    if pretrained:
+        from ..errors import PretrainedUnavailableError
+
+        raise PretrainedUnavailableError(
+            f"no direct download for fcaformer_sh_l2: the authors link their checkpoints from {_SOURCE}; download "
+            "one and pass checkpoint_path=FILE")
+    return _create_dense("fcaformer_sh_l2", **kwargs)
+
+
+register_name("fcaformer_sh_l2", dense=True)

@@ -1,0 +1,197 @@
+"""The authors' dense (detection / segmentation) backbones, and loading their mmdet/mmseg checkpoints.
+
+The CrossFormer, CrossFormer++ and FcaFormer papers report detection and segmentation with backbones that differ
+from their classifiers (see docs/backbones.md, "The authors' dense backbones"). They are members of their model
+families (:class:`crossformers.models.crossformer.DenseCrossFormer`,
+:class:`crossformers.models.fcaformer.FcaFormerDense`) registered as ``crossformer_small_dense``,
+``crossformer_base_dense``, ``crossformer_large_dense``, ``crossformer_pp_small_dense`` and ``fcaformer_sh_l2``.
+
+* :func:`backbone` — ``backbone(NAME, checkpoint_path=FILE, **cfg)``: for ``crossformer_small|base|large``,
+  ``crossformer_pp_small`` and ``fcaformer_sh_l2`` the authors' dense backbone, returning their four NCHW maps;
+  every other name is the classifier as a feature extractor (:func:`crossformers.detection.backbones.backbone`).
+* :func:`load_dense_weights` — FILE may be the authors' mmdet/mmseg checkpoint (``{'state_dict': {'backbone.…',
+  'neck.…', …}}``: backbone keys loaded strictly, the others reported once) or an ImageNet classification checkpoint
+  (ours or the authors': the classifier is dropped, dense-only layers keep their initialisation; both reported).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import read_state_dict
+from ..errors import CheckpointError
+from ..factory import create_model
+from .backbones import backbone as _classifier_backbone
+
+__all__ = ["backbone", "load_dense_weights", "DenseLoadReport", "DenseCheckpointWarning", "DENSE_BACKBONES",
+           "dense_name"]
+
+#: name accepted by :func:`backbone` -> registered dense model (the authors' class in brackets in the docs)
+DENSE_BACKBONES: dict[str, str] = {
+    "crossformer_small": "crossformer_small_dense",  # CrossFormer_S
+    "crossformer_base": "crossformer_base_dense",  # CrossFormer_B
+    "crossformer_large": "crossformer_large_dense",  # CrossFormer_L
+    "crossformer_pp_small": "crossformer_pp_small_dense",  # CrossFormer_S2
+    "fcaformer_sh_l2": "fcaformer_sh_l2",  # FcaFormer_SH_512
+}
+
+_PREFIX = "backbone."
+
+
+class DenseCheckpointWarning(UserWarning):
+    """Parts of a checkpoint that were not loaded into a dense backbone (neck/head keys, a classifier), or dense-only
+    layers that kept their initialisation."""
+
+
+@dataclass
+class DenseLoadReport:
+    """What :func:`load_dense_weights` did with a checkpoint.
+
+    Attributes:
+        source: the checkpoint (path or "state dict").
+        layout: ``'mmdet'`` (keys under ``backbone.``, as mmdet/mmseg save them) or ``'classification'``.
+        loaded: number of backbone tensors loaded.
+        not_loaded: keys of the checkpoint outside the backbone (neck, heads), not loaded (mmdet layout).
+        dropped: classification-only keys of the checkpoint (classifier, final norm), not loaded.
+        initialised: keys of the dense backbone absent from a classification checkpoint (e.g. FcaFormer's output
+            projections and norms), left at their initialisation.
+    """
+
+    source: str
+    layout: str
+    loaded: int = 0
+    not_loaded: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)
+
+    def message(self) -> str:
+        """One line naming what was not loaded / initialised, or '' when everything was used."""
+        parts = []
+        if self.not_loaded:
+            groups = sorted({k.split(".", 1)[0] for k in self.not_loaded})
+            parts.append(f"{len(self.not_loaded)} neck/head keys not loaded ({', '.join(groups)}: the detector/"
+                         "segmenter around the backbone is not part of it)")
+        if self.dropped:
+            parts.append(f"{len(self.dropped)} classification keys dropped ({', '.join(self.dropped[:4])}"
+                         f"{', ...' if len(self.dropped) > 4 else ''})")
+        if self.initialised:
+            parts.append(f"{len(self.initialised)} dense-only keys initialised, not in the checkpoint "
+                         f"({', '.join(self.initialised[:4])}{', ...' if len(self.initialised) > 4 else ''})")
+        if not parts:
+            return ""
+        return f"{self.source}: loaded {self.loaded} backbone tensors; " + "; ".join(parts)
+
+
+def dense_name(name: str) -> str | None:
+    """The registered dense model for ``name`` (a :data:`DENSE_BACKBONES` key or value), else None."""
+    if name in DENSE_BACKBONES:
+        return DENSE_BACKBONES[name]
+    return name if name in DENSE_BACKBONES.values() else None
+
+
+def _is_classification_only(key: str) -> bool:
+    return key.startswith("head.") or key in ("norm.weight", "norm.bias")
+
+
+def load_dense_weights(
+    model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], warn: bool = True,
+) -> DenseLoadReport:
+    """Load an authors' dense checkpoint or a classification checkpoint into a dense backbone.
+
+    Args:
+        model: a dense backbone (``crossformer_*_dense``, ``fcaformer_sh_l2``).
+        source: checkpoint file (``.pth`` read with ``weights_only=True``, or ``.safetensors``) or a state dict.
+            mmdet/mmseg layout: ``{'state_dict': {'backbone.<key>': …, 'neck.…': …}}``; the ``backbone.`` keys must
+            fit the model exactly (names converted from the authors' layout), everything else is reported. Otherwise
+            a classification checkpoint (ours or the authors', ``{'model': …}`` or bare): the classifier (``head.*``,
+            and CrossFormer's final ``norm``) is dropped, dense-only layers keep their initialisation, every other
+            key must fit.
+        warn: emit one :class:`DenseCheckpointWarning` naming what was not loaded / initialised.
+
+    Returns:
+        A :class:`DenseLoadReport` (also stored as ``model.load_report``).
+
+    Raises:
+        CheckpointError: unreadable file, a checkpoint of another architecture, or backbone keys that do not fit
+            (the message counts and names missing / unexpected / mis-shaped keys).
+    """
+    name = str(source) if not isinstance(source, Mapping) else "state dict"
+    state = dict(source) if isinstance(source, Mapping) else read_state_dict(source)
+    mmdet = any(k.startswith(_PREFIX) for k in state)
+    report = DenseLoadReport(name, "mmdet" if mmdet else "classification")
+    if mmdet:
+        report.not_loaded = [k for k in state if not k.startswith(_PREFIX)]
+        state = {k[len(_PREFIX):]: v for k, v in state.items() if k.startswith(_PREFIX)}
+    convert = getattr(model, "convert_state_dict", None)
+    state = convert(state) if callable(convert) else state
+    own = model.state_dict()
+    if not mmdet:
+        report.dropped = [k for k in state if k not in own and _is_classification_only(k)]
+        state = {k: v for k, v in state.items() if k not in report.dropped}
+        dense_only = set(getattr(model, "dense_only_keys", lambda: [])())
+        report.initialised = [k for k in own if k not in state and k in dense_only]
+    missing = [k for k in own if k not in state and k not in report.initialised]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+        parts = [f"checkpoint {name} does not fit the dense backbone {arch}:"]
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if mismatched:
+            ex = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {ex})")
+        raise CheckpointError(" ".join(parts) + ". Build the backbone the checkpoint was trained with (same name "
+                              "and arguments), e.g. crossformers.detection.backbone('crossformer_small', ...).")
+    model.load_state_dict(state, strict=False)
+    report.loaded = len(state)
+    model.load_report = report
+    msg = report.message()
+    if warn and msg:
+        warnings.warn(msg, DenseCheckpointWarning, stacklevel=2)
+    return report
+
+
+def backbone(
+    name: str | os.PathLike | nn.Module,
+    checkpoint_path: str | os.PathLike | None = None,
+    out_indices: Sequence[int] | int | None = None,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """A dense backbone by name: the authors' dense backbone where they published one, else the classifier's features.
+
+    Args:
+        name: ``crossformer_small``, ``crossformer_base``, ``crossformer_large``, ``crossformer_pp_small`` (the
+            authors' ``CrossFormer_S/B/L/S2``), ``fcaformer_sh_l2`` (their ``FcaFormer_SH_512``) or one of the
+            registered dense names (``crossformer_small_dense``, ...). Any other model name or run directory gives
+            the classifier as a feature extractor (:func:`crossformers.detection.backbones.backbone`).
+        checkpoint_path: for a dense backbone, the authors' mmdet/mmseg checkpoint or a classification checkpoint
+            (see :func:`load_dense_weights`; the report is ``model.load_report``).
+        out_indices: which of the four maps to return (default all).
+        pretrained: not available for dense backbones (their weights are not direct downloads).
+        **kwargs: constructor arguments, e.g. ``group_size``, ``interval``, ``adaptive_interval``, ``acl``,
+            ``drop_path_rate`` (CrossFormer; defaults = the authors' detection configs), ``window_sizes``
+            (FcaFormer).
+
+    Returns:
+        ``model(images (B, C, H, W))`` -> list of NCHW maps; ``model.feature_info.channels()`` /
+        ``.reduction()`` describe them.
+
+    Raises:
+        UnknownModelError, CheckpointError, PretrainedUnavailableError, BackboneError.
+    """
+    dense = None if isinstance(name, nn.Module) else dense_name(str(name))
+    if dense is None:
+        return _classifier_backbone(name, checkpoint_path, out_indices, pretrained, **kwargs)
+    if out_indices is not None:
+        kwargs["out_indices"] = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
+    return create_model(dense, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs)
