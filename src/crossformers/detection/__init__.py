@@ -1,5 +1,6 @@
-"""Dense prediction with crossformers backbones: feature extractors, and torchvision detectors built on them."""
-from .backbones import (
+"""Dense prediction with crossformers backbones: feature extractors (defined in :mod:`crossformers.dense`, shared with
+segmentation, re-exported here), and torchvision detectors built on them."""
+from ..dense import (
     PYRAMID_STRIDES,
     BackboneError,
     PyramidBackbone,
@@ -11,5 +12,6 @@ from .backbones import (
 from .complexity import count_macs, detector_complexity, segmenter_complexity
 from .detectors import BackboneWithFPN, mask_rcnn, retinanet, retinanet_anchor_generator
 
-__all__ = ["backbone", "pyramid_backbone", "retinanet", "mask_rcnn", "BackboneWithFPN", "retinanet_anchor_generator", "PyramidBackbone", "SimpleFeaturePyramid", "BackboneError",
-           "default_out_indices", "PYRAMID_STRIDES", "count_macs", "detector_complexity", "segmenter_complexity"]
+__all__ = ["backbone", "pyramid_backbone", "retinanet", "mask_rcnn", "BackboneWithFPN", "retinanet_anchor_generator",
+           "PyramidBackbone", "SimpleFeaturePyramid", "BackboneError", "default_out_indices", "PYRAMID_STRIDES",
+           "count_macs", "detector_complexity", "segmenter_complexity"]
