@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.loading import load_model
+from ..engine.loading import load_model, model_in_chans
 from ..errors import CrossformersError
 from .shapes import SizeRule, dynamic_size_rule
 
@@ -231,14 +231,6 @@ def _resolve_model(model: str | os.PathLike | nn.Module, checkpoint_path, pretra
     return loaded.model, loaded.name
 
 
-def _in_chans(model: nn.Module) -> int:
-    c = getattr(model, "in_chans", None)
-    if c:
-        return int(c)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return int((cfg.get("input_size") or (3,))[0])
-
-
 def _default_size(model: nn.Module) -> tuple[int, int]:
     size = getattr(model, "img_size", None)  # the size the model was built for (tables, position embeddings)
     if isinstance(size, int):
@@ -383,7 +375,7 @@ def export_model(
     if batch_size < 1:
         raise ExportError(f"batch_size must be >= 1, got {batch_size}")
     net, name = _resolve_model(model, checkpoint_path, pretrained, dict(model_kwargs or {}))
-    chans = _in_chans(net)
+    chans = model_in_chans(net)
     requested = img_size
     if img_size is None:
         img_size = _default_size(net)
