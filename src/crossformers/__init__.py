@@ -7,15 +7,9 @@ from . import models  # noqa: F401  (registers the models)
 from .checkpoint import load_checkpoint, read_state_dict
 from .errors import CheckpointError, CrossformersError, InputSizeError, PretrainedUnavailableError, UnknownModelError
 from .factory import create_model, list_models
+from .inference.fuse import fuse
 
 __version__ = "0.1.0"
-
-
-def fuse(model, layer_scale: bool = True, inplace: bool = True):
-    """Fold Conv-BN pairs (and layer scales) for inference; see :func:`crossformers.profiling.fuse`."""
-    from .profiling.fuse import fuse as _fuse
-
-    return _fuse(model, layer_scale=layer_scale, inplace=inplace)
 
 
 __all__ = [

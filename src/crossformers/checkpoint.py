@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import CheckpointError
@@ -43,8 +44,6 @@ def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint not found: {path}: check the path (a .pth or .safetensors file)")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             obj: object = load_file(str(path), device=str(map_location))
         else:
             obj = torch.load(path, map_location=map_location, weights_only=True)

@@ -17,15 +17,30 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
+
+import crossformers
+from crossformers import __version__
 from crossformers.cli_types import json_object
+from crossformers.cli_types import setup_logging as _setup_logging
+from crossformers.data import DataError
+from crossformers.engine import TrainConfig, predict, read_meta, resolve_checkpoint_dir, train
+from crossformers.engine.config_file import merge_train_options
+from crossformers.engine.evaluate import evaluate, write_eval_outputs
+from crossformers.engine.loading import model_in_chans
+from crossformers.engine.modeling import count_macs, count_params
+from crossformers.errors import CrossformersError, UnknownModelError
 
 __all__ = ["main", "build_parser"]
 
@@ -112,8 +127,6 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``crossformers`` command."""
     parser = _Parser(prog="crossformers", description="Cross-attention vision transformers: train, evaluate, predict.")
-    from crossformers import __version__
-
     parser.add_argument("--version", action="version", version=f"crossformers {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -185,9 +198,6 @@ _PLUGIN_PACKAGES = ("profiling", "analysis", "export")
 
 
 def _add_plugin_subcommands(sub: argparse._SubParsersAction) -> None:
-    import importlib
-    import importlib.util
-
     for package in _PLUGIN_PACKAGES:
         name = f"crossformers.{package}.cli"
         if importlib.util.find_spec(f"crossformers.{package}") is None or importlib.util.find_spec(name) is None:
@@ -196,38 +206,10 @@ def _add_plugin_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ subcommands
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time of each message (main() may be called repeatedly with a
-    redirected stderr, e.g. in tests)."""
-
-    @property  # type: ignore[override]
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def _setup_logging(level: int = logging.INFO) -> None:
-    """Log crossformers messages as plain lines to stderr."""
-    logger = logging.getLogger("crossformers")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(level)
-
-
 def train_config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` described by parsed ``train`` arguments: defaults < --recipe < --config file <
     explicit flags; without --recipe/--config a --resume run's saved options are the base. Recipe values that will
     not be applied are logged (rank 0)."""
-    import os
-
-    from crossformers.engine import TrainConfig, read_meta, resolve_checkpoint_dir
-    from crossformers.engine.config_file import merge_train_options
-
     given = {field: getattr(args, field) for field, _, _ in _TRAIN_OPTIONS if hasattr(args, field)}
     if args.config or getattr(args, "recipe", None):
         cfg, notes = merge_train_options(given, args.config, getattr(args, "recipe", None))
@@ -250,10 +232,6 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import os
-
-    from crossformers.engine import train
-
     rank = int(os.environ.get("RANK", "0"))
     _setup_logging(logging.INFO if rank == 0 else logging.WARNING)
     cfg = train_config_from_args(args)
@@ -269,9 +247,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from crossformers.engine.checkpoint_io import resolve_checkpoint_dir
-    from crossformers.engine.evaluate import evaluate, write_eval_outputs
-
     _setup_logging()
     result = evaluate(args.model, args.data, split=args.split, batch_size=args.batch_size, checkpoint=args.checkpoint,
                       pretrained=args.pretrained, use_ema=args.ema, workers=args.workers, limit=args.limit,
@@ -300,8 +275,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from crossformers.engine import predict
-
     _setup_logging()
     results = predict(args.checkpoint, args.images, topk=args.topk, use_ema=args.ema, device=args.device)
     if args.json:
@@ -322,12 +295,6 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 def model_table(pattern: str = "*", macs: bool = True) -> list[dict[str, Any]]:
     """Rows ``name``, ``params_m`` (millions), ``gmacs`` (10^9 MACs for one image), ``input_size`` for every
     registered model matching ``pattern``; each model is instantiated once on the CPU."""
-    import torch
-
-    import crossformers
-    from crossformers.engine.evaluate import model_in_chans
-    from crossformers.engine.modeling import count_macs, count_params
-
     rows = []
     for name in crossformers.list_models(pattern):
         with torch.device("cpu"):
@@ -346,8 +313,6 @@ def model_table(pattern: str = "*", macs: bool = True) -> list[dict[str, Any]]:
 def _cmd_models(args: argparse.Namespace) -> int:
     rows = model_table(args.pattern, macs=not args.no_macs)
     if not rows:
-        from crossformers.errors import UnknownModelError
-
         raise UnknownModelError(f"no registered model matches {args.pattern!r}: run `crossformers models` for all")
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -379,9 +344,6 @@ def _one_line(err: BaseException) -> str:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from crossformers.data import DataError
-    from crossformers.errors import CrossformersError
-
     return (CrossformersError, DataError, OSError)
 
 

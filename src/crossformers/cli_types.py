@@ -1,11 +1,14 @@
-"""argparse value types shared by the ``crossformers`` subcommands (each raises ``ArgumentTypeError`` with a fix)."""
+"""Shared by the ``crossformers`` subcommands (the main CLI and the ``cli`` modules of the packages): argparse value
+types (each raises ``ArgumentTypeError`` with a fix) and the logging set-up."""
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 from typing import Any
 
-__all__ = ["json_object", "positive_int", "non_negative_int"]
+__all__ = ["json_object", "positive_int", "non_negative_int", "setup_logging"]
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -37,3 +40,26 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """A whole number >= 0 (counts where 0 means "none", e.g. warm-up calls, ``--batch-size 0`` to skip)."""
     return _whole_number(text, 0, "must be >= 0")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each message (main() may be called repeatedly with a
+    redirected stderr, e.g. in tests)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log crossformers messages as plain lines to stderr."""
+    logger = logging.getLogger("crossformers")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)

@@ -2,7 +2,6 @@
 pixels; cross-token shares; block selection errors."""
 from __future__ import annotations
 
-import importlib
 import itertools
 
 import numpy as np
@@ -19,6 +18,7 @@ from crossformers.analysis import (
     model_blocks,
 )
 from crossformers.analysis.geometry import group_coordinates
+from crossformers.layers import attention as att_mod
 
 from analysis_helpers import (  # noqa: F401 (one_thread: autouse fixture)
     one_thread,
@@ -28,8 +28,6 @@ from analysis_helpers import (  # noqa: F401 (one_thread: autouse fixture)
     tiny_fcaformer_plain,
     zero_attention_logits,
 )
-
-att_mod = importlib.import_module("crossformers.layers.attention")  # the package re-exports a function of that name
 
 
 @pytest.mark.parametrize("make,shape", [(tiny_crossformer, (2, 3, 40, 44)), (tiny_fcaformer, (2, 1, 48, 48)),

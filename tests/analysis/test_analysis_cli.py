@@ -143,7 +143,7 @@ def test_cam(run_dir, images, tmp_path, capsys):
     (["--images", "missing.png"], "image not found"),
     (["--queries", "60,3"], "outside the 56x56 px model input"),
     (["--queries", "3"], "is not 'y,x' in pixels"),
-    (["--model-kwargs", "{}"], "--model-kwargs applies to model names only"),
+    (["--model-kwargs", "{}"], "drop the model arguments [] (--model-kwargs) (they apply to model names only)"),
     (["--data", "fashion-mnist", "--num-images", "0"], "--num-images must be >= 1"),
 ])
 def test_bad_input_is_one_error_line(run_dir, images, tmp_path, capsys, argv, message):

@@ -8,6 +8,7 @@ import torch
 
 import crossformers
 from crossformers.detection import BackboneError, backbone, pyramid_backbone
+from crossformers.engine import ModelSpecError
 
 # one small configuration per family (plain FcaFormer L0 separately: a different architecture)
 TINY = {
@@ -90,7 +91,8 @@ def test_run_directory_and_bad_arguments(tmp_path):
     save_checkpoint(tmp_path / "run" / "best", clf, meta)
     feats = backbone(tmp_path / "run")
     torch.testing.assert_close(feats.model.stages[0].blocks[0].attn.qkv.weight, clf.stages[0].blocks[0].attn.qkv.weight)
-    with pytest.raises(BackboneError, match="run directory"):
+    with pytest.raises(ModelSpecError, match=r"run directory \(or checkpoint\), which fixes the model and its weights: "
+                                             r"drop the model arguments \['embed_dim'\]"):
         backbone(tmp_path / "run", embed_dim=32)
     with pytest.raises(BackboneError, match="out_indices"):
         backbone(name, out_indices=(0, 7), **kw)

@@ -1,5 +1,6 @@
 """Packed oneDNN weights (layers.linear.set_packed_weights): same results as the unpacked product, rebuilt whenever
-the weight changes, used only without autograd, freed by train() and never pickled."""
+the weight changes, used only without autograd, freed by train() and never pickled; the kernel a model uses is
+visible in its repr and its ``linear_kernel`` attribute."""
 from __future__ import annotations
 
 import copy
@@ -10,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import crossformers
 from crossformers.layers import linear as onednn
 from crossformers.layers.linear import OneDNNLinear, set_onednn_linear, set_packed_weights
 
@@ -120,3 +122,33 @@ def test_onednn_backward_products_equal_autograd_of_f_linear(in_features, out_fe
     for g, r in zip(got, want, strict=True):
         assert g.shape == r.shape
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("crossformer_tiny", dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), img_size=64)),
+    ("fcaformer_l1", dict(embed_dim=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(0, 0, 2, 2))),
+    ("fcaformer_l0", dict(embed_dim=32, depth=2, num_heads=2, img_size=64)),
+    ("crossvit_tiny_240", dict(img_size=48, img_scale=(1.0, 32 / 48), embed_dim=(16, 32), num_heads=(2, 2),
+                               depth=((1, 1, 0), (1, 1, 0)), mlp_ratio=(2, 2, 1))),
+])
+def test_linear_kernel_is_visible_in_repr_and_attribute(name, kwargs):
+    model = crossformers.create_model(name, onednn_linear=True, **kwargs)
+    assert model.linear_kernel == "onednn"
+    linear = next(m for m in model.modules() if isinstance(m, OneDNNLinear))
+    assert repr(linear) == (f"OneDNNLinear(in_features={linear.in_features}, out_features={linear.out_features}, "
+                            "bias=True, kernel=onednn)")
+    assert "kernel=onednn" in repr(model)
+    set_packed_weights(model)
+    assert repr(linear).endswith("kernel=onednn, packed_weights=True)")
+    size = 48 if name.startswith("crossvit") else 64
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    model.linear_kernel = "native"  # the documented way off, per model
+    assert model.linear_kernel == "native" and "kernel=onednn" not in repr(model)
+    assert not any(isinstance(m, OneDNNLinear) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+    assert crossformers.create_model(name, onednn_linear=False, **kwargs).linear_kernel == "native"
+    with pytest.raises(ValueError, match="linear_kernel must be one of onednn, native, got 'mkl'"):
+        model.linear_kernel = "mkl"

@@ -20,7 +20,7 @@ PROBE = r"""
 import json, sys
 from pathlib import Path
 import torch
-from crossformers.profiling.allocator import retain_freed_memory
+from crossformers.inference.allocator import retain_freed_memory
 
 def rss():
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))

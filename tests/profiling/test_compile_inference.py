@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch._inductor.utils import run_and_get_code
 
+from crossformers.inference.compile import compile_for_inference, onednn_weight_packing
 from crossformers.layers.linear import onednn_available
-from crossformers.profiling.compile import compile_for_inference, onednn_weight_packing
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                                 reason="inductor on CPU needs a C++ compiler")

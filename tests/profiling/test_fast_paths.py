@@ -2,7 +2,7 @@
 
 Plain path: explicit softmax attention, position biases recomputed in every forward, BatchNorms and layer scales
 unfolded, ``nn.Linear`` through ``F.linear``, default (NCHW) memory format. Fast paths, one at a time and all
-together: fused SDPA attention, cached biases, Conv-BN/layer-scale folding (``crossformers.profiling.fuse``), oneDNN
+together: fused SDPA attention, cached biases, Conv-BN/layer-scale folding (``crossformers.inference.fuse``), oneDNN
 linear layers, channels-last; and optimize_for_inference (all of them, channels-last where it helps).
 """
 from __future__ import annotations

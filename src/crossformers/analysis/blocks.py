@@ -10,12 +10,18 @@ The ``*_lattice`` functions give a block's token lattice in input pixels from th
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from timm.utils import unwrap_model
 from torch import nn
 
+from ..layers.embed import CrossScaleEmbedding
+from ..models.crossformer import CrossFormer
+from ..models.crossvit import AllAttentionFusion, CrossAttentionFusion, CrossViT
+from ..models.fcaformer import FcaFormer, FcaFormerPlain, FcaStage
 from .errors import NoAttentionError, UnsupportedModelError
 from .geometry import Lattice, conv_chain
 
@@ -68,17 +74,11 @@ class BlockInfo:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    from ..engine.modeling import unwrap_model
-
     return unwrap_model(model)
 
 
 def model_family(model: nn.Module) -> str:
     """``crossformer``, ``fcaformer`` (hybrid or plain), ``crossvit``, or ``generic`` for any other model."""
-    from ..models.crossformer import CrossFormer
-    from ..models.crossvit import CrossViT
-    from ..models.fcaformer import FcaFormer, FcaFormerPlain
-
     model = _unwrap(model)
     if isinstance(model, CrossFormer):
         return "crossformer"
@@ -95,9 +95,6 @@ def model_blocks(model: nn.Module) -> list[BlockInfo]:
     Raises:
         UnsupportedModelError: a model of an unknown family with no ``blocks.N`` modules.
     """
-    from ..models.crossvit import AllAttentionFusion, CrossAttentionFusion
-    from ..models.fcaformer import FcaStage
-
     model = _unwrap(model)
     family = model_family(model)
     out: list[BlockInfo] = []
@@ -230,8 +227,6 @@ def _lattice_from_convs(convs: Sequence[nn.Module], height: int, width: int) -> 
 def _convs(module: nn.Module) -> list[nn.Module]:
     """The convolutions that change the sampling grid, in order (1x1 convolutions skipped; CEL: the smallest kernel,
     all its kernels share centres)."""
-    from ..layers.embed import CrossScaleEmbedding
-
     if isinstance(module, CrossScaleEmbedding):
         return [module.projs[0]]
     return [m for m in module.modules() if isinstance(m, nn.Conv2d) and
@@ -261,8 +256,6 @@ def crossvit_branch_lattice(model: nn.Module, branch: int, grid: tuple[int, int]
     The branch sees the input resized to its native size (or scaled by ``img_scale`` with ``dynamic_img_size``);
     patch centres follow its patch embedding and are mapped back through the resize (CrossViT Sec. 3.2).
     """
-    import math
-
     model = _unwrap(model)
     H, W = input_size
     if model.dynamic_img_size:

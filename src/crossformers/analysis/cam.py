@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.crossvit import MultiScaleEncoder
+from ..models.fcaformer import FcaBlock
 from .blocks import model_family
 from .errors import CamUnavailableError
 from .inputs import ImageBatch, LoadedModel, load_model, prepare_images
@@ -29,7 +31,7 @@ CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam":
 
 def _grad_cam():
     try:
-        import pytorch_grad_cam
+        import pytorch_grad_cam  # optional dependency (the analysis extra), needed only for CAMs
     except ImportError:
         raise CamUnavailableError("class activation maps need the grad-cam package: pip install grad-cam") from None
     return pytorch_grad_cam
@@ -58,9 +60,6 @@ class _GridTracker:
     """Token count -> (prefix tokens, grid) of the token sequences seen in the forward pass."""
 
     def __init__(self, model: nn.Module):
-        from ..models.crossvit import MultiScaleEncoder
-        from ..models.fcaformer import FcaBlock
-
         self.grids: dict[int, tuple[int, tuple[int, int]]] = {}
         self.handles = []
         for m in model.modules():
@@ -127,7 +126,7 @@ def class_activation_maps(
         CamUnavailableError: grad-cam is not installed, or an unusable method/layer.
     """
     gc = _grad_cam()
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # optional dependency (see _grad_cam)
 
     if method not in CAM_METHODS:
         raise CamUnavailableError(f"unknown CAM method {method!r}: choose one of {', '.join(CAM_METHODS)}")

@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils import unwrap_model
 from torch import nn
 
+from ..layers import attention as attention_module
 from .blocks import BlockInfo, crossvit_branch_lattice, model_blocks, model_family, select_blocks, token_lattice
 from .errors import AnalysisError
 from .geometry import Lattice, cross_token_lattice, group_coordinates, pairwise_distance
@@ -273,15 +275,9 @@ def _recording_explicit_attention(q, k, v, bias=None, dropout_p=0.0, training=Fa
     return out, probs
 
 
-def _attention_module():
-    import importlib
-
-    return importlib.import_module("crossformers.layers.attention")  # the package re-exports a function of that name
-
-
 def _install() -> None:
     global _PATCH_COUNT, _ORIGINAL
-    att_mod = _attention_module()
+    att_mod = attention_module
 
     with _PATCH_LOCK:
         if _PATCH_COUNT == 0:
@@ -292,7 +288,7 @@ def _install() -> None:
 
 def _uninstall() -> None:
     global _PATCH_COUNT
-    att_mod = _attention_module()
+    att_mod = attention_module
 
     with _PATCH_LOCK:
         _PATCH_COUNT -= 1
@@ -326,8 +322,6 @@ def capture_attention(model: nn.Module, blocks: Sequence[str | int] | str | int 
     Raises:
         NoAttentionError: a chosen block has no attention, or the model has none crossformers can read.
     """
-    from ..engine.modeling import unwrap_model
-
     net = unwrap_model(model)
     chosen = select_blocks(model_blocks(net), blocks, attention_only=True)
     cap = AttentionCapture(net, chosen, to_cpu=to_cpu)

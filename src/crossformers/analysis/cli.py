@@ -18,7 +18,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from crossformers.cli_types import json_object
+import numpy as np
+
+from crossformers.cli_types import json_object, setup_logging
+from crossformers.engine.distributed import resolve_device
+from crossformers.fileio import atomic_write_text
+
+from .blocks import model_blocks, model_family
+from .cam import class_activation_maps
+from .errors import AnalysisError, EmptyInputError
+from .inputs import dataset_images, display_images, load_model, prepare_images
+from .measures import activation_amplitude, attention_maps, cross_token_share, mean_attention_distance, parse_query
+from .plots import plot_amplitude, plot_attention_maps, plot_cams, plot_cross_token_share, plot_distance
 
 __all__ = ["add_subcommands"]
 
@@ -120,17 +131,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def _setup() -> None:
-    from crossformers.cli import _setup_logging
-
-    _setup_logging()
+    setup_logging()
 
 
 def _load_models(args: argparse.Namespace) -> list:
-    from crossformers.engine.distributed import resolve_device
-
-    from .errors import AnalysisError, EmptyInputError
-    from .inputs import load_model
-
     specs = list(args.models)
     if not specs:
         raise EmptyInputError("no model given")
@@ -155,9 +159,6 @@ def _load_models(args: argparse.Namespace) -> list:
 
 
 def _images(args: argparse.Namespace, loaded):
-    from .errors import AnalysisError
-    from .inputs import dataset_images, prepare_images
-
     if args.images is not None and args.data is not None:
         raise AnalysisError("give either --images or --data, not both")
     if args.images is None and args.data is None:
@@ -168,14 +169,10 @@ def _images(args: argparse.Namespace, loaded):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from crossformers.engine.checkpoint_io import atomic_write_text
-
     atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:
-    import numpy as np
-
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
@@ -210,11 +207,6 @@ def _title(lm, batch, what: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------- commands
 def _cmd_attention(args: argparse.Namespace) -> int:
-    from .blocks import model_blocks, model_family
-    from .inputs import display_images
-    from .measures import attention_maps, parse_query
-    from .plots import plot_attention_maps
-
     _setup()
     queries = [parse_query(q) for q in args.queries] if args.queries else None
     (lm,) = _load_models(args)
@@ -246,9 +238,6 @@ def _run_each(args: argparse.Namespace, fn) -> tuple[list, list]:
 
 
 def _cmd_distance(args: argparse.Namespace) -> int:
-    from .measures import mean_attention_distance, parse_query
-    from .plots import plot_distance
-
     _setup()
     queries = [parse_query(q) for q in args.queries] if args.queries else None
     results, batches = _run_each(args, lambda lm, b: mean_attention_distance(lm, b, blocks=args.blocks,
@@ -266,9 +255,6 @@ def _cmd_distance(args: argparse.Namespace) -> int:
 
 
 def _cmd_amplitude(args: argparse.Namespace) -> int:
-    from .measures import activation_amplitude
-    from .plots import plot_amplitude
-
     _setup()
     results, batches = _run_each(args, lambda lm, b: activation_amplitude(lm, b, blocks=args.blocks,
                                                                           batch_size=args.batch_size))
@@ -281,9 +267,6 @@ def _cmd_amplitude(args: argparse.Namespace) -> int:
 
 
 def _cmd_cross_tokens(args: argparse.Namespace) -> int:
-    from .measures import cross_token_share
-    from .plots import plot_cross_token_share
-
     _setup()
     results, batches = _run_each(args, lambda lm, b: cross_token_share(lm, b, blocks=args.blocks,
                                                                        batch_size=args.batch_size))
@@ -297,10 +280,6 @@ def _cmd_cross_tokens(args: argparse.Namespace) -> int:
 
 
 def _cmd_cam(args: argparse.Namespace) -> int:
-    from .cam import class_activation_maps
-    from .inputs import display_images
-    from .plots import plot_cams
-
     _setup()
     (lm,) = _load_models(args)
     batch = _images(args, lm)

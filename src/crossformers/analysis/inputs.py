@@ -1,4 +1,5 @@
-"""Models and images for the analyses: our checkpoints or model names, image files or dataset images, preprocessed
+"""Models and images for the analyses: our checkpoints or model names (through the package's one loader,
+:func:`crossformers.engine.loading.load_model`, re-exported here), image files or dataset images, preprocessed
 exactly as the model expects.
 """
 from __future__ import annotations
@@ -15,7 +16,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .errors import AnalysisError, EmptyInputError
+from ..data import build_dataset, build_transform, denormalize
+from ..engine.loading import LoadedModel, load_model
+from ..engine.modeling import model_preprocessing
+from ..engine.predict import read_images
+from ..errors import InputSizeError
+from .errors import EmptyInputError
 
 __all__ = ["LoadedModel", "load_model", "preprocessing_of", "prepare_images", "dataset_images", "display_images",
            "ImageBatch"]
@@ -23,28 +29,6 @@ __all__ = ["LoadedModel", "load_model", "preprocessing_of", "prepare_images", "d
 log = logging.getLogger("crossformers.analysis")
 
 ImageLike = str | os.PathLike | Image.Image
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for analysis.
-
-    Attributes:
-        model: in eval mode, on the CPU.
-        name: registered model name.
-        source: checkpoint directory, weight file, or ``random init``.
-        classes: class names (our checkpoints) or None.
-        preprocessing: eval preprocessing (``input_size`` (C, H, W) in pixels, ``mean``, ``std``, ``interpolation``,
-            ``crop_pct``).
-        label: short label for plots and JSON.
-    """
-
-    model: nn.Module
-    name: str
-    source: str
-    classes: list[str] | None
-    preprocessing: dict[str, Any]
-    label: str
 
 
 @dataclass
@@ -65,84 +49,10 @@ class ImageBatch:
 def preprocessing_of(model: nn.Module, img_size: int | None = None) -> dict[str, Any]:
     """The model's eval preprocessing (from its ``pretrained_cfg``; ours carry the checkpoint's), optionally at
     another square size ``img_size`` (pixels)."""
-    from ..engine.modeling import model_preprocessing
-
     return model_preprocessing(model, img_size=img_size)
 
 
-def load_model(
-    spec: str | os.PathLike | nn.Module,
-    checkpoint: str | os.PathLike | None = None,
-    *,
-    use_ema: bool = False,
-    pretrained: bool = False,
-    model_kwargs: Mapping[str, Any] | None = None,
-    img_size: int | None = None,
-    label: str | None = None,
-) -> LoadedModel:
-    """Load what the user named.
-
-    Args:
-        spec: one of our run / checkpoint directories (weights and preprocessing from its ``meta.json``), a model
-            name (random init unless ``checkpoint`` or ``pretrained``), or an ``nn.Module``.
-        checkpoint: with a model name: an official or state-dict weight file.
-        use_ema: with our checkpoint: its EMA weights.
-        pretrained: with a model name: the authors' released weights.
-        model_kwargs: with a model name: constructor arguments (``num_classes``, ``depths``, ...).
-        img_size: square input side in pixels: for model names also passed to the constructor (unless
-            ``model_kwargs`` sets it); for checkpoints only the preprocessing changes.
-        label: label for plots (default: the model name, plus ``(random init)`` for untrained models).
-
-    Raises:
-        CheckpointError, UnknownModelError, ConfigError: from the loaders; AnalysisError: ``model_kwargs`` with a
-        checkpoint directory.
-    """
-    from ..engine.checkpoint_io import is_checkpoint_dir, load_trained, resolve_checkpoint_dir
-    from ..engine.modeling import build_model
-    from ..errors import CheckpointError
-
-    if isinstance(spec, nn.Module):
-        name = (getattr(spec, "pretrained_cfg", None) or {}).get("architecture", type(spec).__name__)
-        return LoadedModel(spec.eval(), name, "module", None, preprocessing_of(spec, img_size), label or name)
-    path = Path(spec).expanduser()
-    is_ckpt = False
-    if path.exists():
-        try:
-            is_ckpt = is_checkpoint_dir(path) or bool(resolve_checkpoint_dir(path))
-        except CheckpointError:
-            is_ckpt = False
-    if is_ckpt:
-        if checkpoint is not None:
-            raise CheckpointError(f"{path} is already a checkpoint: drop --checkpoint {checkpoint}")
-        if model_kwargs is not None:
-            raise AnalysisError(f"{path} is a trained checkpoint: --model-kwargs applies to model names only")
-        model, meta = load_trained(path, use_ema=use_ema)
-        pre = preprocessing_of(model, img_size)
-        if img_size:
-            log.info("%s: analysing at %dx%d px instead of the training size %s", path, img_size, img_size,
-                     "x".join(str(s) for s in (meta.get("preprocessing") or {}).get("input_size", [])[1:]))
-        return LoadedModel(model, meta["model"], meta["checkpoint_dir"], list(meta["classes"]), pre,
-                           label or meta["model"])
-    if path.exists() and path.is_file():
-        raise CheckpointError(f"{path} is a weight file, not a model: pass the model name and --checkpoint {path}")
-    if use_ema:
-        raise CheckpointError("--ema needs one of our checkpoints (trained with --ema-decay), not a model name")
-    kwargs = dict(model_kwargs or {})
-    if img_size and "img_size" not in kwargs:
-        kwargs["img_size"] = img_size
-    with torch.device("cpu"):
-        model = build_model(str(spec), checkpoint_path=checkpoint, pretrained=pretrained, **kwargs)
-    model.eval()
-    size = img_size or kwargs.get("img_size")
-    pre = preprocessing_of(model, int(size) if isinstance(size, int) else None)
-    trained = checkpoint is not None or pretrained
-    source = str(checkpoint) if checkpoint else ("pretrained" if pretrained else "random init")
-    return LoadedModel(model, str(spec), source, None, pre, label or (str(spec) if trained else f"{spec} (random init)"))
-
-
 def _transform(pre: Mapping[str, Any]):
-    from ..data import build_transform
-
     return build_transform(False, tuple(pre["input_size"]), pre["mean"], pre["std"],
                            interpolation=pre["interpolation"], crop_pct=pre["crop_pct"])
 
@@ -167,9 +77,6 @@ def prepare_images(images: torch.Tensor | Sequence[ImageLike], preprocessing: Ma
         ImageReadError: an image file is missing or unreadable.
         InputSizeError: a tensor of the wrong rank or channel count.
     """
-    from ..engine.predict import read_images
-    from ..errors import InputSizeError
-
     if isinstance(images, torch.Tensor):
         x = images.unsqueeze(0) if images.ndim == 3 else images
         if x.ndim != 4 or x.shape[0] == 0:
@@ -219,8 +126,6 @@ def dataset_images(data: str, num_images: int, preprocessing: Mapping[str, Any],
     Raises:
         EmptyInputError: ``num_images`` < 1. DataError: unknown or missing dataset.
     """
-    from ..data import build_dataset
-
     if num_images < 1:
         raise EmptyInputError(f"--num-images must be >= 1, got {num_images}")
     ds = build_dataset(data, split, transform=_transform(preprocessing), limit=num_images, stratified=True)
@@ -232,8 +137,6 @@ def dataset_images(data: str, num_images: int, preprocessing: Mapping[str, Any],
 
 def display_images(x: torch.Tensor, preprocessing: Mapping[str, Any]) -> np.ndarray:
     """Undo the normalisation for display: (B, C, H, W) -> (B, H, W, 3) float in [0, 1] (grey repeated)."""
-    from ..data import denormalize
-
     img = denormalize(x.detach().float().cpu(), preprocessing["mean"], preprocessing["std"]).clamp(0, 1)
     img = img.permute(0, 2, 3, 1).numpy()
     if img.shape[-1] == 1:

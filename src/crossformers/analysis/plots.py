@@ -10,11 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from ..fileio import atomic_write_bytes
+
 __all__ = ["plot_attention_maps", "plot_distance", "plot_amplitude", "plot_cross_token_share", "plot_cams"]
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # imported on use: pyplot must come after choosing the non-interactive Agg backend
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -23,8 +25,6 @@ def _plt():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    from ..engine.checkpoint_io import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_macs", "detector_complexity", "segmenter_complexity"]
 
@@ -36,8 +37,6 @@ def count_macs(model: nn.Module, *inputs: Any) -> float:
     Returns:
         Multiply-accumulates (float).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     fused = {m: m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
     training = model.training
     model.eval()

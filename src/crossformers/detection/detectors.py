@@ -28,7 +28,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
-from .backbones import BackboneError, PyramidBackbone, pyramid_backbone
+from ..dense import BackboneError, PyramidBackbone, pyramid_backbone
 
 __all__ = ["BackboneWithFPN", "retinanet", "mask_rcnn", "retinanet_anchor_generator"]
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint
 from ..errors import CheckpointError
+from ..fileio import atomic_write_bytes, atomic_write_text  # re-exported (they used to live here)
 
 __all__ = [
     "FORMAT", "MODEL_FILE", "EMA_FILE", "META_FILE", "STATE_FILE",
@@ -60,27 +61,6 @@ def _fsync_path(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _backup_of(target: Path) -> Path:

@@ -6,6 +6,7 @@ saved ``config.json`` of a run is the exact :meth:`TrainConfig.to_dict` of the o
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -158,8 +159,6 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = [k for k in values if k not in names]
         if unknown:
-            import difflib
-
             hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, sorted(names), n=2))}?)"
                      if difflib.get_close_matches(k, sorted(names), n=2) else k for k in unknown]
             raise ConfigError(f"unknown training option(s): {', '.join(hints)}")

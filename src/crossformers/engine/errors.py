@@ -5,9 +5,10 @@ All derive from :class:`crossformers.errors.CrossformersError`, so the command l
 """
 from __future__ import annotations
 
-from ..errors import CrossformersError
+from ..errors import CheckpointError, CrossformersError
 
-__all__ = ["ConfigError", "OutputExistsError", "TrainingError", "NonFiniteLossError", "ImageReadError"]
+__all__ = ["ConfigError", "ModelSpecError", "OutputExistsError", "TrainingError", "NonFiniteLossError",
+           "ImageReadError"]
 
 
 class ConfigError(CrossformersError, ValueError):
@@ -28,3 +29,8 @@ class NonFiniteLossError(TrainingError):
 
 class ImageReadError(CrossformersError, OSError):
     """An image file given for prediction is missing or cannot be decoded (the message names the file)."""
+
+
+class ModelSpecError(CheckpointError):
+    """A model spec that contradicts its arguments (weights or constructor arguments for a run directory, a weight
+    file given as the model, EMA weights for a model name); the message says which to drop or how to pass it."""

@@ -20,37 +20,13 @@ from tqdm.auto import tqdm
 
 from ..data import build_dataset, build_loader, build_transform
 from ..errors import CheckpointError
-from .checkpoint_io import atomic_write_text, is_checkpoint_dir, load_trained, resolve_checkpoint_dir
+from ..fileio import atomic_write_text
 from .distributed import resolve_device
+from .loading import load_model, model_in_chans
 from .metrics import plot_confusion_matrix, topk_correct
-from .modeling import build_model, check_model_input, model_preprocessing
+from .modeling import check_model_input, model_preprocessing
 
-__all__ = ["evaluate", "model_in_chans", "resolve_model"]
-
-
-def model_in_chans(model: nn.Module) -> int:
-    """Input channels of ``model``: its ``in_chans`` attribute, else its first conv layer, else ``pretrained_cfg``."""
-    chans = getattr(model, "in_chans", None)
-    if isinstance(chans, int):
-        return chans
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    first = cfg.get("first_conv")
-    if isinstance(first, str):
-        try:
-            layer = model.get_submodule(first)
-            if isinstance(getattr(layer, "in_channels", None), int):
-                return int(layer.in_channels)
-        except AttributeError:
-            pass
-    return int((cfg.get("input_size") or (3,))[0])
-
-
-def _looks_like_checkpoint(path: Path) -> bool:
-    try:
-        resolve_checkpoint_dir(path)
-        return True
-    except CheckpointError:
-        return False
+__all__ = ["evaluate", "resolve_model", "write_eval_outputs"]
 
 
 def resolve_model(
@@ -59,7 +35,7 @@ def resolve_model(
     pretrained: bool = False,
     use_ema: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Turn what the user gave into ``(model, info)``.
+    """Turn what the user gave into ``(model, info)`` with :func:`crossformers.engine.loading.load_model`.
 
     Args:
         model: an ``nn.Module``; one of our checkpoint / run directories; or a model name (crossformers or
@@ -73,26 +49,10 @@ def resolve_model(
         ``source``.
 
     Raises:
-        CheckpointError, UnknownModelError: as raised by the loaders.
+        ModelSpecError, CheckpointError, UnknownModelError: as raised by the loader.
     """
-    if isinstance(model, nn.Module):
-        name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
-        return model.eval(), {"name": name, "classes": None, "source": "module"}
-    path = Path(model).expanduser()
-    if path.exists() and (is_checkpoint_dir(path) or _looks_like_checkpoint(path)):
-        if checkpoint is not None:
-            raise CheckpointError(f"{path} is already a checkpoint: drop --checkpoint {checkpoint}")
-        net, meta = load_trained(path, use_ema=use_ema)
-        return net, {"name": meta["model"], "classes": list(meta["classes"]), "source": meta["checkpoint_dir"]}
-    if path.exists() and path.is_file():
-        raise CheckpointError(
-            f"{path} is a weight file, not a model: pass the model name and the file as checkpoint, e.g. "
-            f"`crossformers eval fcaformer_l2 --checkpoint {path} --data DIR`")
-    if use_ema:
-        raise CheckpointError("--ema needs one of our checkpoints (trained with --ema-decay), not a model name")
-    net = build_model(str(model), checkpoint_path=checkpoint, pretrained=pretrained)
-    source = str(checkpoint) if checkpoint else ("pretrained" if pretrained else "random init")
-    return net.eval(), {"name": str(model), "classes": None, "source": source}
+    loaded = load_model(model, checkpoint, pretrained=pretrained, use_ema=use_ema)
+    return loaded.model, {"name": loaded.name, "classes": loaded.classes, "source": loaded.source}
 
 
 def evaluate(

@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from .checkpoint_io import atomic_write_bytes, atomic_write_text
+from ..fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["topk_correct", "MetricHistory", "plot_curves", "plot_confusion_matrix"]
 
@@ -108,13 +111,8 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, titl
     Left: train and val loss (cross-entropy, nats). Right: val top-1 / top-5 and train top-1 (%), and EMA top-1 if
     present.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
-    from matplotlib.ticker import MaxNLocator
-
     ax_loss, ax_acc = fig.subplots(1, 2)
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -148,9 +146,6 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str 
 
     Class names and counts are drawn for up to 30 classes; larger matrices are drawn as an image only.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     n = len(classes)
     counts = np.asarray(matrix, dtype=np.float64)
     rows = counts.sum(axis=1, keepdims=True)

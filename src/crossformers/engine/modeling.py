@@ -7,27 +7,19 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import timm
 import torch
+from timm.data import resolve_model_data_config
 from torch import nn
 
 from ..checkpoint import head_keys, load_checkpoint, read_state_dict
 from ..errors import CrossformersError, InputSizeError, PretrainedUnavailableError, UnknownModelError
 from ..factory import create_model
+from ..utils.macs import count_macs as _count_macs
 from .config import TIMM_PREFIX
 from .errors import ConfigError
 
-__all__ = ["build_model", "unwrap_model", "model_preprocessing", "check_model_input", "count_params", "count_macs"]
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model inside ``DistributedDataParallel`` / ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
+__all__ = ["build_model", "model_preprocessing", "check_model_input", "count_params", "count_macs"]
 
 
 def build_model(name: str, checkpoint_path: str | os.PathLike | None = None, pretrained: bool = False,
@@ -70,8 +62,6 @@ def build_model(name: str, checkpoint_path: str | os.PathLike | None = None, pre
 
 
 def _build_timm(arch: str, checkpoint_path: str | os.PathLike | None, pretrained: bool, **kwargs: Any) -> nn.Module:
-    import timm
-
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
@@ -101,20 +91,21 @@ def model_preprocessing(model: nn.Module, in_chans: int | None = None, img_size:
     """Eval preprocessing of ``model``: ``input_size`` (C, H, W) in pixels, ``mean``/``std`` (0..1 units),
     ``interpolation`` and ``crop_pct``.
 
-    Starts from ``model.pretrained_cfg``; ``in_chans`` and ``img_size`` (pixels, square) replace the channel count
-    and size; ``overrides`` (e.g. a dataset's own mean/std) replace any key. Mean/std are adapted to the channel
-    count (3 values averaged for 1 channel, 1 value repeated for 3).
+    Starts from timm's ``resolve_model_data_config(model)`` (``model.pretrained_cfg`` over timm's defaults);
+    ``in_chans`` and ``img_size`` (pixels, square) replace the channel count and size; ``overrides`` (e.g. a
+    dataset's own mean/std) replace any key. Mean/std are adapted to the channel count (3 values averaged for 1
+    channel, 1 value repeated for 3), which timm's resolver does not do.
     """
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    size = tuple(cfg.get("input_size") or (3, 224, 224))
+    cfg = resolve_model_data_config(model)  # the model's pretrained_cfg over timm's defaults
+    size = tuple(cfg["input_size"])
     chans = int(in_chans or getattr(model, "in_chans", None) or size[0])
     hw = (int(img_size), int(img_size)) if img_size else (int(size[1]), int(size[2]))
     out: dict[str, Any] = {
         "input_size": [chans, *hw],
-        "mean": list(cfg.get("mean") or (0.485, 0.456, 0.406)),
-        "std": list(cfg.get("std") or (0.229, 0.224, 0.225)),
-        "interpolation": cfg.get("interpolation") or "bicubic",
-        "crop_pct": float(cfg.get("crop_pct") or 0.875),
+        "mean": list(cfg["mean"]),
+        "std": list(cfg["std"]),
+        "interpolation": cfg["interpolation"],
+        "crop_pct": float(cfg["crop_pct"]),
     }
     for k, v in (overrides or {}).items():
         if v is not None:
@@ -164,9 +155,7 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] | list[int]) -> float:
     """Multiply-accumulate operations for one image of ``input_size`` (C, H, W), as total FLOPs / 2.
 
-    Delegates to :func:`crossformers.profiling.count_macs` (explicit attention path, eval mode, the model's mode and
+    Delegates to :func:`crossformers.utils.macs.count_macs` (explicit attention path, eval mode, the model's mode and
     attention flags restored), the one MAC counter of the project.
     """
-    from ..profiling.macs import count_macs as _count
-
-    return float(_count(model, tuple(int(s) for s in input_size))[0])
+    return float(_count_macs(model, tuple(int(s) for s in input_size))[0])

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 from ..data import DataError, build_transform, load_image
-from .checkpoint_io import load_trained
+from .checkpoint_io import resolve_checkpoint_dir
 from .distributed import resolve_device
 from .errors import ConfigError, ImageReadError
-from .evaluate import model_in_chans
-from .modeling import check_model_input, model_preprocessing
+from .loading import load_model
+from .modeling import check_model_input
 
 __all__ = ["predict", "read_images"]
 
@@ -72,15 +72,15 @@ def predict(
         raise ConfigError(f"topk must be an int >= 1, got {topk!r}")
     if not images:
         raise ConfigError("no images given: pass one or more image files")
-    model, meta = load_trained(checkpoint, use_ema=use_ema)
-    classes = list(meta["classes"])
+    resolve_checkpoint_dir(checkpoint)  # prediction needs class names: only our checkpoints have them
+    loaded = load_model(checkpoint, use_ema=use_ema)
+    model, classes, pre = loaded.model, list(loaded.classes or []), loaded.preprocessing
     dev = resolve_device(device)
-    pre = model_preprocessing(model, in_chans=model_in_chans(model))
     tf = build_transform(False, tuple(pre["input_size"]), pre["mean"], pre["std"], interpolation=pre["interpolation"],
                          crop_pct=pre["crop_pct"])
     pil = read_images(images)
     model.to(dev)
-    check_model_input(model, pre["input_size"], meta["model"])
+    check_model_input(model, pre["input_size"], loaded.name)
     k = min(topk, len(classes))
     out: list[list[tuple[str, float]]] = []
     with torch.no_grad():

@@ -13,6 +13,8 @@ import json
 
 from crossformers.cli_types import json_object, positive_int
 
+from .core import ExportError, export_model
+
 __all__ = ["add_subcommands"]
 
 
@@ -50,8 +52,6 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .core import ExportError, export_model
-
     size = None
     if args.img_size:
         if len(args.img_size) > 2:

@@ -19,10 +19,12 @@ A verification failure deletes the written file and raises :class:`ExportError`:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.loading import load_model, model_in_chans
 from ..errors import CrossformersError
 from .shapes import SizeRule, dynamic_size_rule
 
@@ -224,17 +227,8 @@ def _repeat_interleave(x: torch.Tensor, repeats: int, dim: int | None = None,
 
 def _resolve_model(model: str | os.PathLike | nn.Module, checkpoint_path, pretrained: bool,
                    model_kwargs: dict[str, Any]) -> tuple[nn.Module, str]:
-    from ..detection.backbones import load_model
-
-    return load_model(model, checkpoint_path, pretrained, **model_kwargs)
-
-
-def _in_chans(model: nn.Module) -> int:
-    c = getattr(model, "in_chans", None)
-    if c:
-        return int(c)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return int((cfg.get("input_size") or (3,))[0])
+    loaded = load_model(model, checkpoint_path, pretrained=pretrained, model_kwargs=model_kwargs or None)
+    return loaded.model, loaded.name
 
 
 def _default_size(model: nn.Module) -> tuple[int, int]:
@@ -258,9 +252,6 @@ def _write(ep: torch.export.ExportedProgram, x: torch.Tensor, fmt: str, path: Pa
     if fmt == "torch.export":
         torch.export.save(ep, str(path))
         return None
-    import importlib.util
-    import warnings
-
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise ExportError(f"ONNX export needs {' and '.join(missing)}: pip install onnx onnxscript onnxruntime")
@@ -292,7 +283,7 @@ class _Runner:
         self.fmt = fmt
         if fmt == "onnx":
             try:
-                import onnxruntime as ort
+                import onnxruntime as ort  # optional dependency (the export extra): needed only to verify
             except ImportError:
                 raise ExportError("verifying an ONNX export needs onnxruntime: pip install onnxruntime (or pass "
                                   "verify=False / --no-verify)") from None
@@ -384,7 +375,7 @@ def export_model(
     if batch_size < 1:
         raise ExportError(f"batch_size must be >= 1, got {batch_size}")
     net, name = _resolve_model(model, checkpoint_path, pretrained, dict(model_kwargs or {}))
-    chans = _in_chans(net)
+    chans = model_in_chans(net)
     requested = img_size
     if img_size is None:
         img_size = _default_size(net)

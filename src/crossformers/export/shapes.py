@@ -24,6 +24,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..models.crossformer import CrossFormer
+from ..models.crossvit import CrossViT
+from ..models.fcaformer import FcaFormer, FcaFormerPlain, FcaStage
+
 __all__ = ["SizeRule", "dynamic_size_rule"]
 
 
@@ -95,8 +99,6 @@ def _crossformer_rule(model: nn.Module) -> SizeRule:
 
 
 def _fcaformer_rule(model: nn.Module) -> SizeRule:
-    from ..models.fcaformer import FcaStage
-
     need_h, need_w, strides = [], [], []
     for s, stage in enumerate(model.stages):
         if not isinstance(stage, FcaStage):
@@ -135,10 +137,6 @@ def dynamic_size_rule(model: nn.Module) -> SizeRule:
     Returns:
         The :class:`SizeRule`.
     """
-    from ..models.crossformer import CrossFormer
-    from ..models.crossvit import CrossViT
-    from ..models.fcaformer import FcaFormer, FcaFormerPlain
-
     if isinstance(model, CrossFormer):
         return _crossformer_rule(model)
     if isinstance(model, FcaFormer):

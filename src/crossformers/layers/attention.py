@@ -1,4 +1,5 @@
-"""Multi-head attention with an additive bias, fused or explicit.
+"""Multi-head attention with an additive bias, fused or explicit: :func:`dot_product_attention` (the function has
+its own name, so ``crossformers.layers.attention`` is always this module).
 
 The fused path goes through :func:`torch.nn.functional.scaled_dot_product_attention`; the explicit path computes
 ``softmax(q k^T * scale + bias) v`` step by step and is used for analysis (attention maps) and for counting MACs
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention", "explicit_attention"]
+__all__ = ["dot_product_attention", "explicit_attention"]
 
 
 def explicit_attention(
@@ -38,7 +39,7 @@ def explicit_attention(
     return out, attn
 
 
-def attention(
+def dot_product_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
     dropout_p: float = 0.0, training: bool = False, fused: bool = True,
 ) -> torch.Tensor:

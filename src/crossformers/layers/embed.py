@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CrossScaleEmbedding", "cel_channels"]
+__all__ = ["CrossScaleEmbedding", "cel_channels", "conv_output_size"]
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """Output length along one axis of a convolution (or patch embedding) over ``size`` pixels/tokens:
+    ``floor((size + 2 * padding - kernel) / stride) + 1``, PyTorch's ``Conv2d`` rule without dilation."""
+    return (size + 2 * padding - kernel) // stride + 1
 
 
 def cel_channels(out_dim: int, num_kernels: int) -> list[int]:

@@ -33,10 +33,13 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
-__all__ = ["MIN_MACS", "onednn_available", "onednn_by_default", "fast_linear", "OneDNNLinear", "OneDNNMlp",
-           "set_onednn_linear", "set_packed_weights", "uses_onednn_linear"]
+__all__ = ["MIN_MACS", "LINEAR_KERNELS", "onednn_available", "onednn_by_default", "fast_linear", "OneDNNLinear",
+           "OneDNNMlp", "set_onednn_linear", "set_packed_weights", "uses_onednn_linear", "linear_kernel",
+           "LinearKernelMixin"]
 
 MIN_MACS = 1 << 20  # below ~1 M multiply-adds oneDNN's per-call overhead outweighs its faster kernel
+#: values of :func:`linear_kernel` / ``model.linear_kernel``
+LINEAR_KERNELS = ("onednn", "native")
 PACK_ROWS_HINT = 256  # least row count oneDNN is told to expect when it chooses a packed weight's blocked layout
 
 
@@ -130,6 +133,11 @@ class OneDNNLinear(nn.Linear):
 
     pack_weights: bool = False  # class default; set_packed_weights sets it per module
 
+    def extra_repr(self) -> str:
+        """``nn.Linear``'s fields plus the kernel, e.g. ``in_features=64, out_features=192, bias=True,
+        kernel=onednn`` (and ``packed_weights=True`` when :func:`set_packed_weights` is on)."""
+        return super().extra_repr() + ", kernel=onednn" + (", packed_weights=True" if self.pack_weights else "")
+
     def inference_weight(self, x: torch.Tensor) -> torch.Tensor | None:
         """The packed weight for a product with ``x`` (cached; re-packed when the weight changed), or None when
         packing is off or does not apply: gradients recorded, a weight created under ``torch.inference_mode`` (no
@@ -220,3 +228,27 @@ def set_packed_weights(model: nn.Module, enable: bool = True) -> nn.Module:
 def uses_onednn_linear(module: nn.Module) -> bool:
     """Whether ``module`` is switched to the oneDNN path (for layers that call ``F.linear`` on a module's weights)."""
     return isinstance(module, OneDNNLinear)
+
+
+def linear_kernel(model: nn.Module) -> str:
+    """Which kernel the linear layers of ``model`` use: ``"onednn"`` when they are switched to the oneDNN path
+    (:func:`set_onednn_linear`; any :class:`OneDNNLinear` / :class:`OneDNNMlp` in the model), else ``"native"``
+    (PyTorch's ``F.linear``: MKL / cuBLAS)."""
+    return "onednn" if any(isinstance(m, (OneDNNLinear, OneDNNMlp)) for m in model.modules()) else "native"
+
+
+class LinearKernelMixin:
+    """Gives a model the documented attribute ``linear_kernel``: ``"onednn"`` or ``"native"`` (see
+    :func:`linear_kernel`); assigning it switches the model (``model.linear_kernel = "native"`` turns the oneDNN path
+    off, like :func:`set_onednn_linear` ``(model, False)``)."""
+
+    @property
+    def linear_kernel(self) -> str:
+        """``"onednn"`` or ``"native"``: the kernel of this model's linear layers (settable)."""
+        return linear_kernel(self)  # type: ignore[arg-type]
+
+    @linear_kernel.setter
+    def linear_kernel(self, kernel: str) -> None:
+        if kernel not in LINEAR_KERNELS:
+            raise ValueError(f"linear_kernel must be one of {', '.join(LINEAR_KERNELS)}, got {kernel!r}")
+        set_onednn_linear(self, kernel == "onednn")  # type: ignore[arg-type]

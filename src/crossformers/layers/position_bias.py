@@ -110,11 +110,13 @@ class DynamicPosBias(nn.Module):
     """Dynamic position bias (DPB; CrossFormer, ICLR 2022, Sec. 3.2.2).
 
     An MLP maps each relative coordinate (dy, dx) of a G x G group to one bias per head, so the same weights serve
-    any group size. Three (LayerNorm, ReLU, Linear) layers after a 2 -> D/4 projection (``residual=False`` as in the
-    official models).
+    any group size. Three (LayerNorm, ReLU, Linear) layers after a 2 -> ``dim // 16`` projection (``residual=False``
+    as in the official models).
 
     Args:
-        dim: the MLP width is ``dim // 4``.
+        dim: channels of the attention layer the bias is for. The MLP width is ``dim // 16``: the official code
+            passes ``dim // 4`` to a constructor that divides by 4 again, and the released weights have that width
+            (``(dim // 4) // 4 == dim // 16`` for every integer ``dim``).
         num_heads: outputs per offset.
         residual: residual connections inside the MLP (off in the released models).
     """
@@ -123,7 +125,7 @@ class DynamicPosBias(nn.Module):
         super().__init__()
         self.residual = residual
         self.num_heads = num_heads
-        pos_dim = dim // 4
+        pos_dim = dim // 16
         self.pos_proj = nn.Linear(2, pos_dim)
         self.pos1 = nn.Sequential(nn.LayerNorm(pos_dim), nn.ReLU(inplace=True), nn.Linear(pos_dim, pos_dim))
         self.pos2 = nn.Sequential(nn.LayerNorm(pos_dim), nn.ReLU(inplace=True), nn.Linear(pos_dim, pos_dim))

@@ -11,6 +11,7 @@ import torch
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from ..layers.linear import LinearKernelMixin
 from ._helpers import check_input
 
 __all__ = ["HierarchicalModel", "set_fused_attn", "clear_caches", "set_bias_cache", "set_channels_last",
@@ -82,8 +83,9 @@ def set_channels_last(model: nn.Module, enable: bool = True) -> nn.Module:
     return model
 
 
-class HierarchicalModel(nn.Module):
-    """timm API for a 4-stage pyramid: intermediates at strides 4-32, features, head, checkpointing."""
+class HierarchicalModel(LinearKernelMixin, nn.Module):
+    """timm API for a 4-stage pyramid: intermediates at strides 4-32, features, head, checkpointing; and
+    ``linear_kernel`` (``"onednn"`` / ``"native"``, settable; see :class:`~crossformers.layers.linear.LinearKernelMixin`)."""
 
     map_fmt: str = "NCHW"
     channels_last: bool = False  # convert input images to channels-last memory (see set_channels_last)

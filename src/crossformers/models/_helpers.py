@@ -14,10 +14,11 @@ import torch
 from timm.models import build_model_with_cfg, get_pretrained_cfg
 from torch import nn
 
+from ..checkpoint import head_keys, load_checkpoint, read_state_dict
 from ..errors import InputSizeError, PretrainedUnavailableError
 from ..layers.linear import onednn_by_default, set_onednn_linear
 
-__all__ = ["build_model", "convert_on_load", "check_input", "resolve_pretrained_file", "hub_cached"]
+__all__ = ["build_family_model", "convert_on_load", "check_input", "resolve_pretrained_file", "hub_cached"]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -148,8 +149,6 @@ def _load_weights(model: nn.Module, source: Path | str, cfg: dict[str, Any], fil
     built as a feature extractor, or when ``new_head`` allows a different class count (fine-tuning); otherwise a
     class-count mismatch is an error.
     """
-    from ..checkpoint import head_keys, load_checkpoint, read_state_dict
-
     model.pretrained_cfg = cfg
     state = filter_fn(read_state_dict(source), model)
     if features_only or getattr(model, "num_classes", None) == 0:
@@ -162,7 +161,7 @@ def _load_weights(model: nn.Module, source: Path | str, cfg: dict[str, Any], fil
     load_checkpoint(model, state, drop_head=drop, source=str(source))
 
 
-def build_model(
+def build_family_model(
     cls: type[nn.Module],
     variant: str,
     pretrained: bool,

@@ -38,16 +38,19 @@ from torch import nn
 from ..checkpoint import guess_family
 from ..errors import CheckpointError
 from ..factory import register_name
-from ..layers.attention import attention
+from ..layers.attention import dot_product_attention
 from ..layers.embed import CrossScaleEmbedding
 from ..layers.grouping import group_tokens, padding_key_mask, ungroup_tokens
 from ..layers.position_bias import DynamicPosBias
 from ._base import HierarchicalModel, tensor_versions
-from ._helpers import build_model
+from ._helpers import build_family_model
 
 __all__ = ["CrossFormer", "CrossFormerBlock", "progressive_group_sizes", "checkpoint_filter_fn"]
 
-NEG_INF = -1e6  # the official mask value for padded keys
+#: Additive attention bias of a padded key (LDA/SDA groups padded to a multiple of the group size): large enough that
+#: exp() of it underflows to exactly 0 in fp32 and bf16 (so a padded key gets no attention), finite so that the sum
+#: with the position bias and the fused kernels stay NaN-free. -1e6 is the official code's value (parity).
+PADDED_KEY_BIAS = -1e6
 
 GROUP_TYPES = ("constant", "linear", "linear_div", "alter", "7_14")
 
@@ -113,7 +116,7 @@ class GroupAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.pos = DynamicPosBias(dim // 4, num_heads)
+        self.pos = DynamicPosBias(dim, num_heads)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
@@ -123,7 +126,7 @@ class GroupAttention(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         B, nG, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, nG, N, 3, self.num_heads, C // self.num_heads).permute(3, 0, 1, 4, 2, 5)
-        out = attention(q, k, v, bias.to(q.dtype), self.attn_drop, self.training, fused=self.fused_attn)
+        out = dot_product_attention(q, k, v, bias.to(q.dtype), self.attn_drop, self.training, fused=self.fused_attn)
         return self.proj_drop(self.proj(out.transpose(2, 3).reshape(B, nG, N, C)))
 
 
@@ -194,7 +197,7 @@ class CrossFormerBlock(nn.Module):
         bias = self.attn.pos(G, G).unsqueeze(0)
         pad = padding_key_mask(height, width, G, self.interval, lda, device=bias.device)
         if pad is not None:
-            bias = bias + (pad.to(bias.dtype) * NEG_INF)[:, None, None, :]
+            bias = bias + (pad.to(bias.dtype) * PADDED_KEY_BIAS)[:, None, None, :]
         if cacheable:
             self._bias_cache[key] = bias
         return bias
@@ -454,7 +457,7 @@ _MODEL_ARGS = {
 def _create(variant: str, pretrained: bool = False, **kwargs) -> CrossFormer:
     args = dict(_MODEL_ARGS[variant.split(".")[0]])
     args.update(kwargs)
-    return build_model(CrossFormer, variant, pretrained, checkpoint_filter_fn,
+    return build_family_model(CrossFormer, variant, pretrained, checkpoint_filter_fn,
                        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **args)
 
 
@@ -529,7 +532,6 @@ for _name in _MODEL_ARGS:
 # every later call (they overwrite ``self.lsda_flag``). We do not keep such state: every forward depends only on its
 # own input (the two agree for any single size and whenever no map is that small, e.g. at detection sizes).
 
-DENSE_NEG_INF = NEG_INF
 
 
 class DenseCrossFormerBlock(CrossFormerBlock):
@@ -568,7 +570,7 @@ class DenseCrossFormerBlock(CrossFormerBlock):
         bias = self.attn.pos(G, G).unsqueeze(0)
         pad = padding_key_mask(height, width, G, interval, lda, device=bias.device)
         if pad is not None:
-            bias = bias + (pad.to(bias.dtype) * DENSE_NEG_INF)[:, None, None, :]
+            bias = bias + (pad.to(bias.dtype) * PADDED_KEY_BIAS)[:, None, None, :]
         if cacheable:
             self._bias_cache[key] = bias
         return bias
@@ -757,7 +759,7 @@ def _dense_cfg(name: str) -> dict:
 
 
 def _create_dense(variant: str, **kwargs) -> DenseCrossFormer:
-    from ..detection.dense import load_dense_weights
+    from .dense_checkpoint import load_dense_weights
 
     checkpoint = kwargs.pop("checkpoint_file", None)
     kwargs.pop("new_head", None)

@@ -66,10 +66,12 @@ from torch import nn
 from ..checkpoint import guess_family
 from ..errors import CheckpointError
 from ..factory import register_name
-from ..layers.attention import attention
+from ..layers.attention import dot_product_attention
+from ..layers.embed import conv_output_size
+from ..layers.linear import LinearKernelMixin
 from ..layers.position_bias import infer_grid, resample_pos_embed
 from ._base import set_fused_attn
-from ._helpers import build_model, check_input
+from ._helpers import build_family_model, check_input
 
 __all__ = [
     "CrossViT", "MultiScaleEncoder", "CrossAttentionFusion", "AllAttentionFusion", "ClassTokenFusion",
@@ -80,10 +82,6 @@ __all__ = [
 def _scaled(size: int, scale: float) -> int:
     """ceil(size * scale), robust to float rounding (240 * (224 / 240) -> 224)."""
     return max(1, math.ceil(size * scale - 1e-6))
-
-
-def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,7 +121,7 @@ class PatchEmbed(nn.Module):
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Token grid produced from a (height, width) image (floor for the linear embedding, as the official code)."""
         for k, s, p in self.specs:
-            height, width = _conv_out(height, k, s, p), _conv_out(width, k, s, p)
+            height, width = conv_output_size(height, k, s, p), conv_output_size(width, k, s, p)
         return height, width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,7 +146,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = attention(q, k, v, None, self.attn_drop, self.training, fused=self.fused_attn)
+        out = dot_product_attention(q, k, v, None, self.attn_drop, self.training, fused=self.fused_attn)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -195,7 +193,7 @@ class CrossAttention(nn.Module):
         q = self.wq(x[:, :1]).reshape(B, 1, h, d).transpose(1, 2)
         k = self.wk(x).reshape(B, N, h, d).transpose(1, 2)
         v = self.wv(x).reshape(B, N, h, d).transpose(1, 2)
-        out = attention(q, k, v, None, self.attn_drop, self.training, fused=self.fused_attn)
+        out = dot_product_attention(q, k, v, None, self.attn_drop, self.training, fused=self.fused_attn)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, 1, C)))
 
 
@@ -417,7 +415,7 @@ class MultiScaleEncoder(nn.Module):
 # the model
 
 
-class CrossViT(nn.Module):
+class CrossViT(LinearKernelMixin, nn.Module):
     """CrossViT (paper Fig. 2): branch embeddings, K multi-scale encoders, per-branch LayerNorm and classifier; the
     logits are the mean of the branches' logits.
 
@@ -836,7 +834,7 @@ def _create(name: str, pretrained: bool = False, **kwargs) -> CrossViT:
     if args.get("features_only"):
         args.setdefault("dynamic_img_size", True)  # dense features follow the input's geometry
     K, n = len(args["depth"]), len(args["patch_size"])
-    return build_model(CrossViT, variant, pretrained, checkpoint_filter_fn,
+    return build_family_model(CrossViT, variant, pretrained, checkpoint_filter_fn,
                        feature_cfg=dict(feature_cls="getter", out_indices=tuple((b + 1) * K - 1 for b in range(n))),
                        **args)
 

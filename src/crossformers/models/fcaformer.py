@@ -25,7 +25,8 @@ resampling otherwise) and :meth:`FcaBlock.cross_tables` (cross-token tables resa
 new cross-token grid). A checkpoint trained at another size is resampled the same way when loaded.
 
 Parity: with the official weights converted by :func:`checkpoint_filter_fn`, outputs equal the official
-``image_classification/models/fcaformer.py`` within 1e-4 (tests/models/test_fcaformer_parity.py).
+``image_classification/models/fcaformer.py`` within 1e-4 (``test_parity_with_official`` in
+tests/models/test_fcaformer.py).
 """
 from __future__ import annotations
 
@@ -54,18 +55,20 @@ from torch import nn
 from ..checkpoint import guess_family
 from ..errors import CheckpointError
 from ..factory import register_name
-from ..layers.attention import attention
-from ..layers.linear import fast_linear, uses_onednn_linear
+from ..layers.attention import dot_product_attention
+from ..layers.embed import conv_output_size
+from ..layers.linear import LinearKernelMixin, fast_linear, uses_onednn_linear
 from ..layers.position_bias import OffsetBiasTable, infer_grid, resample_grid_table, resample_pos_embed
 from ._base import HierarchicalModel, set_fused_attn, tensor_versions
-from ._helpers import build_model, check_input
+from ._helpers import build_family_model, check_input
 
 __all__ = ["FcaBlock", "FcaStage", "FcaFormer", "FcaFormerPlain", "checkpoint_filter_fn"]
 
 
-def _conv_out(size: int, stride: int = 2) -> int:
-    """Output length of a stride-2, kernel-3, padding-1 convolution (= ceil(size / 2))."""
-    return (size - 1) // stride + 1
+def _halve(size: int) -> int:
+    """Output length of the stem's and the downsamplings' stride-2, kernel-3, padding-1 convolutions
+    (= ceil(size / 2))."""
+    return conv_output_size(size, kernel=3, stride=2, padding=1)
 
 
 def cross_grid(height: int, width: int) -> tuple[int, int]:
@@ -249,7 +252,7 @@ class FcaBlock(nn.Module):
             ks, vs = kv.reshape(B, -1, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
             k = torch.cat((k, ks), dim=2)
             v = torch.cat((v, vs), dim=2)
-        out = attention(q, k, v, bias, self.attn_drop, self.training, fused=self.fused_attn)
+        out = dot_product_attention(q, k, v, bias, self.attn_drop, self.training, fused=self.fused_attn)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
         x = x + self.drop_path(self.ls1(out))
 
@@ -436,13 +439,13 @@ class FcaFormer(_FcaCommon, HierarchicalModel):
             ConvNormAct(embed_dim[0] // 2, embed_dim[0], 3, stride=2, apply_act=False),
         )
         dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
-        grid = (_conv_out(_conv_out(img_size[0])), _conv_out(_conv_out(img_size[1])))
+        grid = (_halve(_halve(img_size[0])), _halve(_halve(img_size[1])))
         stages = []
         self.feature_info = []
         prev = embed_dim[0]
         for i in range(4):
             if i > 0:
-                grid = (_conv_out(grid[0]), _conv_out(grid[1]))
+                grid = (_halve(grid[0]), _halve(grid[1]))
             if num_heads[i] > 0:
                 stage = FcaStage(prev, embed_dim[i], depths[i], num_heads[i], grid, dpr[i], down=i > 0, fca=fca,
                                  cab_max_d=cab_max_d, mlp_ratio=mlp_ratio, proj_drop=proj_drop_rate,
@@ -473,7 +476,7 @@ class FcaFormer(_FcaCommon, HierarchicalModel):
 
 
 
-class FcaFormerPlain(_FcaCommon, nn.Module):
+class FcaFormerPlain(_FcaCommon, LinearKernelMixin, nn.Module):
     """Plain FcaFormer (paper Sec. 3.2, Fig. 3a, "L0"): DeiT whose transformer blocks are Fca blocks.
 
     Patch embedding (conv p x p), class token, absolute position embedding (resampled bicubically for other input
@@ -782,9 +785,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     args = dict(_MODEL_ARGS.get(name, {}))
     args.update(kwargs)
     if name == "fcaformer_l0":
-        return build_model(FcaFormerPlain, variant, pretrained, checkpoint_filter_fn,
+        return build_family_model(FcaFormerPlain, variant, pretrained, checkpoint_filter_fn,
                            feature_cfg=dict(feature_cls="getter", out_indices=(11,)), **args)
-    return build_model(FcaFormer, variant, pretrained, checkpoint_filter_fn,
+    return build_family_model(FcaFormer, variant, pretrained, checkpoint_filter_fn,
                        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **args)
 
 
@@ -1022,8 +1025,8 @@ def dense_checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Mo
 
 
 def _create_dense(variant: str, **kwargs) -> FcaFormerDense:
-    from ..detection.dense import load_dense_weights
     from ._helpers import convert_on_load
+    from .dense_checkpoint import load_dense_weights
 
     checkpoint = kwargs.pop("checkpoint_file", None)
     for ignored in ("new_head", "features_only", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):

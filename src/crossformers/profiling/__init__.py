@@ -1,4 +1,6 @@
-"""Profiling and inference fast paths: params, MACs, latency, throughput, memory, FLOP rate, plots.
+"""Profiling: params, MACs, latency, throughput, memory, FLOP rate, plots. It only measures; the inference
+transforms it measures (``fuse``, ``optimize_for_inference``, ``compile_for_inference``, ``retain_freed_memory``, the
+fast-path switches) live in :mod:`crossformers.inference` and are re-exported here for compatibility.
 
 >>> from crossformers.profiling import profile_model, count_macs, fuse
 >>> r = profile_model("fcaformer_l1", batch_size=8, threads=2)
@@ -7,15 +9,21 @@
 
 Command line: ``crossformers profile MODEL... [--json PATH] [--csv PATH] [--plot PATH]`` (see ``--help``).
 """
-from ..layers.linear import set_onednn_linear, set_packed_weights
-from ..models._base import set_bias_cache, set_channels_last, set_fused_attn
-from .allocator import retain_freed_memory
-from .compile import compile_for_inference
+from ..inference import (
+    compile_for_inference,
+    fuse,
+    optimize_for_inference,
+    optimize_for_training,
+    retain_freed_memory,
+    set_bias_cache,
+    set_channels_last,
+    set_fused_attn,
+    set_onednn_linear,
+    set_packed_weights,
+)
+from ..utils.macs import count_macs
 from .errors import ProfilingError
-from .fuse import fuse
-from .macs import count_macs
 from .measure import machine_info, matmul_peak_gflops
-from .optimize import optimize_for_inference, optimize_for_training
 from .plot import plot_accuracy
 from .profile import ProfileResult, profile_model
 from .published import PUBLISHED, Published

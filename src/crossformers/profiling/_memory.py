@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import sys
 
+import torch
+
+from crossformers.profiling.measure import _maxrss_kib, _proc_status_kib
+from crossformers.profiling.profile import build_model_for_profile, prepare_model, resolve_dtype
+
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
-    import torch
-
-    from crossformers.profiling.measure import _maxrss_kib, _proc_status_kib
-    from crossformers.profiling.profile import build_model_for_profile, prepare_model, resolve_dtype
-
     baseline_kib = _proc_status_kib("VmRSS") or _maxrss_kib()
     torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
     _, dtype = resolve_dtype(spec.get("dtype", "fp32"))

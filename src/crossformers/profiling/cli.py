@@ -16,7 +16,20 @@ import fnmatch
 import shlex
 import sys
 
+import timm
+
+import crossformers
 from crossformers.cli_types import json_object, non_negative_int, positive_int
+from crossformers.engine.config import TIMM_PREFIX
+from crossformers.errors import UnknownModelError
+from crossformers.factory import timm_name
+from crossformers.fileio import atomic_write_text
+
+from .errors import ProfilingError
+from .plot import plot_accuracy
+from .profile import profile_model
+from .published import PUBLISHED
+from .report import format_breakdown, format_markdown, format_table, read_json, write_csv, write_json
 
 __all__ = ["add_subcommands", "run"]
 
@@ -72,9 +85,6 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _expand(names: list[str]) -> list[str]:
-    import crossformers
-    from crossformers.errors import UnknownModelError
-
     out: list[str] = []
     for name in names:
         if any(c in name for c in "*?[") and not name.startswith("timm:"):
@@ -89,14 +99,8 @@ def _expand(names: list[str]) -> list[str]:
 
 def _validate(names: list[str]) -> None:
     """Fail before any measurement if a name is unknown (the error suggests close names)."""
-    from crossformers.engine.config import TIMM_PREFIX
-    from crossformers.errors import UnknownModelError
-    from crossformers.factory import timm_name
-
     for name in names:
         if name.startswith(TIMM_PREFIX):
-            import timm
-
             if not timm.is_model(name[len(TIMM_PREFIX):]):
                 raise UnknownModelError(f"unknown timm model '{name[len(TIMM_PREFIX):]}': see timm.list_models()")
         else:
@@ -105,19 +109,6 @@ def _validate(names: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``crossformers profile`` for parsed ``args``; returns the exit code."""
-    from crossformers.profiling import (
-        PUBLISHED,
-        ProfilingError,
-        format_breakdown,
-        format_markdown,
-        format_table,
-        plot_accuracy,
-        profile_model,
-        read_json,
-        write_csv,
-        write_json,
-    )
-
     if not args.models and not args.plot and not args.from_json:
         raise ProfilingError("name at least one MODEL (see `crossformers models`), or use --plot / --from-json")
     if args.img_size is not None and len(args.img_size) > 2:
@@ -163,8 +154,6 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         log(f"wrote {write_csv(results, args.csv)}")
     if args.markdown:
-        from crossformers.engine.checkpoint_io import atomic_write_text
-
         atomic_write_text(args.markdown, format_markdown(results))
         log(f"wrote {args.markdown}")
     return 0

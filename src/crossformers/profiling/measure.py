@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import timm
 import torch
 
 from .errors import ProfilingError
@@ -128,7 +129,7 @@ def _proc_status_kib(field: str) -> int | None:
 
 
 def _maxrss_kib() -> int:
-    import resource
+    import resource  # Unix only: imported where it is used
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux
@@ -220,8 +221,6 @@ def cpu_name() -> str:
 
 def machine_info() -> dict[str, Any]:
     """Machine and software versions for reports: CPU model, logical CPUs, torch/timm/python versions, CUDA device."""
-    import timm
-
     info: dict[str, Any] = {
         "cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch": torch.__version__, "timm": timm.__version__,
         "python": platform.python_version(), "platform": platform.platform(),

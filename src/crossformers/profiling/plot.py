@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import ProfilingError
 from .profile import ProfileResult
 from .published import FAMILIES
 
@@ -37,12 +38,10 @@ def plot_accuracy(results: Sequence[ProfileResult], path: str | os.PathLike, tit
     Raises:
         ProfilingError: no result has a published accuracy.
     """
-    import matplotlib
+    import matplotlib  # imported on use: pyplot must come after choosing the non-interactive Agg backend
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .errors import ProfilingError
 
     rows = [r for r in results if r.published_top1 is not None]
     if not rows:

@@ -2,7 +2,7 @@
 
 Measures, for a model built by name (or given as a module):
 
-* parameters, and MACs per image (:func:`~crossformers.profiling.macs.count_macs`, FLOPs / 2, explicit attention);
+* parameters, and MACs per image (:func:`~crossformers.utils.macs.count_macs`, FLOPs / 2, explicit attention);
 * latency at batch 1 (median and 90th percentile after warm-up, ms);
 * throughput at batch N (img/s, from the median time of a batch);
 * peak memory (MiB): on the CPU the peak RSS of batch-1 inference in a fresh subprocess minus its RSS after the
@@ -15,7 +15,7 @@ Inference runs in eval mode under ``torch.inference_mode()``, with the models' d
 cached position biases); ``fuse=True`` folds BatchNorms and layer scales, ``onednn_linear=True`` runs linear layers
 through oneDNN, ``channels_last=True`` runs convolutions channels-last, ``optimize=True`` all of these plus packed
 oneDNN weights (channels-last only where it helps), ``compile=True`` compiles with inductor through
-:func:`crossformers.profiling.compile.compile_for_inference` (frozen weights; needs a C++ compiler on CPU).
+:func:`crossformers.inference.compile_for_inference` (frozen weights; needs a C++ compiler on CPU).
 """
 from __future__ import annotations
 
@@ -29,9 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers.linear import uses_onednn_linear
+from ..engine.loading import load_model, model_in_chans
+from ..inference.compile import compile_for_inference
+from ..inference.fuse import fuse as fuse_model
+from ..inference.optimize import prefers_channels_last
+from ..layers.linear import set_onednn_linear, set_packed_weights, uses_onednn_linear
+from ..models._base import set_channels_last
+from ..utils.macs import count_macs
 from .errors import ProfilingError
-from .macs import count_macs
 from .measure import (
     cuda_peak_mib,
     matmul_peak_gflops,
@@ -165,20 +170,16 @@ def _size2(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 def default_input_size(model: nn.Module) -> tuple[int, tuple[int, int]]:
     """(channels, (H, W)) the model is evaluated at by default: its ``pretrained_cfg['input_size']``."""
-    from ..engine.evaluate import model_in_chans
-
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = tuple(cfg.get("input_size") or (3, 224, 224))
     return model_in_chans(model), (int(size[1]), int(size[2]))
 
 
 def build_model_for_profile(name: str, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """A model by crossformers name (or ``timm:<name>``) with random weights, in eval mode on the CPU."""
-    from ..engine.modeling import build_model
-
-    with torch.device("cpu"):
-        model = build_model(name, **(model_kwargs or {}))
-    return model.eval()
+    """The model ``name`` names (a crossformers name or ``timm:<name>``, random weights; or one of our run
+    directories), in eval mode on the CPU, through the package's one loader
+    (:func:`crossformers.engine.loading.load_model`)."""
+    return load_model(name, model_kwargs=model_kwargs).model
 
 
 def _check_compiler() -> None:
@@ -198,10 +199,6 @@ def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, fu
 
     Modifies ``model`` in place (the compiled wrapper, if any, is returned).
     """
-    from ..layers.linear import set_onednn_linear, set_packed_weights
-    from ..models._base import set_channels_last
-    from .fuse import fuse as fuse_model
-
     model.eval()
     if fuse:
         fuse_model(model)
@@ -217,8 +214,6 @@ def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, fu
         if backend == "inductor" and device.type == "cpu":
             _check_compiler()
         if backend == "inductor":
-            from .compile import compile_for_inference
-
             return compile_for_inference(model, dynamic=False, fullgraph=False)  # frozen, oneDNN-packed on CPU
         model = torch.compile(model, backend=backend, dynamic=False)
     return model
@@ -307,8 +302,6 @@ def profile_model(
     if batch_size is not None and batch_size < 0:
         raise ProfilingError(f"batch_size must be >= 0, got {batch_size}")
     if optimize:
-        from .optimize import prefers_channels_last
-
         fuse, onednn_linear = True, True
         channels_last = channels_last or prefers_channels_last(model)
     chans, default_size = default_input_size(model)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .measure import machine_info
 from .profile import ProfileResult
 
 __all__ = ["format_table", "format_markdown", "format_breakdown", "write_json", "write_csv", "read_json"]
@@ -91,8 +92,6 @@ def format_breakdown(result: ProfileResult, depth: int = 2, min_share: float = 0
 def write_json(results: Sequence[ProfileResult], path: str | os.PathLike, extra: dict[str, Any] | None = None,
                samples: bool = False) -> Path:
     """Write ``{"machine": ..., **extra, "results": [result dicts]}`` to ``path`` (parents created)."""
-    from .measure import machine_info
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"machine": machine_info(), **(extra or {}), "results": [r.to_dict(samples=samples) for r in results]}

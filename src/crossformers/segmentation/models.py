@@ -30,7 +30,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("crossformers.segmentation needs segmentation-models-pytorch: "
                       "pip install segmentation-models-pytorch==0.6.0") from e
 
-from ..detection.backbones import BackboneError, PyramidBackbone, pyramid_backbone
+from ..dense import BackboneError, PyramidBackbone, pyramid_backbone
 
 __all__ = ["CrossformersEncoder", "EncoderDecoder", "fpn", "upernet"]
 

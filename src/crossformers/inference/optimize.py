@@ -7,6 +7,7 @@ from torch import nn
 
 from ..layers.linear import set_onednn_linear, set_packed_weights
 from ..models._base import set_bias_cache, set_channels_last, set_fused_attn
+from ..models.fcaformer import FcaFormer
 from .fuse import fuse
 
 __all__ = ["optimize_for_inference", "optimize_for_training", "prefers_channels_last"]
@@ -16,8 +17,6 @@ def prefers_channels_last(model: nn.Module) -> bool:
     """Whether channels-last memory speeds ``model`` up (measured, docs/profiling.md): the hybrid FcaFormer (conv
     stem, ConvNeXt stages, depthwise convolutions on token maps); not CrossFormer (its maps are channels-last tokens
     already and the stem convolutions gain nothing) nor CrossViT (one patch convolution)."""
-    from ..models.fcaformer import FcaFormer
-
     return any(isinstance(m, FcaFormer) for m in model.modules())
 
 
@@ -27,12 +26,13 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: b
     """Eval mode with every fast path on: fused attention, cached position biases, BatchNorm/layer-scale folding,
     oneDNN linear layers with packed weights, and channels-last memory where it helps.
 
-    Each path is proven equal to the plain path within 1e-4 on the parity fixtures (tests/profiling). The model
+    Each path is proven equal to the plain path within 1e-4 on the parity fixtures
+    (tests/profiling/test_fast_paths.py). The model
     stays an ordinary module (same outputs; ``torch.compile`` still applies on top).
 
     Args:
         model: a crossformers model (other modules work too: the paths they lack are skipped).
-        fold: :func:`crossformers.profiling.fuse.fuse` (changes the state dict: BatchNorms disappear).
+        fold: :func:`crossformers.inference.fuse` (changes the state dict: BatchNorms disappear).
         onednn_linear: :func:`crossformers.layers.linear.set_onednn_linear`.
         pack_weights: with ``onednn_linear``, :func:`crossformers.layers.linear.set_packed_weights`: inference under
             ``torch.no_grad()``/``inference_mode()`` reuses oneDNN-blocked weight copies (faster products; one extra

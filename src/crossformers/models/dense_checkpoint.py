@@ -1,45 +1,23 @@
-"""The authors' dense (detection / segmentation) backbones, and loading their mmdet/mmseg checkpoints.
+"""Loading the authors' mmdet/mmseg checkpoints (and classification checkpoints) into the dense backbones.
 
-The CrossFormer, CrossFormer++ and FcaFormer papers report detection and segmentation with backbones that differ
-from their classifiers (see docs/backbones.md, "The authors' dense backbones"). They are members of their model
-families (:class:`crossformers.models.crossformer.DenseCrossFormer`,
-:class:`crossformers.models.fcaformer.FcaFormerDense`) registered as ``crossformer_small_dense``,
-``crossformer_base_dense``, ``crossformer_large_dense``, ``crossformer_pp_small_dense`` and ``fcaformer_sh_l2``.
-
-* :func:`backbone` — ``backbone(NAME, checkpoint_path=FILE, **cfg)``: for ``crossformer_small|base|large``,
-  ``crossformer_pp_small`` and ``fcaformer_sh_l2`` the authors' dense backbone, returning their four NCHW maps;
-  every other name is the classifier as a feature extractor (:func:`crossformers.detection.backbones.backbone`).
-* :func:`load_dense_weights` — FILE may be the authors' mmdet/mmseg checkpoint (``{'state_dict': {'backbone.…',
-  'neck.…', …}}``: backbone keys loaded strictly, the others reported once) or an ImageNet classification checkpoint
-  (ours or the authors': the classifier is dropped, dense-only layers keep their initialisation; both reported).
+Generic over the dense backbones of every family: a backbone provides ``convert_state_dict(state)`` (the authors'
+names to ours, its family's checkpoint filter) and optionally ``dense_only_keys()`` (layers a classification
+checkpoint cannot provide). Used by the family files' constructors and by :mod:`crossformers.dense`.
 """
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..checkpoint import read_state_dict
 from ..errors import CheckpointError
-from ..factory import create_model
-from .backbones import backbone as _classifier_backbone
 
-__all__ = ["backbone", "load_dense_weights", "DenseLoadReport", "DenseCheckpointWarning", "DENSE_BACKBONES",
-           "dense_name"]
-
-#: name accepted by :func:`backbone` -> registered dense model (the authors' class in brackets in the docs)
-DENSE_BACKBONES: dict[str, str] = {
-    "crossformer_small": "crossformer_small_dense",  # CrossFormer_S
-    "crossformer_base": "crossformer_base_dense",  # CrossFormer_B
-    "crossformer_large": "crossformer_large_dense",  # CrossFormer_L
-    "crossformer_pp_small": "crossformer_pp_small_dense",  # CrossFormer_S2
-    "fcaformer_sh_l2": "fcaformer_sh_l2",  # FcaFormer_SH_512
-}
+__all__ = ["load_dense_weights", "DenseLoadReport", "DenseCheckpointWarning"]
 
 _PREFIX = "backbone."
 
@@ -86,13 +64,6 @@ class DenseLoadReport:
         if not parts:
             return ""
         return f"{self.source}: loaded {self.loaded} backbone tensors; " + "; ".join(parts)
-
-
-def dense_name(name: str) -> str | None:
-    """The registered dense model for ``name`` (a :data:`DENSE_BACKBONES` key or value), else None."""
-    if name in DENSE_BACKBONES:
-        return DENSE_BACKBONES[name]
-    return name if name in DENSE_BACKBONES.values() else None
 
 
 def _is_classification_only(key: str) -> bool:
@@ -158,40 +129,3 @@ def load_dense_weights(
     if warn and msg:
         warnings.warn(msg, DenseCheckpointWarning, stacklevel=2)
     return report
-
-
-def backbone(
-    name: str | os.PathLike | nn.Module,
-    checkpoint_path: str | os.PathLike | None = None,
-    out_indices: Sequence[int] | int | None = None,
-    pretrained: bool = False,
-    **kwargs: Any,
-) -> nn.Module:
-    """A dense backbone by name: the authors' dense backbone where they published one, else the classifier's features.
-
-    Args:
-        name: ``crossformer_small``, ``crossformer_base``, ``crossformer_large``, ``crossformer_pp_small`` (the
-            authors' ``CrossFormer_S/B/L/S2``), ``fcaformer_sh_l2`` (their ``FcaFormer_SH_512``) or one of the
-            registered dense names (``crossformer_small_dense``, ...). Any other model name or run directory gives
-            the classifier as a feature extractor (:func:`crossformers.detection.backbones.backbone`).
-        checkpoint_path: for a dense backbone, the authors' mmdet/mmseg checkpoint or a classification checkpoint
-            (see :func:`load_dense_weights`; the report is ``model.load_report``).
-        out_indices: which of the four maps to return (default all).
-        pretrained: not available for dense backbones (their weights are not direct downloads).
-        **kwargs: constructor arguments, e.g. ``group_size``, ``interval``, ``adaptive_interval``, ``acl``,
-            ``drop_path_rate`` (CrossFormer; defaults = the authors' detection configs), ``window_sizes``
-            (FcaFormer).
-
-    Returns:
-        ``model(images (B, C, H, W))`` -> list of NCHW maps; ``model.feature_info.channels()`` /
-        ``.reduction()`` describe them.
-
-    Raises:
-        UnknownModelError, CheckpointError, PretrainedUnavailableError, BackboneError.
-    """
-    dense = None if isinstance(name, nn.Module) else dense_name(str(name))
-    if dense is None:
-        return _classifier_backbone(name, checkpoint_path, out_indices, pretrained, **kwargs)
-    if out_indices is not None:
-        kwargs["out_indices"] = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
-    return create_model(dense, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs)

@@ -30,7 +30,7 @@ __all__ = ["compile_for_inference", "CompiledForInference"]
 
 def _pack_weight_for_onednn(self, graph, is_lp_weight, transpose_weight_node, batch_size):
     """Graph node packing a linear weight (out, in) into oneDNN's blocked layout for ``batch_size`` rows."""
-    from torch.fx.experimental.symbolic_shapes import has_free_symbols, optimization_hint
+    from torch.fx.experimental.symbolic_shapes import has_free_symbols, optimization_hint  # only while compiling
 
     rows = optimization_hint(batch_size) if has_free_symbols(batch_size) else batch_size
     return graph.create_node("call_function", torch.ops.mkldnn._reorder_linear_weight,
@@ -51,7 +51,7 @@ def onednn_weight_packing() -> Iterator[bool]:
     Yields whether the switch is in place (False, with a warning, when this PyTorch's inductor lacks the hooks).
     """
     try:
-        from torch._inductor.fx_passes import mkldnn_fusion
+        from torch._inductor.fx_passes import mkldnn_fusion  # private, heavy: loaded only when compiling
 
         device_op = mkldnn_fusion.CpuMkldnnDeviceOp
         saved = device_op.pack_linear_weight, device_op.pack_linear
@@ -84,7 +84,7 @@ class CompiledForInference(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) images -> the wrapped model's output (e.g. (B, num_classes) logits)."""
-        from torch._inductor import config
+        from torch._inductor import config  # private, heavy: loaded only when compiling
 
         packing = onednn_weight_packing() if self.onednn else contextlib.nullcontext()
         # freezing is read outside torch.compile's per-call options, hence a config patch around each call; the FX
@@ -99,7 +99,7 @@ def compile_for_inference(model: nn.Module, dynamic: bool = False, fullgraph: bo
 
     Args:
         model: any module taking one image batch; put in eval mode (in place). Apply eager fast paths first if you
-            like (e.g. :func:`crossformers.profiling.fuse`); oneDNN linear layers step aside while tracing.
+            like (e.g. :func:`crossformers.inference.fuse`); oneDNN linear layers step aside while tracing.
         dynamic: passed to ``torch.compile`` (False: one specialised graph per input shape).
         fullgraph: passed to ``torch.compile`` (every family compiles without graph breaks).
         onednn: pack linear weights for oneDNN instead of MKL; None = :func:`onednn_by_default` (AVX-512 CPUs).

@@ -15,6 +15,9 @@ from timm.layers.norm_act import BatchNormAct2d
 from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
+from ..models._base import clear_caches
+from ..models.fcaformer import FcaBlock
+
 __all__ = ["fuse", "fold_conv_bn", "FoldedNormAct"]
 
 
@@ -67,8 +70,6 @@ def _scale_output(layer: nn.Module, gamma: torch.Tensor) -> None:
 
 def _fold_layer_scales(model: nn.Module) -> int:
     """Fold layer scales into the layer in front of them (FcaBlock ls1/ls2, ConvNeXt gamma); returns the count."""
-    from ..models.fcaformer import FcaBlock
-
     n = 0
     for m in list(model.modules()):
         if isinstance(m, FcaBlock):
@@ -126,8 +127,6 @@ def fuse(model: nn.Module, layer_scale: bool = True, inplace: bool = True) -> nn
     Returns:
         The fused model, in eval mode, with cached position biases cleared.
     """
-    from ..models._base import clear_caches
-
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_macs", "explicit_attention_mode", "input_shape_of"]
 
@@ -33,8 +35,6 @@ def _onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> in
 def _extra_formulas() -> dict:
     """Flop formulas for kernels the flop counter does not know: the fused CPU attention kernel and oneDNN's
     linear (both would otherwise count nothing)."""
-    from torch.utils import flop_counter
-
     out = {}
     formula = getattr(flop_counter, "sdpa_flop", None)
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -88,8 +88,6 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, dict[
         module that did any, inclusive of its children, keyed by qualified name as in ``model.named_modules()``
         (``""`` is the whole model). Modules called several times are summed.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     shape = input_shape_of(input_shape)
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")

@@ -1,0 +1,5 @@
+"""Model-independent helpers at the bottom of the package (they import nothing from crossformers above them):
+MAC counting with ``torch.utils.flop_counter``."""
+from .macs import count_macs, explicit_attention_mode, input_shape_of
+
+__all__ = ["count_macs", "explicit_attention_mode", "input_shape_of"]
