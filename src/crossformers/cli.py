@@ -217,10 +217,27 @@ def train_config_from_args(args: argparse.Namespace):
     if args.config:
         base = TrainConfig.from_json(Path(args.config))
     elif given.get("resume"):
-        ckpt = resolve_checkpoint_dir(given["resume"], prefer="last")
-        saved = dict(read_meta(ckpt).get("config") or {})
+        from crossformers.errors import CheckpointError
+
+        run = Path(given["resume"]).expanduser()
+        try:
+            ckpt = resolve_checkpoint_dir(run, prefer="last")
+        except CheckpointError:
+            # a run killed before its first checkpoint (or in its first commit, which training completes): only its
+            # config.json tells what to run
+            if not (run.is_dir() and (run / "config.json").is_file()):
+                raise
+            saved = TrainConfig.from_json(run / "config.json").to_dict()
+            output = run
+        else:
+            saved = read_meta(ckpt).get("config") or {}
+            output = ckpt.parent
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"the saved options of {given['resume']} are not a JSON object: resume from a "
+                                  "run directory written by crossformers train")
+        saved = dict(saved)
         saved["max_steps"] = None  # the interruption point of the old run is not an option of the new one
-        saved["output"] = str(ckpt.parent)
+        saved["output"] = str(output)
         base = TrainConfig.from_dict(saved)
     else:
         base = TrainConfig()
