@@ -215,8 +215,9 @@ class RunFolder:
         one, and remove the temporary files of atomic writes.
 
         Returns:
-            ``'completed'`` (epoch N's commit was rolled forward) or ``'discarded'`` (an uncommitted epoch was dropped)
-            with the epoch, e.g. ``'completed epoch 2'``; None when there was nothing to repair.
+            What was done, for the log: ``'completed the interrupted commit of epoch N'`` (rolled forward),
+            ``'discarded an uncommitted epoch'`` (rolled back), ``'removed the leftovers of a completed commit'``;
+            None when there was nothing to repair (temporary files are removed silently).
 
         Raises:
             CheckpointError: the journal is unreadable (it is only ever replaced atomically, so something else
@@ -239,8 +240,10 @@ class RunFolder:
             self._apply(items, epoch)
             action = f"completed the interrupted commit of epoch {epoch}"
         elif self.commit_dir.exists():
+            staged = (self.commit_dir / "new").is_dir() and any((self.commit_dir / "new").iterdir())
             shutil.rmtree(self.commit_dir)
-            action = "discarded an uncommitted epoch"
+            action = ("discarded an uncommitted epoch" if staged
+                      else "removed the leftovers of a completed commit")
         for name in ("last", "best"):  # backups / temp dirs of direct checkpoint writes (older versions)
             _recover(self.path / name)
         for pattern in (".config.json.*.tmp", ".metrics.jsonl.*.tmp", ".metrics.csv.*.tmp", ".curves.png.*.tmp"):
