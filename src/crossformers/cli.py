@@ -211,7 +211,7 @@ def _setup_logging(level: int = logging.INFO) -> None:
 def train_config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` described by parsed ``train`` arguments (base: --config, else the resumed run's saved
     options, else defaults; explicit flags override)."""
-    from crossformers.engine import TrainConfig, read_meta, resolve_checkpoint_dir
+    from crossformers.engine import ConfigError, TrainConfig, read_meta, resolve_checkpoint_dir
 
     given = {field: getattr(args, field) for field, _, _ in _TRAIN_OPTIONS if hasattr(args, field)}
     if args.config:
@@ -238,7 +238,10 @@ def train_config_from_args(args: argparse.Namespace):
         saved = dict(saved)
         saved["max_steps"] = None  # the interruption point of the old run is not an option of the new one
         saved["output"] = str(output)
-        base = TrainConfig.from_dict(saved)
+        try:
+            base = TrainConfig.from_dict(saved)
+        except ConfigError as e:
+            raise ConfigError(f"the saved options of {given['resume']}: {e}") from None
     else:
         base = TrainConfig()
     for k in ("scale", "ratio"):
