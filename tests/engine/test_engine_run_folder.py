@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from crossformers import cli
-from crossformers.engine import train
+from crossformers.engine import load_trained, train
 from crossformers.engine.run_dir import FAULT_ENV, RunFolder, RunLockedError
 
 # test_vit at 32 px, 48 training images = 3 steps per epoch, 3 epochs. With this seed and lr the validation top-1 is
@@ -188,6 +188,11 @@ def test_kill_of_the_command_line_process(tmp_path, reference):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not (run / "last").exists() and (run / ".commit" / "old" / "last").is_dir()
+    # a reader (eval / predict / load_trained) completes the commit: it sees epoch 2 in last/ and in best/
+    for prefer in ("best", "last"):
+        _, meta = load_trained(run, prefer=prefer)
+        assert meta["epoch"] == 2 and meta["checkpoint_dir"] == str(run / prefer)
+    assert sorted(os.listdir(run)) == RUN_FILES and _csv_epochs(run) == ["1", "2"]
     assert _run_cli(["train", "--resume", str(run), "--no-progress"], tmp_path / "resumed.log") == 0
     _assert_like_reference(run, reference)
 

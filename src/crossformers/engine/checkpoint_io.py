@@ -253,7 +253,8 @@ def resolve_checkpoint_dir(path: str | os.PathLike, prefer: str = "best") -> Pat
         prefer: for a run directory, ``'best'`` (fall back to ``last``) or ``'last'`` (fall back to ``best``).
 
     Returns:
-        The checkpoint directory (an interrupted atomic swap is recovered from its backup).
+        The checkpoint directory (an interrupted atomic swap is recovered from its backup; a run folder whose
+        training was killed during an epoch commit, and that no process is writing now, is repaired first).
 
     Raises:
         CheckpointError: nothing checkpoint-like at ``path``.
@@ -261,6 +262,7 @@ def resolve_checkpoint_dir(path: str | os.PathLike, prefer: str = "best") -> Pat
     p = Path(path).expanduser()
     if p.is_file() and p.name == META_FILE:
         p = p.parent
+    _repair_interrupted_run(p)
     if p.is_dir() or _backup_of(p).is_dir():
         if not p.exists() and _backup_of(p).is_dir():
             return _backup_of(p)
@@ -280,6 +282,27 @@ def resolve_checkpoint_dir(path: str | os.PathLike, prefer: str = "best") -> Pat
         f"{p} is not a crossformers checkpoint: expected a run directory with last/ or best/, or a checkpoint "
         f"directory with {META_FILE} and {MODEL_FILE} (for an official .pth/.safetensors file, pass the model name "
         "and the file as checkpoint instead)")
+
+
+def _repair_interrupted_run(run_dir: Path) -> None:
+    """If ``run_dir`` is a run folder whose training was killed in the middle of an epoch commit and no process is
+    training in it now, complete or discard that commit (see :mod:`crossformers.engine.run_dir`), so that readers see
+    exactly the committed epochs. A folder in use, or one that cannot be written, is left as it is."""
+    from .run_dir import COMMIT_DIR, RunFolder, RunLockedError
+
+    if not (run_dir / COMMIT_DIR).is_dir():
+        return
+    folder = RunFolder(run_dir)
+    try:
+        folder.lock()
+    except (RunLockedError, OSError):
+        return
+    try:
+        folder.recover()
+    except OSError:
+        pass
+    finally:
+        folder.unlock()
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
