@@ -10,6 +10,8 @@ A checkpoint is a directory::
                            dicts / lists / numbers / strings only, so it loads with ``torch.load(weights_only=True)``
 
 A run directory keeps ``last/`` (every epoch, and where ``max_steps`` stops) and ``best/`` (highest val top-1).
+Training writes them into the staging area of an epoch commit, which moves them into the run directory together with
+the epoch's metric files (:mod:`crossformers.engine.run_dir`).
 
 Writes are atomic: everything is written into a temporary sibling directory, flushed to disk, and then swapped in
 with ``os.replace``. If the process dies at any point, the previous checkpoint (or, in the tiny window between the

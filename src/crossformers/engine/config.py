@@ -71,7 +71,8 @@ class TrainConfig:
 
     Run control:
         output: run directory (checkpoints ``last/`` and ``best/``, ``metrics.csv``/``.jsonl``, ``curves.png``,
-            ``config.json``). It must be new or empty unless ``resume`` is set.
+            ``config.json``). It must be new or empty unless ``resume`` is set (or hold only the ``config.json`` of a
+            run stopped before its first checkpoint); training locks it against a second writer.
         resume: continue a run from its checkpoint directory (``RUN/last``) or run directory ``RUN``.
         seed: base random seed (process ``r`` of a distributed run uses ``seed + r`` for augmentation).
         device: ``'auto'`` (CUDA if available), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.

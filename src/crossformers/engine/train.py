@@ -7,7 +7,9 @@ weights, gradient clipping, bfloat16 autocast, gradient accumulation, and multi-
 ``torchrun`` (see :mod:`crossformers.engine.distributed`).
 
 Every epoch it evaluates on the validation split, writes ``metrics.csv`` / ``metrics.jsonl`` / ``curves.png`` and the
-checkpoints ``last/`` and ``best/`` (by val top-1 of the raw, non-EMA weights). ``resume`` continues a run exactly:
+checkpoints ``last/`` and ``best/`` (by val top-1 of the raw, non-EMA weights), committed as one unit; the run folder is
+locked against a second writer, and what a killed run left is completed or discarded when training starts on the
+folder again (:mod:`crossformers.engine.run_dir`). ``resume`` continues a run exactly:
 model, optimizer, EMA, RNG states of every process and the position inside the epoch are restored, so an interrupted
 and resumed run ends with bit-identical weights to an uninterrupted one (same config and process count; with
 ``workers=0``, or with any ``workers`` when the run was stopped at an epoch boundary: worker processes are seeded per
@@ -105,7 +107,8 @@ def train(config: TrainConfig | dict[str, Any], progress: bool | None = None) ->
         ``stopped_early`` (``max_steps`` reached before the last epoch ended) and ``output`` (run directory).
 
     Raises:
-        ConfigError: invalid options. OutputExistsError: non-empty output without ``resume``.
+        ConfigError: invalid options. OutputExistsError: non-empty output without ``resume``, or an output path
+            that is a file. RunLockedError: another process is training in the output directory.
         CheckpointError: unusable ``resume`` / ``pretrained`` checkpoint. DataError: dataset problems.
         InputSizeError: the model cannot take the configured input. NonFiniteLossError: the loss became NaN/inf
             (the last good checkpoint is kept).
