@@ -280,3 +280,12 @@ def test_output_path_that_is_a_file(tmp_path, tiny_config, capsys):
     assert err == [f"error: output path {cfg.output} is a file, not a directory: choose a new --output (a directory "
                    "path)"]
     assert Path(cfg.output).read_text() == "my notes"
+
+
+def test_failed_start_leaves_nothing(tmp_path, tiny_config):
+    from crossformers.errors import UnknownModelError
+
+    cfg = tiny_config("a/b/run", model="fcaformer_nan")
+    with pytest.raises(UnknownModelError):
+        train(cfg, progress=False)
+    assert os.listdir(tmp_path) == []  # neither the run folder, its lock file nor the parents it created

@@ -20,6 +20,7 @@ two renames of the swap, its backup ``.<name>.old``, which every reader and the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -300,7 +301,9 @@ def _repair_interrupted_run(run_dir: Path) -> None:
     except (RunLockedError, OSError):
         return
     try:
-        folder.recover()
+        action = folder.recover()
+        if action:
+            logging.getLogger("crossformers.train").warning("%s was interrupted while saving: %s", run_dir, action)
     except OSError:
         pass
     finally:

@@ -33,7 +33,10 @@ of a commit; it is never set in normal use.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -57,6 +60,8 @@ COMMIT_ITEMS = ("last", "best", "metrics.jsonl", "metrics.csv", "curves.png")
 FAULT_POINTS = ("stage-last", "stage-best", "stage-metrics", "journal", "swap-last", "apply-last", "swap-best",
                 "apply-best", "apply-metrics.jsonl", "apply-metrics.csv", "apply-curves.png", "unjournal")
 FAULT_ENV = "CROSSFORMERS_FAULT_POINT"
+
+log = logging.getLogger("crossformers.train")
 
 
 def fault_point(name: str, epoch: int) -> None:
@@ -86,6 +91,9 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._fd: int | None = None
+        self._held = False
+        #: directories :meth:`lock` created, deepest first (removed by :meth:`remove_created_dirs` if still empty)
+        self.created_dirs: list[Path] = []
 
     # ------------------------------------------------------------------------------------------------ lock
     @property
@@ -95,7 +103,7 @@ class RunFolder:
     @property
     def locked(self) -> bool:
         """True while this object holds the lock."""
-        return self._fd is not None
+        return self._held
 
     def lock(self) -> bool:
         """Take the exclusive lock of the run folder without waiting, creating the folder if needed.
@@ -114,10 +122,12 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise OutputExistsError(f"output path {self.path} is a file, not a directory: choose a new --output "
                                     "(a directory path)")
+        missing = [d for d in (self.path, *self.path.parents) if not d.exists()]
         created = False
         try:
             self.path.mkdir(parents=True)
             created = True
+            self.created_dirs = missing
         except FileExistsError:
             if not self.path.is_dir():
                 raise OutputExistsError(f"output path {self.path} is a file, not a directory: choose a new --output "
@@ -126,7 +136,12 @@ class RunFolder:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    # a file system without locks (some network mounts): run unprotected rather than not at all
+                    log.warning("cannot lock %s (%s): nothing stops a second training process from writing into "
+                                "%s at the same time", self.lock_path, e.strerror or e, self.path)
+                    break
                 holder = ""
                 try:
                     holder = os.read(fd, 200).decode("utf-8", "replace").strip()
@@ -147,20 +162,32 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         self._fd = fd
+        self._held = True
         return created
 
     def unlock(self) -> None:
         """Remove the lock file and release the lock (no-op if not held)."""
-        if self._fd is None:
+        if not self._held:
             return
         import fcntl
 
         try:
             self.lock_path.unlink(missing_ok=True)
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+            self._held = False
+
+    def remove_created_dirs(self) -> None:
+        """Remove the directories :meth:`lock` created, if they are (still) empty; for a run that failed to start."""
+        for d in self.created_dirs:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self.created_dirs = []
 
     # ------------------------------------------------------------------------------------------------ commit
     @property
@@ -206,7 +233,7 @@ class RunFolder:
         shutil.rmtree(self.commit_dir, ignore_errors=True)
 
     def _require_lock(self) -> None:
-        if self._fd is None:
+        if not self._held:
             raise RuntimeError(f"the lock of {self.path} is not held")
 
     # ------------------------------------------------------------------------------------------------ recovery

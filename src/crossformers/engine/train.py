@@ -159,7 +159,6 @@ class _Trainer:
         self.out = Path(cfg.output).expanduser()
         self.device = info.device
         self.run_folder = RunFolder(self.out)
-        self.created_output = False
         self.wrote_config = False
 
     # ------------------------------------------------------------------------------------------------ setup
@@ -169,7 +168,7 @@ class _Trainer:
         failure: CrossformersError | None = None
         if self.info.is_main:
             try:
-                self.created_output = self.run_folder.lock()
+                self.run_folder.lock()
                 repaired = self.run_folder.recover()
                 if repaired:
                     log.warning("%s was interrupted while saving: %s", self.out, repaired)
@@ -540,9 +539,7 @@ class _Trainer:
         finally:
             if self.run_folder.locked:
                 self.run_folder.unlock()
-                if self.created_output and not self.cfg.resume:
-                    with contextlib.suppress(OSError):
-                        self.out.rmdir()  # only if empty (a failed start)
+                self.run_folder.remove_created_dirs()  # only those still empty: after a failed start
 
     def _run(self) -> dict[str, Any]:
         self._setup()
