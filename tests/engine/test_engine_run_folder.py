@@ -289,3 +289,23 @@ def test_failed_start_leaves_nothing(tmp_path, tiny_config):
     with pytest.raises(UnknownModelError):
         train(cfg, progress=False)
     assert os.listdir(tmp_path) == []  # neither the run folder, its lock file nor the parents it created
+
+
+def test_commit_journal_written_by_something_else(tmp_path):
+    from crossformers.errors import CheckpointError
+
+    folder = RunFolder(tmp_path / "run")
+    folder.lock()
+    try:
+        staged = folder.begin()
+        (staged / "metrics.csv").write_text("epoch\n1\n")
+        folder.commit(["metrics.csv"], epoch=1)
+        assert sorted(os.listdir(folder.path)) == [".lock", "metrics.csv"]
+        (folder.commit_dir / "new").mkdir(parents=True)
+        (folder.commit_dir / "journal.json").write_text('{"epoch": 2, "items": ["../outside"]}')
+        with pytest.raises(CheckpointError, match=r"the commit journal .*journal.json of an interrupted epoch is "
+                                                  r"unreadable \(unknown items \['../outside'\]\)"):
+            folder.recover()
+        assert (folder.commit_dir / "journal.json").is_file()  # left for the user to inspect
+    finally:
+        folder.unlock()

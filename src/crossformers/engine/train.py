@@ -165,14 +165,14 @@ class _Trainer:
     def _lock_output(self) -> None:
         """Take the run folder's lock (main process) and repair what an interrupted run left, before anything reads
         the folder; every process fails if the main one cannot."""
-        failure: CrossformersError | None = None
+        failure: Exception | None = None
         if self.info.is_main:
             try:
                 self.run_folder.lock()
                 repaired = self.run_folder.recover()
                 if repaired:
                     log.warning("%s was interrupted while saving: %s", self.out, repaired)
-            except CrossformersError as e:
+            except (CrossformersError, OSError) as e:  # e.g. no permission to create the folder
                 failure = e
         status = all_gather_objects(None if failure is None else str(failure), self.info)
         if failure is not None:
@@ -351,7 +351,7 @@ class _Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(model, device_ids=ids)
         self.history = MetricHistory(self.out)
-        # everything is validated: only now create the run directory
+        # everything is validated: only now write into the run directory
         barrier(info)
         if info.is_main:
             if self.resume_dir:
