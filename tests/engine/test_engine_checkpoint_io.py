@@ -155,8 +155,10 @@ _DELETE = object()
     ("classes", ["a", "b"], '"classes" must be a list of 3 names (model_kwargs.num_classes), got ["a", "b"]'),
     ("classes", ["a", "a", "b"], '"classes" must be distinct class names, got ["a", "a", "b"]'),
     ("classes", ["a", 2, "c"], '"classes" must be a non-empty list of class names (strings), got ["a", 2, "c"]'),
-    ("preprocessing", None, '"preprocessing" must be a JSON object with input_size, mean, std, interpolation and '
-                            'crop_pct, got null'),
+    ("preprocessing", None, '"preprocessing" must be a JSON object with input_size (and optionally mean, std, '
+                            'interpolation, crop_pct), got null'),
+    ("preprocessing.input_size", _DELETE, '"preprocessing.input_size" must be [channels, height, width]: three ints '
+                                          '>= 1, it is missing'),
     ("preprocessing.input_size", [3, 32, 32], '"preprocessing.input_size" must be [1, height, width] '
                                               '(model_kwargs.in_chans), got [3, 32, 32]'),
     ("preprocessing.input_size", [1, 0, 32], '"preprocessing.input_size" must be [channels, height, width]: three '
@@ -164,7 +166,6 @@ _DELETE = object()
     ("preprocessing.mean", [0.5, 0.5], '"preprocessing.mean" must be a list of 1, 3 or 1 finite numbers, got '
                                        '[0.5, 0.5]'),
     ("preprocessing.std", [0.0], '"preprocessing.std" must be a list of 1, 3 or 1 finite numbers > 0, got [0.0]'),
-    ("preprocessing.mean", _DELETE, '"preprocessing.mean" must be a list of per-channel means, it is missing'),
     ("preprocessing.interpolation", "cubic", '"preprocessing.interpolation" must be one of bilinear, bicubic, '
                                              'nearest, lanczos, box, hamming, got "cubic"'),
     ("preprocessing.crop_pct", 0, '"preprocessing.crop_pct" must be a number in (0, 1], got 0'),

@@ -335,10 +335,11 @@ def validate_meta(meta: Mapping[str, Any], source: str | os.PathLike = META_FILE
 
     Required: ``model`` (name), ``model_kwargs`` (object; ``num_classes`` / ``in_chans`` ints >= 1, ``img_size`` an
     int or two ints >= 1, ``drop_path_rate`` in [0, 1) when present), ``classes`` (distinct strings, as many as
-    ``model_kwargs['num_classes']``), ``preprocessing`` (``input_size`` [C, H, W] ints >= 1, ``mean`` / ``std``
-    1, 3 or C finite numbers (std > 0), ``interpolation`` a PIL filter name, ``crop_pct`` in (0, 1]). Optional, checked
-    when present: ``format_version``, ``num_classes``, ``in_chans``, ``epoch`` / ``step`` / ``batch_in_epoch``
-    (ints >= 0), ``metrics`` / ``config`` (objects), ``has_ema`` (bool), ``dataset`` and version strings.
+    ``model_kwargs['num_classes']``), ``preprocessing`` (an object with ``input_size`` [C, H, W], ints >= 1; when
+    present, ``mean`` / ``std`` 1, 3 or C finite numbers (std > 0), ``interpolation`` a PIL filter name, ``crop_pct``
+    in (0, 1]; a missing one comes from the model's ``pretrained_cfg``). Optional, checked when present:
+    ``format_version``, ``num_classes``, ``in_chans``, ``epoch`` / ``step`` / ``batch_in_epoch`` (ints >= 0),
+    ``metrics`` / ``config`` (objects), ``has_ema`` (bool), ``dataset`` and version strings.
 
     Raises:
         CheckpointError: the first invalid field, named with its path inside the file (e.g.
@@ -400,17 +401,17 @@ def validate_meta(meta: Mapping[str, Any], source: str | os.PathLike = META_FILE
     if "in_chans" in meta and (not is_int(meta["in_chans"], 1) or meta["in_chans"] != chans):
         fail("in_chans", f"the channel count of preprocessing.input_size ({chans})", meta["in_chans"])
     for key in ("mean", "std"):
-        vals = get(pre, key, "preprocessing.")
+        if key not in pre:
+            continue
+        vals = pre[key]
         if not (isinstance(vals, list) and len(vals) in {1, 3, chans} and all(is_num(v) for v in vals)
                 and (key == "mean" or all(v > 0 for v in vals))):
             fail(f"preprocessing.{key}", f"a list of 1, 3 or {chans} finite numbers"
                                          f"{' > 0' if key == 'std' else ''}", vals)
-    interp = get(pre, "interpolation", "preprocessing.")
-    if interp not in _INTERPOLATIONS:
-        fail("preprocessing.interpolation", f"one of {', '.join(_INTERPOLATIONS)}", interp)
-    crop = get(pre, "crop_pct", "preprocessing.")
-    if not (is_num(crop) and 0 < crop <= 1):
-        fail("preprocessing.crop_pct", "a number in (0, 1]", crop)
+    if "interpolation" in pre and pre["interpolation"] not in _INTERPOLATIONS:
+        fail("preprocessing.interpolation", f"one of {', '.join(_INTERPOLATIONS)}", pre["interpolation"])
+    if "crop_pct" in pre and not (is_num(pre["crop_pct"]) and 0 < pre["crop_pct"] <= 1):
+        fail("preprocessing.crop_pct", "a number in (0, 1]", pre["crop_pct"])
     for key in ("epoch", "step", "batch_in_epoch"):
         if key in meta and not is_int(meta[key], 0):
             fail(key, "an int >= 0", meta[key])
@@ -428,12 +429,8 @@ _REQUIRED = {
     "model": "a model name (string)",
     "model_kwargs": "a JSON object of model constructor arguments",
     "classes": "a non-empty list of class names (strings)",
-    "preprocessing": "a JSON object with input_size, mean, std, interpolation and crop_pct",
+    "preprocessing": "a JSON object with input_size (and optionally mean, std, interpolation, crop_pct)",
     "input_size": "[channels, height, width]: three ints >= 1",
-    "mean": "a list of per-channel means",
-    "std": "a list of per-channel standard deviations",
-    "interpolation": f"one of {', '.join(_INTERPOLATIONS)}",
-    "crop_pct": "a number in (0, 1]",
 }
 
 
