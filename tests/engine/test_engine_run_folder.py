@@ -309,3 +309,26 @@ def test_commit_journal_written_by_something_else(tmp_path):
         assert (folder.commit_dir / "journal.json").is_file()  # left for the user to inspect
     finally:
         folder.unlock()
+
+
+def test_lock_dies_with_its_process_not_with_forked_children(tmp_path):
+    # a DataLoader worker (forked) that outlives a killed training process must not keep the run folder locked
+    holder = os.fork()
+    if holder == 0:
+        try:
+            RunFolder(tmp_path / "run").lock()
+            worker = os.fork()
+            if worker == 0:
+                os.kill(os.getpid(), signal.SIGSTOP)  # a worker still alive when its parent is killed
+                os._exit(0)
+            (tmp_path / "worker.pid").write_text(str(worker))
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+    assert _wait(holder) == -signal.SIGKILL
+    worker = int((tmp_path / "worker.pid").read_text())
+    try:
+        folder = RunFolder(tmp_path / "run")
+        assert folder.lock() is False
+        folder.unlock()
+    finally:
+        os.kill(worker, signal.SIGKILL)  # not our child (its parent was the holder): nothing to wait for

@@ -63,6 +63,23 @@ FAULT_ENV = "CROSSFORMERS_FAULT_POINT"
 
 log = logging.getLogger("crossformers.train")
 
+# run folders locked by this process: a forked child (a DataLoader worker) closes its copies of their lock files, so
+# the lock dies with the training process even while its workers are still winding down
+_LOCKED: set[RunFolder] = set()
+
+
+def _drop_inherited_locks() -> None:
+    for folder in list(_LOCKED):
+        if folder._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(folder._fd)
+        folder._fd, folder._held = None, False
+    _LOCKED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
 
 def fault_point(name: str, epoch: int) -> None:
     """Test-only hook: kill (or stop) this process here if ``$CROSSFORMERS_FAULT_POINT`` is ``name:epoch[:stop]``.
@@ -163,6 +180,7 @@ class RunFolder:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         self._fd = fd
         self._held = True
+        _LOCKED.add(self)
         return created
 
     def unlock(self) -> None:
@@ -179,6 +197,7 @@ class RunFolder:
             os.close(self._fd)
             self._fd = None
             self._held = False
+            _LOCKED.discard(self)
 
     def remove_created_dirs(self) -> None:
         """Remove the directories :meth:`lock` created, if they are (still) empty; for a run that failed to start."""
