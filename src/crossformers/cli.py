@@ -225,6 +225,10 @@ def train_config_from_args(args: argparse.Namespace):
         except CheckpointError:
             # a run killed before its first checkpoint (or in its first commit, which training completes): only its
             # config.json tells what to run
+            from crossformers.engine.train import never_checkpointed, no_run_yet_message
+
+            if never_checkpointed(run, with_config=False):
+                raise CheckpointError(no_run_yet_message(given["resume"])) from None
             if not (run.is_dir() and (run / "config.json").is_file()):
                 raise
             saved = TrainConfig.from_json(run / "config.json").to_dict()

@@ -332,3 +332,24 @@ def test_lock_dies_with_its_process_not_with_forked_children(tmp_path):
         folder.unlock()
     finally:
         os.kill(worker, signal.SIGKILL)  # not our child (its parent was the holder): nothing to wait for
+
+
+def test_run_killed_before_config_json(tmp_path, tiny_config, capsys):
+    from crossformers.errors import CheckpointError
+
+    # killed while starting (after taking the lock, before config.json): --resume says to start again, which works
+    cfg = tiny_config()
+    os.makedirs(cfg.output)
+    Path(cfg.output, ".lock").write_text("pid 1 on elsewhere")
+    assert cli.main(["train", "--resume", cfg.output]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: cannot resume {cfg.output}: the run stopped while starting, before it saved its options "
+        "(config.json) or a checkpoint; run the original train command again (without --resume), it can use the "
+        "same --output"]
+    train(cfg, progress=False)
+    assert sorted(os.listdir(cfg.output)) == RUN_FILES
+    # resuming a folder that does not exist creates nothing
+    missing = str(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match=f"checkpoint not found: {missing} does not exist"):
+        train(cfg.replace(resume=missing, output=missing), progress=False)
+    assert not os.path.exists(missing)

@@ -122,11 +122,12 @@ def train(config: TrainConfig | dict[str, Any], progress: bool | None = None) ->
         cleanup_distributed(info)
 
 
-def never_checkpointed(run_dir: str | os.PathLike) -> bool:
-    """True if ``run_dir`` is a run folder that stopped before its first checkpoint: it holds ``config.json`` and
-    nothing else but the lock file, an uncommitted staging area or temporary files of atomic writes."""
+def never_checkpointed(run_dir: str | os.PathLike, with_config: bool = True) -> bool:
+    """True if ``run_dir`` is a run folder that stopped before its first checkpoint: it holds ``config.json`` (or,
+    with ``with_config=False``, not even that) and nothing else but the lock file, an uncommitted staging area or
+    temporary files of atomic writes."""
     p = Path(run_dir).expanduser()
-    if not p.is_dir() or not (p / "config.json").is_file() or (p / COMMIT_DIR / JOURNAL_FILE).exists():
+    if not p.is_dir() or (p / "config.json").is_file() != with_config or (p / COMMIT_DIR / JOURNAL_FILE).exists():
         return False
     for entry in p.iterdir():
         name = entry.name
@@ -136,6 +137,12 @@ def never_checkpointed(run_dir: str | os.PathLike) -> bool:
             continue
         return False
     return True
+
+
+def no_run_yet_message(run_dir: str | os.PathLike) -> str:
+    """Why ``--resume`` cannot continue a run folder killed before it even wrote ``config.json``, and what to do."""
+    return (f"cannot resume {run_dir}: the run stopped while starting, before it saved its options (config.json) or a "
+            "checkpoint; run the original train command again (without --resume), it can use the same --output")
 
 
 class _Accum:
@@ -187,6 +194,11 @@ class _Trainer:
             try:
                 resume_dir = resolve_checkpoint_dir(cfg.resume, prefer="last")
             except CheckpointError:
+                if self.run_folder.created_dirs and Path(cfg.resume).expanduser() == self.out:
+                    raise CheckpointError(f"checkpoint not found: {self.out} does not exist (pass the run directory "
+                                          "of the run to continue)") from None
+                if never_checkpointed(cfg.resume, with_config=False):
+                    raise CheckpointError(no_run_yet_message(cfg.resume)) from None
                 if not never_checkpointed(cfg.resume):
                     raise
                 log.info("%s stopped before its first checkpoint: training starts from the beginning",
