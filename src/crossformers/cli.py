@@ -35,12 +35,14 @@ from crossformers import __version__
 from crossformers.cli_types import json_object
 from crossformers.cli_types import setup_logging as _setup_logging
 from crossformers.data import DataError
-from crossformers.engine import TrainConfig, predict, read_meta, resolve_checkpoint_dir, train
+from crossformers.engine import ConfigError, TrainConfig, predict, read_meta, resolve_checkpoint_dir, train
 from crossformers.engine.config_file import merge_train_options
 from crossformers.engine.evaluate import evaluate, write_eval_outputs
 from crossformers.engine.loading import model_in_chans
 from crossformers.engine.modeling import count_macs, count_params
-from crossformers.errors import CrossformersError, UnknownModelError
+from crossformers.engine.recipes import print_recipes
+from crossformers.engine.train import never_checkpointed, no_run_yet_message
+from crossformers.errors import CheckpointError, CrossformersError, UnknownModelError
 
 __all__ = ["main", "build_parser"]
 
@@ -218,11 +220,31 @@ def train_config_from_args(args: argparse.Namespace):
                 logging.getLogger("crossformers.train").warning("%s", line)
         return cfg
     if given.get("resume"):
-        ckpt = resolve_checkpoint_dir(given["resume"], prefer="last")
-        saved = dict(read_meta(ckpt).get("config") or {})
+        run = Path(given["resume"]).expanduser()
+        try:
+            ckpt = resolve_checkpoint_dir(run, prefer="last")
+        except CheckpointError:
+            # a run killed before its first checkpoint (or in its first commit, which training completes): only its
+            # config.json tells what to run
+            if never_checkpointed(run, with_config=False):
+                raise CheckpointError(no_run_yet_message(given["resume"])) from None
+            if not (run.is_dir() and (run / "config.json").is_file()):
+                raise
+            saved = TrainConfig.from_json(run / "config.json").to_dict()
+            output = run
+        else:
+            saved = read_meta(ckpt).get("config") or {}
+            output = ckpt.parent
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"the saved options of {given['resume']} are not a JSON object: resume from a "
+                                  "run directory written by crossformers train")
+        saved = dict(saved)
         saved["max_steps"] = None  # the interruption point of the old run is not an option of the new one
-        saved["output"] = str(ckpt.parent)
-        base = TrainConfig.from_dict(saved)
+        saved["output"] = str(output)
+        try:
+            base = TrainConfig.from_dict(saved)
+        except ConfigError as e:
+            raise ConfigError(f"the saved options of {given['resume']}: {e}") from None
     else:
         base = TrainConfig()
     for k in ("scale", "ratio"):
@@ -287,8 +309,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
-    from crossformers.engine.recipes import print_recipes
-
     return print_recipes(args.name, args.model)
 
 

@@ -126,3 +126,83 @@ def test_load_errors(tmp_path):
         load_trained(tmp_path / "c", use_ema=True)
     with pytest.raises(CheckpointError, match="no train_state.pt"):
         cio.load_train_state(tmp_path / "c")
+
+
+def _set(meta: dict, dotted: str, value) -> None:
+    *parents, key = dotted.split(".")
+    for p in parents:
+        meta = meta[p]
+    if value is _DELETE:
+        del meta[key]
+    else:
+        meta[key] = value
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    # the cases: each used to end in a traceback (ValueError, TypeError, KeyError) in load_trained / predict
+    ("model_kwargs", "x", '"model_kwargs" must be a JSON object of model constructor arguments, got "x"'),
+    ("model_kwargs", [1, 2], '"model_kwargs" must be a JSON object of model constructor arguments, got [1, 2]'),
+    ("classes", _DELETE, '"classes" must be a non-empty list of class names (strings), it is missing'),
+    ("preprocessing.input_size", "abc", '"preprocessing.input_size" must be [channels, height, width]: three ints '
+                                        '>= 1, got "abc"'),
+    ("model", 7, '"model" must be a model name (string), got 7'),
+    ("model_kwargs.num_classes", "3", '"model_kwargs.num_classes" must be an int >= 1, got "3"'),
+    ("model_kwargs.img_size", [32], '"model_kwargs.img_size" must be an int >= 1 or two of them (pixels), got [32]'),
+    ("model_kwargs.drop_path_rate", 1.5, '"model_kwargs.drop_path_rate" must be a number in [0, 1), got 1.5'),
+    ("classes", ["a", "b"], '"classes" must be a list of 3 names (model_kwargs.num_classes), got ["a", "b"]'),
+    ("classes", ["a", "a", "b"], '"classes" must be distinct class names, got ["a", "a", "b"]'),
+    ("classes", ["a", 2, "c"], '"classes" must be a non-empty list of class names (strings), got ["a", 2, "c"]'),
+    ("preprocessing", None, '"preprocessing" must be a JSON object with input_size (and optionally mean, std, '
+                            'interpolation, crop_pct), got null'),
+    ("preprocessing.input_size", _DELETE, '"preprocessing.input_size" must be [channels, height, width]: three ints '
+                                          '>= 1, it is missing'),
+    ("preprocessing.input_size", [3, 32, 32], '"preprocessing.input_size" must be [1, height, width] '
+                                              '(model_kwargs.in_chans), got [3, 32, 32]'),
+    ("preprocessing.input_size", [1, 0, 32], '"preprocessing.input_size" must be [channels, height, width]: three '
+                                             'ints >= 1, got [1, 0, 32]'),
+    ("preprocessing.mean", [0.5, 0.5], '"preprocessing.mean" must be a list of 1, 3 or 1 finite numbers, got '
+                                       '[0.5, 0.5]'),
+    ("preprocessing.std", [0.0], '"preprocessing.std" must be a list of 1, 3 or 1 finite numbers > 0, got [0.0]'),
+    ("preprocessing.interpolation", "cubic", '"preprocessing.interpolation" must be one of bilinear, bicubic, '
+                                             'nearest, lanczos, box, hamming, got "cubic"'),
+    ("preprocessing.crop_pct", 0, '"preprocessing.crop_pct" must be a number in (0, 1], got 0'),
+    ("epoch", -1, '"epoch" must be an int >= 0, got -1'),
+    ("step", 2.5, '"step" must be an int >= 0, got 2.5'),
+    ("metrics", [], '"metrics" must be a JSON object, got []'),
+    ("config", "x", '"config" must be a JSON object, got "x"'),
+    ("has_ema", "no", '"has_ema" must be true or false, got "no"'),
+    ("num_classes", 4, '"num_classes" must be the number of classes (3), got 4'),
+    ("format_version", 2, '"format_version" must be an int from 1 to 1'),
+])
+def test_meta_fields_are_validated(tmp_path, field, value, message):
+    d = cio.save_checkpoint(tmp_path / "c", _model(), _meta(num_classes=3))
+    meta = json.loads((d / "meta.json").read_text())
+    _set(meta, field, value)
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        load_trained(d)
+    text = str(err.value)
+    assert text.startswith(f"{d / 'meta.json'}: {message}"), text
+    assert text.endswith("(the file is damaged or was not written by crossformers: restore it, or re-save the "
+                         "checkpoint)")
+    assert "\n" not in text
+
+
+def test_bad_meta_is_one_error_line_in_predict_and_eval(tmp_path, capsys):
+    from PIL import Image
+
+    from crossformers import cli
+
+    d = cio.save_checkpoint(tmp_path / "run" / "best", _model(), _meta())
+    meta = json.loads((d / "meta.json").read_text())
+    meta["preprocessing"]["input_size"] = "abc"
+    (d / "meta.json").write_text(json.dumps(meta))
+    Image.new("L", (32, 32)).save(tmp_path / "x.png")
+    for argv in (["predict", str(tmp_path / "run"), str(tmp_path / "x.png")],
+                 ["eval", str(tmp_path / "run"), "--data", str(tmp_path)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {d / 'meta.json'}: \"preprocessing.input_size\" must be")

@@ -57,3 +57,19 @@ def test_bad_json(tmp_path):
         TrainConfig.from_json(p)
     with pytest.raises(ConfigError, match="cannot read config file"):
         TrainConfig.from_json(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": "3"}, "epochs must be an int >= 1, got '3'"),
+    ({"scale": 5}, "scale must be two positive numbers low <= high, got 5"),
+    ({"amp": "yes"}, "amp must be true or false, got 'yes'"),
+    ({"in_chans": 1.0}, "in_chans must be 1 .grey. or 3 .RGB. for image data, got 1.0"),
+    ({"model_kwargs": "x"}, "model_kwargs must be a dict of constructor arguments, got 'x'"),
+    ({"pretrained": 3}, "pretrained must be a non-empty string or None, got 3"),
+    ({"lr": "fast"}, "lr must be a finite number >= 0, got 'fast'"),
+])
+def test_config_json_is_validated_on_read(tmp_path, values, message):
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**TrainConfig().to_dict(), **values}))
+    with pytest.raises(ConfigError, match=f"^config {p}: {message}$"):
+        TrainConfig.from_json(p)

@@ -10,6 +10,8 @@ A checkpoint is a directory::
                            dicts / lists / numbers / strings only, so it loads with ``torch.load(weights_only=True)``
 
 A run directory keeps ``last/`` (every epoch, and where ``max_steps`` stops) and ``best/`` (highest val top-1).
+Training writes them into the staging area of an epoch commit, which moves them into the run directory together with
+the epoch's metric files (:mod:`crossformers.engine.run_dir`).
 
 Writes are atomic: everything is written into a temporary sibling directory, flushed to disk, and then swapped in
 with ``os.replace``. If the process dies at any point, the previous checkpoint (or, in the tiny window between the
@@ -18,6 +20,8 @@ two renames of the swap, its backup ``.<name>.old``, which every reader and the 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import random
 import shutil
@@ -39,6 +43,7 @@ __all__ = [
     "FORMAT", "MODEL_FILE", "EMA_FILE", "META_FILE", "STATE_FILE",
     "save_checkpoint", "resolve_checkpoint_dir", "read_meta", "load_train_state", "load_trained",
     "capture_rng_state", "restore_rng_state", "atomic_write_bytes", "atomic_write_text", "is_checkpoint_dir",
+    "validate_meta",
 ]
 
 FORMAT = "crossformers-checkpoint"
@@ -231,7 +236,8 @@ def resolve_checkpoint_dir(path: str | os.PathLike, prefer: str = "best") -> Pat
         prefer: for a run directory, ``'best'`` (fall back to ``last``) or ``'last'`` (fall back to ``best``).
 
     Returns:
-        The checkpoint directory (an interrupted atomic swap is recovered from its backup).
+        The checkpoint directory (an interrupted atomic swap is recovered from its backup; a run folder whose
+        training was killed during an epoch commit, and that no process is writing now, is repaired first).
 
     Raises:
         CheckpointError: nothing checkpoint-like at ``path``.
@@ -239,6 +245,7 @@ def resolve_checkpoint_dir(path: str | os.PathLike, prefer: str = "best") -> Pat
     p = Path(path).expanduser()
     if p.is_file() and p.name == META_FILE:
         p = p.parent
+    _repair_interrupted_run(p)
     if p.is_dir() or _backup_of(p).is_dir():
         if not p.exists() and _backup_of(p).is_dir():
             return _backup_of(p)
@@ -260,6 +267,29 @@ def resolve_checkpoint_dir(path: str | os.PathLike, prefer: str = "best") -> Pat
         "and the file as checkpoint instead)")
 
 
+def _repair_interrupted_run(run_dir: Path) -> None:
+    """If ``run_dir`` is a run folder whose training was killed in the middle of an epoch commit and no process is
+    training in it now, complete or discard that commit (see :mod:`crossformers.engine.run_dir`), so that readers see
+    exactly the committed epochs. A folder in use, or one that cannot be written, is left as it is."""
+    from .run_dir import COMMIT_DIR, RunFolder, RunLockedError
+
+    if not (run_dir / COMMIT_DIR).is_dir():
+        return
+    folder = RunFolder(run_dir)
+    try:
+        folder.lock()
+    except (RunLockedError, OSError):
+        return
+    try:
+        action = folder.recover()
+        if action:
+            logging.getLogger("crossformers.train").warning("%s was interrupted while saving: %s", run_dir, action)
+    except OSError:
+        pass
+    finally:
+        folder.unlock()
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The ``meta.json`` of the checkpoint at ``path`` (see :func:`resolve_checkpoint_dir`).
 
@@ -273,7 +303,120 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {ckpt / META_FILE}: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
         raise CheckpointError(f"{ckpt / META_FILE} is not crossformers checkpoint metadata")
+    validate_meta(meta, ckpt / META_FILE)
     return meta
+
+
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+
+def validate_meta(meta: Mapping[str, Any], source: str | os.PathLike = META_FILE) -> None:
+    """Check the type and range of every field of a checkpoint's ``meta.json`` that crossformers reads.
+
+    Required: ``model`` (name), ``model_kwargs`` (object; ``num_classes`` / ``in_chans`` ints >= 1, ``img_size`` an
+    int or two ints >= 1, ``drop_path_rate`` in [0, 1) when present), ``classes`` (distinct strings, as many as
+    ``model_kwargs['num_classes']``), ``preprocessing`` (an object with ``input_size`` [C, H, W], ints >= 1; when
+    present, ``mean`` / ``std`` 1, 3 or C finite numbers (std > 0), ``interpolation`` a PIL filter name, ``crop_pct``
+    in (0, 1]; a missing one comes from the model's ``pretrained_cfg``). Optional, checked when present:
+    ``format_version``, ``num_classes``, ``in_chans``, ``epoch`` / ``step`` / ``batch_in_epoch`` (ints >= 0),
+    ``metrics`` / ``config`` (objects), ``has_ema`` (bool), ``dataset`` and version strings.
+
+    Raises:
+        CheckpointError: the first invalid field, named with its path inside the file (e.g.
+            ``preprocessing.input_size``), the value found and what it must be.
+    """
+    def fail(field: str, must: str, value: Any = ...) -> None:
+        got = "it is missing" if value is ... else f"got {_short_json(value)}"
+        raise CheckpointError(f"{source}: \"{field}\" must be {must}, {got} (the file is damaged or was not written "
+                              "by crossformers: restore it, or re-save the checkpoint)")
+
+    def is_int(v: Any, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def get(d: Mapping[str, Any], key: str, prefix: str = "") -> Any:
+        if key not in d:
+            fail(prefix + key, _REQUIRED[key])
+        return d[key]
+
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not is_int(version, 1) or version > FORMAT_VERSION:
+        fail("format_version", f"an int from 1 to {FORMAT_VERSION} (a newer crossformers wrote this checkpoint if it "
+                               "is larger: upgrade crossformers)", version)
+    model = get(meta, "model")
+    if not isinstance(model, str) or not model.strip():
+        fail("model", _REQUIRED["model"], model)
+    kwargs = get(meta, "model_kwargs")
+    if not isinstance(kwargs, dict):
+        fail("model_kwargs", _REQUIRED["model_kwargs"], kwargs)
+    for key in ("num_classes", "in_chans"):
+        if key in kwargs and not is_int(kwargs[key], 1):
+            fail(f"model_kwargs.{key}", "an int >= 1", kwargs[key])
+    if "img_size" in kwargs:
+        size = kwargs["img_size"]
+        if not (is_int(size, 1) or (isinstance(size, list) and len(size) == 2 and all(is_int(v, 1) for v in size))):
+            fail("model_kwargs.img_size", "an int >= 1 or two of them (pixels)", size)
+    if "drop_path_rate" in kwargs and not (is_num(kwargs["drop_path_rate"]) and 0 <= kwargs["drop_path_rate"] < 1):
+        fail("model_kwargs.drop_path_rate", "a number in [0, 1)", kwargs["drop_path_rate"])
+    classes = get(meta, "classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        fail("classes", _REQUIRED["classes"], classes)
+    if len(set(classes)) != len(classes):
+        fail("classes", "distinct class names", classes)
+    if "num_classes" in kwargs and len(classes) != kwargs["num_classes"]:
+        fail("classes", f"a list of {kwargs['num_classes']} names (model_kwargs.num_classes)", classes)
+    if "num_classes" in meta and (not is_int(meta["num_classes"], 1) or meta["num_classes"] != len(classes)):
+        fail("num_classes", f"the number of classes ({len(classes)})", meta["num_classes"])
+    pre = get(meta, "preprocessing")
+    if not isinstance(pre, dict):
+        fail("preprocessing", _REQUIRED["preprocessing"], pre)
+    size = get(pre, "input_size", "preprocessing.")
+    if not (isinstance(size, list) and len(size) == 3 and all(is_int(v, 1) for v in size)):
+        fail("preprocessing.input_size", "[channels, height, width]: three ints >= 1", size)
+    chans = size[0]
+    if "in_chans" in kwargs and kwargs["in_chans"] != chans:
+        fail("preprocessing.input_size", f"[{kwargs['in_chans']}, height, width] (model_kwargs.in_chans)", size)
+    if "in_chans" in meta and (not is_int(meta["in_chans"], 1) or meta["in_chans"] != chans):
+        fail("in_chans", f"the channel count of preprocessing.input_size ({chans})", meta["in_chans"])
+    for key in ("mean", "std"):
+        if key not in pre:
+            continue
+        vals = pre[key]
+        if not (isinstance(vals, list) and len(vals) in {1, 3, chans} and all(is_num(v) for v in vals)
+                and (key == "mean" or all(v > 0 for v in vals))):
+            fail(f"preprocessing.{key}", f"a list of 1, 3 or {chans} finite numbers"
+                                         f"{' > 0' if key == 'std' else ''}", vals)
+    if "interpolation" in pre and pre["interpolation"] not in _INTERPOLATIONS:
+        fail("preprocessing.interpolation", f"one of {', '.join(_INTERPOLATIONS)}", pre["interpolation"])
+    if "crop_pct" in pre and not (is_num(pre["crop_pct"]) and 0 < pre["crop_pct"] <= 1):
+        fail("preprocessing.crop_pct", "a number in (0, 1]", pre["crop_pct"])
+    for key in ("epoch", "step", "batch_in_epoch"):
+        if key in meta and not is_int(meta[key], 0):
+            fail(key, "an int >= 0", meta[key])
+    for key in ("metrics", "config"):
+        if key in meta and not isinstance(meta[key], dict):
+            fail(key, "a JSON object", meta[key])
+    if "has_ema" in meta and not isinstance(meta["has_ema"], bool):
+        fail("has_ema", "true or false", meta["has_ema"])
+    for key in ("dataset", "crossformers_version", "torch_version", "saved_at"):
+        if key in meta and not isinstance(meta[key], str):
+            fail(key, "a string", meta[key])
+
+
+_REQUIRED = {
+    "model": "a model name (string)",
+    "model_kwargs": "a JSON object of model constructor arguments",
+    "classes": "a non-empty list of class names (strings)",
+    "preprocessing": "a JSON object with input_size (and optionally mean, std, interpolation, crop_pct)",
+    "input_size": "[channels, height, width]: three ints >= 1",
+}
+
+
+def _short_json(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_train_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

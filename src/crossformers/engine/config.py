@@ -75,7 +75,8 @@ class TrainConfig:
 
     Run control:
         output: run directory (checkpoints ``last/`` and ``best/``, ``metrics.csv``/``.jsonl``, ``curves.png``,
-            ``config.json``). It must be new or empty unless ``resume`` is set.
+            ``config.json``). It must be new or empty unless ``resume`` is set (or hold only the ``config.json`` of a
+            run stopped before its first checkpoint); training locks it against a second writer.
         resume: continue a run from its checkpoint directory (``RUN/last``) or run directory ``RUN``.
         seed: base random seed (process ``r`` of a distributed run uses ``seed + r`` for augmentation).
         device: ``'auto'`` (CUDA if available), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
@@ -164,7 +165,7 @@ class TrainConfig:
             raise ConfigError(f"unknown training option(s): {', '.join(hints)}")
         kwargs = dict(values)
         for k in ("scale", "ratio"):
-            if k in kwargs and kwargs[k] is not None:
+            if isinstance(kwargs.get(k), list):
                 kwargs[k] = tuple(kwargs[k])
         cfg = cls(**kwargs)
         return cfg
@@ -173,11 +174,15 @@ class TrainConfig:
     def from_json(cls, path_or_text: str | os.PathLike) -> TrainConfig:
         """Read a config from a JSON file path or JSON text.
 
+        Every field is checked (:meth:`validate`): a JSON file is one that a person may have edited.
+
         Raises:
-            ConfigError: unreadable file, invalid JSON, unknown keys.
+            ConfigError: unreadable file, invalid JSON, unknown keys, or an invalid value (the message names the
+                file and the field).
         """
         text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
+        is_text = text.lstrip().startswith("{")
+        if not is_text:
             try:
                 text = Path(path_or_text).read_text()
             except OSError as e:
@@ -188,7 +193,10 @@ class TrainConfig:
             raise ConfigError(f"config {path_or_text} is not valid JSON: {e}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"config {path_or_text} must hold a JSON object of options")
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values).validate()
+        except ConfigError as e:
+            raise ConfigError(f"{'config' if is_text else f'config {path_or_text}'}: {e}") from None
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed."""
@@ -212,7 +220,8 @@ class TrainConfig:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         need(isinstance(self.model, str) and bool(self.model.strip()), "model must be a model name, e.g. fcaformer_nano")
-        need(isinstance(self.model_kwargs, dict), "model_kwargs must be a dict of constructor arguments")
+        need(isinstance(self.model_kwargs, dict) and all(isinstance(k, str) for k in self.model_kwargs),
+             f"model_kwargs must be a dict of constructor arguments, got {self.model_kwargs!r}")
         need(isinstance(self.data, str) and bool(self.data.strip()),
              "data must be 'fashion-mnist' or an image-folder directory")
         need(is_int(self.epochs) and self.epochs >= 1, f"epochs must be an int >= 1, got {self.epochs!r}")
@@ -220,7 +229,7 @@ class TrainConfig:
         need(is_int(self.accum_steps) and self.accum_steps >= 1, f"accum_steps must be an int >= 1, got {self.accum_steps!r}")
         need(self.img_size is None or (is_int(self.img_size) and self.img_size >= 1),
              f"img_size must be a positive int (pixels) or None, got {self.img_size!r}")
-        need(self.in_chans is None or self.in_chans in (1, 3),
+        need(self.in_chans is None or (is_int(self.in_chans) and self.in_chans in (1, 3)),
              f"in_chans must be 1 (grey) or 3 (RGB) for image data, got {self.in_chans!r}")
         for name in ("lr", "min_lr", "warmup_lr", "weight_decay", "drop_path_rate", "re_prob", "hflip", "mixup",
                      "cutmix", "mixup_prob", "mixup_switch_prob", "label_smoothing", "warmup_epochs", "ema_decay"):
@@ -253,7 +262,12 @@ class TrainConfig:
             need(v is None or (is_int(v) and v >= 1), f"{name} must be an int >= 1 or None, got {v!r}")
         need(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")),
              f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        need(isinstance(self.output, str) and bool(self.output), "output must be a directory path")
+        need(isinstance(self.output, str) and bool(self.output), f"output must be a directory path, got {self.output!r}")
+        for name in ("amp", "grad_checkpointing", "check_images"):
+            need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("pretrained", "resume", "auto_augment"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, str) and bool(v)), f"{name} must be a non-empty string or None, got {v!r}")
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ConfigError(f"mixup/cutmix need an even batch size, got batch_size={self.batch_size}")
         return self

@@ -75,9 +75,12 @@ class MetricHistory:
         self.rows.append(dict(row))
         self.save()
 
-    def save(self) -> None:
-        """Write ``metrics.jsonl`` and ``metrics.csv`` atomically."""
-        atomic_write_text(self.jsonl_path, "".join(json.dumps(r, default=_plain) + "\n" for r in self.rows))
+    def save(self, directory: str | os.PathLike | None = None) -> None:
+        """Write ``metrics.jsonl`` and ``metrics.csv`` atomically into ``directory`` (default: the run directory;
+        training writes them into the staging directory of its epoch commit)."""
+        where = Path(directory) if directory is not None else self.run_dir
+        atomic_write_text(where / self.jsonl_path.name,
+                          "".join(json.dumps(r, default=_plain) + "\n" for r in self.rows))
         keys: list[str] = []
         for r in self.rows:
             keys.extend(k for k in r if k not in keys)
@@ -86,7 +89,7 @@ class MetricHistory:
         writer.writeheader()
         for r in self.rows:
             writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
-        atomic_write_text(self.csv_path, buf.getvalue())
+        atomic_write_text(where / self.csv_path.name, buf.getvalue())
 
 
 def _plain(obj: Any) -> Any:

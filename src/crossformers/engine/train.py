@@ -7,7 +7,9 @@ weights, gradient clipping, bfloat16 autocast, gradient accumulation, and multi-
 ``torchrun`` (see :mod:`crossformers.engine.distributed`).
 
 Every epoch it evaluates on the validation split, writes ``metrics.csv`` / ``metrics.jsonl`` / ``curves.png`` and the
-checkpoints ``last/`` and ``best/`` (by val top-1 of the raw, non-EMA weights). ``resume`` continues a run exactly:
+checkpoints ``last/`` and ``best/`` (by val top-1 of the raw, non-EMA weights), committed as one unit; the run folder is
+locked against a second writer, and what a killed run left is completed or discarded when training starts on the
+folder again (:mod:`crossformers.engine.run_dir`). ``resume`` continues a run exactly:
 model, optimizer, EMA, RNG states of every process and the position inside the epoch are restored, so an interrupted
 and resumed run ends with bit-identical weights to an uninterrupted one (same config and process count; with
 ``workers=0``, or with any ``workers`` when the run was stopped at an epoch boundary: worker processes are seeded per
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ from ..data import (
     set_epoch,
     verify_images,
 )
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CrossformersError
 from .checkpoint_io import (
     META_FILE,
     MODEL_FILE,
@@ -65,9 +68,10 @@ from .distributed import (
     init_distributed,
     maybe_sync_batchnorm,
 )
-from .errors import ConfigError, NonFiniteLossError, OutputExistsError
+from .errors import ConfigError, NonFiniteLossError, OutputExistsError, TrainingError
 from .metrics import MetricHistory, plot_curves, topk_correct
 from .modeling import build_model, check_model_input, model_preprocessing
+from .run_dir import COMMIT_DIR, JOURNAL_FILE, LOCK_FILE, RunFolder, fault_point
 
 __all__ = ["train", "seed_everything"]
 
@@ -104,7 +108,8 @@ def train(config: TrainConfig | dict[str, Any], progress: bool | None = None) ->
         ``stopped_early`` (``max_steps`` reached before the last epoch ended) and ``output`` (run directory).
 
     Raises:
-        ConfigError: invalid options. OutputExistsError: non-empty output without ``resume``.
+        ConfigError: invalid options. OutputExistsError: non-empty output without ``resume``, or an output path
+            that is a file. RunLockedError: another process is training in the output directory.
         CheckpointError: unusable ``resume`` / ``pretrained`` checkpoint. DataError: dataset problems.
         InputSizeError: the model cannot take the configured input. NonFiniteLossError: the loss became NaN/inf
             (the last good checkpoint is kept).
@@ -116,6 +121,29 @@ def train(config: TrainConfig | dict[str, Any], progress: bool | None = None) ->
         return _Trainer(cfg, info, progress).run()
     finally:
         cleanup_distributed(info)
+
+
+def never_checkpointed(run_dir: str | os.PathLike, with_config: bool = True) -> bool:
+    """True if ``run_dir`` is a run folder that stopped before its first checkpoint: it holds ``config.json`` and ``config.yaml`` (or,
+    with ``with_config=False``, not even that) and nothing else but the lock file, an uncommitted staging area or
+    temporary files of atomic writes."""
+    p = Path(run_dir).expanduser()
+    if not p.is_dir() or (p / "config.json").is_file() != with_config or (p / COMMIT_DIR / JOURNAL_FILE).exists():
+        return False
+    for entry in p.iterdir():
+        name = entry.name
+        if name in ("config.json", CONFIG_YAML, LOCK_FILE, COMMIT_DIR):
+            continue
+        if name.startswith((".last.tmp-", ".best.tmp-")) or (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        return False
+    return True
+
+
+def no_run_yet_message(run_dir: str | os.PathLike) -> str:
+    """Why ``--resume`` cannot continue a run folder killed before it even wrote ``config.json``, and what to do."""
+    return (f"cannot resume {run_dir}: the run stopped while starting, before it saved its options (config.json) or a "
+            "checkpoint; run the original train command again (without --resume), it can use the same --output")
 
 
 class _Accum:
@@ -138,20 +166,56 @@ class _Trainer:
         self.progress = progress
         self.out = Path(cfg.output).expanduser()
         self.device = info.device
-        self.created_output = False
+        self.run_folder = RunFolder(self.out)
         self.wrote_config = False
 
     # ------------------------------------------------------------------------------------------------ setup
+    def _lock_output(self) -> None:
+        """Take the run folder's lock (main process) and repair what an interrupted run left, before anything reads
+        the folder; every process fails if the main one cannot."""
+        failure: Exception | None = None
+        if self.info.is_main:
+            try:
+                self.run_folder.lock()
+                repaired = self.run_folder.recover()
+                if repaired:
+                    log.warning("%s was interrupted while saving: %s", self.out, repaired)
+            except (CrossformersError, OSError) as e:  # e.g. no permission to create the folder
+                failure = e
+        status = all_gather_objects(None if failure is None else str(failure), self.info)
+        if failure is not None:
+            raise failure
+        if status[0] is not None:
+            raise TrainingError(status[0])
+
     def _prepare_output(self) -> Path | None:
         cfg = self.cfg
         resume_dir = None
         if cfg.resume:
-            resume_dir = resolve_checkpoint_dir(cfg.resume, prefer="last")
+            try:
+                resume_dir = resolve_checkpoint_dir(cfg.resume, prefer="last")
+            except CheckpointError:
+                if self.run_folder.created_dirs and Path(cfg.resume).expanduser() == self.out:
+                    raise CheckpointError(f"checkpoint not found: {self.out} does not exist (pass the run directory "
+                                          "of the run to continue)") from None
+                if never_checkpointed(cfg.resume, with_config=False):
+                    raise CheckpointError(no_run_yet_message(cfg.resume)) from None
+                if not never_checkpointed(cfg.resume):
+                    raise
+                log.info("%s stopped before its first checkpoint: training starts from the beginning",
+                         Path(cfg.resume).expanduser())
+                return None
             if not (resume_dir / STATE_FILE).is_file():
                 raise CheckpointError(
                     f"cannot resume from {resume_dir}: it has no {STATE_FILE} (only last/ checkpoints keep the "
                     f"training state); pass the run directory or its last/ checkpoint")
-        elif self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+        elif self.out.exists() and not self.out.is_dir():
+            raise OutputExistsError(f"output path {self.out} is a file, not a directory: choose a new --output "
+                                    "(a directory path)")
+        elif self.out.exists() and any(p.name != LOCK_FILE for p in self.out.iterdir()):
+            if never_checkpointed(self.out):
+                log.info("%s holds a run that stopped before its first checkpoint: starting it again", self.out)
+                return None
             raise OutputExistsError(
                 f"output directory {self.out} already exists and is not empty: pass --resume {self.out} to continue "
                 "that run, or choose a new --output")
@@ -177,6 +241,7 @@ class _Trainer:
 
     def _setup(self) -> None:
         cfg, info = self.cfg, self.info
+        self._lock_output()
         self.resume_dir = self._prepare_output()
         seed_everything(cfg.seed)
         if self.device.type == "cpu":
@@ -299,11 +364,9 @@ class _Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(model, device_ids=ids)
         self.history = MetricHistory(self.out)
-        # everything is validated: only now create the run directory
+        # everything is validated: only now write into the run directory
         barrier(info)
         if info.is_main:
-            self.created_output = not self.out.exists()
-            self.out.mkdir(parents=True, exist_ok=True)
             if self.resume_dir:
                 self.history.load(keep_before_epoch=self.epoch + 1)
             self.wrote_config = not (self.out / "config.json").exists()
@@ -405,8 +468,11 @@ class _Trainer:
             "torch_version": torch.__version__,
         }
 
-    def _save(self, epoch_next: int, batch_in_epoch: int, metrics: dict[str, Any], save_best: bool) -> None:
-        """Save ``last`` (and ``best``); the position is where training continues (epoch index, batch index)."""
+    def _save(self, epoch_next: int, batch_in_epoch: int, metrics: dict[str, Any], save_best: bool,
+              epoch_end: bool = False) -> None:
+        """Commit ``last`` (and ``best``; at an epoch end also ``metrics`` as the epoch's row of the metric files and
+        the curves) as one unit (see :mod:`crossformers.engine.run_dir`); the position is where training continues
+        (epoch index, batch index)."""
         rank_state = {"rng": capture_rng_state(), "accum": self.accum.as_dict()}
         ranks = all_gather_objects(rank_state, self.info)
         if self.info.is_main:
@@ -423,9 +489,27 @@ class _Trainer:
             # epoch_next = completed epochs (also mid-epoch: the current one is not complete)
             meta = self._meta(epoch_next, batch_in_epoch, metrics)
             ema = self.ema.module if self.ema is not None else None
-            save_checkpoint(self.out / "last", self.model, meta, ema_model=ema, train_state=train_state)
+            label = epoch_next if batch_in_epoch == 0 else epoch_next + 1  # the epoch being committed, 1-based
+            staged = self.run_folder.begin()
+            save_checkpoint(staged / "last", self.model, meta, ema_model=ema, train_state=train_state)
+            fault_point("stage-last", label)
+            items = ["last"]
             if save_best:
-                save_checkpoint(self.out / "best", self.model, meta, ema_model=ema)
+                save_checkpoint(staged / "best", self.model, meta, ema_model=ema)
+                items.append("best")
+                fault_point("stage-best", label)
+            if epoch_end:
+                self.history.rows.append(dict(metrics))
+                self.history.save(staged)
+                items += ["metrics.jsonl", "metrics.csv"]
+                try:
+                    plot_curves(self.history.rows, staged / "curves.png",
+                                title=f"{self.cfg.model} on {self.cfg.data}")
+                    items.append("curves.png")
+                except Exception as e:  # noqa: BLE001 - a plotting failure must not stop training
+                    log.warning("could not draw curves.png: %s", e)
+                fault_point("stage-metrics", label)
+            self.run_folder.commit(items, label)
         barrier(self.info)
 
     @torch.no_grad()
@@ -449,17 +533,19 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------------------ loop
     def _clean_failed_start(self) -> None:
-        """After a failure before the first checkpoint, remove what this call created (so the same --output can be
-        used again); never touches anything else."""
-        if not self.info.is_main or self.cfg.resume or (self.out / "last").exists():
+        """After a failure: complete or discard an interrupted commit; before the first checkpoint, also remove what
+        this call created (so the same --output can be used again). Never touches the folder of another process
+        (without the lock it does nothing)."""
+        if not self.info.is_main or not self.run_folder.locked:
+            return
+        with contextlib.suppress(Exception):
+            self.run_folder.recover()
+        if self.cfg.resume or (self.out / "last").exists():
             return
         if self.wrote_config:
             (self.out / "config.json").unlink(missing_ok=True)
         if getattr(self, "wrote_yaml", False):
             (self.out / CONFIG_YAML).unlink(missing_ok=True)
-        if self.created_output:
-            with contextlib.suppress(OSError):
-                self.out.rmdir()  # only if empty
 
     def run(self) -> dict[str, Any]:
         try:
@@ -467,6 +553,10 @@ class _Trainer:
         except BaseException:
             self._clean_failed_start()
             raise
+        finally:
+            if self.run_folder.locked:
+                self.run_folder.unlock()
+                self.run_folder.remove_created_dirs()  # only those still empty: after a failed start
 
     def _run(self) -> dict[str, Any]:
         self._setup()
@@ -603,13 +693,8 @@ class _Trainer:
             self.best_top1, self.best_epoch = row["val_top1"], epoch + 1
         row["best_val_top1"] = self.best_top1
         self.accum = _Accum()  # the checkpoint continues at batch 0 of the next epoch
-        self._save(epoch + 1, 0, row, save_best=improved)
+        self._save(epoch + 1, 0, row, save_best=improved, epoch_end=True)
         if info.is_main:
-            self.history.append(row)
-            try:
-                plot_curves(self.history.rows, self.out / "curves.png", title=f"{cfg.model} on {cfg.data}")
-            except Exception as e:  # noqa: BLE001 - a plotting failure must not stop training
-                log.warning("could not draw curves.png: %s", e)
             ema_txt = f", EMA top-1 {row['val_top1_ema']:.2f}%" if "val_top1_ema" in row else ""
             log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val top-1 %.2f%%, top-5 %.2f%%%s (best %.2f%% at "
                      "epoch %d), %.1f s", epoch + 1, cfg.epochs, row["train_loss"], row["val_loss"], row["val_top1"],
