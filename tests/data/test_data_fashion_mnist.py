@@ -20,6 +20,7 @@ from crossformers.data import (
     read_idx,
 )
 from crossformers.data.fashion_mnist import FASHION_MNIST_DEFAULT_ROOT
+from real_data import require_fashion_mnist
 
 REAL_ROOT = Path(FASHION_MNIST_DEFAULT_ROOT)
 needs_real = pytest.mark.usefixtures("fmnist")  # skips without the data, fails on CI (tests/conftest.py)
@@ -163,8 +164,6 @@ def test_cache_sees_replaced_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("ci", ["true", ""])
 def test_missing_dataset_skips_locally_and_fails_on_ci(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ci: str) -> None:
-    from conftest import require_fashion_mnist
-
     monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path / "nowhere"))
     monkeypatch.setenv("CI", ci)
     outcome = pytest.fail.Exception if ci else pytest.skip.Exception

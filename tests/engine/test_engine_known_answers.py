@@ -43,7 +43,7 @@ def test_accumulation_of_two_batches_of_8_equals_one_batch_of_16(tiny_config, mo
     # same images per step and the mean over 16 either way: the same gradient, hence the same SGD steps
     (_, sgd_whole), (_, sgd_split) = made
     assert sgd_split.grad_norms == pytest.approx(sgd_whole.grad_norms, rel=1e-4)
-    w_whole, w_split = _weights(f"{tiny_config('whole').output}"), _weights(f"{tiny_config('split').output}")
+    w_whole, w_split = _weights(whole["output"]), _weights(split["output"])
     moved = _max_diff(w_whole, _weights_at_init(tiny_config, monkeypatch))
     assert moved > 1e-2  # the steps are large enough for a 2x gradient to show
     assert _max_diff(w_whole, w_split) < 1e-5
