@@ -37,17 +37,6 @@ def one_thread():
         yield
 
 
-@pytest.fixture(scope="session")
-def fmnist() -> str:
-    from crossformers.data import DataError, FashionMNIST
-
-    try:
-        FashionMNIST(split="val", limit=1)
-    except DataError:
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    return "fashion-mnist"
-
-
 def _folder(root: Path, classes=("bag", "shoe", "shirt"), n: int = 6) -> Path:
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

@@ -111,14 +111,8 @@ def test_crossformer_and_crossvit_by_name(images, tmp_path, capsys):
     _png(tmp_path / "cv" / "attention.png")
 
 
-def test_dataset_images(run_dir, tmp_path, capsys):
-    from crossformers.data import DataError, FashionMNIST
-
-    try:
-        FashionMNIST(split="val", limit=1)
-    except DataError:
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    code, _, err = _run(["analyze", "distance", str(run_dir), "--data", "fashion-mnist", "--num-images", "3",
+def test_dataset_images(run_dir, fmnist, tmp_path, capsys):
+    code, _, err = _run(["analyze", "distance", str(run_dir), "--data", fmnist, "--num-images", "3",
                          "--output", str(tmp_path)], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "distance.json").read_text())["models"][0]["num_images"] == 3

@@ -20,12 +20,8 @@ from crossformers.data import (
     stratified_indices,
     take_subset,
 )
-from crossformers.data.fashion_mnist import FASHION_MNIST_DEFAULT_ROOT
 
-needs_real = pytest.mark.skipif(
-    not (Path(FASHION_MNIST_DEFAULT_ROOT) / "t10k-images-idx3-ubyte.gz").is_file(),
-    reason="Debian package dataset-fashion-mnist not installed (bash scripts/setup.sh installs it)",
-)
+needs_real = pytest.mark.usefixtures("fmnist")  # skips without the data, fails on CI (tests/conftest.py)
 
 
 def test_names() -> None:

@@ -20,12 +20,10 @@ from crossformers.data import (
     read_idx,
 )
 from crossformers.data.fashion_mnist import FASHION_MNIST_DEFAULT_ROOT
+from real_data import require_fashion_mnist
 
 REAL_ROOT = Path(FASHION_MNIST_DEFAULT_ROOT)
-needs_real = pytest.mark.skipif(
-    not (REAL_ROOT / "train-images-idx3-ubyte.gz").is_file(),
-    reason="Debian package dataset-fashion-mnist not installed (bash scripts/setup.sh installs it)",
-)
+needs_real = pytest.mark.usefixtures("fmnist")  # skips without the data, fails on CI (tests/conftest.py)
 
 
 def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
@@ -162,3 +160,17 @@ def test_cache_sees_replaced_files(tmp_path: Path) -> None:
     for f in (tmp_path / "src2").iterdir():
         shutil.copy(f, target / f.name)
     assert len(FashionMNIST(root=target)) == 9
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_missing_dataset_skips_locally_and_fails_on_ci(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ci: str) -> None:
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome) as exc:
+        require_fashion_mnist()
+    assert "Fashion-MNIST not installed" in str(exc.value) and str(tmp_path / "nowhere") in str(exc.value)
+    assert ("CI=true" in str(exc.value)) == bool(ci)
+    monkeypatch.delenv(FASHION_MNIST_ENV)
+    if REAL_ROOT.is_dir():
+        assert require_fashion_mnist() == "fashion-mnist"

@@ -33,24 +33,6 @@ def _one_thread():
         yield
 
 
-def _fashion_mnist_available() -> bool:
-    from crossformers.data import DataError, FashionMNIST
-
-    try:
-        FashionMNIST(split="val", limit=1)
-    except DataError:
-        return False
-    return True
-
-
-@pytest.fixture(scope="session")
-def fmnist() -> str:
-    """The built-in dataset name; skips if the Debian package dataset-fashion-mnist is not installed."""
-    if not _fashion_mnist_available():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    return "fashion-mnist"
-
-
 @pytest.fixture
 def tiny_config(tmp_path: Path, fmnist: str):
     """Factory of a fast TrainConfig (test_vit at 32 px on a Fashion-MNIST subset, no warmup)."""

@@ -136,11 +136,8 @@ def test_finetune_new_head_with_layer_decay(trained_run, image_folder, tmp_path)
     meta = json.loads(open(f"{tmp_path}/ft/last/meta.json").read())
     assert meta["classes"] == ["bag", "shirt", "shoe"]
     state = torch.load(f"{tmp_path}/ft/last/train_state.pt", weights_only=True)
-    scales = {g.get("lr_scale") for g in state["optimizer"]["param_groups"]}
-    assert len(scales) > 2  # one lr scale per layer group
+    scales = sorted(round(g["lr_scale"], 12) for g in state["optimizer"]["param_groups"])
+    # test_vit: stem, 6 blocks and the head are 8 layers scaled 0.75 ** (7 - layer), each with and without weight
+    # decay (per-parameter values are checked in test_engine_known_answers.py)
+    assert sorted(set(scales)) == sorted(round(0.75 ** k, 12) for k in range(8)) and len(scales) == 16
 
-
-def test_amp_clip_and_accumulation_run(tiny_config):
-    result = train(tiny_config(amp=True, clip_grad=1.0, accum_steps=2, label_smoothing=0.0), progress=False)
-    assert result["step"] == 2
-    assert all(isinstance(result[k], float) and result[k] == result[k] for k in ("train_loss", "val_loss"))

@@ -113,6 +113,31 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
     assert main(["export", "crossvit_9_240", "--img-size", "1", "2", "3"]) == 2
 
 
+# The smallest models of each hierarchical family that still have every code path of the dynamic export: groups of 2
+# (CrossFormer / ++: periods of 64, sizes from 128; ++ keeps its amplitude cooling layers) and the tiny
+# hybrid FcaFormer (two Fca blocks per Fca stage, so the second reads cross tokens; sizes multiples of 128 from 256).
+# They run in the default suite so CI exercises the README's `crossformers export fcaformer_l1 --dynamic`; the
+# families' real group sizes are in the slow test below.
+SMALL_DYNAMIC = {
+    "crossformer": dict(group_size=(2, 2, 2, 2), interval=(2, 2, 1, 1), depths=(1, 2, 1, 1)),
+    "crossformer_pp": dict(group_size=(2, 2, 2, 2), interval=(2, 2, 1, 1), depths=(1, 1, 2, 1)),
+    "fcaformer": dict(depths=(1, 1, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(SMALL_DYNAMIC))
+def test_dynamic_onnx_hierarchical_small(tmp_path, family):
+    """One small dynamic ONNX export per hierarchical family: verified at two sizes of its set, refused outside it."""
+    model = _model(family, **SMALL_DYNAMIC[family])
+    rule = dynamic_size_rule(model)
+    report = export_model(model, output=tmp_path / f"{family}.onnx", dynamic=True)
+    assert report.verified and report.dynamic_batch and report.dynamic_hw, report.summary()
+    matched = _matches(report)
+    assert len({c.shape[2:] for c in matched}) == 2 and all(rule.contains(*c.shape[2:]) for c in matched)
+    assert all(c.max_abs_diff is not None and c.max_abs_diff < 1e-4 for c in matched)
+    assert _rejects(report) and all(not rule.contains(*c.shape[2:]) for c in _rejects(report))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["crossformer", "crossformer_pp", "fcaformer"])
 def test_dynamic_onnx_hierarchical(tmp_path, family):

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import crossformers
 from crossformers.errors import CheckpointError, InputSizeError, PretrainedUnavailableError
 from crossformers.layers.position_bias import offset_index
-from crossformers.models.fcaformer import FcaBlock, checkpoint_filter_fn
+from crossformers.models.fcaformer import FcaBlock, checkpoint_filter_fn, cross_grid
 
 from parity_fixtures import load_case, official_keys, official_state_dict
 
@@ -197,22 +197,45 @@ def test_fused_and_explicit_attention_agree():
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
 
 
-PUBLISHED = {  # params (M), GMACs at 224: docs/reference.md (FcaFormer paper, Table 2)
-    "fcaformer_l1": (6.2, 1.4), "fcaformer_l2": (16.3, 3.6), "fcaformer_l3": (27.9, 6.7), "fcaformer_l4": (65.6, 14.5),
+PUBLISHED_PARAMS = {  # params (M) at 224: docs/reference.md (FcaFormer paper, Table 2)
+    "fcaformer_l1": 6.2, "fcaformer_l2": 16.3, "fcaformer_l3": 27.9, "fcaformer_l4": 65.6,
 }
+# GMACs of the OFFICIAL code (hkzhang-git/FcaFormer, image_classification/models/fcaformer.py; docs/reference.md) at 224 under the same
+# counter (torch.utils.flop_counter, FLOPs / 2); fvcore gives 1.385 / 3.620 / 6.680 / 14.535. The paper rounds them
+# to 1.4 / 3.6 / 6.7 / 14.5.
+OFFICIAL_GMACS = {"fcaformer_l1": 1.374, "fcaformer_l2": 3.602, "fcaformer_l3": 6.651, "fcaformer_l4": 14.492}
 
 
-@pytest.mark.parametrize("variant", sorted(PUBLISHED))
-def test_params_and_macs_match_the_paper(variant):
-    params, gmacs = PUBLISHED[variant]
-    model = crossformers.create_model(variant).eval()
-    n = sum(p.numel() for p in model.parameters()) / 1e6
-    assert abs(n - params) / params < 0.01, n
+def discarded_cross_query_macs(model) -> int:
+    """MACs the official code spends on queries it throws away: it projects each Fca block's cross tokens with the
+    whole qkv layer (3C outputs) and uses only their keys and values; we project them with the key/value rows only.
+    Per block: (cross tokens read) x C x C, the cross tokens being num_sources x ceil(H/4) x ceil(W/4)."""
+    total = 0
+    for blk in model.modules():
+        if isinstance(blk, FcaBlock) and blk.num_sources > 0:
+            hs, ws = cross_grid(*blk.grid_size)
+            total += blk.num_sources * hs * ws * blk.dim * blk.dim
+    return total
+
+
+def count_macs_explicit(model, size: int = 224) -> float:
     model.set_fused_attn(False)  # the flop counter sees nothing inside fused CPU attention
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(torch.randn(1, 3, 224, 224))
-    macs = fc.get_total_flops() / 2 / 1e9
-    assert abs(macs - gmacs) / gmacs < 0.05, macs
+        model(torch.randn(1, 3, size, size))
+    return fc.get_total_flops() / 2
+
+
+@pytest.mark.parametrize("variant", sorted(OFFICIAL_GMACS))
+def test_params_match_the_paper_and_macs_the_official_code(variant):
+    model = crossformers.create_model(variant).eval()
+    n = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(n - PUBLISHED_PARAMS[variant]) / PUBLISHED_PARAMS[variant] < 0.01, n
+    macs = count_macs_explicit(model)
+    official = OFFICIAL_GMACS[variant] * 1e9
+    # the whole gap to the official count is the discarded query projection (L3: 6.539 + 0.111 = 6.651 GMACs);
+    # counted the official way we are within the 3-decimal rounding of the official figure
+    assert abs(macs + discarded_cross_query_macs(model) - official) / official < 1e-3, macs
+    assert macs < official
 
 
 def test_plain_l0_matches_the_paper_size():

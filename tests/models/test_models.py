@@ -4,6 +4,8 @@ Models run at small sizes so the whole file stays fast on 2 CPU cores; full-size
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import timm
 import torch
@@ -91,16 +93,46 @@ def test_reset_classifier(name):
     assert model(torch.randn(2, chans, 64, 64)).shape == (2, model.num_features)
 
 
+def _backward_recomputing(model: torch.nn.Module, x: torch.Tensor) -> set[str]:
+    """Run forward + backward of ``model(x).sum()``; names of the modules whose forward ran again DURING the backward
+    pass, i.e. were recomputed by activation checkpointing."""
+    names = {id(m): n for n, m in model.named_modules()}
+    rerun: set[str] = set()
+    in_backward = [False]
+
+    def note(module, args):
+        if in_backward[0]:
+            rerun.add(names[id(module)])
+
+    hooks = [m.register_forward_pre_hook(note) for m in model.modules()]
+    try:
+        out = model(x).sum()
+        in_backward[0] = True
+        out.backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return rerun
+
+
+# parameters of the transformer / ConvNeXt blocks (CrossViT: the multi-scale encoders, fusion included); stems,
+# downsampling layers, final norms and heads run once
+BLOCK_PARAM = re.compile(r"^(stages\.\d+\.blocks|blocks|encoders)\.")
+
+
 @pytest.mark.parametrize("name", MODELS)
-def test_grad_checkpointing_gives_the_same_gradients(name):
+def test_grad_checkpointing_recomputes_every_block_with_the_same_gradients(name):
     model, chans = small(name)
     model.eval()  # no BN statistics updates, no drop path
     x = torch.randn(2, chans, 64, 64)
-    model(x).sum().backward()
+    assert _backward_recomputing(model, x) == set()  # off by default: nothing runs twice
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     model.set_grad_checkpointing(True)
-    model(x).sum().backward()
+    rerun = _backward_recomputing(model, x)
+    recomputed = {n for n, _ in model.named_parameters() if any(n.startswith(m + ".") for m in rerun if m)}
+    blocks = {n for n, _ in model.named_parameters() if BLOCK_PARAM.match(n)}
+    assert blocks and blocks <= recomputed, f"not recomputed: {sorted(blocks - recomputed)[:5]}"
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4)
 
