@@ -13,6 +13,7 @@ Examples::
     crossformers eval fcaformer_l2 --checkpoint fcaformer_l2.pth --data /data/imagenet
     crossformers predict runs/nano shoe.png shirt.jpg --topk 3
     crossformers models --pattern 'fcaformer*'
+    crossformers convert runs/nano --output shared/nano       # timm / Hub folder: create_model("local-dir:...")
 """
 from __future__ import annotations
 
@@ -175,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", metavar="NAME", help="a recipe to print (default: list all)")
     p.add_argument("--model", help="also show the options `train --recipe NAME --model MODEL` resolves to")
     p.set_defaults(func=_cmd_recipes)
+
+    p = sub.add_parser("convert", help="write weights as a timm / Hugging Face Hub folder others can load",
+                       description=(
+        "Convert an official checkpoint (with --model) or one of our runs into a folder with model.safetensors and "
+        "timm's config.json (architecture, num_classes, label_names, pretrained_cfg). Load it with "
+        "crossformers.create_model('local-dir:DIR') or timm.create_model('local-dir:DIR', pretrained=True)."))
+    p.add_argument("source", metavar="SOURCE", help="official .pth/.safetensors file, or a run folder RUN, RUN/best "
+                                                    "or RUN/last (RUN = RUN/best)")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder to write (must be new or empty)")
+    p.add_argument("--model", help="model name of an official checkpoint, e.g. crossformer_small")
+    p.add_argument("--model-kwargs", type=json_object, metavar="JSON",
+                   help="constructor arguments of an official checkpoint's model, e.g. '{\"num_classes\": 10}'")
+    p.add_argument("--ema", action="store_true", help="export the EMA weights of a run")
+    p.add_argument("--label-names", metavar="FILE", help="class names, one per line in classifier order (default: "
+                                                         "the run's classes; ImageNet-1k synsets for 1000 classes)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    p.set_defaults(func=_cmd_convert)
     _add_plugin_subcommands(sub)
     return parser
 
@@ -317,6 +335,23 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     from crossformers.engine.recipes import print_recipes
 
     return print_recipes(args.name, args.model)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from crossformers.errors import CheckpointError
+    from crossformers.hub import convert
+
+    labels = None
+    if args.label_names is not None:
+        path = Path(args.label_names)
+        if not path.is_file():
+            raise CheckpointError(f"--label-names {path} not found: pass a text file with one class name per line")
+        labels = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    out = convert(args.source, args.output, model=args.model, model_kwargs=args.model_kwargs, use_ema=args.ema,
+                  label_names=labels, overwrite=args.overwrite)
+    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}; load with "
+          f"crossformers.create_model('local-dir:{out}')")
+    return 0
 
 
 def model_table(pattern: str = "*", macs: bool = True) -> list[dict[str, Any]]:

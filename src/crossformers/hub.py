@@ -165,12 +165,7 @@ def save_local_dir(
 
     from .engine.checkpoint_io import _atomic_write_dir, _tensor_state
 
-    target = Path(output).expanduser()
-    if target.exists() and not target.is_dir():
-        raise CheckpointError(f"--output {target} is a file: pass a folder path")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise CheckpointError(f"--output {target} exists and is not empty: choose a new folder, or pass "
-                              "--overwrite (overwrite=True) to replace it")
+    target = _check_output(output, overwrite)
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     if label_names is not None and len(label_names) != num_classes:
         raise CheckpointError(f"{len(label_names)} label names for a model with {num_classes} classes: give one "
@@ -200,6 +195,16 @@ def save_local_dir(
                            data_config=data or None)
 
     _atomic_write_dir(target, write)
+    return target
+
+
+def _check_output(output: str | os.PathLike, overwrite: bool) -> Path:
+    target = Path(output).expanduser()
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"--output {target} is a file: pass a folder path")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise CheckpointError(f"--output {target} exists and is not empty: choose a new folder, or pass "
+                              "--overwrite (overwrite=True) to replace it")
     return target
 
 
@@ -250,6 +255,7 @@ def convert(
     if not src.exists():
         raise CheckpointError(f"convert source not found: {src} (pass an official checkpoint file with --model, or "
                               "a run folder RUN, RUN/best or RUN/last)")
+    _check_output(output, overwrite)  # before any work
     if src.is_dir():
         if model is not None or model_kwargs:
             raise CheckpointError(f"{src} is a run folder that records its model: drop --model/--model-kwargs")
@@ -265,7 +271,13 @@ def convert(
         if use_ema:
             raise CheckpointError("--ema applies to run folders only; an official file holds one set of weights")
         kwargs = dict(model_kwargs or {})
-        net = build_model(model, checkpoint_path=src, **kwargs)
+        try:
+            net = build_model(model, checkpoint_path=src, **kwargs)
+        except RuntimeError as e:  # a converter that cannot reshape a tensor of another architecture
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(
+                f"checkpoint {src} does not fit model {model} ({first}): name the model the checkpoint was trained "
+                "as, with its constructor arguments in --model-kwargs (e.g. img_size, num_classes)") from None
         labels, descriptions = (list(label_names), None) if label_names is not None else _imagenet_labels(
             int(getattr(net, "num_classes", 0) or 0))
         data = None
