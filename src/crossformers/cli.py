@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint or model on a dataset split", description=(
         "Evaluate our checkpoint (run directory or checkpoint directory) or a model by name, optionally with an "
         "official checkpoint file. Preprocessing follows the checkpoint / the model's pretrained_cfg."))
-    p.add_argument("model", metavar="CHECKPOINT_OR_MODEL", help="run/checkpoint directory, or a model name")
+    p.add_argument("model", metavar="CHECKPOINT_OR_MODEL", help="run/checkpoint directory, converted folder "
+                                                                "(`crossformers convert`), or a model name")
     p.add_argument("--data", required=True, help="'fashion-mnist' or an image-folder root")
     p.add_argument("--split", default="val", choices=("val", "train", "test"), help="split (default val)")
     p.add_argument("--checkpoint", metavar="FILE", help="official or state-dict weights for a model given by name")
@@ -154,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes of image files", description=(
-        "Classify image files with one of our checkpoints (preprocessing from its meta.json)."))
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run or checkpoint directory")
+        "Classify image files with one of our checkpoints (preprocessing from its meta.json) or a converted folder "
+        "(`crossformers convert`; preprocessing and label names from its config.json)."))
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run or checkpoint directory, or a converted folder")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights")
@@ -295,7 +297,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                       pretrained=args.pretrained, use_ema=args.ema, workers=args.workers, limit=args.limit,
                       device=args.device, amp=args.amp, progress=args.progress)
     output = args.output
-    if output is None and args.checkpoint is None and not args.pretrained and Path(result["source"]).is_dir():
+    from crossformers.hub import is_local_dir
+
+    if output is None and args.checkpoint is None and not args.pretrained and Path(result["source"]).is_dir() \
+            and not is_local_dir(result["source"]):  # a converted folder may be shared: write nothing into it
         # our checkpoint: RUN/eval-SPLIT next to RUN/best and RUN/last
         output = resolve_checkpoint_dir(result["source"]).parent / f"eval-{args.split}{'-ema' if args.ema else ''}"
     if output is not None:

@@ -49,13 +49,12 @@ _NOT_MODEL_ARGS = ("checkpoint_file", "new_head", "pretrained", "features_only",
 
 # ---------------------------------------------------------------------------------------------------- reading
 def is_local_dir(path: str | os.PathLike) -> bool:
-    """True if ``path`` (optionally prefixed ``local-dir:``) is a folder with a ``config.json``, i.e. a converted
-    folder (as opposed to one of our run / checkpoint directories, which hold ``meta.json``)."""
-    text = str(path)
-    if text.startswith(LOCAL_DIR_PREFIX):
-        text = text[len(LOCAL_DIR_PREFIX):]
-    p = Path(text).expanduser()
-    return p.is_dir() and (p / CONFIG_FILE).is_file() and not (p / "meta.json").is_file()
+    """True if ``path`` (optionally prefixed ``local-dir:``) is a folder with a ``config.json`` that is not one of
+    our checkpoint directories (``meta.json``) or run directories (``best/``, ``last/``; their ``config.json`` holds
+    the training options)."""
+    p = _folder(path)
+    return p.is_dir() and (p / CONFIG_FILE).is_file() and not any(
+        (p / name).exists() for name in ("meta.json", "best", "last"))
 
 
 def read_local_dir_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -78,11 +77,12 @@ def read_local_dir_config(path: str | os.PathLike) -> dict[str, Any]:
     if not folder.is_dir():
         raise CheckpointError(f"model folder not found: {folder} does not exist (expected a folder with "
                               f"{CONFIG_FILE} and {WEIGHTS_FILE}, as written by `crossformers convert`)")
+    if any((folder / name).exists() for name in ("meta.json", "best", "last")):
+        raise CheckpointError(f"{folder} is one of our run/checkpoint folders, not a converted one: use it as is "
+                              f"(crossformers eval/predict), or convert it with `crossformers convert {folder} "
+                              "--output DIR` and load DIR")
     if not cfg_file.is_file():
-        what = " (it is one of our run/checkpoint folders: use it as is, or convert it)" if (
-            (folder / "meta.json").is_file() or (folder / "best").is_dir() or (folder / "last").is_dir()) else ""
-        raise CheckpointError(f"{cfg_file} is missing: {folder} is not a converted model folder{what}; "
-                              f"{_CONVERT_HINT}")
+        raise CheckpointError(f"{cfg_file} is missing: {folder} is not a converted model folder; {_CONVERT_HINT}")
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data import build_dataset, build_loader, build_transform
 from ..errors import CheckpointError
+from ..hub import is_local_dir, load_local_dir
 from .checkpoint_io import atomic_write_text, is_checkpoint_dir, load_trained, resolve_checkpoint_dir
 from .distributed import resolve_device
 from .metrics import plot_confusion_matrix, topk_correct
@@ -62,8 +63,8 @@ def resolve_model(
     """Turn what the user gave into ``(model, info)``.
 
     Args:
-        model: an ``nn.Module``; one of our checkpoint / run directories; or a model name (crossformers or
-            ``timm:<name>``).
+        model: an ``nn.Module``; one of our checkpoint / run directories; a converted folder
+            (``crossformers convert``); or a model name (crossformers or ``timm:<name>``).
         checkpoint: with a model name: an official or state-dict weight file (converted on load).
         pretrained: with a model name: the authors' released weights.
         use_ema: with our checkpoint: the EMA weights.
@@ -79,6 +80,11 @@ def resolve_model(
         name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
         return model.eval(), {"name": name, "classes": None, "source": "module"}
     path = Path(model).expanduser()
+    if is_local_dir(path):  # a converted timm / Hub folder (`crossformers convert`)
+        if checkpoint is not None or use_ema:
+            raise CheckpointError(f"{path} is a converted folder holding its weights: drop --checkpoint / --ema")
+        net, cfg, labels = load_local_dir(path)
+        return net, {"name": cfg.get("architecture", str(path)), "classes": labels, "source": str(path)}
     if path.exists() and (is_checkpoint_dir(path) or _looks_like_checkpoint(path)):
         if checkpoint is not None:
             raise CheckpointError(f"{path} is already a checkpoint: drop --checkpoint {checkpoint}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..data import DataError, build_transform, load_image
+from ..hub import is_local_dir, load_local_dir
 from .checkpoint_io import load_trained
 from .distributed import resolve_device
 from .errors import ConfigError, ImageReadError
@@ -52,7 +53,7 @@ def predict(
     checkpoint's validation data (``meta.json``: input size, mean/std, crop_pct, interpolation).
 
     Args:
-        checkpoint: checkpoint or run directory (``best/`` preferred).
+        checkpoint: checkpoint or run directory (``best/`` preferred), or a converted folder (``crossformers convert``).
         images: image file paths (any format PIL reads).
         topk: number of classes returned per image (clipped to the class count).
         use_ema: use the EMA weights.
@@ -72,7 +73,15 @@ def predict(
         raise ConfigError(f"topk must be an int >= 1, got {topk!r}")
     if not images:
         raise ConfigError("no images given: pass one or more image files")
-    model, meta = load_trained(checkpoint, use_ema=use_ema)
+    if is_local_dir(checkpoint):  # a converted timm / Hub folder (`crossformers convert`)
+        if use_ema:
+            raise ConfigError(f"{checkpoint} is a converted folder with one set of weights: drop --ema")
+        model, cfg, labels = load_local_dir(checkpoint)
+        names = dict(cfg.get("label_descriptions") or {})  # human-readable names where the folder has them
+        labels = [names.get(n, n) for n in labels] if labels else [str(i) for i in range(int(model.num_classes))]
+        meta = {"model": cfg.get("architecture", str(checkpoint)), "classes": labels}
+    else:
+        model, meta = load_trained(checkpoint, use_ema=use_ema)
     classes = list(meta["classes"])
     dev = resolve_device(device)
     pre = model_preprocessing(model, in_chans=model_in_chans(model))
