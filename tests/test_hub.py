@@ -246,3 +246,27 @@ def test_convert_python_api_writes_imagenet_labels(tmp_path: Path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["label_names"][0] == "n01440764" and cfg["label_descriptions"]["n01440764"].startswith("tench")
     assert cfg["pretrained_cfg"]["input_size"] == [1, 56, 56]
+
+
+def test_round_trip_crossformer_official_and_crossvit(tmp_path: Path):
+    """The other families: CrossFormer's official fixture and a CrossViT (timm registry name with the cf_ prefix)."""
+    meta, t = load_case("crossformer_v1_tiny64")
+    kw = meta["reference_kwargs"]
+    args = dict(img_size=kw["img_size"], num_classes=kw["num_classes"], embed_dim=kw["embed_dim"],
+                depths=kw["depths"], num_heads=kw["num_heads"], group_size=kw["group_size"],
+                interval=kw["crs_interval"], mlp_ratio=kw["mlp_ratio"], patch_size=kw["patch_size"],
+                merge_size=kw["merge_size"], acl=kw["use_acl"])
+    path = tmp_path / "crossformer.pth"
+    torch.save({"model": official_state_dict(t)}, path)
+    out = convert(path, tmp_path / "cf", model="crossformer_tiny", model_kwargs=args)
+    with torch.no_grad():
+        torch.testing.assert_close(crossformers.create_model(f"local-dir:{out}").eval()(t["input"]), t["logits"],
+                                   **meta["tolerance"])
+    cv = crossformers.create_model("crossvit_9_240", num_classes=4, img_size=96).eval()
+    out = crossformers.hub.save_local_dir(cv, tmp_path / "cv", model_args={"num_classes": 4, "img_size": 96},
+                                          label_names=list("abcd"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architecture"] == "cf_crossvit_9_240" and cfg["pretrained_cfg"]["input_size"] == [3, 96, 96]
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(timm.create_model(f"local-dir:{out}", pretrained=True).eval()(x), cv(x))

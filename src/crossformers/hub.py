@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, UnknownModelError
+from .errors import CheckpointError, CrossformersError
 
 __all__ = [
     "CONFIG_FILE", "WEIGHTS_FILE", "WEIGHTS_ENV", "LOCAL_DIR_PREFIX", "is_local_dir", "read_local_dir_config",
@@ -151,7 +151,8 @@ def save_local_dir(
         label_names: one name per output class, in classifier order.
         label_descriptions: optional ``{label name: description}``.
         data_config: preprocessing to record (``input_size`` (C, H, W) in pixels, ``mean``/``std``,
-            ``crop_pct``, ``interpolation``); defaults to the model's ``pretrained_cfg``.
+            ``crop_pct``, ``interpolation``); defaults to the model's ``pretrained_cfg`` (``input_size`` at
+            ``model_args['img_size']`` when given).
         overwrite: replace an existing non-empty ``output`` (default: refuse, so nothing is lost).
 
     Returns:
@@ -186,6 +187,11 @@ def save_local_dir(
         model_config["label_descriptions"] = dict(label_descriptions)
     data = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (data_config or {}).items()
             if k in ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode") and v is not None}
+    if "input_size" not in data and args.get("img_size") is not None:  # the weights' resolution, not the default
+        size = args["img_size"]
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        chans = int(args.get("in_chans") or (model.pretrained_cfg.get("input_size") or (3,))[0])
+        data["input_size"] = (chans, *hw)
 
     def write(tmp: Path) -> None:
         from safetensors.torch import save_file
@@ -281,11 +287,6 @@ def convert(
         labels, descriptions = (list(label_names), None) if label_names is not None else _imagenet_labels(
             int(getattr(net, "num_classes", 0) or 0))
         data = None
-        if kwargs.get("img_size") is not None:  # the checkpoint's own resolution, not the variant's default
-            size = kwargs["img_size"]
-            hw = (size, size) if isinstance(size, int) else tuple(size)
-            chans = int(kwargs.get("in_chans") or (net.pretrained_cfg.get("input_size") or (3,))[0])
-            data = {"input_size": (chans, *hw)}
     cfg = dict(getattr(net, "pretrained_cfg", None) or {})
     cfg.pop("tag", None)
     cfg["notes"] = f"converted by `crossformers convert` from {src.name}"
@@ -329,7 +330,7 @@ def create_from_source(name: str, pretrained: bool | None = None, **kwargs: Any)
         raise CheckpointError(f"{e} The folder's {CONFIG_FILE} (architecture {cfg['architecture']}, model_args) does "
                               f"not describe its {WEIGHTS_FILE}: {_CONVERT_HINT}") from None
     except (RuntimeError, KeyError, ValueError) as e:
-        if isinstance(e, UnknownModelError):
+        if isinstance(e, CrossformersError):
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{folder / WEIGHTS_FILE} does not fit the model its {CONFIG_FILE} describes "
