@@ -175,10 +175,11 @@ def test_unregistered_architecture(folder: Path, tmp_path: Path):
         crossformers.create_model(f"local-dir:{bad}")
 
 
-def test_wrong_shapes(folder: Path, tmp_path: Path):
+@pytest.mark.parametrize("embed_dim", [[16, 40, 48, 64], [16, 32, 48, 80]])  # the last one changes the head too
+def test_wrong_shapes(folder: Path, tmp_path: Path, embed_dim: list[int]):
     bad = _broken(folder, tmp_path)
     cfg = json.loads((bad / "config.json").read_text())
-    cfg["model_args"]["embed_dim"] = [16, 40, 48, 64]
+    cfg["model_args"]["embed_dim"] = embed_dim
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError) as err:
         crossformers.create_model(f"local-dir:{bad}")
