@@ -271,3 +271,17 @@ def test_round_trip_crossformer_official_and_crossvit(tmp_path: Path):
     x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(timm.create_model(f"local-dir:{out}", pretrained=True).eval()(x), cv(x))
+
+
+def test_detection_backbone_accepts_the_folder(folder: Path, official):
+    """`crossformers.detection.backbone` takes a converted folder like a run directory: same weights, feature maps."""
+    from crossformers.detection import backbone
+
+    _, meta, t = official
+    ref = crossformers.create_model("fcaformer_l1", **_args(meta))
+    crossformers.load_checkpoint(ref, official_state_dict(t))
+    ours, theirs = backbone(ref).eval(), backbone(f"local-dir:{folder}").eval()
+    with torch.no_grad():
+        for a, b in zip(ours(t["input"]), theirs(t["input"]), strict=True):
+            assert torch.equal(a, b)
+    assert [f.shape[1] for f in backbone(folder)(t["input"])] == [16, 32, 48, 64]

@@ -179,7 +179,6 @@ def save_local_dir(
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"model arguments are not JSON-serialisable ({e}): pass plain numbers, strings and "
                               "lists") from None
-    model._model_args = args  # what timm's exporter reads; the architecture of the weights
     model_config: dict[str, Any] = {}
     if label_names is not None:
         model_config["label_names"] = [str(n) for n in label_names]
@@ -197,8 +196,16 @@ def save_local_dir(
         from safetensors.torch import save_file
 
         save_file(_tensor_state(model.state_dict()), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        save_config_for_hf(model, str(tmp / CONFIG_FILE), model_config=model_config, model_args={},
-                           data_config=data or None)
+        before = getattr(model, "_model_args", None)
+        model._model_args = args  # what timm's exporter reads: the architecture of the weights
+        try:
+            save_config_for_hf(model, str(tmp / CONFIG_FILE), model_config=model_config, model_args={},
+                               data_config=data or None)
+        finally:
+            if before is None:
+                del model._model_args
+            else:
+                model._model_args = before
 
     _atomic_write_dir(target, write)
     return target

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import CrossformersError
 from ..factory import create_model, timm_name
+from ..hub import is_local_dir, load_local_dir
 
 __all__ = ["BackboneError", "backbone", "pyramid_backbone", "PyramidBackbone", "SimpleFeaturePyramid",
            "default_out_indices", "load_model", "feature_sizes", "PYRAMID_STRIDES"]
@@ -61,7 +62,8 @@ def load_model(
 
     Args:
         source: a model name (``crossformers.list_models()``), one of our run/checkpoint directories (rebuilt with
-            :func:`crossformers.engine.load_trained`, weights loaded strictly), or an ``nn.Module`` (returned as is).
+            :func:`crossformers.engine.load_trained`, weights loaded strictly), a converted folder (``DIR`` or
+            ``local-dir:DIR``, :func:`crossformers.hub.load_local_dir`), or an ``nn.Module`` (returned as is).
         checkpoint_path: weights for a model name (ours or an official layout; converted on load, strict).
         pretrained: the authors' released weights for a model name.
         **kwargs: model constructor arguments for a model name (``img_size``, ``num_classes``, ...).
@@ -87,6 +89,12 @@ def load_model(
 
         model, meta = load_trained(source)
         return model.eval(), str(meta["model"])
+    if is_local_dir(source):  # a converted timm / Hub folder (`crossformers convert`)
+        if kwargs or checkpoint_path is not None or pretrained:
+            raise BackboneError(f"{source} is a converted folder, which fixes the model and its weights: drop "
+                                "the constructor arguments / checkpoint_path / pretrained")
+        model, cfg, _ = load_local_dir(source)
+        return model, str(cfg.get("architecture", source))
     if _is_weights_file(source):
         raise BackboneError(f"{source} is a weights file, not a model: pass the model name and the file as "
                             f"checkpoint_path (CLI: MODEL --checkpoint {source})")
@@ -140,7 +148,8 @@ def backbone(
     """A crossformers model as a feature extractor (timm ``features_only``), with classification weights loaded.
 
     Args:
-        name: a model name from ``crossformers.list_models()``, or one of our run/checkpoint directories.
+        name: a model name from ``crossformers.list_models()``, one of our run/checkpoint directories, or a
+            converted folder (``DIR`` or ``local-dir:DIR``, written by ``crossformers convert``).
         checkpoint_path: classification weights for a model name (ours, or the authors' layout, converted on load).
             They are loaded into the classifier before it becomes a feature extractor: the head is dropped
             explicitly, every other key must match (a missing or unexpected backbone key is an error).
@@ -162,7 +171,7 @@ def backbone(
         UnknownModelError: unknown name. CheckpointError: weights that do not fit (message lists keys).
         BackboneError: bad ``out_indices``, or arguments together with a run directory.
     """
-    if isinstance(name, nn.Module) or _is_checkpoint_dir(name) or _is_weights_file(name):
+    if isinstance(name, nn.Module) or _is_checkpoint_dir(name) or _is_weights_file(name) or is_local_dir(name):
         model, _ = load_model(name, checkpoint_path, pretrained, **kwargs)
         return _wrap_features(model.train(), out_indices)
     if out_indices is None and timm_name(str(name)) == "fcaformer_l0":
