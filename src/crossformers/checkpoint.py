@@ -120,7 +120,7 @@ def load_checkpoint(
         state = {k: v for k, v in state.items() if k not in head}
     else:
         for k in head:
-            if k in state and k in own and state[k].shape != own[k].shape:
+            if k in state and k in own and state[k].shape[:1] != own[k].shape[:1]:  # class count; other dims below
                 raise CheckpointError(
                     f"checkpoint {source} has a classifier of {state[k].shape[0]} classes but the model has "
                     f"{own[k].shape[0]}: create the model with num_classes={state[k].shape[0]} to use the checkpoint's "

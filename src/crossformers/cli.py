@@ -13,6 +13,7 @@ Examples::
     crossformers eval fcaformer_l2 --checkpoint fcaformer_l2.pth --data /data/imagenet
     crossformers predict runs/nano shoe.png shirt.jpg --topk 3
     crossformers models --pattern 'fcaformer*'
+    crossformers convert runs/nano --output shared/nano       # timm / Hub folder: create_model("local-dir:...")
 """
 from __future__ import annotations
 
@@ -37,12 +38,14 @@ from crossformers.cli_types import setup_logging as _setup_logging
 from crossformers.data import DataError
 from crossformers.engine import ConfigError, TrainConfig, predict, read_meta, resolve_checkpoint_dir, train
 from crossformers.engine.config_file import merge_train_options
+from crossformers.engine.convert import convert
 from crossformers.engine.evaluate import evaluate, write_eval_outputs
 from crossformers.engine.loading import model_in_chans
 from crossformers.engine.modeling import count_macs, count_params
 from crossformers.engine.recipes import print_recipes
 from crossformers.engine.train import never_checkpointed, no_run_yet_message
 from crossformers.errors import CheckpointError, CrossformersError, UnknownModelError
+from crossformers.hub import is_local_dir
 
 __all__ = ["main", "build_parser"]
 
@@ -150,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint or model on a dataset split", description=(
         "Evaluate our checkpoint (run directory or checkpoint directory) or a model by name, optionally with an "
         "official checkpoint file. Preprocessing follows the checkpoint / the model's pretrained_cfg."))
-    p.add_argument("model", metavar="CHECKPOINT_OR_MODEL", help="run/checkpoint directory, or a model name")
+    p.add_argument("model", metavar="CHECKPOINT_OR_MODEL", help="run/checkpoint directory, converted folder "
+                                                                "(`crossformers convert`), or a model name")
     p.add_argument("--data", required=True, help="'fashion-mnist' or an image-folder root")
     p.add_argument("--split", default="val", choices=("val", "train", "test"), help="split (default val)")
     p.add_argument("--checkpoint", metavar="FILE", help="official or state-dict weights for a model given by name")
@@ -168,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes of image files", description=(
-        "Classify image files with one of our checkpoints (preprocessing from its meta.json)."))
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run or checkpoint directory")
+        "Classify image files with one of our checkpoints (preprocessing from its meta.json) or a converted folder "
+        "(`crossformers convert`; preprocessing and label names from its config.json)."))
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run or checkpoint directory, or a converted folder")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights")
@@ -190,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", metavar="NAME", help="a recipe to print (default: list all)")
     p.add_argument("--model", help="also show the options `train --recipe NAME --model MODEL` resolves to")
     p.set_defaults(func=_cmd_recipes)
+
+    p = sub.add_parser("convert", help="write weights as a timm / Hugging Face Hub folder others can load",
+                       description=(
+        "Convert an official checkpoint (with --model) or one of our runs into a folder with model.safetensors and "
+        "timm's config.json (architecture, num_classes, label_names, pretrained_cfg). Load it with "
+        "crossformers.create_model('local-dir:DIR') or timm.create_model('local-dir:DIR', pretrained=True)."))
+    p.add_argument("source", metavar="SOURCE", help="official .pth/.safetensors file, or a run folder RUN, RUN/best "
+                                                    "or RUN/last (RUN = RUN/best)")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder to write (must be new or empty)")
+    p.add_argument("--model", help="model name of an official checkpoint, e.g. crossformer_small")
+    p.add_argument("--model-kwargs", type=json_object, metavar="JSON",
+                   help="constructor arguments of an official checkpoint's model, e.g. '{\"num_classes\": 10}'")
+    p.add_argument("--ema", action="store_true", help="export the EMA weights of a run")
+    p.add_argument("--label-names", metavar="FILE", help="class names, one per line in classifier order (default: "
+                                                         "the run's classes; ImageNet-1k synsets for 1000 classes)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    p.set_defaults(func=_cmd_convert)
     _add_plugin_subcommands(sub)
     return parser
 
@@ -274,7 +296,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                       pretrained=args.pretrained, use_ema=args.ema, workers=args.workers, limit=args.limit,
                       device=args.device, amp=args.amp, progress=args.progress)
     output = args.output
-    if output is None and args.checkpoint is None and not args.pretrained and Path(result["source"]).is_dir():
+    if output is None and args.checkpoint is None and not args.pretrained and Path(result["source"]).is_dir() \
+            and not is_local_dir(result["source"]):  # a converted folder may be shared: write nothing into it
         # our checkpoint: RUN/eval-SPLIT next to RUN/best and RUN/last
         output = resolve_checkpoint_dir(result["source"]).parent / f"eval-{args.split}{'-ema' if args.ema else ''}"
     if output is not None:
@@ -310,6 +333,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
     return print_recipes(args.name, args.model)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    labels = None
+    if args.label_names is not None:
+        path = Path(args.label_names)
+        if not path.is_file():
+            raise CheckpointError(f"--label-names {path} not found: pass a text file with one class name per line")
+        labels = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    out = convert(args.source, args.output, model=args.model, model_kwargs=args.model_kwargs, use_ema=args.ema,
+                  label_names=labels, overwrite=args.overwrite)
+    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}; load with "
+          f"crossformers.create_model('local-dir:{out}')")
+    return 0
 
 
 def model_table(pattern: str = "*", macs: bool = True) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .checkpoint import suggest
 from .errors import UnknownModelError
+from .hub import create_from_source
 
 __all__ = ["create_model", "list_models", "register_name", "timm_name"]
 
@@ -58,16 +59,20 @@ def list_models(pattern: str = "*", dense: bool = False) -> list[str]:
 
 def create_model(
     name: str,
-    pretrained: bool = False,
+    pretrained: bool | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Create a crossformers model by name.
 
     Args:
-        name: a name from :func:`list_models`.
-        pretrained: load the authors' released weights (downloads where a direct URL exists; fails at once with a
-            message saying where to get the file otherwise, or when there is no network).
+        name: a name from :func:`list_models`, or ``local-dir:DIR`` (timm's syntax) for a folder written by
+            ``crossformers convert`` / :func:`crossformers.engine.convert.save_local_dir` (architecture, class count,
+            preprocessing and weights from the folder; ``hf-hub:ID`` likewise for a Hub repository).
+        pretrained: load the authors' released weights (first from ``$CROSSFORMERS_WEIGHTS/<name>/`` if set, then
+            the hub cache, then downloads where a direct URL exists; fails at once with a message saying where to
+            get the file otherwise, or when there is no network). Default: False for names, True for
+            ``local-dir:`` / ``hf-hub:`` sources (False builds the folder's architecture without its weights).
         checkpoint_path: a local checkpoint, ours or in the official layout (``.pth`` with ``{'model': ...}`` or a
             bare state dict, or ``.safetensors``); converted on load. If ``num_classes`` is given and differs from
             the checkpoint's, the checkpoint's head is dropped (fine-tuning); otherwise a class-count mismatch is an
@@ -83,6 +88,9 @@ def create_model(
         CheckpointError: the checkpoint is unreadable or belongs to another architecture.
         PretrainedUnavailableError: ``pretrained=True`` cannot be honoured here.
     """
+    if name.startswith(("local-dir:", "hf-hub:")):
+        return create_from_source(name, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs)
+    pretrained = bool(pretrained)
     registered = timm_name(name)
     if checkpoint_path is not None:
         # loaded inside the entrypoint, into the classifier model before any features_only wrapping

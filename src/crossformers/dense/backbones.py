@@ -27,6 +27,7 @@ from torch import nn
 from ..engine.loading import WEIGHT_SUFFIXES, is_trained_checkpoint, load_model
 from ..errors import CrossformersError
 from ..factory import create_model, timm_name
+from ..hub import is_local_dir
 
 __all__ = ["BackboneError", "backbone", "pyramid_backbone", "PyramidBackbone", "SimpleFeaturePyramid",
            "default_out_indices", "feature_sizes", "PYRAMID_STRIDES"]
@@ -46,8 +47,8 @@ def _load_classifier(source: str | os.PathLike | nn.Module, checkpoint_path: str
 
 
 def _needs_loader(source: str | os.PathLike | nn.Module) -> bool:
-    """A module, one of our run directories or a weight file: anything but a plain model name."""
-    if isinstance(source, nn.Module) or is_trained_checkpoint(source):
+    """A module, one of our run directories, a converted folder or a weight file: anything but a plain model name."""
+    if isinstance(source, nn.Module) or is_trained_checkpoint(source) or is_local_dir(source):
         return True
     path = Path(source)
     return path.suffix in WEIGHT_SUFFIXES or path.is_file()

@@ -38,8 +38,8 @@ def resolve_model(
     """Turn what the user gave into ``(model, info)`` with :func:`crossformers.engine.loading.load_model`.
 
     Args:
-        model: an ``nn.Module``; one of our checkpoint / run directories; or a model name (crossformers or
-            ``timm:<name>``).
+        model: an ``nn.Module``; one of our checkpoint / run directories; a converted folder
+            (``crossformers convert``); or a model name (crossformers or ``timm:<name>``).
         checkpoint: with a model name: an official or state-dict weight file (converted on load).
         pretrained: with a model name: the authors' released weights.
         use_ema: with our checkpoint: the EMA weights.

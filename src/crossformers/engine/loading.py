@@ -6,6 +6,8 @@ A *spec* is what a user names a model by, in any command or API:
   state-dict weight file, converted on load) or ``pretrained`` (the authors' released weights) is given;
 * one of our run / checkpoint directories (model, weights, class names and preprocessing from its ``meta.json``,
   read by :func:`crossformers.engine.load_trained`);
+* a converted timm / Hub folder (``DIR`` or ``local-dir:DIR``, written by ``crossformers convert``: model, weights,
+  label names and preprocessing from its ``config.json``, read by :func:`crossformers.hub.load_local_dir`);
 * an ``nn.Module``, used as is.
 
 Evaluation, prediction, the analyses, the dense backbones, profiling and export all come through here, so they accept
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..hub import is_local_dir, load_local_dir
 from .checkpoint_io import load_trained, resolve_checkpoint_dir
 from .errors import ModelSpecError
 from .modeling import build_model, model_preprocessing
@@ -95,6 +98,13 @@ def _module_name(model: nn.Module) -> str:
     return str((getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__)
 
 
+def _given(checkpoint: str | os.PathLike | None, pretrained: bool, model_kwargs: Mapping[str, Any] | None) -> list[str]:
+    """The arguments that only apply to model names, as the user gave them (for the 'drop ...' messages)."""
+    return ([f"the checkpoint {checkpoint} (--checkpoint)"] if checkpoint is not None else []) + (
+        ["pretrained (--pretrained)"] if pretrained else []) + (
+        [f"the model arguments {sorted(model_kwargs)} (--model-kwargs)"] if model_kwargs is not None else [])
+
+
 def load_model(
     spec: str | os.PathLike | nn.Module,
     checkpoint: str | os.PathLike | None = None,
@@ -134,11 +144,20 @@ def load_model(
         name = _module_name(spec)
         pre = model_preprocessing(spec, in_chans=model_in_chans(spec), img_size=img_size)
         return LoadedModel(spec.eval(), name, "module", None, pre, label or name)
+    if is_local_dir(spec):  # a converted timm / Hub folder (`crossformers convert`): model, weights and labels
+        given = _given(checkpoint, pretrained, model_kwargs) + (["the EMA weights (--ema)"] if use_ema else [])
+        if given:
+            raise ModelSpecError(f"{spec} is a converted model folder, which fixes the model and its weights: drop "
+                                 f"{' and '.join(given)}")
+        model, cfg, labels = load_local_dir(spec)
+        names = dict(cfg.get("label_descriptions") or {})  # human-readable names where the folder has them
+        classes = [names.get(n, n) for n in labels] if labels else [str(i) for i in range(int(model.num_classes))]
+        name = str(cfg.get("architecture", spec))
+        pre = model_preprocessing(model, in_chans=model_in_chans(model), img_size=img_size)
+        return LoadedModel(model, name, str(spec), classes, pre, label or name)
     path = Path(spec).expanduser()
     if is_trained_checkpoint(path):
-        given = ([f"the checkpoint {checkpoint} (--checkpoint)"] if checkpoint is not None else []) + (
-            ["pretrained (--pretrained)"] if pretrained else []) + (
-            [f"the model arguments {sorted(model_kwargs)} (--model-kwargs)"] if model_kwargs is not None else [])
+        given = _given(checkpoint, pretrained, model_kwargs)
         if given:
             raise ModelSpecError(f"{path} is a crossformers run directory (or checkpoint), which fixes the model and "
                                  f"its weights: drop {' and '.join(given)} (they apply to model names only)")

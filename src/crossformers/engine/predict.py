@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..data import DataError, build_transform, load_image
+from ..hub import is_local_dir
 from .checkpoint_io import resolve_checkpoint_dir
 from .distributed import resolve_device
 from .errors import ConfigError, ImageReadError
@@ -52,7 +53,7 @@ def predict(
     checkpoint's validation data (``meta.json``: input size, mean/std, crop_pct, interpolation).
 
     Args:
-        checkpoint: checkpoint or run directory (``best/`` preferred).
+        checkpoint: checkpoint or run directory (``best/`` preferred), or a converted folder (``crossformers convert``).
         images: image file paths (any format PIL reads).
         topk: number of classes returned per image (clipped to the class count).
         use_ema: use the EMA weights.
@@ -72,7 +73,8 @@ def predict(
         raise ConfigError(f"topk must be an int >= 1, got {topk!r}")
     if not images:
         raise ConfigError("no images given: pass one or more image files")
-    resolve_checkpoint_dir(checkpoint)  # prediction needs class names: only our checkpoints have them
+    if not is_local_dir(checkpoint):  # prediction needs class names: our checkpoints and converted folders have them
+        resolve_checkpoint_dir(checkpoint)
     loaded = load_model(checkpoint, use_ema=use_ema)
     model, classes, pre = loaded.model, list(loaded.classes or []), loaded.preprocessing
     dev = resolve_device(device)

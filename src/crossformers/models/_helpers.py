@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -16,6 +16,7 @@ from torch import nn
 
 from ..checkpoint import head_keys, load_checkpoint, read_state_dict
 from ..errors import InputSizeError, PretrainedUnavailableError
+from ..hub import WEIGHTS_ENV, WEIGHTS_FILE, read_local_dir_weights, weights_folder_file
 from ..layers.linear import onednn_by_default, set_onednn_linear
 
 __all__ = ["build_family_model", "convert_on_load", "check_input", "resolve_pretrained_file", "hub_cached"]
@@ -122,7 +123,11 @@ def resolve_pretrained_file(variant: str) -> Path:
     url = cfg.get("url") or ""
     where = cfg.get("origin_url") or cfg.get("paper_ids") or "the authors' repository"
     name = variant.split(".")[0].removeprefix("cf_")
-    how = f"download it yourself and pass create_model('{name}', checkpoint_path=PATH)"
+    own = weights_folder_file(variant)  # the user's weights folder comes first: local, explicit
+    if own is not None:
+        return own
+    how = (f"download it yourself and pass create_model('{name}', checkpoint_path=PATH), or put a converted "
+           f"folder at ${WEIGHTS_ENV}/{name}/ (see docs/sharing.md)")
     if not url and cfg.get("hf_hub_id"):
         return _hub_file(cfg["hf_hub_id"], variant, how)
     if not url:
@@ -141,8 +146,8 @@ def resolve_pretrained_file(variant: str) -> Path:
     return target
 
 
-def _load_weights(model: nn.Module, source: Path | str, cfg: dict[str, Any], filter_fn, new_head: bool,
-                  features_only: bool) -> None:
+def _load_weights(model: nn.Module, source: Path | str | Mapping[str, torch.Tensor], cfg: dict[str, Any], filter_fn, new_head: bool,
+                  features_only: bool, name: str | None = None) -> None:
     """Load ``source`` into a freshly built ``model``: converted, strict for everything but the classifier.
 
     The checkpoint's classifier is dropped explicitly when the model has none (``num_classes=0``), when the model is
@@ -150,7 +155,7 @@ def _load_weights(model: nn.Module, source: Path | str, cfg: dict[str, Any], fil
     class-count mismatch is an error.
     """
     model.pretrained_cfg = cfg
-    state = filter_fn(read_state_dict(source), model)
+    state = filter_fn(dict(source) if isinstance(source, Mapping) else read_state_dict(source), model)
     if features_only or getattr(model, "num_classes", None) == 0:
         names = cfg.get("classifier") or "head"
         names = [names] if isinstance(names, str) else list(names)
@@ -158,7 +163,7 @@ def _load_weights(model: nn.Module, source: Path | str, cfg: dict[str, Any], fil
     own = model.state_dict()
     drop = features_only or (new_head and any(
         k in state and state[k].shape != own[k].shape for k in head_keys(model)))
-    load_checkpoint(model, state, drop_head=drop, source=str(source))
+    load_checkpoint(model, state, drop_head=drop, source=name or str(source))
 
 
 def build_family_model(
@@ -184,9 +189,24 @@ def build_family_model(
     new_head = bool(kwargs.pop("new_head", False))
     onednn = kwargs.pop("onednn_linear", None)
     onednn = onednn_by_default() if onednn is None else bool(onednn)
-    weights = checkpoint_file if checkpoint_file is not None else (
-        resolve_pretrained_file(variant) if pretrained else None)
-    new_head = new_head or (pretrained and checkpoint_file is None)
+    given_cfg = kwargs.get("pretrained_cfg")
+    given_cfg = given_cfg if isinstance(given_cfg, dict) else {}
+    weights_name = None
+    if checkpoint_file is None and pretrained and given_cfg.get("source") == "local-dir":
+        # timm's `local-dir:DIR` model source: a folder written by `crossformers convert` (crossformers.hub)
+        weights = read_local_dir_weights(given_cfg["file"])
+        weights_name = str(Path(given_cfg["file"]) / WEIGHTS_FILE)
+        # a new head only when the caller asked for another class count than the folder's (fine-tuning); a
+        # folder whose weights disagree with its own config is an error, never silently repaired
+        saved = kwargs.get("pretrained_model_args") or {}
+        new_head = new_head or kwargs.get("num_classes", saved.get("num_classes")) != saved.get("num_classes")
+    elif checkpoint_file is None and pretrained and given_cfg.get("source") == "hf-hub":
+        weights = _hub_file(given_cfg["hf_hub_id"], variant, "pass it with checkpoint_path=")
+    else:
+        weights = checkpoint_file if checkpoint_file is not None else (
+            resolve_pretrained_file(variant) if pretrained else None)
+    if weights_name is None:
+        new_head = new_head or (pretrained and checkpoint_file is None)
     features_only = bool(kwargs.get("features_only", False))
     cfg = get_pretrained_cfg(variant)
     cfg = cfg.to_dict() if cfg is not None else {}
@@ -197,7 +217,7 @@ def build_family_model(
             set_onednn_linear(model, True)
         convert_on_load(model, filter_fn)
         if weights is not None:
-            _load_weights(model, weights, cfg, filter_fn, new_head, features_only)
+            _load_weights(model, weights, cfg, filter_fn, new_head, features_only, weights_name)
         return model
 
     return build_model_with_cfg(construct, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)

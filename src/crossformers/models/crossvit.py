@@ -826,6 +826,8 @@ default_cfgs = _register_cfgs()
 
 def _create(name: str, pretrained: bool = False, **kwargs) -> CrossViT:
     tag = kwargs.pop("pretrained_cfg", None)  # timm passes the tag of 'cf_name.tag' here
+    if isinstance(tag, dict):  # a `local-dir:` / `hf-hub:` source's config: build_model loads the weights from it
+        kwargs["pretrained_cfg"], tag = tag, None
     kwargs.pop("pretrained_cfg_overlay", None)
     kwargs.pop("cache_dir", None)
     variant = f"cf_{name}.{tag}" if isinstance(tag, str) and tag else f"cf_{name}"
