@@ -211,8 +211,21 @@ def test_corrupt_image(tmp_path, run_dir, capsys):
                          "--epochs", "1", "--output", tmp_path / "y"], capsys)
     _assert_error(code, err, "zz_broken.png", only_line=False)
     assert not (tmp_path / "y" / "last").exists()
-    code, _, err = _run(["predict", run_dir, bad], capsys)
+    code, out, err = _run(["predict", run_dir, bad], capsys)
+    _assert_error(code, err, "zz_broken.png", "no image was classified")
+    assert out == ""
+    # next to good images: those are still printed, the bad one is reported, exit code 2
+    good = sorted((root / "val" / "bag").glob("*.png"))[:2]
+    code, out, err = _run(["predict", run_dir, good[0], bad, good[1], "--topk", "2"], capsys)
+    _assert_error(code, err, "1 of 3 images could not be read (the other 2 were classified)", "zz_broken.png")
+    lines = out.splitlines()
+    assert [ln.split(": ")[0] for ln in lines] == [str(good[0]), str(good[1])]
+    assert all(ln.count("(") == 2 for ln in lines)  # two classes with probabilities each
+    code, out, err = _run(["predict", run_dir, good[0], bad, "--json"], capsys)
     _assert_error(code, err, "zz_broken.png")
+    rows = json.loads(out)
+    assert rows[0]["image"] == str(good[0]) and len(rows[0]["predictions"]) == 5
+    assert rows[1]["image"] == str(bad) and "zz_broken.png" in rows[1]["error"] and "predictions" not in rows[1]
     code, _, err = _run(["predict", run_dir, tmp_path / "missing.jpg"], capsys)
     _assert_error(code, err, "image not found", "missing.jpg")
 

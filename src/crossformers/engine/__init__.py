@@ -7,7 +7,14 @@
 """
 from .checkpoint_io import load_trained, read_meta, resolve_checkpoint_dir, save_checkpoint
 from .config import TrainConfig
-from .errors import ConfigError, ImageReadError, NonFiniteLossError, OutputExistsError, TrainingError
+from .errors import (
+    ConfigError,
+    ImageReadError,
+    NonFiniteLossError,
+    OutputExistsError,
+    PartialPredictionError,
+    TrainingError,
+)
 from .evaluate import evaluate
 from .modeling import build_model, count_macs, count_params
 from .predict import predict
@@ -16,5 +23,5 @@ from .train import train
 __all__ = [
     "TrainConfig", "train", "evaluate", "predict", "load_trained", "save_checkpoint", "read_meta",
     "resolve_checkpoint_dir", "build_model", "count_params", "count_macs", "ConfigError", "ImageReadError",
-    "NonFiniteLossError", "OutputExistsError", "TrainingError",
+    "NonFiniteLossError", "OutputExistsError", "TrainingError", "PartialPredictionError",
 ]

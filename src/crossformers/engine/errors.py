@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ..errors import CrossformersError
 
-__all__ = ["ConfigError", "OutputExistsError", "TrainingError", "NonFiniteLossError", "ImageReadError"]
+__all__ = ["ConfigError", "OutputExistsError", "TrainingError", "NonFiniteLossError", "ImageReadError",
+           "PartialPredictionError"]
 
 
 class ConfigError(CrossformersError, ValueError):
@@ -28,3 +29,18 @@ class NonFiniteLossError(TrainingError):
 
 class ImageReadError(CrossformersError, OSError):
     """An image file given for prediction is missing or cannot be decoded (the message names the file)."""
+
+
+class PartialPredictionError(ImageReadError):
+    """Some images given for prediction could not be read; every other image was classified.
+
+    Attributes:
+        predictions: one entry per input image, in input order: its top-k ``(class, probability)`` list, or None
+            for an image that could not be read.
+        failures: ``(image, reason)`` of each unreadable image, in input order.
+    """
+
+    def __init__(self, message: str, predictions: list, failures: list[tuple[str, str]]):
+        super().__init__(message)
+        self.predictions = predictions
+        self.failures = failures
