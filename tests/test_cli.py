@@ -2,6 +2,7 @@
 one `error:` line with exit code 2 and nothing overwritten."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -199,8 +200,21 @@ def test_corrupt_image(tmp_path, run_dir, capsys):
                          "--epochs", "1", "--output", tmp_path / "y"], capsys)
     _assert_error(code, err, "zz_broken.png", only_line=False)
     assert not (tmp_path / "y" / "last").exists()
-    code, _, err = _run(["predict", run_dir, bad], capsys)
+    code, out, err = _run(["predict", run_dir, bad], capsys)
+    _assert_error(code, err, "zz_broken.png", "no image was classified")
+    assert out == ""
+    # next to good images: those are still printed, the bad one is reported, exit code 2
+    good = sorted((root / "val" / "bag").glob("*.png"))[:2]
+    code, out, err = _run(["predict", run_dir, good[0], bad, good[1], "--topk", "2"], capsys)
+    _assert_error(code, err, "1 of 3 images could not be read (the other 2 were classified)", "zz_broken.png")
+    lines = out.splitlines()
+    assert [ln.split(": ")[0] for ln in lines] == [str(good[0]), str(good[1])]
+    assert all(ln.count("(") == 2 for ln in lines)  # two classes with probabilities each
+    code, out, err = _run(["predict", run_dir, good[0], bad, "--json"], capsys)
     _assert_error(code, err, "zz_broken.png")
+    rows = json.loads(out)
+    assert rows[0]["image"] == str(good[0]) and len(rows[0]["predictions"]) == 5
+    assert rows[1]["image"] == str(bad) and "zz_broken.png" in rows[1]["error"] and "predictions" not in rows[1]
     code, _, err = _run(["predict", run_dir, tmp_path / "missing.jpg"], capsys)
     _assert_error(code, err, "image not found", "missing.jpg")
 
@@ -213,6 +227,22 @@ def test_checkpoint_of_another_model_or_class_count(tmp_path, run_dir, fmnist, c
     torch.save({"model": torch.nn.Linear(3, 4).state_dict()}, tmp_path / "other.pth")
     code, _, err = _run(["eval", "fcaformer_nano", "--checkpoint", tmp_path / "other.pth", "--data", fmnist], capsys)
     _assert_error(code, err, "does not fit model")
+    # another variant of the same family with the same class count: the real difference is named, not the classes
+    import crossformers
+
+    torch.save(crossformers.create_model("fcaformer_l1", num_classes=10, in_chans=1).state_dict(), tmp_path / "l1.pth")
+    code, _, err = _run(["eval", "fcaformer_nano", "--checkpoint", tmp_path / "l1.pth", "--data", fmnist], capsys)
+    _assert_error(code, err, "does not fit model fcaformer_nano", "stem.0.conv.weight (32, 1, 3, 3) vs (16, 1, 3, 3)",
+                  "Its features are 320 wide where fcaformer_nano's are 160: it belongs to another architecture or "
+                  "variant")
+    assert "classes" not in err
+    # a checkpoint that pickles objects: refused without passing on torch's advice to unpickle it anyway
+    torch.save({"model": torch.nn.Linear(3, 4).state_dict(), "args": argparse.Namespace(lr=0.1)},
+               tmp_path / "pickled.pth")
+    code, _, err = _run(["eval", "fcaformer_nano", "--checkpoint", tmp_path / "pickled.pth", "--data", fmnist], capsys)
+    _assert_error(code, err, "is not a plain tensor checkpoint", "pickled Python objects (such as argparse.Namespace)",
+                  "torch.save(model.state_dict(), 'weights.pth')")
+    assert "weights_only" not in err and "trust" not in err
     # a 10-class checkpoint on a 3-class dataset
     code, _, err = _run(["eval", run_dir, "--data", _folder(tmp_path / "ds")], capsys)
     _assert_error(code, err, "predicts 10 classes", "has 3")

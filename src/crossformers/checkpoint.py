@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,12 +49,21 @@ def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
             obj: object = load_file(str(path), device=str(map_location))
         else:
             obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every reader error becomes one clear message
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(e)}. {_PLAIN}") from None
+        # torch's own text goes on to advise weights_only=False, i.e. running the file's code: not passed on
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f" (such as {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {first}. It must be a .safetensors file or a torch.save'd state dict "
-            "loadable with weights_only=True (files that pickle code are refused); re-save it as a plain state dict."
+            f"checkpoint {path} is not a plain tensor checkpoint: it stores pickled Python objects{what}, and "
+            "crossformers does not unpickle objects because that can run arbitrary code. Convert it to tensors "
+            "only: in the project that wrote it, save just the weights (torch.save(model.state_dict(), "
+            "'weights.pth') or safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')), or ask "
+            "its author for such a file, and pass that file instead."
         ) from None
+    except Exception as e:  # noqa: BLE001 - every reader error becomes one clear message
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(e)}. {_PLAIN}") from None
     state = _unwrap(obj)
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(
@@ -62,6 +73,16 @@ def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return dict(state)
+
+
+_PLAIN = ("It must be a .safetensors file or a torch.save'd state dict of tensors (files that pickle Python objects "
+          "are refused); re-save it as a plain state dict.")
+
+
+def _first_line(e: Exception) -> str:
+    """First line of an exception's message, without terminal escape codes (torch bolds parts of its text)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _unwrap(obj: object) -> dict:
@@ -119,8 +140,13 @@ def load_checkpoint(
     if drop_head:
         state = {k: v for k, v in state.items() if k not in head}
     else:
+        body_fits = all(k in state and state[k].shape == own[k].shape for k in own if k not in head) and all(
+            k in own for k in state)
         for k in head:
-            if k in state and k in own and state[k].shape[:1] != own[k].shape[:1]:  # class count; other dims below
+            # the class-count message only when the head's row count is the sole difference: a head of another width
+            # (or any other mismatch) means another architecture/variant, reported below with the shapes that differ
+            if (k in state and k in own and state[k].shape != own[k].shape and body_fits
+                    and state[k].shape[1:] == own[k].shape[1:]):
                 raise CheckpointError(
                     f"checkpoint {source} has a classifier of {state[k].shape[0]} classes but the model has "
                     f"{own[k].shape[0]}: create the model with num_classes={state[k].shape[0]} to use the checkpoint's "
@@ -156,10 +182,26 @@ def _mismatch_message(model, source, state, missing, unexpected, mismatched) -> 
         ex = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
         parts.append(f"{len(mismatched)} shape mismatches (e.g. {ex})")
     hint = f" It looks like a {guess} checkpoint." if guess else ""
+    width = _feature_widths(model, state)
+    if width is not None:
+        hint += (f" Its features are {width[0]} wide where {name}'s are {width[1]}: it belongs to another "
+                 "architecture or variant.")
+    elif mismatched:
+        hint += " The tensors have other shapes: it belongs to another architecture or variant."
     return " ".join(parts) + "." + hint + (
         " Create the model that matches the checkpoint (same name and kwargs as when it was trained), "
         "or pass strict=False to load what matches."
     )
+
+
+def _feature_widths(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[int, int] | None:
+    """(checkpoint, model) input width of the classifier when both have a 2-D classifier weight and they differ."""
+    own = model.state_dict()
+    for k in head_keys(model):
+        if k.endswith(".weight") and k in state and own[k].ndim == 2 and state[k].ndim == 2:
+            if state[k].shape[1] != own[k].shape[1]:
+                return int(state[k].shape[1]), int(own[k].shape[1])
+    return None
 
 
 # (family, substrings any of which identifies it); order matters: the first match wins

@@ -36,7 +36,15 @@ from crossformers import __version__
 from crossformers.cli_types import json_object
 from crossformers.cli_types import setup_logging as _setup_logging
 from crossformers.data import DataError
-from crossformers.engine import ConfigError, TrainConfig, predict, read_meta, resolve_checkpoint_dir, train
+from crossformers.engine import (
+    ConfigError,
+    PartialPredictionError,
+    TrainConfig,
+    predict,
+    read_meta,
+    resolve_checkpoint_dir,
+    train,
+)
 from crossformers.engine.config_file import merge_train_options
 from crossformers.engine.convert import convert
 from crossformers.engine.evaluate import evaluate, write_eval_outputs
@@ -321,13 +329,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     _setup_logging()
-    results = predict(args.checkpoint, args.images, topk=args.topk, use_ema=args.ema, device=args.device)
+    partial = None
+    try:
+        results = predict(args.checkpoint, args.images, topk=args.topk, use_ema=args.ema, device=args.device)
+    except PartialPredictionError as e:  # the readable images are printed, the bad ones reported, exit code 2
+        partial, results = e, e.predictions
+    reasons = dict(partial.failures) if partial is not None else {}
     if args.json:
-        print(json.dumps([{"image": str(img), "predictions": [{"class": c, "probability": p} for c, p in preds]}
-                          for img, preds in zip(args.images, results, strict=True)], indent=2))
-        return 0
-    for img, preds in zip(args.images, results, strict=True):
-        print(f"{img}: " + ", ".join(f"{c} ({p:.3f})" for c, p in preds))
+        rows = [{"image": str(img), "predictions": [{"class": c, "probability": p} for c, p in preds]}
+                if preds is not None else {"image": str(img), "error": reasons.get(str(img), "not classified")}
+                for img, preds in zip(args.images, results, strict=True)]
+        if any(preds is not None for preds in results):
+            print(json.dumps(rows, indent=2))
+    else:
+        for img, preds in zip(args.images, results, strict=True):
+            if preds is not None:
+                print(f"{img}: " + ", ".join(f"{c} ({p:.3f})" for c, p in preds))
+    if partial is not None:
+        raise partial
     return 0
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import crossformers
-from crossformers.engine import ImageReadError, evaluate, load_trained, predict
+from crossformers.engine import ImageReadError, PartialPredictionError, evaluate, load_trained, predict
 from crossformers.errors import CheckpointError
 
 
@@ -74,3 +74,24 @@ def test_predict_bad_images(trained_run, tmp_path):
         predict(trained_run, [bad], device="cpu")
     with pytest.raises(ImageReadError, match="image not found: .*missing.png"):
         predict(trained_run, [tmp_path / "missing.png"], device="cpu")
+
+
+def test_predict_classifies_the_good_images_next_to_a_corrupt_one(trained_run, image_folder, tmp_path):
+    """One corrupt and one missing file among good ones: the good ones get exactly the predictions they get alone,
+    the bad ones are named with their reason, and the error carries everything."""
+    good = sorted((image_folder / "val" / "bag").glob("*.png"))[:3]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    alone = predict(trained_run, good, topk=3, device="cpu", batch_size=2)
+    files = [good[0], bad, good[1], tmp_path / "missing.png", good[2]]
+    with pytest.raises(PartialPredictionError) as err:
+        predict(trained_run, files, topk=3, device="cpu", batch_size=2)
+    e = err.value
+    assert isinstance(e, ImageReadError)
+    assert [p is None for p in e.predictions] == [False, True, False, True, False]
+    for got, want in zip([e.predictions[0], e.predictions[2], e.predictions[4]], alone, strict=True):
+        assert [c for c, _ in got] == [c for c, _ in want]
+        assert [p for _, p in got] == pytest.approx([p for _, p in want], abs=1e-6)
+    assert [f for f, _ in e.failures] == [str(bad), str(tmp_path / "missing.png")]
+    assert "broken.png" in e.failures[0][1] and e.failures[1][1].startswith("image not found")
+    assert str(e).startswith("2 of 5 images could not be read (the other 3 were classified): ")

@@ -10,7 +10,8 @@ import torch
 
 import crossformers
 from crossformers.cli import main
-from crossformers.export import ExportError, dynamic_size_rule, export_model
+from crossformers.export import MIN_LOGIT_SCALE, ExportError, OnnxClassifier, dynamic_size_rule, export_model
+from crossformers.export.core import _verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detection"))
 from test_backbones import TINY  # noqa: E402
@@ -62,6 +63,21 @@ def test_fcaformer_plain_dynamic_onnx(tmp_path):
     refused = _rejects(report)
     assert len(refused) == 2 and all(c.passed and c.max_abs_diff is None for c in refused)
     assert "multiples of 64" in report.summary()
+    # the file says which sizes it serves, and the runner refuses others up front instead of a raw Reshape error
+    clf = OnnxClassifier(tmp_path / "l0.onnx")
+    assert clf.served_sizes == rule.describe() == "H, W multiples of 64, at least 128 x 128"
+    assert clf.size_rule == {"channels": 3, "batch": None, "period": [64, 64], "minimum": [128, 128],
+                             "describe": rule.describe()}
+    x = torch.randn(3, 3, 128, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(clf(x)), model(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ExportError, match=r"serves H, W multiples of 64, at least 128 x 128, got 130x192: resize or "
+                                          r"pad the images to e.g. 192x192$"):
+        clf(torch.randn(1, 3, 130, 192))
+    with pytest.raises(ExportError, match="got 64x128: resize or pad the images to e.g. 128x128$"):
+        clf(torch.randn(1, 3, 64, 128))
+    with pytest.raises(ExportError, match="takes 3-channel images, got 1 channels"):
+        clf(torch.randn(1, 1, 128, 128))
 
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 128)])
@@ -80,6 +96,65 @@ def test_crossformer_static_onnx_at_two_sizes(tmp_path, size):
     assert [i.name for i in graph.graph.input] == ["images"]
     meta = {p.key: p.value for p in graph.metadata_props}
     assert meta["crossformers.valid_sizes"] == f"{size[0]}x{size[1]}"
+    assert json.loads(meta["crossformers.size_rule"]) == {"channels": 3, "batch": 2, "height": size[0],
+                                                          "width": size[1]}
+    clf = OnnxClassifier(tmp_path / "cf.onnx")
+    with pytest.raises(ExportError, match=rf"serves {size[0]}x{size[1]} only, got 64x96: resize the images to "
+                                          rf"{size[0]}x{size[1]}"):
+        clf(torch.randn(2, 3, 64, 96))
+    with pytest.raises(ExportError, match="exported for batch 2 only, got 1"):
+        clf(torch.randn(1, 3, *size))
+    assert clf(torch.randn(2, 3, *size)).shape == (2, 7)
+
+
+class _Scaled:
+    """A stand-in for the exported file: the model's logits times ``factor`` (plus an optional class swap)."""
+
+    def __init__(self, model, factor=1.0, swap=False):
+        self.model, self.factor, self.swap = model, factor, swap
+
+    def __call__(self, x):
+        with torch.no_grad():
+            out = self.model(x) * self.factor
+        return out[:, [1, 0, *range(2, out.shape[1])]] if self.swap else out
+
+
+def test_verification_is_relative_to_the_logit_scale_and_compares_top1():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 6)).eval()
+    with torch.no_grad():
+        model[1].weight.mul_(100.0)  # logits of order 10
+    ok = _verify(model, _Scaled(model, 1 + 1e-6), (4, 3, 4, 4), "match", 1e-4, seed=0)
+    assert ok.passed and ok.top1_agree and ok.logit_scale > 5
+    off = _verify(model, _Scaled(model, 1 + 1e-3), (4, 3, 4, 4), "match", 1e-4, seed=0)
+    assert not off.passed and "exceeds atol 0.0001 x max(1, max|logit|)" in off.message
+    swapped = _verify(model, _Scaled(model, swap=True), (64, 3, 4, 4), "match", 10.0, seed=0)
+    assert swapped.max_abs_diff <= 10.0 * swapped.logit_scale  # within a loose --atol, yet the prediction changed:
+    assert not swapped.passed and swapped.top1_agree is False and swapped.message == "the top-1 class differs"
+    # tiny logits: a 0.1 % error is invisible in absolute terms, so the check does not count (a copy is checked)
+    with torch.no_grad():
+        model[1].weight.mul_(1e-20)
+        model[1].bias.zero_()
+    tiny = _verify(model, _Scaled(model, 1 + 1e-3), (4, 3, 4, 4), "match", 1e-4, seed=0)
+    assert tiny.passed and tiny.logit_scale < 1e-15 and "too small to compare" in tiny.message
+    probe = _verify(model, _Scaled(model, 1 + 1e-3), (4, 3, 4, 4), "match", 1e-4, seed=0, probe=True)
+    assert probe.passed  # relative to max(1, scale): the caller fails probes whose logits stay tiny
+
+
+def test_untrained_model_with_tiny_logits_is_verified_on_a_reinitialised_copy(tmp_path):
+    """An untrained hybrid FcaFormer (layer scales 1e-6) gives logits of ~1e-17: its own check proves nothing, so a
+    re-initialised copy is exported the same way and verified with order-1 logits and top-1."""
+    name, kw = TINY["fcaformer"]
+    model = crossformers.create_model(name, num_classes=7, **kw).eval()
+    report = export_model(model, output=tmp_path / "fca.onnx", img_size=64)
+    assert report.verified and (tmp_path / "fca.onnx").is_file()
+    own, copies = [c for c in _matches(report) if not c.probe], [c for c in _matches(report) if c.probe]
+    assert len(own) == 1 and own[0].logit_scale < 1e-10 and "too small to compare" in own[0].message
+    assert len(copies) == 1 and copies[0].passed and copies[0].top1_agree
+    assert copies[0].logit_scale >= MIN_LOGIT_SCALE and copies[0].max_abs_diff <= 1e-4 * max(1, copies[0].logit_scale)
+    assert any("re-initialised weights" in n for n in report.notes)
+    assert "[re-initialised copy]" in report.summary()
+    assert len(list(tmp_path.iterdir())) == 1  # the copy's file is not left behind
 
 
 def test_a_model_that_cannot_be_dynamic_says_so(tmp_path):

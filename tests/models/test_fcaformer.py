@@ -260,7 +260,7 @@ def test_bad_inputs_get_clear_errors(tmp_path):
     other = crossformers.create_model("fcaformer_nano", num_classes=5)
     path = tmp_path / "five.pth"
     torch.save(other.state_dict(), path)
-    with pytest.raises(CheckpointError, match="num_classes=5"):
+    with pytest.raises(CheckpointError, match="has a classifier of 5 classes but the model has 10: .*num_classes=5"):
         crossformers.create_model("fcaformer_nano", checkpoint_path=path)
     # explicit num_classes: the head is dropped for fine-tuning, the rest loads strictly
     tuned = crossformers.create_model("fcaformer_nano", num_classes=10, checkpoint_path=path)
@@ -274,8 +274,9 @@ def test_pickled_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"model": Evil()}, path)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match=r"not a plain tensor checkpoint: .* \(such as print\)") as err:
         crossformers.create_model("fcaformer_nano", checkpoint_path=path)
+    assert "weights_only" not in str(err.value)  # torch's advice to unpickle it anyway is not passed on
 
 
 def test_pretrained_fails_fast_with_instructions():

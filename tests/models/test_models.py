@@ -11,6 +11,8 @@ import timm
 import torch
 
 import crossformers
+from crossformers.errors import InputSizeError
+from crossformers.layers.linear import set_onednn_linear, set_packed_weights
 
 MODELS = crossformers.list_models()
 
@@ -191,3 +193,94 @@ def test_whole_model_pickles(name):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
         torch.testing.assert_close(copy.deepcopy(loaded)(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_empty_batch_gives_empty_logits_and_maps(name):
+    """A batch of 0 images (e.g. the last, empty shard of a split) gives (0, num_classes) logits and zero-batch
+    intermediate maps of the same shape as for one image."""
+    model, chans = small(name)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(0, chans, 64, 80)).shape == (0, 5)
+        one = model.forward_intermediates(torch.randn(1, chans, 64, 80), intermediates_only=True)
+        empty = model.forward_intermediates(torch.randn(0, chans, 64, 80), intermediates_only=True)
+    assert [tuple(t.shape) for t in empty] == [(0, *t.shape[1:]) for t in one]
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("crossformer_tiny", {}), ("crossformer_pp_small", {}), ("fcaformer_nano", {}), ("fcaformer_l0", {}),
+    ("fcaformer_l1", {"tme": False}), ("fcaformer_l1", {"fca": False}), ("crossvit_9_240", {}),
+    ("crossvit_9_240", {"fusion": "pairwise"}), ("crossvit_9_240", {"fusion": "all_attn"}),
+])
+def test_empty_batch_through_features_only(name, kwargs):
+    """features_only models (and the ablation / fusion variants) return zero-batch maps for an empty batch."""
+    _, chans = small(name)
+    feats = crossformers.create_model(name, features_only=True, img_size=64, **kwargs).eval()
+    with torch.no_grad():
+        outs = feats(torch.randn(0, chans, 64, 96))
+    assert len(outs) == len(feats.feature_info.channels())
+    for o, c, r in zip(outs, feats.feature_info.channels(), feats.feature_info.reduction(), strict=True):
+        assert tuple(o.shape) == (0, c, -(-64 // r), -(-96 // r))
+
+
+@pytest.mark.parametrize("name", ["crossformer_tiny", "crossformer_pp_small", "fcaformer_nano", "fcaformer_l1",
+                                  "fcaformer_l0", "crossvit_9_240"])
+def test_create_load_and_run_under_inference_mode(name, tmp_path):
+    """Serving code: create the model from a checkpoint, run it and convert it to bfloat16, all inside
+    ``torch.inference_mode()`` (parameters are then inference tensors, which have no version counter)."""
+    ref, chans = small(name)
+    ref.eval()
+    path = tmp_path / "weights.pth"
+    torch.save(ref.state_dict(), path)
+    x = torch.randn(2, chans, 64, 64)
+    with torch.no_grad():
+        want = ref(x)
+    with torch.inference_mode():
+        model = crossformers.create_model(name, num_classes=5, img_size=64, checkpoint_path=path).eval()
+        set_onednn_linear(model)
+        set_packed_weights(model)
+        assert next(model.parameters()).is_inference()
+        first, second = model(x), model(x)
+        torch.testing.assert_close(first, want, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(second, first, atol=0, rtol=0)
+        model.to(torch.bfloat16)
+        low = model(x.bfloat16())
+    assert low.dtype == torch.bfloat16 and low.shape == (2, 5)
+    assert torch.isfinite(low.float()).all()
+    # a model made outside inference mode, converted inside it, keeps working outside it too
+    with torch.inference_mode():
+        ref.to(torch.bfloat16)
+    with torch.no_grad():
+        assert ref(x.bfloat16()).shape == (2, 5)
+
+
+def test_inference_mode_weights_loaded_in_place_are_not_served_from_a_stale_bias_cache(tmp_path):
+    """Inference tensors have no version counter, so their position biases are not cached: weights loaded in place
+    inside inference mode take effect at once."""
+    model, _ = small("crossformer_tiny")
+    other, _ = small("crossformer_tiny")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = other.eval()(x)
+    with torch.inference_mode():
+        model = crossformers.create_model("crossformer_tiny", num_classes=5, img_size=64).eval()
+        model(x)
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), other.parameters(), strict=True):
+                p.copy_(q)  # in place: same storage, no version change visible
+        torch.testing.assert_close(model(x), want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, chans, advice", [
+    ("fcaformer_nano", 3, "convert the images to grey (e.g. x.mean(1, keepdim=True)), or create the model with "
+                          "in_chans=3"),
+    ("crossformer_tiny", 1, "convert the grey images to RGB (e.g. x.expand(-1, 3, -1, -1)), or create the model "
+                            "with in_chans=1"),
+    ("crossvit_9_240", 4, "convert the images to 3 channels, or create the model with in_chans=4"),
+])
+def test_wrong_channel_count_suggests_the_right_conversion(name, chans, advice):
+    model, own = small(name)
+    with pytest.raises(InputSizeError) as err:
+        model(torch.randn(1, chans, 64, 64))
+    assert str(err.value).endswith(f"{own}-channel input but got {chans} channels: {advice}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..errors import CheckpointError, CrossformersError
 
 __all__ = ["ConfigError", "ModelSpecError", "OutputExistsError", "TrainingError", "NonFiniteLossError",
-           "ImageReadError"]
+           "ImageReadError", "PartialPredictionError"]
 
 
 class ConfigError(CrossformersError, ValueError):
@@ -34,3 +34,18 @@ class ImageReadError(CrossformersError, OSError):
 class ModelSpecError(CheckpointError):
     """A model spec that contradicts its arguments (weights or constructor arguments for a run directory, a weight
     file given as the model, EMA weights for a model name); the message says which to drop or how to pass it."""
+
+
+class PartialPredictionError(ImageReadError):
+    """Some images given for prediction could not be read; every other image was classified.
+
+    Attributes:
+        predictions: one entry per input image, in input order: its top-k ``(class, probability)`` list, or None
+            for an image that could not be read.
+        failures: ``(image, reason)`` of each unreadable image, in input order.
+    """
+
+    def __init__(self, message: str, predictions: list, failures: list[tuple[str, str]]):
+        super().__init__(message)
+        self.predictions = predictions
+        self.failures = failures

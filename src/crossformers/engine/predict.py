@@ -11,7 +11,7 @@ from ..data import DataError, build_transform, load_image
 from ..hub import is_local_dir
 from .checkpoint_io import resolve_checkpoint_dir
 from .distributed import resolve_device
-from .errors import ConfigError, ImageReadError
+from .errors import ConfigError, ImageReadError, PartialPredictionError
 from .loading import load_model
 from .modeling import check_model_input
 
@@ -65,7 +65,9 @@ def predict(
         decreasing probability.
 
     Raises:
-        ImageReadError: an image is missing or corrupt (named in the message).
+        PartialPredictionError: (an :class:`ImageReadError`) some images are missing or corrupt: every other image
+            is still classified; the error names each bad image with its reason and carries ``predictions`` (None
+            for the bad ones) and ``failures``.
         CheckpointError: no usable checkpoint at ``checkpoint``.
         ConfigError: ``topk`` < 1 or no images.
     """
@@ -80,16 +82,33 @@ def predict(
     dev = resolve_device(device)
     tf = build_transform(False, tuple(pre["input_size"]), pre["mean"], pre["std"], interpolation=pre["interpolation"],
                          crop_pct=pre["crop_pct"])
-    pil = read_images(images)
     model.to(dev)
     check_model_input(model, pre["input_size"], loaded.name)
     k = min(topk, len(classes))
-    out: list[list[tuple[str, float]]] = []
+    out: list[list[tuple[str, float]] | None] = [None] * len(images)
+    failures: list[tuple[str, str]] = []
     with torch.no_grad():
-        for i in range(0, len(pil), batch_size):
-            x = torch.stack([tf(img) for img in pil[i:i + batch_size]]).to(dev)
-            probs = model(x).float().softmax(dim=-1)
+        for i in range(0, len(images), batch_size):
+            # each image on its own: one unreadable file is reported, the others are still classified
+            good, tensors = [], []
+            for j in range(i, min(i + batch_size, len(images))):
+                try:
+                    (img,) = read_images([images[j]])
+                except ImageReadError as e:
+                    failures.append((str(images[j]), str(e)))
+                    continue
+                good.append(j)
+                tensors.append(tf(img))
+            if not good:
+                continue
+            probs = model(torch.stack(tensors).to(dev)).float().softmax(dim=-1)
             top = probs.topk(k, dim=-1)
-            for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-                out.append([(classes[j], float(v)) for v, j in zip(values, indices, strict=True)])
+            for j, values, indices in zip(good, top.values.tolist(), top.indices.tolist(), strict=True):
+                out[j] = [(classes[c], float(v)) for v, c in zip(values, indices, strict=True)]
+    if failures:
+        n, total = len(failures), len(images)
+        done = f"the other {total - n} were classified" if n < total else "no image was classified"
+        raise PartialPredictionError(
+            f"{n} of {total} images could not be read ({done}): " + "; ".join(reason for _, reason in failures),
+            out, failures)
     return out

@@ -6,9 +6,16 @@
 
 Command line: ``crossformers export MODEL_OR_CHECKPOINT --format onnx|torch.export [--img-size H W] [--output PATH]
 [--dynamic]``.
+
+Running an ONNX file with its served sizes checked up front (a clear error instead of onnxruntime's Reshape/Gather
+error for a size the graph does not serve):
+
+>>> from crossformers.export import OnnxClassifier
+>>> logits = OnnxClassifier("crossvit.onnx")(images)
 """
-from .core import FORMATS, Check, ExportError, ExportReport, SizeGuard, export_model
+from .core import FORMATS, MIN_LOGIT_SCALE, Check, ExportError, ExportReport, SizeGuard, export_model
+from .runtime import OnnxClassifier, run_onnx
 from .shapes import SizeRule, dynamic_size_rule
 
-__all__ = ["export_model", "ExportReport", "Check", "ExportError", "FORMATS", "SizeRule", "SizeGuard",
-           "dynamic_size_rule"]
+__all__ = ["export_model", "ExportReport", "Check", "ExportError", "FORMATS", "MIN_LOGIT_SCALE", "SizeRule",
+           "SizeGuard", "dynamic_size_rule", "OnnxClassifier", "run_onnx"]

@@ -14,6 +14,17 @@ model:
   the set and that sizes outside it are rejected. If ``torch.export`` cannot trace the model over that set, the
   export falls back to a fixed image size (dynamic batch only) and the report says why.
 
+Verification compares logits relative to their scale (``atol * max(1, max|logits|)``) and the top-1 class of every
+sample whose two best logits differ by more than 0.1 % of the logit scale (which catches a changed prediction
+even under a loose ``atol``). Logits of an untrained model can be tiny (FcaFormer's layer scales of
+1e-6 give ~1e-19), which makes any difference look small: when the model's largest logit is below
+:data:`MIN_LOGIT_SCALE`, a copy with re-initialised weights (order-1 logits, same graph) is exported the same way and
+the checks are repeated on it; the report says so.
+
+The file's ``metadata_props`` hold the sizes it serves (``crossformers.size_rule``, JSON);
+:class:`crossformers.export.OnnxClassifier` reads them and refuses other sizes up front with a message naming the
+served sizes, instead of onnxruntime's raw Reshape/Gather error.
+
 A verification failure deletes the written file and raises :class:`ExportError`: no unverified graph is left behind.
 """
 from __future__ import annotations
@@ -37,12 +48,14 @@ from ..engine.loading import load_model, model_in_chans
 from ..errors import CrossformersError
 from .shapes import SizeRule, dynamic_size_rule
 
-__all__ = ["ExportError", "ExportReport", "Check", "SizeGuard", "export_model", "FORMATS"]
+__all__ = ["ExportError", "ExportReport", "Check", "SizeGuard", "export_model", "FORMATS", "MIN_LOGIT_SCALE"]
 
 FORMATS = ("onnx", "torch.export")
 _SUFFIX = {"onnx": ".onnx", "torch.export": ".pt2"}
 _MAX_SIDE = 16384
 _MAX_BATCH = 4096
+MIN_LOGIT_SCALE = 0.1  # largest |logit| below this: too small for a meaningful comparison (checked on a copy)
+TOP1_MARGIN = 1e-3  # top-1 compared where the two best logits differ by more than this x max(1, max|logit|)
 
 
 class ExportError(CrossformersError, RuntimeError):
@@ -58,7 +71,12 @@ class Check:
         expected: 'match' (outputs must equal PyTorch within ``atol``) or 'reject' (the runtime must refuse it).
         passed: whether the expectation held.
         max_abs_diff: largest |exported - PyTorch| over the logits (None if the runtime refused the input).
-        message: the runtime's error for a refused input (first line).
+        message: the runtime's error for a refused input (first line), or why a check failed / did not count.
+        logit_scale: largest |PyTorch logit| of the run (the scale the difference is judged against).
+        top1_agree: whether the exported file predicts the same top-1 class as PyTorch on every sample whose two
+            best PyTorch logits differ by more than ``TOP1_MARGIN * max(1, max|logit|)`` (None if not compared).
+        probe: the run used a copy of the model with re-initialised weights, exported the same way (the model's
+            own logits were below :data:`MIN_LOGIT_SCALE`).
     """
 
     shape: tuple[int, int, int, int]
@@ -66,13 +84,20 @@ class Check:
     passed: bool
     max_abs_diff: float | None = None
     message: str | None = None
+    logit_scale: float | None = None
+    top1_agree: bool | None = None
+    probe: bool = False
 
     def describe(self) -> str:
         b, c, h, w = self.shape
-        size = f"batch {b}, {c}x{h}x{w}"
+        size = f"batch {b}, {c}x{h}x{w}" + (" [re-initialised copy]" if self.probe else "")
         if self.expected == "match":
             status = "OK" if self.passed else "FAILED"
             diff = "not run" if self.max_abs_diff is None else f"max |diff| {self.max_abs_diff:.2e}"
+            if self.logit_scale is not None:
+                diff += f" at max |logit| {self.logit_scale:.2e}"
+            if self.top1_agree is not None:
+                diff += ", top-1 " + ("equal" if self.top1_agree else "DIFFERS")
             extra = f" ({self.message})" if self.message else ""
             return f"{status}  {size}: {diff}{extra}"
         if self.max_abs_diff is None:
@@ -99,7 +124,7 @@ class ExportReport:
         size_rule: period and minimum (pixels) of the dynamic sizes, or None.
         checks: verification runs (see :class:`Check`).
         verified: True if verification ran and every check passed.
-        tolerance: the ``atol`` used.
+        tolerance: the ``atol`` used (per unit of logit scale: allowed |diff| = atol * max(1, max|logits|)).
         attention: the attention path that was exported ('explicit').
         opset: ONNX opset (None for torch.export).
         seconds: export time (s), verification excluded.
@@ -141,7 +166,8 @@ class ExportReport:
             lines.append("  not verified (verification was switched off)")
         else:
             runtime = "onnxruntime" if self.format == "onnx" else "torch.export.load"
-            lines.append(f"  verified with {runtime} against PyTorch (atol {self.tolerance:g}):")
+            lines.append(f"  verified with {runtime} against PyTorch (atol {self.tolerance:g} x max(1, max|logit|), "
+                         "and top-1):")
             lines += [f"    {chk.describe()}" for chk in self.checks]
         return "\n".join(lines)
 
@@ -302,8 +328,14 @@ class _Runner:
         return out if isinstance(out, torch.Tensor) else out[0]
 
 
-def _verify(model: nn.Module, runner: _Runner, shape: tuple[int, ...], expected: str, atol: float,
-            seed: int) -> Check:
+def _verify(model: nn.Module, runner, shape: tuple[int, ...], expected: str, atol: float, seed: int,
+            probe: bool = False) -> Check:
+    """Run the exported file (``runner``) and ``model`` on one random input of ``shape`` and compare.
+
+    A 'match' passes when max |diff| <= atol * max(1, max|logits|) and the top-1 classes agree wherever PyTorch's
+    two best logits differ by more than ``TOP1_MARGIN * max(1, max|logits|)`` (near-ties may flip by rounding). Logits below :data:`MIN_LOGIT_SCALE` make a comparison
+    meaningless: such a check passes with a message saying so, and the caller repeats it on a re-initialised copy.
+    """
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape, generator=gen)
     shape = tuple(int(s) for s in shape)
@@ -320,10 +352,39 @@ def _verify(model: nn.Module, runner: _Runner, shape: tuple[int, ...], expected:
         return Check(shape, expected, False, None, f"accepted although PyTorch refuses it ({_first_line(e)})")
     if tuple(got.shape) != tuple(ref.shape):
         return Check(shape, expected, False, None, f"output shape {tuple(got.shape)} != {tuple(ref.shape)}")
-    diff = float((got.float() - ref.float()).abs().max())
-    ok = diff <= atol
+    got, ref = got.float(), ref.float()
+    diff = float((got - ref).abs().max())
+    scale = float(ref.abs().max())
+    allowed = atol * max(1.0, scale)
+    agree = None
+    if ref.ndim == 2 and ref.shape[-1] > 1:
+        best = ref.topk(2, dim=-1).values
+        clear = (best[:, 0] - best[:, 1]) > TOP1_MARGIN * max(1.0, scale)  # near-ties may flip by rounding
+        agree = bool((got.argmax(-1) == ref.argmax(-1))[clear].all())
+    if expected == "match" and scale < MIN_LOGIT_SCALE and not probe:
+        return Check(shape, expected, True, diff, f"logits too small to compare (max |logit| {scale:.1e}): "
+                     "checked on a re-initialised copy", scale, agree, probe)
+    ok = diff <= allowed and agree is not False
+    why = None
+    if not ok:
+        why = f"exceeds atol {atol:g} x max(1, max|logit|) = {allowed:.2e}" if diff > allowed else \
+            "the top-1 class differs"
     # a 'reject' size that runs and still matches is harmless; one that runs and differs is a wrong graph
-    return Check(shape, expected, ok, diff, None if ok else f"exceeds atol {atol:g}")
+    return Check(shape, expected, ok, diff, why, scale, agree, probe)
+
+
+def _reinitialised(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` whose floating-point parameters get random perturbations (std 0.05 plus their own values),
+    so that no layer scale or zero-initialised head keeps the logits near zero; same modules, same graph."""
+    import copy
+
+    probe = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in probe.parameters():
+            if p.is_floating_point():
+                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
+    return probe.eval()
 
 
 def export_model(
@@ -403,46 +464,12 @@ def export_model(
         h, w = nh, nw
 
     start = time.perf_counter()
-    dynamic_hw = False
     with _export_mode(net):
-        if rule is not None:
-            th, tw = h, w  # traced size: off the branch sizes (a trace there would take the other branch)
-            while any(th == bh or tw == bw for bh, bw in rule.exact_branch_sizes):
-                th, tw = th + 16, tw + 16
-            x = torch.randn(2, chans, th, tw)
-            batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
-            dims = []
-            for label, p, lo in (("height", rule.period[0], rule.minimum[0]), ("width", rule.period[1],
-                                                                                  rule.minimum[1])):
-                if p == 1:
-                    dims.append(torch.export.Dim(label, min=lo, max=_MAX_SIDE))
-                else:
-                    dims.append(p * torch.export.Dim(f"{label}_blocks", min=lo // p, max=_MAX_SIDE // p))
-            guarded = SizeGuard(net, rule) if format == "onnx" else net
-            try:
-                ep = _trace(guarded, x, ({0: batch, 2: dims[0], 3: dims[1]},), defer=bool(rule.exact_branch_sizes))
-                dynamic_hw = True
-            except Exception as e:  # noqa: BLE001 - any tracer failure: fall back to a fixed size, say why
-                notes.append(f"{name} cannot be exported with dynamic height/width: its code depends on the input size in "
-                        f"a way torch.export cannot trace over {rule.describe()} ({_first_line(e)}). Exported at a "
-                        f"fixed {h}x{w} with a dynamic batch instead; other sizes are refused (checked below)")
-                x = torch.randn(2, chans, h, w)
-                ep = _trace(net, x, ({0: batch},))
-        else:
-            x = torch.randn(batch_size, chans, h, w)
-            ep = _trace(net, x, None)
-        metadata = {
-            "crossformers.model": name, "crossformers.valid_sizes": rule.describe() if dynamic_hw else f"{h}x{w}",
+        x, dynamic_hw, used_opset = _export_file(net, name, rule, format, path, opset, chans, h, w, batch_size, notes, {
+            "crossformers.model": name,
             "crossformers.mean": json.dumps(list((getattr(net, "pretrained_cfg", None) or {}).get("mean") or [])),
             "crossformers.std": json.dumps(list((getattr(net, "pretrained_cfg", None) or {}).get("std") or [])),
-        }
-        try:
-            used_opset = _write(ep, x, format, path, opset, metadata)
-        except ExportError:
-            raise
-        except Exception as e:  # noqa: BLE001 - converter failures become one message
-            path.unlink(missing_ok=True)
-            raise ExportError(f"converting {name} to {format} failed: {_first_line(e)}") from None
+        })
         seconds = time.perf_counter() - start
 
         if not dynamic_hw:
@@ -454,10 +481,19 @@ def export_model(
             size_rule=dict(period=list(rule.period), minimum=list(rule.minimum)) if dynamic_hw else None,
             tolerance=atol, opset=used_opset, seconds=seconds, file_mb=path.stat().st_size / 2 ** 20)
         if verify:
+            plan = _plan((x.shape[0], chans, h, w), rule if dynamic_hw else None, rule is not None)
             runner = _Runner(format, path)
-            shape0 = (x.shape[0], chans, h, w)
-            for i, (shape, expected) in enumerate(_plan(shape0, rule if dynamic_hw else None, rule is not None)):
+            for i, (shape, expected) in enumerate(plan):
                 report.checks.append(_verify(net, runner, shape, expected, atol, seed=i))
+            tiny = [c for c in report.checks if c.expected == "match" and c.passed and c.logit_scale is not None
+                    and c.logit_scale < MIN_LOGIT_SCALE]
+            if tiny:
+                report.checks += _verify_probe(net, name, rule, dynamic_hw, format, path, opset, chans, x,
+                                               batch_size, plan, atol)
+                report.notes.append(
+                    f"the model's logits are tiny (max |logit| {max(c.logit_scale for c in tiny):.1e}, e.g. untrained "
+                    "weights), too small for a meaningful comparison: a copy with re-initialised weights was "
+                    "exported the same way and verified instead")
             report.verified = all(c.passed for c in report.checks)
             if not report.verified:
                 path.unlink(missing_ok=True)
@@ -465,6 +501,94 @@ def export_model(
                                   + "; ".join(c.describe() for c in report.checks if not c.passed)
                                   + ". Export without dynamic shapes, or report the model and sizes")
     return report
+
+
+def _export_file(net: nn.Module, name: str, rule: SizeRule | None, format: str, path: Path,  # noqa: A002
+                 opset: int | None, chans: int, h: int, w: int, batch_size: int, notes: list[str],
+                 metadata: dict[str, str], try_dynamic_hw: bool = True) -> tuple[torch.Tensor, bool, int | None]:
+    """Trace ``net`` (dynamic over ``rule`` if given, with a fixed-size fallback noted in ``notes``; dynamic batch
+    only if ``try_dynamic_hw`` is False) and write it.
+
+    Returns:
+        (the traced example input, whether height/width are dynamic, the ONNX opset or None). The file's metadata
+        gets ``metadata`` plus ``crossformers.valid_sizes`` (words) and ``crossformers.size_rule`` (JSON: channels, batch or null for
+        dynamic, and either period/minimum or the fixed height/width).
+
+    Raises:
+        ExportError: the converter failed (the partial file is deleted).
+    """
+    dynamic_hw = False
+    if rule is not None:
+        th, tw = h, w  # traced size: off the branch sizes (a trace there would take the other branch)
+        while any(th == bh or tw == bw for bh, bw in rule.exact_branch_sizes):
+            th, tw = th + 16, tw + 16
+        x = torch.randn(2, chans, th, tw)
+        batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
+        dims = []
+        for label, p, lo in (("height", rule.period[0], rule.minimum[0]), ("width", rule.period[1],
+                                                                              rule.minimum[1])):
+            if p == 1:
+                dims.append(torch.export.Dim(label, min=lo, max=_MAX_SIDE))
+            else:
+                dims.append(p * torch.export.Dim(f"{label}_blocks", min=lo // p, max=_MAX_SIDE // p))
+        guarded = SizeGuard(net, rule) if format == "onnx" else net
+        try:
+            if not try_dynamic_hw:
+                raise _FixedSize
+            ep = _trace(guarded, x, ({0: batch, 2: dims[0], 3: dims[1]},), defer=bool(rule.exact_branch_sizes))
+            dynamic_hw = True
+        except Exception as e:  # noqa: BLE001 - any tracer failure: fall back to a fixed size, say why
+            if not isinstance(e, _FixedSize):
+                notes.append(f"{name} cannot be exported with dynamic height/width: its code depends on the input "
+                             f"size in a way torch.export cannot trace over {rule.describe()} ({_first_line(e)}). "
+                             f"Exported at a fixed {h}x{w} with a dynamic batch instead; other sizes are refused "
+                             "(checked below)")
+            x = torch.randn(2, chans, h, w)
+            ep = _trace(net, x, ({0: batch},))
+    else:
+        x = torch.randn(batch_size, chans, h, w)
+        ep = _trace(net, x, None)
+    size_rule: dict[str, Any] = {"channels": chans, "batch": None if rule is not None else int(x.shape[0])}
+    if dynamic_hw:
+        size_rule.update(period=list(rule.period), minimum=list(rule.minimum), describe=rule.describe())
+    else:
+        size_rule.update(height=int(x.shape[2]), width=int(x.shape[3]))
+    metadata = {**metadata, "crossformers.size_rule": json.dumps(size_rule),
+                "crossformers.valid_sizes": rule.describe() if dynamic_hw else f"{h}x{w}"}
+    try:
+        used_opset = _write(ep, x, format, path, opset, metadata)
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - converter failures become one message
+        path.unlink(missing_ok=True)
+        raise ExportError(f"converting {name} to {format} failed: {_first_line(e)}") from None
+    return x, dynamic_hw, used_opset
+
+
+class _FixedSize(Exception):
+    """Internal: skip the dynamic height/width trace (a probe copy of a model that already fell back)."""
+
+
+def _verify_probe(net: nn.Module, name: str, rule: SizeRule | None, dynamic_hw: bool, format: str,  # noqa: A002
+                  path: Path, opset: int | None, chans: int, x: torch.Tensor, batch_size: int, plan: list, atol: float,
+                  ) -> list[Check]:
+    """Export a re-initialised copy of ``net`` exactly as ``path`` was (same size rule, traced shape) to a temporary
+    file and run ``plan`` on it: the checks of a model whose own logits are too small to compare."""
+    import tempfile
+
+    probe = _reinitialised(net)
+    with tempfile.TemporaryDirectory(prefix="crossformers-verify-") as tmp:
+        probe_path = Path(tmp) / f"probe{path.suffix}"
+        _export_file(probe, name, rule, format, probe_path, opset, chans, int(x.shape[2]), int(x.shape[3]),
+                     batch_size, [], {}, try_dynamic_hw=dynamic_hw)
+        runner = _Runner(format, probe_path)
+        checks = [_verify(probe, runner, shape, expected, atol, seed=i, probe=True)
+                  for i, (shape, expected) in enumerate(plan) if expected == "match"]  # refusals: checked above
+        del runner
+    for c in checks:
+        if c.expected == "match" and c.passed and (c.logit_scale or 0.0) < MIN_LOGIT_SCALE:
+            c.passed, c.message = False, f"even re-initialised weights give tiny logits (max {c.logit_scale:.1e})"
+    return checks
 
 
 def _plan(shape: tuple[int, ...], rule: SizeRule | None, dynamic_batch: bool) -> list[tuple[tuple[int, ...], str]]:

@@ -51,7 +51,8 @@ def group_tokens(x: torch.Tensor, group_size: int, interval: int, lda: bool) -> 
         x = x.reshape(B, Hp // (G * I), G, I, Wp // (G * I), G, I, C).permute(0, 1, 4, 3, 6, 2, 5, 7)
     else:
         x = x.reshape(B, Hp // G, G, Wp // G, G, C).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(B, -1, G * G, C)
+    # explicit group count (not -1): an empty batch (B = 0) has no elements to infer it from
+    return x.reshape(B, (Hp // G) * (Wp // G), G * G, C)
 
 
 def ungroup_tokens(x: torch.Tensor, height: int, width: int, group_size: int, interval: int, lda: bool) -> torch.Tensor:

@@ -26,9 +26,17 @@ def set_fused_attn(model: nn.Module, enable: bool = True) -> None:
             m.fused_attn = enable
 
 
-def tensor_versions(tensors) -> tuple[tuple[int, int], ...]:
+def tensor_versions(tensors) -> tuple[tuple[int, int], ...] | None:
     """(storage address, in-place version counter) of each tensor: part of a bias-cache key, so that moving the
-    tensors, loading new ones or updating them in place (an optimizer or EMA step) makes the cache miss."""
+    tensors, loading new ones or updating them in place (an optimizer or EMA step) makes the cache miss.
+
+    Returns None when any tensor is an inference tensor (created or converted under ``torch.inference_mode()``):
+    those have no version counter, so an in-place update (e.g. ``load_state_dict`` inside inference mode) could not
+    be noticed; callers then compute the bias without caching it.
+    """
+    tensors = list(tensors)
+    if any(t.is_inference() for t in tensors):
+        return None
     return tuple((t.data_ptr(), t._version) for t in tensors)
 
 

@@ -239,9 +239,16 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> Non
         raise InputSizeError(f"{name} expects a batch of images (B, C, H, W), got shape {tuple(x.shape)}: "
                              "add a batch dimension with x.unsqueeze(0)")
     if x.shape[1] != in_chans:
+        got = x.shape[1]
+        if in_chans == 1 and got == 3:
+            convert = "convert the images to grey (e.g. x.mean(1, keepdim=True))"
+        elif in_chans == 3 and got == 1:
+            convert = "convert the grey images to RGB (e.g. x.expand(-1, 3, -1, -1))"
+        else:
+            convert = f"convert the images to {in_chans} channels"
         raise InputSizeError(
-            f"{name} was built for {in_chans}-channel input but got {x.shape[1]} channels: create it with "
-            f"in_chans={x.shape[1]}, or convert the images (e.g. grey -> RGB with x.expand(-1, 3, -1, -1))")
+            f"{name} was built for {in_chans}-channel input but got {got} channels: {convert}, or create the model "
+            f"with in_chans={got}")
     if x.shape[-2] < min_size or x.shape[-1] < min_size:
         raise InputSizeError(
             f"input {x.shape[-2]}x{x.shape[-1]} is smaller than {name}'s minimum {min_size}x{min_size} "

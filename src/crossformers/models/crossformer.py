@@ -188,10 +188,12 @@ class CrossFormerBlock(nn.Module):
 
         Cached in inference (eval mode, gradients off, not compiling) per map size and per storage and version of
         the DPB parameters, so ``train()``, loading weights, moving them and in-place updates (an EMA step) all
-        invalidate it."""
+        invalidate it; parameters created under ``torch.inference_mode()`` have no version and are not cached."""
         G, lda = self.grouping(height, width)
         cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        key = (height, width, G, lda, *tensor_versions(self.attn.pos.parameters())) if cacheable else None
+        versions = tensor_versions(self.attn.pos.parameters()) if cacheable else None
+        cacheable = versions is not None  # inference tensors (no version counter) are not cached
+        key = (height, width, G, lda, *versions) if cacheable else None
         if cacheable and key in self._bias_cache:
             return self._bias_cache[key]
         bias = self.attn.pos(G, G).unsqueeze(0)

@@ -355,7 +355,8 @@ class PairwiseFusion(ClassTokenFusion):
     def forward(self, xs: list[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
         B = xs[0].shape[0]
         cls = self.fused_cls(xs)
-        maps = [f(x[:, 1:]).transpose(1, 2).reshape(B, -1, *grid) for f, x, grid in zip(self.f, xs, grids, strict=True)]
+        projected = [f(x[:, 1:]) for f, x in zip(self.f, xs, strict=True)]
+        maps = [t.transpose(1, 2).reshape(B, t.shape[-1], *grid) for t, grid in zip(projected, grids, strict=True)]
         out = []
         for g, grid in zip(self.g, grids, strict=True):
             fused = sum(m if tuple(m.shape[-2:]) == tuple(grid) else
@@ -661,7 +662,7 @@ class CrossViT(LinearKernelMixin, nn.Module):
                 y = self.norm[b](xs[b]) if norm else xs[b]
                 tokens = y[:, 1:]
                 if output_fmt == "NCHW":
-                    tokens = tokens.transpose(1, 2).reshape(y.shape[0], -1, *grids[b])
+                    tokens = tokens.transpose(1, 2).reshape(y.shape[0], y.shape[-1], *grids[b])
                 per_branch[b].append((tokens, y[:, :1]) if return_prefix_tokens else tokens)
         intermediates = [t for branch in per_branch for t in branch]
         if intermediates_only:

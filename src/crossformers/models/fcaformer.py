@@ -195,8 +195,9 @@ class FcaBlock(nn.Module):
         """
         cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         key = None
-        if cacheable:
-            key = (height, width, device, dtype, *tensor_versions(self._bias_tables()))
+        versions = tensor_versions(self._bias_tables()) if cacheable else None
+        if versions is not None:  # None: inference tensors (no version counter), not cached
+            key = (height, width, device, dtype, *versions)
             hit = self._bias_cache.get(key)
             if hit is not None:
                 return hit
@@ -249,7 +250,7 @@ class FcaBlock(nn.Module):
             s = self.cross_norm(s)
             lin = fast_linear if uses_onednn_linear(self.qkv) else F.linear
             kv = lin(s, self.qkv.weight[C:], None if self.qkv.bias is None else self.qkv.bias[C:])
-            ks, vs = kv.reshape(B, -1, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+            ks, vs = kv.reshape(B, s.shape[1], 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
             k = torch.cat((k, ks), dim=2)
             v = torch.cat((v, vs), dim=2)
         out = dot_product_attention(q, k, v, bias, self.attn_drop, self.training, fused=self.fused_attn)
@@ -267,7 +268,7 @@ class FcaBlock(nn.Module):
                 merged = self.merge(fmap)
             else:
                 merged = F.adaptive_avg_pool2d(fmap, cross_grid(H, W))
-            new_cross = merged.permute(0, 2, 3, 1).reshape(B, -1, C)
+            new_cross = merged.permute(0, 2, 3, 1).reshape(B, merged.shape[-2] * merged.shape[-1], C)
         tokens = self.enhance(fmap).permute(0, 2, 3, 1).reshape(B, H * W, C)
         x = torch.cat((x[:, :P], tokens), dim=1) if P else tokens
         x = x + self.drop_path(self.ls2(self.mlp(self.mlp_norm(self.norm2(x)))))
@@ -589,7 +590,7 @@ class FcaFormerPlain(_FcaCommon, LinearKernelMixin, nn.Module):
             if i in take:
                 t = self.norm(x) if norm else x
                 t = t[:, 1:]
-                out.append(t if output_fmt == "NLC" else t.transpose(1, 2).reshape(t.shape[0], -1, *grid))
+                out.append(t if output_fmt == "NLC" else t.transpose(1, 2).reshape(t.shape[0], t.shape[-1], *grid))
             if stop_early and i >= max_index:
                 break
         if intermediates_only:
