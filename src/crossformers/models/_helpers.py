@@ -2,6 +2,7 @@
 official checkpoints on load, and checking inputs."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -180,7 +181,13 @@ def build_model(
 
     ``onednn_linear`` (default :func:`crossformers.layers.linear.onednn_by_default`) switches the linear layers to
     the oneDNN path; parameters and state dict are unchanged.
+
+    ``device`` / ``dtype`` (timm's factory arguments, e.g. ``create_model(name, device="meta")``) place and cast the
+    parameters and floating-point buffers: the model is constructed under ``torch.device(device)`` and cast to
+    ``dtype`` after construction (before weights are loaded), so ``device="meta"`` allocates nothing.
     """
+    device = kwargs.pop("device", None)
+    dtype = kwargs.pop("dtype", None)
     checkpoint_file = kwargs.pop("checkpoint_file", None)
     new_head = bool(kwargs.pop("new_head", False))
     onednn = kwargs.pop("onednn_linear", None)
@@ -193,7 +200,10 @@ def build_model(
     cfg = cfg.to_dict() if cfg is not None else {}
 
     def construct(**kw):
-        model = cls(**kw)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = cls(**kw)
+        if dtype is not None:
+            model.to(dtype=dtype)
         if onednn:
             set_onednn_linear(model, True)
         convert_on_load(model, filter_fn)

@@ -303,7 +303,7 @@ class CrossFormer(HierarchicalModel):
         self.patch_embed = CrossScaleEmbedding(in_chans, embed_dim, patch_size, stride, nn.LayerNorm)
         groups = progressive_group_sizes(tuple(group_size), tuple(depths), img_size[0] // stride, group_type)
         self.group_sizes = groups
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
         self.stages = nn.Sequential(*[
             CrossFormerStage(embed_dim * 2 ** max(i - 1, 0), embed_dim * 2 ** i, depths[i], num_heads[i], groups[i],
                              interval[i], merge_size[i - 1] if i > 0 else None, dpr[i], acl,

@@ -592,7 +592,7 @@ class CrossViT(nn.Module):
         self.head = nn.ModuleList([
             nn.Linear(d, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 else nn.Identity()
             for d in self.embed_dim
-        ])
+        ]).train(self.training)
 
     # ---- forward -------------------------------------------------------------------------------------------------
 
