@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, get_pretrained_cfg
 from torch import nn
 
@@ -214,6 +215,7 @@ def build_model(
     return build_model_with_cfg(construct, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
 
 
+@register_notrace_function  # checks concrete sizes: an FX leaf, so traced models still check their inputs
 def check_input(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> None:
     """Raise a clear error for inputs the model cannot process.
 

@@ -31,9 +31,10 @@ import math
 import re
 
 import torch
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..checkpoint import guess_family
 from ..errors import CheckpointError
@@ -98,6 +99,24 @@ def progressive_group_sizes(group_size: tuple[int, ...], depths: tuple[int, ...]
             cnt += 1
         out.append(sizes)
     return out
+
+
+@register_notrace_function  # size-dependent: an FX leaf
+def block_grouping(height: int, width: int, group_size: int, lda: bool) -> tuple[int, bool]:
+    """(G, lda) used on a (height, width) map: a map no larger than G is one SDA group of its smaller side."""
+    if min(height, width) <= group_size:
+        return min(height, width), False
+    return group_size, lda
+
+
+@register_notrace_function  # size-dependent: an FX leaf
+def mask_padded_keys(bias: torch.Tensor, height: int, width: int, group_size: int, interval: int,
+                     lda: bool) -> torch.Tensor:
+    """Add the official mask value to the bias (1, heads, N, N) of keys that are padding: (nG or 1, heads, N, N)."""
+    pad = padding_key_mask(height, width, group_size, interval, lda, device=bias.device)
+    if pad is not None:
+        bias = bias + (pad.to(bias.dtype) * NEG_INF)[:, None, None, :]
+    return bias
 
 
 class GroupAttention(nn.Module):
@@ -176,32 +195,28 @@ class CrossFormerBlock(nn.Module):
 
     def grouping(self, height: int, width: int) -> tuple[int, bool]:
         """(G, lda) used on a (height, width) map: a map no larger than G is one SDA group of its smaller side."""
-        if min(height, width) <= self.group_size:
-            return min(height, width), False
-        return self.group_size, self.lda
+        return block_grouping(height, width, self.group_size, self.lda)
 
     def attn_bias(self, height: int, width: int) -> torch.Tensor:
         """DPB plus padding mask for a (height, width) map: (nG or 1, heads, G*G, G*G).
 
         Cached in inference (eval mode, gradients off, not compiling) per map size and per storage and version of
         the DPB parameters, so ``train()``, loading weights, moving them and in-place updates (an EMA step) all
-        invalidate it."""
-        G, lda = self.grouping(height, width)
-        cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        invalidate it. Not cached while FX-tracing (the traced graph recomputes it)."""
+        G, lda = block_grouping(height, width, self.group_size, self.lda)
+        cacheable = (not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                     and not is_fx_symbolic_tracing())
         key = (height, width, G, lda, *tensor_versions(self.attn.pos.parameters())) if cacheable else None
         if cacheable and key in self._bias_cache:
             return self._bias_cache[key]
-        bias = self.attn.pos(G, G).unsqueeze(0)
-        pad = padding_key_mask(height, width, G, self.interval, lda, device=bias.device)
-        if pad is not None:
-            bias = bias + (pad.to(bias.dtype) * NEG_INF)[:, None, None, :]
+        bias = mask_padded_keys(self.attn.pos(G, G).unsqueeze(0), height, width, G, self.interval, lda)
         if cacheable:
             self._bias_cache[key] = bias
         return bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        G, lda = self.grouping(H, W)
+        G, lda = block_grouping(H, W, self.group_size, self.lda)
         groups = group_tokens(self.norm1(x), G, self.interval, lda)
         groups = self.attn(groups, self.attn_bias(H, W))
         x = x + self.drop_path(ungroup_tokens(groups, H, W, G, self.interval, lda))

@@ -50,6 +50,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.convnext import ConvNeXtBlock
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..checkpoint import guess_family
 from ..errors import CheckpointError
@@ -190,7 +191,8 @@ class FcaBlock(nn.Module):
         and table storage/version and cached in ``_bias_cache``; ``train()``, loading weights, in-place updates of
         the tables (e.g. an EMA step) and moving/converting them invalidate it.
         """
-        cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        cacheable = (not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                     and not is_fx_symbolic_tracing())
         key = None
         if cacheable:
             key = (height, width, device, dtype, *tensor_versions(self._bias_tables()))
