@@ -2,7 +2,7 @@
 # Run timm's own model test suite (tests/test_models.py of the pinned timm) over crossformers' registered names.
 # Not part of CI (it takes tens of minutes on 2 cores); see README.md beside this file. Nothing is written to the
 # repository: timm's test file is downloaded (PyPI sdist) into a temporary folder.
-# Usage: bash tests/timm_suite/run.sh [extra pytest args]    (from the repository root, with the venv set up)
+# Usage: [SELECT='fx'] bash tests/timm_suite/run.sh [extra pytest args]  (SELECT: a pytest -k expression narrowing the run)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
@@ -26,4 +26,4 @@ printf '[pytest]\naddopts = -p no:cacheprovider\nfilterwarnings =\n    ignore::p
 cd "$work"
 # test_model_load_pretrained / test_model_features_pretrained download weights from the hub: deselected (offline).
 PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" "$python" -m pytest test_models.py -q -rfEs \
-  -k "(crossformer or fcaformer or cf_crossvit) and not pretrained" "$@"
+  -k "(crossformer or fcaformer or cf_crossvit) and not pretrained${SELECT:+ and ($SELECT)}" "$@"
