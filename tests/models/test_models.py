@@ -284,3 +284,98 @@ def test_wrong_channel_count_suggests_the_right_conversion(name, chans, advice):
     with pytest.raises(InputSizeError) as err:
         model(torch.randn(1, chans, 64, 64))
     assert str(err.value).endswith(f"{own}-channel input but got {chans} channels: {advice}")
+
+
+# ---- timm's peer checks (timm tests/test_models.py): FX tracing and default cfgs --------------------------------
+
+FX_MODELS = ["fcaformer_nano", "fcaformer_l0", "fcaformer_l1", "crossformer_tiny", "crossformer_pp_small",
+             "crossvit_9_240", "crossvit_9_dagger_240"]  # one per structural variant
+
+
+def fx_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model traced by torchvision's FX feature extraction with timm's leaf modules/functions (as timm's suite),
+    returning its final output."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=kwargs)
+    return create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]],
+                                    tracer_kwargs=kwargs)
+
+
+@pytest.mark.parametrize("name", FX_MODELS)
+def test_fx_traced_model_matches_eager_at_other_sizes(name):
+    """Symbolic tracing keeps the size-dependent padding/grouping as leaf calls: the traced graph equals the eager
+    model at sizes that need padding (not baked in at trace time)."""
+    model, chans = small(name)
+    model.eval()
+    traced = fx_model(model)
+    with torch.no_grad():
+        for h, w in [(64, 64), (80, 112)]:  # 80x112: SDA/LDA maps need padding (and multiples of 16 for L0)
+            x = torch.randn(2, chans, h, w)
+            out = next(iter(traced(x).values()))
+            torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FX_MODELS)
+def test_fx_traced_model_backward_reaches_every_parameter(name):
+    model, chans = small(name)
+    model.train()
+    traced = fx_model(model)
+    out = next(iter(traced(torch.randn(2, chans, 64, 64)).values()))
+    assert out.shape == (2, 5)
+    out.square().mean().backward()
+    missing = [n for n, p in traced.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert sum(p.numel() for p in traced.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["fcaformer_nano", "crossformer_tiny"])
+def test_fx_feature_extractor_matches_getter(name):
+    """timm's ``feature_cls='fx'`` works and gives the getter's maps (CrossFormer's stages are NHWC, as Swin's)."""
+    torch.manual_seed(0)
+    fx = crossformers.create_model(name, features_only=True, feature_cls="fx", img_size=64).eval()
+    torch.manual_seed(0)  # the same initial weights
+    getter = crossformers.create_model(name, features_only=True, img_size=64).eval()
+    x = torch.randn(1, 1 if name == "fcaformer_nano" else 3, 72, 56)
+    with torch.no_grad():
+        for a, b in zip(fx(x), getter(x), strict=True):
+            if a.shape != b.shape:
+                a = a.permute(0, 3, 1, 2)
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_default_cfg_matches_model(name):
+    """timm's test_model_default_cfgs on the meta device (no memory, no compute): forward_features at the default
+    input size has the cfg's pool_size in the layout ``output_fmt`` declares, classifier/first conv names exist, and
+    a reset classifier follows the model's device, dtype and mode."""
+    from timm.layers import get_channel_dim, get_spatial_dim
+
+    tname = crossformers.factory.timm_name(name)
+    model = timm.create_model(tname, device="meta").eval()
+    assert all(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()])
+    cfg = model.pretrained_cfg
+    assert model.in_chans == cfg["input_size"][0]
+    state = model.state_dict()
+    for key in ("classifier", "first_conv"):
+        names = (cfg[key],) if isinstance(cfg[key], str) else cfg[key]
+        assert all(n + ".weight" in state for n in names), key
+    x = torch.randn(1, *cfg["input_size"], device="meta")
+    feats = model.forward_features(x)
+    assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
+    if isinstance(model, crossformers.models._base.HierarchicalModel):  # the standard 4-stage pyramids
+        fmt = model.output_fmt
+        assert fmt == ("NHWC" if name.startswith("crossformer") else "NCHW")
+        sy, sx = get_spatial_dim(fmt)
+        assert (feats.shape[sy], feats.shape[sx]) == tuple(cfg["pool_size"])
+        assert feats.shape[get_channel_dim(fmt)] == model.num_features
+        model.reset_classifier(0, "")
+        assert model(x).shape == feats.shape
+    model.to(dtype=torch.float64)
+    model.reset_classifier(0)
+    model.reset_classifier(3)
+    head = [p for p in model.get_classifier().parameters()]
+    assert head and all(p.device.type == "meta" and p.dtype == torch.float64 for p in head)
+    assert not any(m.training for m in model.modules())

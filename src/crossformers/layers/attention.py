@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 __all__ = ["dot_product_attention", "explicit_attention"]
 
@@ -39,6 +40,7 @@ def explicit_attention(
     return out, attn
 
 
+@register_notrace_function  # branches on devices, ranks and autograd state: an FX leaf
 def dot_product_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
     dropout_p: float = 0.0, training: bool = False, fused: bool = True,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import nn
 
-__all__ = ["CrossScaleEmbedding", "cel_channels", "conv_output_size"]
+__all__ = ["CrossScaleEmbedding", "cel_channels", "conv_output_size", "pad_to_multiple"]
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -23,6 +24,15 @@ def cel_channels(out_dim: int, num_kernels: int) -> list[int]:
     """Channels of each kernel of a CEL with ``num_kernels`` kernels producing ``out_dim`` channels."""
     dims = [out_dim // 2 ** (i + 1) for i in range(num_kernels - 1)]
     return dims + [out_dim // 2 ** (num_kernels - 1)]
+
+
+@register_notrace_function  # size-dependent: an FX leaf
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the bottom/right of (B, C, H, W) ``x`` to H, W multiples of ``multiple`` (``x`` itself if they are)."""
+    ph, pw = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    return x
 
 
 class CrossScaleEmbedding(nn.Module):
@@ -66,8 +76,6 @@ class CrossScaleEmbedding(nn.Module):
         if self.input_fmt == "NHWC":
             x = x.permute(0, 3, 1, 2)
         if self.pad_to_stride:
-            ph, pw = -x.shape[-2] % self.stride, -x.shape[-1] % self.stride
-            if ph or pw:
-                x = F.pad(x, (0, pw, 0, ph))
+            x = pad_to_multiple(x, self.stride)
         x = torch.cat([proj(x) for proj in self.projs], dim=1).permute(0, 2, 3, 1)
         return x if self.norm_first else self.norm(x)

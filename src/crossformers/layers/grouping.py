@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 __all__ = ["group_extent", "padded_size", "group_tokens", "ungroup_tokens", "padding_key_mask"]
 
@@ -28,6 +29,7 @@ def padded_size(height: int, width: int, group_size: int, interval: int, lda: bo
     return -(-height // e) * e, -(-width // e) * e
 
 
+@register_notrace_function  # size-dependent padding: an FX leaf (traced as one call, run eagerly)
 def group_tokens(x: torch.Tensor, group_size: int, interval: int, lda: bool) -> torch.Tensor:
     """Pad (bottom/right, zeros) and cut a map into groups.
 
@@ -55,6 +57,7 @@ def group_tokens(x: torch.Tensor, group_size: int, interval: int, lda: bool) -> 
     return x.reshape(B, (Hp // G) * (Wp // G), G * G, C)
 
 
+@register_notrace_function
 def ungroup_tokens(x: torch.Tensor, height: int, width: int, group_size: int, interval: int, lda: bool) -> torch.Tensor:
     """Inverse of :func:`group_tokens`: (B, nG, G*G, C) -> (B, H, W, C), padding removed."""
     B, _, _, C = x.shape

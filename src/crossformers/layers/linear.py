@@ -30,7 +30,7 @@ import os
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp
+from timm.layers import Mlp, register_notrace_function, register_notrace_module
 from torch import nn
 
 __all__ = ["MIN_MACS", "LINEAR_KERNELS", "onednn_available", "onednn_by_default", "fast_linear", "OneDNNLinear",
@@ -109,6 +109,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.numel() * weight.shape[0] >= MIN_MACS and onednn_available()
 
 
+@register_notrace_function  # branches on dtype/device/autograd state: an FX leaf
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through oneDNN when that is faster (see the module docs).
 
@@ -127,6 +128,7 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return _onednn(x, weight, bias)
 
 
+@register_notrace_module  # an FX leaf like nn.Linear, so traced models keep the oneDNN path
 class OneDNNLinear(nn.Linear):
     """``nn.Linear`` whose forward is :func:`fast_linear` (same parameters and state dict); with ``pack_weights``
     (see :func:`set_packed_weights`) inference reuses a cached oneDNN-blocked copy of the weight."""
@@ -170,6 +172,7 @@ class OneDNNLinear(nn.Linear):
         return state
 
 
+@register_notrace_module
 class OneDNNMlp(Mlp):
     """timm ``Mlp`` whose layers use :func:`fast_linear`; in inference the exact GELU is fused into the first product
     (oneDNN ``gelu_erf`` post-op) when the block is fc1 -> GELU -> fc2 with nothing in between that acts."""

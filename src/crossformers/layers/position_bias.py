@@ -17,6 +17,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function, register_notrace_module
 from torch import nn
 
 from ..errors import CheckpointError
@@ -39,6 +40,7 @@ def offset_index(height: int, width: int, table_width: int, device: torch.device
     return dy * table_width + dx
 
 
+@register_notrace_function  # size-dependent: an FX leaf
 def resample_grid_table(table: torch.Tensor, size: tuple[int, int], align_corners: bool = False,
                         mode: str = "bicubic") -> torch.Tensor:
     """Resample a table whose last two dims are a (H0, W0) grid to ``size`` = (H, W).
@@ -60,6 +62,7 @@ def resample_grid_table(table: torch.Tensor, size: tuple[int, int], align_corner
     return out.reshape(*lead, *size).to(table.dtype)
 
 
+@register_notrace_function  # size-dependent: an FX leaf
 def resample_pos_embed(pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int],
                        num_prefix_tokens: int = 1) -> torch.Tensor:
     """Absolute position embedding of a (h0, w0) token grid for another grid, prefix (class) tokens kept.
@@ -81,6 +84,7 @@ def resample_pos_embed(pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple
     return torch.cat((pos[:, :num_prefix_tokens], patch), dim=1)
 
 
+@register_notrace_module  # size-dependent resampling: an FX leaf (its table is still a traced parameter)
 class OffsetBiasTable(nn.Module):
     """Relative position bias indexed by absolute token offset (LeViT Sec. 4.2; FcaFormer's attention bias).
 

@@ -98,6 +98,11 @@ class HierarchicalModel(LinearKernelMixin, nn.Module):
     map_fmt: str = "NCHW"
     channels_last: bool = False  # convert input images to channels-last memory (see set_channels_last)
 
+    @property
+    def output_fmt(self) -> str:
+        """Layout of the ``forward_features`` output, ``map_fmt`` (timm's attribute: Swin declares ``'NHWC'``)."""
+        return self.map_fmt
+
     def _to_fmt(self, x: torch.Tensor, fmt: str) -> torch.Tensor:
         if fmt == self.map_fmt:
             return x
@@ -141,7 +146,8 @@ class HierarchicalModel(LinearKernelMixin, nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier by a freshly initialised one for ``num_classes`` (0 = identity)."""
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
+        ref = next(self.parameters())  # the new classifier follows the model's device and dtype
+        self.head.reset(num_classes, global_pool, device=ref.device, dtype=ref.dtype)
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,

@@ -2,6 +2,7 @@
 official checkpoints on load, and checking inputs."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -11,6 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, get_pretrained_cfg
 from torch import nn
 
@@ -184,7 +186,13 @@ def build_family_model(
 
     ``onednn_linear`` (default :func:`crossformers.layers.linear.onednn_by_default`) switches the linear layers to
     the oneDNN path; parameters and state dict are unchanged.
+
+    ``device`` / ``dtype`` (timm's factory arguments, e.g. ``create_model(name, device="meta")``) place and cast the
+    parameters and floating-point buffers: the model is constructed under ``torch.device(device)`` and cast to
+    ``dtype`` after construction (before weights are loaded), so ``device="meta"`` allocates nothing.
     """
+    device = kwargs.pop("device", None)
+    dtype = kwargs.pop("dtype", None)
     checkpoint_file = kwargs.pop("checkpoint_file", None)
     new_head = bool(kwargs.pop("new_head", False))
     onednn = kwargs.pop("onednn_linear", None)
@@ -212,7 +220,10 @@ def build_family_model(
     cfg = cfg.to_dict() if cfg is not None else {}
 
     def construct(**kw):
-        model = cls(**kw)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = cls(**kw)
+        if dtype is not None:
+            model.to(dtype=dtype)
         if onednn:
             set_onednn_linear(model, True)
         convert_on_load(model, filter_fn)
@@ -223,6 +234,7 @@ def build_family_model(
     return build_model_with_cfg(construct, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
 
 
+@register_notrace_function  # checks concrete sizes: an FX leaf, so traced models still check their inputs
 def check_input(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> None:
     """Raise a clear error for inputs the model cannot process.
 

@@ -31,9 +31,10 @@ import math
 import re
 
 import torch
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..checkpoint import guess_family
 from ..errors import CheckpointError
@@ -101,6 +102,24 @@ def progressive_group_sizes(group_size: tuple[int, ...], depths: tuple[int, ...]
             cnt += 1
         out.append(sizes)
     return out
+
+
+@register_notrace_function  # size-dependent: an FX leaf
+def block_grouping(height: int, width: int, group_size: int, lda: bool) -> tuple[int, bool]:
+    """(G, lda) used on a (height, width) map: a map no larger than G is one SDA group of its smaller side."""
+    if min(height, width) <= group_size:
+        return min(height, width), False
+    return group_size, lda
+
+
+@register_notrace_function  # size-dependent: an FX leaf
+def mask_padded_keys(bias: torch.Tensor, height: int, width: int, group_size: int, interval: int,
+                     lda: bool) -> torch.Tensor:
+    """Add the official mask value to the bias (1, heads, N, N) of keys that are padding: (nG or 1, heads, N, N)."""
+    pad = padding_key_mask(height, width, group_size, interval, lda, device=bias.device)
+    if pad is not None:
+        bias = bias + (pad.to(bias.dtype) * PADDED_KEY_BIAS)[:, None, None, :]
+    return bias
 
 
 class GroupAttention(nn.Module):
@@ -179,27 +198,24 @@ class CrossFormerBlock(nn.Module):
 
     def grouping(self, height: int, width: int) -> tuple[int, bool]:
         """(G, lda) used on a (height, width) map: a map no larger than G is one SDA group of its smaller side."""
-        if min(height, width) <= self.group_size:
-            return min(height, width), False
-        return self.group_size, self.lda
+        return block_grouping(height, width, self.group_size, self.lda)
 
     def attn_bias(self, height: int, width: int) -> torch.Tensor:
         """DPB plus padding mask for a (height, width) map: (nG or 1, heads, G*G, G*G).
 
         Cached in inference (eval mode, gradients off, not compiling) per map size and per storage and version of
         the DPB parameters, so ``train()``, loading weights, moving them and in-place updates (an EMA step) all
-        invalidate it; parameters created under ``torch.inference_mode()`` have no version and are not cached."""
+        invalidate it; parameters created under ``torch.inference_mode()`` have no version and are not cached, and
+        nothing is cached while FX-tracing (the traced graph recomputes it)."""
         G, lda = self.grouping(height, width)
-        cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        cacheable = (not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                     and not is_fx_symbolic_tracing())
         versions = tensor_versions(self.attn.pos.parameters()) if cacheable else None
         cacheable = versions is not None  # inference tensors (no version counter) are not cached
         key = (height, width, G, lda, *versions) if cacheable else None
         if cacheable and key in self._bias_cache:
             return self._bias_cache[key]
-        bias = self.attn.pos(G, G).unsqueeze(0)
-        pad = padding_key_mask(height, width, G, self.interval, lda, device=bias.device)
-        if pad is not None:
-            bias = bias + (pad.to(bias.dtype) * PADDED_KEY_BIAS)[:, None, None, :]
+        bias = mask_padded_keys(self.attn.pos(G, G).unsqueeze(0), height, width, G, self.interval, lda)
         if cacheable:
             self._bias_cache[key] = bias
         return bias
@@ -308,7 +324,7 @@ class CrossFormer(HierarchicalModel):
         self.patch_embed = CrossScaleEmbedding(in_chans, embed_dim, patch_size, stride, nn.LayerNorm)
         groups = progressive_group_sizes(tuple(group_size), tuple(depths), img_size[0] // stride, group_type)
         self.group_sizes = groups
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
         self.stages = nn.Sequential(*[
             CrossFormerStage(embed_dim * 2 ** max(i - 1, 0), embed_dim * 2 ** i, depths[i], num_heads[i], groups[i],
                              interval[i], merge_size[i - 1] if i > 0 else None, dpr[i], acl,
@@ -565,14 +581,14 @@ class DenseCrossFormerBlock(CrossFormerBlock):
         """DPB plus padding mask for a (height, width) map: (nG or 1, heads, G*G, G*G) (cached in inference)."""
         G, lda = self.grouping(height, width)
         interval = self.interval_for(height, width)
-        cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        key = (height, width, G, lda, interval, *tensor_versions(self.attn.pos.parameters())) if cacheable else None
+        cacheable = (not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                     and not is_fx_symbolic_tracing())
+        versions = tensor_versions(self.attn.pos.parameters()) if cacheable else None
+        cacheable = versions is not None  # inference tensors (no version counter) are not cached
+        key = (height, width, G, lda, interval, *versions) if cacheable else None
         if cacheable and key in self._bias_cache:
             return self._bias_cache[key]
-        bias = self.attn.pos(G, G).unsqueeze(0)
-        pad = padding_key_mask(height, width, G, interval, lda, device=bias.device)
-        if pad is not None:
-            bias = bias + (pad.to(bias.dtype) * PADDED_KEY_BIAS)[:, None, None, :]
+        bias = mask_padded_keys(self.attn.pos(G, G).unsqueeze(0), height, width, G, interval, lda)
         if cacheable:
             self._bias_cache[key] = bias
         return bias

@@ -58,7 +58,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_function, to_2tuple, trunc_normal_
 from timm.models import register_model
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -82,6 +82,22 @@ __all__ = [
 def _scaled(size: int, scale: float) -> int:
     """ceil(size * scale), robust to float rounding (240 * (224 / 240) -> 224)."""
     return max(1, math.ceil(size * scale - 1e-6))
+
+
+@register_notrace_function  # size-dependent: an FX leaf
+def fit_branch_image(x: torch.Tensor, native_size: tuple[int, int], scale: float, patch: int,
+                     dynamic: bool) -> torch.Tensor:
+    """Images (B, C, H, W) as one branch sees them: resized (bicubic) to ``native_size``, or with ``dynamic`` scaled
+    by ``scale`` (ceil) and zero-padded bottom/right to a multiple of ``patch``."""
+    H, W = x.shape[-2:]
+    size = (_scaled(H, scale), _scaled(W, scale)) if dynamic else native_size
+    if (H, W) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+    if dynamic:
+        pad_h, pad_w = -size[0] % patch, -size[1] % patch
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+    return x
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -591,26 +607,15 @@ class CrossViT(LinearKernelMixin, nn.Module):
         self.head = nn.ModuleList([
             nn.Linear(d, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 else nn.Identity()
             for d in self.embed_dim
-        ])
+        ]).train(self.training)
 
     # ---- forward -------------------------------------------------------------------------------------------------
 
     def _branch_image(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """The input as branch i sees it: resized to its native size (default), or scaled by img_scale[i] and padded
         to a multiple of its patch (dynamic_img_size)."""
-        H, W = x.shape[-2:]
-        if self.dynamic_img_size:
-            size = (_scaled(H, self.img_scale[i]), _scaled(W, self.img_scale[i]))
-        else:
-            size = self.branch_img_size[i]
-        if (H, W) != tuple(size):
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
-        if self.dynamic_img_size:
-            p = self.patch_size[i]
-            pad_h, pad_w = -size[0] % p, -size[1] % p
-            if pad_h or pad_w:
-                x = F.pad(x, (0, pad_w, 0, pad_h))
-        return x
+        return fit_branch_image(x, tuple(self.branch_img_size[i]), self.img_scale[i], self.patch_size[i],
+                                self.dynamic_img_size)
 
     def _embed(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
         """Image -> per-branch tokens [CLS || patches] + position embedding, and the branch grids."""

@@ -51,6 +51,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.convnext import ConvNeXtBlock
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..checkpoint import guess_family
 from ..errors import CheckpointError
@@ -193,7 +194,8 @@ class FcaBlock(nn.Module):
         and table storage/version and cached in ``_bias_cache``; ``train()``, loading weights, in-place updates of
         the tables (e.g. an EMA step) and moving/converting them invalidate it.
         """
-        cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        cacheable = (not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                     and not is_fx_symbolic_tracing())
         key = None
         versions = tensor_versions(self._bias_tables()) if cacheable else None
         if versions is not None:  # None: inference tensors (no version counter), not cached
@@ -439,7 +441,7 @@ class FcaFormer(_FcaCommon, HierarchicalModel):
             ConvNormAct(in_chans, embed_dim[0] // 2, 3, stride=2, act_layer=nn.GELU),
             ConvNormAct(embed_dim[0] // 2, embed_dim[0], 3, stride=2, apply_act=False),
         )
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
         grid = (_halve(_halve(img_size[0])), _halve(_halve(img_size[1])))
         stages = []
         self.feature_info = []
@@ -532,7 +534,7 @@ class FcaFormerPlain(_FcaCommon, LinearKernelMixin, nn.Module):
         grid = self.patch_embed.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid[0] * grid[1], embed_dim))
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = fca_blocks(embed_dim, depth, num_heads, grid, dpr, fca, cab_max_d, mlp_ratio=mlp_ratio,
                                  proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, ls_init_value=ls_init_value,
                                  lsf=lsf, tme=tme, rel_pos=False, num_prefix_tokens=1)
@@ -561,7 +563,9 @@ class FcaFormerPlain(_FcaCommon, LinearKernelMixin, nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        ref = self.pos_embed
+        self.head = (nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0
+                     else nn.Identity()).train(self.training)
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
