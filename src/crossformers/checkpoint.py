@@ -169,18 +169,26 @@ def _convert(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torc
     return convert(state) if callable(convert) else state
 
 
-def _mismatch_message(model, source, state, missing, unexpected, mismatched) -> str:
-    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-    guess = guess_family(state)
-    parts = [f"checkpoint {source} does not fit model {name}:"]
+def key_mismatch_parts(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], missing: list[str],
+                       unexpected: list[str], mismatched: list[str]) -> list[str]:
+    """The phrases of a 'checkpoint does not fit' message: how many keys are missing / unexpected / of another shape,
+    each with up to three examples (shapes as checkpoint vs model)."""
+    parts = []
     if missing:
         parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
     if mismatched:
-        own = model.state_dict()
         ex = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
         parts.append(f"{len(mismatched)} shape mismatches (e.g. {ex})")
+    return parts
+
+
+def _mismatch_message(model, source, state, missing, unexpected, mismatched) -> str:
+    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    guess = guess_family(state)
+    parts = [f"checkpoint {source} does not fit model {name}:",
+             *key_mismatch_parts(state, model.state_dict(), missing, unexpected, mismatched)]
     hint = f" It looks like a {guess} checkpoint." if guess else ""
     width = _feature_widths(model, state)
     if width is not None:

@@ -706,14 +706,9 @@ class DenseCrossFormer(HierarchicalModel):
         self.head = nn.Identity()
         self.apply(CrossFormer._init_weights)
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """CEL stem: images (B, C, H, W) -> tokens (B, H/4, W/4, embed_dim), LayerNorm applied."""
-        return self.patch_embed(x)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """The DPB MLPs are position encodings: no weight decay on them."""
-        return {n for n, _ in self.named_parameters() if ".attn.pos." in n}
+    # the same CEL stem and weight-decay rule as the classifier
+    stem = CrossFormer.stem
+    no_weight_decay = CrossFormer.no_weight_decay
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:

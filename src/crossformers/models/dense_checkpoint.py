@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..checkpoint import read_state_dict
+from ..checkpoint import key_mismatch_parts, read_state_dict
 from ..errors import CheckpointError
 
 __all__ = ["load_dense_weights", "DenseLoadReport", "DenseCheckpointWarning"]
@@ -112,14 +112,8 @@ def load_dense_weights(
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
         arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
-        parts = [f"checkpoint {name} does not fit the dense backbone {arch}:"]
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        if mismatched:
-            ex = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {ex})")
+        parts = [f"checkpoint {name} does not fit the dense backbone {arch}:",
+                 *key_mismatch_parts(state, own, missing, unexpected, mismatched)]
         raise CheckpointError(" ".join(parts) + ". Build the backbone the checkpoint was trained with (same name "
                               "and arguments), e.g. crossformers.detection.backbone('crossformer_small', ...).")
     model.load_state_dict(state, strict=False)
