@@ -13,7 +13,7 @@ Examples::
     crossformers eval fcaformer_l2 --checkpoint fcaformer_l2.pth --data /data/imagenet
     crossformers predict runs/nano shoe.png shirt.jpg --topk 3
     crossformers models --pattern 'fcaformer*'
-    crossformers convert runs/nano --output shared/nano       # timm / Hub folder: create_model("local-dir:...")
+    crossformers convert runs/nano --output exported/nano      # timm / Hub folder: create_model("local-dir:...")
 """
 from __future__ import annotations
 
