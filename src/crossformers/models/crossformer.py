@@ -37,14 +37,15 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..checkpoint import guess_family
-from ..errors import CheckpointError
+from ..errors import CheckpointError, PretrainedUnavailableError
 from ..factory import register_name
 from ..layers.attention import dot_product_attention
 from ..layers.embed import CrossScaleEmbedding
 from ..layers.grouping import group_tokens, padding_key_mask, ungroup_tokens
 from ..layers.position_bias import DynamicPosBias
 from ._base import HierarchicalModel, tensor_versions
-from ._helpers import build_family_model
+from ._helpers import build_family_model, convert_on_load
+from .dense_checkpoint import load_dense_weights
 
 __all__ = ["CrossFormer", "CrossFormerBlock", "progressive_group_sizes", "checkpoint_filter_fn"]
 
@@ -772,8 +773,6 @@ def _dense_cfg(name: str) -> dict:
 
 
 def _create_dense(variant: str, **kwargs) -> DenseCrossFormer:
-    from .dense_checkpoint import load_dense_weights
-
     checkpoint = kwargs.pop("checkpoint_file", None)
     kwargs.pop("new_head", None)
     for timm_only in ("features_only", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
@@ -782,8 +781,6 @@ def _create_dense(variant: str, **kwargs) -> DenseCrossFormer:
     args.update(kwargs)
     model = DenseCrossFormer(**args)
     model.pretrained_cfg = _dense_cfg(variant) | {"architecture": variant}
-    from ._helpers import convert_on_load
-
     convert_on_load(model, dense_checkpoint_filter_fn)
     if checkpoint is not None:
         load_dense_weights(model, checkpoint)
@@ -820,8 +817,6 @@ def crossformer_pp_small_dense(pretrained: bool = False, **kwargs) -> DenseCross
 
 def _no_pretrained(name: str, pretrained: bool) -> None:
     if pretrained:
-        from ..errors import PretrainedUnavailableError
-
         raise PretrainedUnavailableError(
             f"no direct download for {name}: the authors publish their detection/segmentation checkpoints on Google "
             f"Drive ({_V1}); download one and pass checkpoint_path=FILE")

@@ -54,14 +54,15 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..checkpoint import guess_family
-from ..errors import CheckpointError
+from ..errors import CheckpointError, PretrainedUnavailableError
 from ..factory import register_name
 from ..layers.attention import dot_product_attention
 from ..layers.embed import conv_output_size
 from ..layers.linear import LinearKernelMixin, fast_linear, uses_onednn_linear
 from ..layers.position_bias import OffsetBiasTable, infer_grid, resample_grid_table, resample_pos_embed
 from ._base import HierarchicalModel, set_fused_attn, tensor_versions
-from ._helpers import build_family_model, check_input
+from ._helpers import build_family_model, check_input, convert_on_load
+from .dense_checkpoint import load_dense_weights
 
 __all__ = ["FcaBlock", "FcaStage", "FcaFormer", "FcaFormerPlain", "checkpoint_filter_fn"]
 
@@ -1030,9 +1031,6 @@ def dense_checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Mo
 
 
 def _create_dense(variant: str, **kwargs) -> FcaFormerDense:
-    from ._helpers import convert_on_load
-    from .dense_checkpoint import load_dense_weights
-
     checkpoint = kwargs.pop("checkpoint_file", None)
     for ignored in ("new_head", "features_only", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(ignored, None)
@@ -1051,8 +1049,6 @@ def fcaformer_sh_l2(pretrained: bool = False, **kwargs) -> FcaFormerDense:
     """FcaFormer-L2 dense backbone (the authors' ``FcaFormer_SH_512``): windowed Fca stages (14, 7), four maps of
     96/192/384/768 channels. Weights: an FcaFormer-L2 ImageNet checkpoint or their mmdet/mmseg checkpoint."""
     if pretrained:
-        from ..errors import PretrainedUnavailableError
-
         raise PretrainedUnavailableError(
             f"no direct download for fcaformer_sh_l2: the authors link their checkpoints from {_SOURCE}; download "
             "one and pass checkpoint_path=FILE")
