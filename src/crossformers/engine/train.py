@@ -168,6 +168,7 @@ class _Trainer:
         self.device = info.device
         self.run_folder = RunFolder(self.out)
         self.wrote_config = False
+        self.wrote_yaml = False
 
     # ------------------------------------------------------------------------------------------------ setup
     def _lock_output(self) -> None:
@@ -544,7 +545,7 @@ class _Trainer:
             return
         if self.wrote_config:
             (self.out / "config.json").unlink(missing_ok=True)
-        if getattr(self, "wrote_yaml", False):
+        if self.wrote_yaml:
             (self.out / CONFIG_YAML).unlink(missing_ok=True)
 
     def run(self) -> dict[str, Any]:
