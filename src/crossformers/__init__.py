@@ -7,7 +7,7 @@ from . import models  # noqa: F401  (registers the models)
 from .checkpoint import load_checkpoint, read_state_dict
 from .errors import CheckpointError, CrossformersError, InputSizeError, PretrainedUnavailableError, UnknownModelError
 from .factory import create_model, list_models
-from .inference.fuse import fuse
+from .inference.folding import fuse
 
 __version__ = "0.1.0"
 

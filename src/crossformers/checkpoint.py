@@ -21,7 +21,8 @@ from torch import nn
 
 from .errors import CheckpointError
 
-__all__ = ["read_state_dict", "load_checkpoint", "head_keys"]
+__all__ = ["read_state_dict", "load_checkpoint", "head_keys", "guess_family", "register_checkpoint_markers",
+           "check_family"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state", "module")
 
@@ -111,10 +112,12 @@ def load_checkpoint(
     drop_head: bool = False,
     strict: bool = True,
     source: str | None = None,
+    converted: bool = False,
 ) -> nn.Module:
     """Load a checkpoint (ours or an official layout) into ``model``.
 
-    Official layouts are converted by the model's own load hook. With ``drop_head=True`` the classifier of the
+    Official layouts are converted once, by the model's own ``convert_state_dict`` (its family's checkpoint filter),
+    unless ``converted`` says the caller already did. With ``drop_head=True`` the classifier of the
     checkpoint is removed before loading (the model keeps its freshly initialised head), the fine-tuning case of a
     different class count; every other key must still match.
 
@@ -124,6 +127,7 @@ def load_checkpoint(
         drop_head: drop the checkpoint's classifier weights (explicit, never silent).
         strict: require every key to match (default).
         source: how to name the checkpoint in messages (default: the path, or "state dict").
+        converted: the state dict is already in the model's layout (skip the conversion).
 
     Returns:
         ``model``, with the weights loaded in place.
@@ -134,7 +138,8 @@ def load_checkpoint(
     """
     state = dict(path) if isinstance(path, Mapping) else read_state_dict(path)
     source = source or ("state dict" if isinstance(path, Mapping) else str(path))
-    state = _convert(model, state)
+    if not converted:
+        state = _convert(model, state)
     head = head_keys(model)
     own = model.state_dict()
     if drop_head:
@@ -158,7 +163,7 @@ def load_checkpoint(
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
     if strict and (missing or unexpected or mismatched):
         raise CheckpointError(_mismatch_message(model, source, state, missing, unexpected, mismatched))
-    incompatible = model.load_state_dict(state, strict=False)
+    incompatible = model.load_state_dict(state, strict=False)  # also drops cached biases (InferenceCache)
     if strict and [k for k in incompatible.missing_keys if not (drop_head and k in head)]:
         raise CheckpointError(_mismatch_message(model, source, state, incompatible.missing_keys, [], []))
     return model
@@ -212,24 +217,43 @@ def _feature_widths(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tupl
     return None
 
 
-# (family, substrings any of which identifies it); order matters: the first match wins
-_FAMILY_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("FcaFormer (official layout)", ("s_token_bias", "patch_embed.seq.", "attention_biases")),
-    ("FcaFormer (crossformers layout)", ("cross_bias", ".rel_pos.table", "stem.0.conv.weight")),
-    ("CrossFormer/CrossFormer++ (official layout)", ("layers.0.blocks.0.attn.pos.",)),
-    ("CrossFormer/CrossFormer++ (crossformers layout)", (".attn.pos.pos_proj.",)),
-    ("CrossViT (crossformers layout)", ("encoders.0.fusion.", "encoders.0.branches.")),
-    ("CrossViT (official layout)", ("pos_embed.0", "cls_token.0")),
-    ("CrossViT (timm layout)", ("pos_embed_0", "cls_token_0")),
-)
+# (family, substrings any of which identifies it), in registration order (the first match wins). Each family's
+# model file registers its own markers (register_checkpoint_markers), so this module names no family.
+_FAMILY_MARKERS: list[tuple[str, tuple[str, ...]]] = []
+
+
+def register_checkpoint_markers(family: str, markers: tuple[str, ...]) -> None:
+    """Recognise state dicts holding a key that contains any of ``markers`` as checkpoints of ``family`` (a label
+    for messages, e.g. ``"CrossViT (timm layout)"``). Called by each family's model file at import."""
+    if not markers or not all(isinstance(m, str) and m for m in markers):
+        raise ValueError(f"markers of {family!r} must be non-empty strings, got {markers!r}")
+    _FAMILY_MARKERS.append((family, tuple(markers)))
 
 
 def guess_family(state: Mapping[str, torch.Tensor]) -> str | None:
-    """Name the model family a state dict most likely belongs to, or None."""
+    """Name the model family a state dict most likely belongs to (by the registered key markers), or None."""
     for family, markers in _FAMILY_MARKERS:
         if any(m in k for k in state for m in markers):
             return family
     return None
+
+
+def check_family(state: Mapping[str, torch.Tensor], family: str, article: str = "a") -> None:
+    """Refuse a state dict that the registered markers recognise as another family's (a family's checkpoint filter
+    calls this first).
+
+    Args:
+        state: the state dict.
+        family: the family's label prefix, e.g. ``"CrossViT"`` (its markers' labels start with it).
+        article: "a" or "an", for the message.
+
+    Raises:
+        CheckpointError: the state dict looks like another family's; the message names it.
+    """
+    found = guess_family(state)
+    if found is not None and not found.startswith(family):
+        raise CheckpointError(f"this is a {found} checkpoint, not {article} {family} one: create the matching model "
+                              "(see crossformers.list_models())")
 
 
 def suggest(name: str, choices: list[str], n: int = 3) -> list[str]:

@@ -72,19 +72,19 @@ def test_dpb_cache_is_invalidated_by_train_and_load():
     blk = model.stages[0].blocks[0]
     with torch.no_grad():
         model(t["input"])
-    assert blk._bias_cache
+    assert blk.bias_cache
     model.train()
-    assert not blk._bias_cache
+    assert not blk.bias_cache
     model.eval()
     with torch.no_grad():
         model(t["input"])
         crossformers.load_checkpoint(model, official_state_dict(t))
-        assert not blk._bias_cache  # loading weights drops stale biases
+        assert not blk.bias_cache  # loading weights drops stale biases
         torch.testing.assert_close(model(t["input"]), t["logits"], **meta["tolerance"])
     with torch.enable_grad():  # with gradients on, nothing is cached (the DPB must receive gradients)
         model.clear_cache()
         model(t["input"]).sum().backward()
-        assert not blk._bias_cache and blk.attn.pos.pos_proj.weight.grad is not None
+        assert not blk.bias_cache and blk.attn.pos.pos_proj.weight.grad is not None
 
 
 def test_dpb_cache_misses_after_in_place_update():
@@ -232,6 +232,7 @@ def test_pretrained_fails_fast_and_backbone_features():
 
 
 def test_pickled_model_still_converts_official_checkpoints():
+    """A pickled model keeps its family's converter (a method, no load hook): load_checkpoint converts once."""
     import io
 
     meta, t = load_case("crossformer_pp_tiny96")
@@ -239,6 +240,8 @@ def test_pickled_model_still_converts_official_checkpoints():
     torch.save(model_for_case(meta), buf)
     buf.seek(0)
     model = torch.load(buf, weights_only=False)  # our own object, written just above
-    model.load_state_dict(official_state_dict(t))  # official key layout: converted by the unpickled hook
+    crossformers.load_checkpoint(model, official_state_dict(t))  # official layout: the model's convert_state_dict
+    with pytest.raises(crossformers.CheckpointError, match=r"official layout.*crossformers.load_checkpoint"):
+        model.load_state_dict(official_state_dict(t))  # plain load_state_dict converts nothing (no hook)
     with torch.no_grad():
         torch.testing.assert_close(model(t["input"]), t["logits"], **meta["tolerance"])

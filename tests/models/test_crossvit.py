@@ -53,16 +53,21 @@ def test_parity_through_the_converter(case):
         torch.testing.assert_close(model(t["input"]), t["logits"], **tol)
 
 
-def test_official_pth_through_timm_checkpoint_path(tmp_path):
+def test_official_pth_through_timm(tmp_path):
+    """timm's way to give a model a local file (pretrained_cfg_overlay=dict(file=...)) converts the official layout
+    once; timm's checkpoint_path= (a plain load_state_dict, no conversion) fails with a message naming the fix."""
     meta, t = load_case("crossvit_ibm_dagger_tiny")
     path = tmp_path / "official.pth"
     torch.save({"model": official_state_dict(t), "epoch": 7}, path)
     kw = meta["reference_kwargs"]
-    model = timm.create_model("cf_crossvit_9_dagger_240", checkpoint_path=str(path), img_size=72,
-                              img_scale=(1.0, 64 / 72), num_classes=6, embed_dim=kw["embed_dim"], depth=kw["depth"],
-                              num_heads=kw["num_heads"]).eval()
+    args = dict(img_size=72, img_scale=(1.0, 64 / 72), num_classes=6, embed_dim=kw["embed_dim"], depth=kw["depth"],
+                num_heads=kw["num_heads"])
+    model = timm.create_model("cf_crossvit_9_dagger_240", pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path)), **args).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(t["input"]), t["logits"], **meta["tolerance"])
+    with pytest.raises(crossformers.CheckpointError, match="official layout.*pretrained_cfg_overlay"):
+        timm.create_model("cf_crossvit_9_dagger_240", checkpoint_path=str(path), **args)
 
 
 def test_same_weights_reproduce_timm_at_240_and_the_authors_at_224():

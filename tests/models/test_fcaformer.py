@@ -51,15 +51,17 @@ def test_parity_with_official(case):
 
 
 @pytest.mark.parametrize("case", ["fcaformer_tiny128", "fcaformer_tiny128_maxd2"])
-def test_parity_through_timm_checkpoint_path(case, tmp_path):
-    """timm.create_model(checkpoint_path=) on an official {'model': sd} .pth converts on load."""
+def test_parity_through_timm_local_file(case, tmp_path):
+    """timm's way to give a model a local file (pretrained_cfg_overlay=dict(file=...)) converts an official
+    {'model': sd} .pth once, on load."""
     import timm
 
     meta, t = load_case(case)
     path = tmp_path / "official.pth"
     torch.save({"model": official_state_dict(t), "epoch": 3}, path)
     kw = meta["reference_kwargs"]
-    model = timm.create_model("fcaformer_l1", checkpoint_path=str(path), img_size=kw["img_size"],
+    model = timm.create_model("fcaformer_l1", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              img_size=kw["img_size"],
                               num_classes=kw["num_classes"], embed_dim=kw["embed_dims"], depths=kw["depths"],
                               num_heads=kw["num_heads"], cab_max_d=kw["cab_max_d"]).eval()
     with torch.no_grad():

@@ -29,7 +29,7 @@ def blocks(model: torch.nn.Module) -> list[FcaBlock]:
 
 
 def cached(model: torch.nn.Module) -> list[int]:
-    return [len(b._bias_cache) for b in blocks(model)]
+    return [len(b.bias_cache) for b in blocks(model)]
 
 
 @pytest.mark.parametrize("name", ["fcaformer_l1", "fcaformer_l0"])

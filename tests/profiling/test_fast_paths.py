@@ -63,8 +63,8 @@ def run(model: torch.nn.Module, x: torch.Tensor, path: str) -> torch.Tensor:
         first = model(x)
         second = model(x)  # with the bias cache: served from the cache
     if path in ("bias_cache", "all", "optimize"):
-        assert any(getattr(m, "_bias_cache", None) for m in model.modules()) or not any(
-            hasattr(m, "_bias_cache") for m in model.modules())
+        assert any(getattr(m, "bias_cache", None) for m in model.modules()) or not any(
+            hasattr(m, "bias_cache") for m in model.modules())
     torch.testing.assert_close(second, first, rtol=0, atol=1e-6)
     return second
 

@@ -1,12 +1,14 @@
 """Class activation maps through the maintained ``grad-cam`` package (pytorch-grad-cam, PyPI ``grad-cam``).
 
-grad-cam expects (B, C, h, w) activations; :func:`reshape_transform` turns our token layouts into that: CrossFormer's
-channels-last maps are permuted, token sequences (B, P + h*w, C) of FcaFormer / CrossViT blocks lose their class
-tokens and are laid out on their grid (looked up from the forward pass), tuples (FcaFormer blocks return
-``(tokens, cross tokens)``) give their first element.
+grad-cam expects (B, C, h, w) activations; :func:`reshape_transform` turns our token layouts into that: maps of a
+model whose stages are channels-last (``map_fmt == 'NHWC'``, CrossFormer) are permuted, token sequences
+(B, P + h*w, C) lose their class tokens and are laid out on their grid (from the layouts the model gives for its
+attention blocks during the forward pass, the family protocol), tuples (FcaFormer blocks return ``(tokens, cross
+tokens)``) give their first element.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -14,11 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils import unwrap_model
 from torch import nn
 
-from ..models.crossvit import MultiScaleEncoder
-from ..models.fcaformer import FcaBlock
-from .blocks import model_family
+from ..models.protocol import AttentionLayout, BlockInfo
+from .blocks import model_blocks
+from .capture import observe_layouts
 from .errors import CamUnavailableError
 from .inputs import ImageBatch, LoadedModel, load_model, prepare_images
 
@@ -38,18 +41,17 @@ def _grad_cam():
 
 
 def default_cam_layers(model: nn.Module) -> list[str]:
-    """Default target layers: the last stage (CrossFormer, hybrid FcaFormer), ``norm1`` of the last block (plain
-    FcaFormer), ``norm1`` of the last block of each branch in the last encoder (CrossViT), else the last
-    ``blocks.N``/``stages.N`` module."""
-    family = model_family(model)
-    if family == "crossformer" or (family == "fcaformer" and hasattr(model, "stages")):
-        return [f"stages.{len(model.stages) - 1}"]
-    if family == "fcaformer":
-        return [f"blocks.{len(model.blocks) - 1}.norm1"]
-    if family == "crossvit":
-        k = len(model.encoders) - 1
-        return [f"encoders.{k}.branches.{b}.{len(br) - 1}.norm1" for b, br in enumerate(model.encoders[k].branches)
-                if len(br)]
+    """Default target layers: the family's (protocol ``cam_target_layers``: the last stage of CrossFormer and the
+    hybrid FcaFormer, ``norm1`` of the last block of the plain FcaFormer and of each CrossViT branch), else the last
+    ``blocks.N``/``stages.N`` module.
+
+    Raises:
+        CamUnavailableError: no default layer can be found (pass ``layers``).
+    """
+    model = unwrap_model(model)
+    own = getattr(model, "cam_target_layers", None)
+    if callable(own):
+        return list(own())
     names = [n for n, _ in model.named_modules() if re.search(r"(?:^|\.)(?:blocks|stages)\.\d+$", n)]
     if not names:
         raise CamUnavailableError(f"no default CAM layer for {type(model).__name__}: pass --layer NAME")
@@ -57,39 +59,34 @@ def default_cam_layers(model: nn.Module) -> list[str]:
 
 
 class _GridTracker:
-    """Token count -> (prefix tokens, grid) of the token sequences seen in the forward pass."""
+    """Token count -> (prefix tokens, grid) of the token sequences the attention blocks see in the forward pass,
+    from the layouts the model gives for them (an axis of class tokens followed by one whole map)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self) -> None:
         self.grids: dict[int, tuple[int, tuple[int, int]]] = {}
-        self.handles = []
-        for m in model.modules():
-            if isinstance(m, FcaBlock):
-                self.handles.append(m.register_forward_pre_hook(self._fca, with_kwargs=True))
-            elif isinstance(m, MultiScaleEncoder):
-                self.handles.append(m.register_forward_pre_hook(self._encoder, with_kwargs=True))
 
-    def _fca(self, module, args, kwargs):
-        grid = tuple(int(g) for g in (args[1] if len(args) > 1 else kwargs["grid"]))
-        P = module.num_prefix_tokens
-        self.grids[P + grid[0] * grid[1]] = (P, grid)
-
-    def _encoder(self, module, args, kwargs):
-        grids = args[1] if len(args) > 1 else kwargs["grids"]
-        for g in grids:
-            self.grids[1 + int(g[0]) * int(g[1])] = (1, (int(g[0]), int(g[1])))
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+    def __call__(self, info: BlockInfo, layout: AttentionLayout, image_size) -> None:
+        for segs, cells in ((layout.query_segments, layout.query_cells), (layout.key_segments, layout.key_cells)):
+            spatial = [g for g in segs if g.lattice is not None]
+            if not spatial or segs[0].start != 0:
+                continue
+            first = spatial[0]
+            lat = first.lattice
+            whole = (first.stop - first.start == lat.size and cells.shape[0] == 1
+                     and np.array_equal(cells[0, first.start:first.stop], np.arange(lat.size)))
+            if whole and all(g.lattice is None for g in segs if g.stop <= first.start):
+                self.grids[first.stop] = (first.start, (lat.height, lat.width))
 
 
-def reshape_transform(family: str, tracker: _GridTracker) -> Callable[[Any], torch.Tensor]:
-    """The grad-cam ``reshape_transform`` for a model family: activations -> (B, C, h, w)."""
+def reshape_transform(model: nn.Module, tracker: _GridTracker) -> Callable[[Any], torch.Tensor]:
+    """The grad-cam ``reshape_transform`` for ``model``: activations -> (B, C, h, w)."""
+    channels_last = getattr(unwrap_model(model), "map_fmt", "NCHW") == "NHWC"
+
     def fn(t: Any) -> torch.Tensor:
         if isinstance(t, (tuple, list)):
             t = t[0]
         if t.ndim == 4:
-            return t.permute(0, 3, 1, 2) if family == "crossformer" else t
+            return t.permute(0, 3, 1, 2) if channels_last else t
         if t.ndim == 3:
             found = tracker.grids.get(int(t.shape[1]))
             if found is None:
@@ -155,14 +152,13 @@ def class_activation_maps(
     n_cls = logits.shape[-1]
     if len(targets) != x.shape[0] or any(not 0 <= t < n_cls for t in targets):
         raise CamUnavailableError(f"target classes must be one per image in 0..{n_cls - 1}, got {targets}")
-    tracker = _GridTracker(net)
-    try:
-        cam_cls = getattr(gc, CAM_METHODS[method])
-        with torch.enable_grad(), cam_cls(model=net, target_layers=modules,
-                                          reshape_transform=reshape_transform(model_family(net), tracker)) as cam:
-            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
-    finally:
-        tracker.remove()
+    tracker = _GridTracker()
+    layouts = (observe_layouts(net, [b for b in model_blocks(net) if b.has_attention], tracker)
+               if callable(getattr(unwrap_model(net), "attention_layout", None)) else contextlib.nullcontext())
+    cam_cls = getattr(gc, CAM_METHODS[method])
+    with layouts, torch.enable_grad(), cam_cls(model=net, target_layers=modules,
+                                               reshape_transform=reshape_transform(net, tracker)) as cam:
+        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
     return dict(cams=np.asarray(maps, dtype=np.float32), predicted=predicted.tolist(),
                 probability=probs.gather(1, predicted[:, None])[:, 0].tolist(), targets=targets, layers=names,
                 method=method)

@@ -1,20 +1,20 @@
 """Recording attention probabilities without touching the normal forward path.
 
-:func:`capture_attention` is a context manager. While it is open, the chosen blocks run the explicit-softmax path of
-:func:`crossformers.layers.attention.attention` (their ``fused_attn`` switch is turned off) and every probability
-tensor they compute is recorded, with the geometry needed to put it on the image (:class:`AttentionRecord`). Other
-blocks keep the fused kernel; on exit every switch and hook is restored. Outside the context nothing changes: the
-models carry no analysis code at all.
+:func:`capture_attention` is a context manager. While it is open, the chosen blocks run the explicit-softmax path
+(the ``fused_attn`` switch of their :class:`~crossformers.layers.attention.ScaledDotProduct` is turned off) and
+every probability tensor they compute is recorded, with the geometry needed to put it on the image
+(:class:`AttentionRecord`). Other blocks keep the fused kernel; on exit every switch and hook is restored. Outside
+the context nothing changes.
 
-How: forward pre-hooks on the chosen blocks note each block's geometry (token map size, group size, cross-token
-sources...) on a thread-local stack, and :func:`crossformers.layers.attention.explicit_attention` is wrapped (for the
-duration of the context, reference-counted) so that a call made inside a marked block also hands its probabilities
-to the record. Calls outside marked blocks pass straight through.
+How (like timm's ``AttentionExtract``, with hooks on modules): a forward pre-hook on each chosen block asks the
+model for the layout of that call (the family protocol's ``attention_layout``, :mod:`crossformers.models.protocol`),
+and a forward hook on the block's observation point (``ScaledDotProduct.probs``, an identity module the
+probabilities pass through) records them. Nothing is patched.
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,31 +24,12 @@ import torch
 from timm.utils import unwrap_model
 from torch import nn
 
-from ..layers import attention as attention_module
-from .blocks import BlockInfo, crossvit_branch_lattice, model_blocks, model_family, select_blocks, token_lattice
-from .errors import AnalysisError
-from .geometry import Lattice, cross_token_lattice, group_coordinates, pairwise_distance
+from ..models.protocol import AttentionLayout, TokenSegment
+from .blocks import BlockInfo, model_blocks, select_blocks
+from .errors import AnalysisError, UnsupportedModelError
+from .geometry import pairwise_distance
 
-__all__ = ["TokenSegment", "AttentionRecord", "AttentionCapture", "capture_attention"]
-
-
-@dataclass
-class TokenSegment:
-    """A run of tokens along the query or key axis.
-
-    Attributes:
-        label: ``cls`` (a token without position), ``tokens`` (the block's own tokens / CrossFormer group members),
-            ``cross`` (FcaFormer cross tokens of an earlier block) or ``patches`` (CrossViT patch tokens of a branch).
-        start, stop: the slice of the axis.
-        lattice: where the segment's tokens sit in the image (None for ``cls``).
-        source: for ``cross``: the block that made the cross tokens; for ``patches``/``cls`` of CrossViT: ``branchN``.
-    """
-
-    label: str
-    start: int
-    stop: int
-    lattice: Lattice | None = None
-    source: str | None = None
+__all__ = ["TokenSegment", "AttentionRecord", "AttentionCapture", "capture_attention", "observe_layouts"]
 
 
 @dataclass
@@ -63,9 +44,11 @@ class AttentionRecord:
         query_cells, key_cells: int64 (nG, Nq) / (nG, Nk): flat index of each token in its segment's lattice, -1 for
             tokens without a position (class tokens, CrossFormer padding).
         image_size: (H, W) of the model input in pixels.
-        meta: geometry of the block: ``grid`` (H, W tokens), ``stride_px`` (sy, sx), and per family ``group_size``,
-            ``interval``, ``lda``, ``padded`` (Hp, Wp), ``group_span_px`` (CrossFormer); ``cross_grid``,
-            ``sources``, ``prefix_tokens`` (FcaFormer); ``branch``, ``key_branch`` (CrossViT).
+        meta: geometry of the block: ``grid`` (H, W tokens), ``stride_px`` (sy, sx), and the family's own keys
+            (:class:`~crossformers.models.protocol.AttentionLayout`): ``group_size``, ``interval``, ``lda``,
+            ``padded`` (Hp, Wp), ``group_span_px`` (CrossFormer); ``cross_grid``, ``sources``, ``prefix_tokens``
+            (FcaFormer); ``branch``, ``key_branch`` (CrossViT).
+        The family's one-line description of the call (plot titles) is ``meta['caption']``.
     """
 
     block: BlockInfo
@@ -145,9 +128,7 @@ class AttentionCapture:
         self.blocks = blocks
         self.records: list[AttentionRecord] = []
         self.to_cpu = to_cpu
-        self.family = model_family(model)
-        self._input_size: tuple[int, int] | None = None
-        self._grids: list[tuple[int, int]] | None = None
+        self._pending = threading.local()
 
     def clear(self) -> None:
         """Drop the records (e.g. between batches)."""
@@ -160,140 +141,80 @@ class AttentionCapture:
             out[r.name].append(r)
         return out
 
-    # ---- geometry of one call, computed in the block's pre-hook
-    def _geometry(self, info: BlockInfo, args: tuple, kwargs: dict) -> dict[str, Any]:
-        if self.family == "crossformer":
-            return self._crossformer(info, args[0] if args else kwargs["x"])
-        if self.family == "fcaformer":
-            grid = args[1] if len(args) > 1 else kwargs["grid"]
-            return self._fcaformer(info, tuple(int(g) for g in grid))
-        return self._crossvit(info)
+    def _frames(self) -> dict[str, dict[str, Any]]:
+        if not hasattr(self._pending, "frames"):
+            self._pending.frames = {}
+        return self._pending.frames
 
-    def _crossformer(self, info: BlockInfo, x: torch.Tensor) -> dict[str, Any]:
-        blk = info.module
-        H, W = int(x.shape[1]), int(x.shape[2])
-        G, lda = blk.grouping(H, W)
-        lattice = token_lattice(self.model, info.stage, H, W)
-        coords, valid = group_coordinates(H, W, G, blk.interval, lda)
-        cells = np.where(valid, coords[..., 0] * W + coords[..., 1], -1)
-        extent = G * blk.interval if lda else G
-        Hp, Wp = -(-H // extent) * extent, -(-W // extent) * extent
-        seg = [TokenSegment("tokens", 0, G * G, lattice)]
-        span = ((G - 1) * (blk.interval if lda else 1) + 1)
-        meta = dict(grid=(H, W), stride_px=lattice.stride, group_size=G, interval=blk.interval, lda=lda,
-                    padded=(Hp, Wp), num_groups=int(cells.shape[0]), padding_tokens=int(Hp * Wp - H * W),
-                    group_span_px=(span * lattice.stride[0], span * lattice.stride[1]))
-        return dict(query_segments=seg, key_segments=list(seg), query_cells=cells, key_cells=cells.copy(), meta=meta)
+    # ---- hooks
+    def _on_layout(self, info: BlockInfo, layout: AttentionLayout, image_size: tuple[int, int] | None) -> None:
+        self._frames()[info.name] = dict(layout=layout, probs=None, image_size=image_size)
 
-    def _fcaformer(self, info: BlockInfo, grid: tuple[int, int]) -> dict[str, Any]:
-        blk = info.module
-        H, W = grid
-        P = blk.num_prefix_tokens
-        lattice = token_lattice(self.model, info.stage, H, W)
-        q_segs = ([TokenSegment("cls", 0, P)] if P else []) + [TokenSegment("tokens", P, P + H * W, lattice)]
-        q_cells = np.concatenate([np.full(P, -1), np.arange(H * W)])[None]
-        k_segs = list(q_segs)
-        k_cells = [q_cells[0]]
-        n = P + H * W
-        stage_blocks = self._stage_modules(info)
-        sources = [info.siblings[j] for j in range(info.position - blk.num_sources, info.position)]
-        cross_lat = None
-        for j, src_name in zip(range(info.position - blk.num_sources, info.position), sources, strict=True):
-            cross_lat = cross_token_lattice(lattice, merge_conv=stage_blocks[j].merge is not None)
-            k_segs.append(TokenSegment("cross", n, n + cross_lat.size, cross_lat, source=src_name))
-            k_cells.append(np.arange(cross_lat.size))
-            n += cross_lat.size
-        meta = dict(grid=(H, W), stride_px=lattice.stride, prefix_tokens=P, sources=sources,
-                    cross_grid=None if cross_lat is None else (cross_lat.height, cross_lat.width),
-                    cross_stride_px=None if cross_lat is None else cross_lat.stride)
-        return dict(query_segments=q_segs, key_segments=k_segs, query_cells=q_cells,
-                    key_cells=np.concatenate(k_cells)[None], meta=meta)
-
-    def _stage_modules(self, info: BlockInfo) -> list[nn.Module]:
-        parent = info.name.rsplit(".", 1)[0]
-        return list(self.model.get_submodule(parent))
-
-    def _crossvit(self, info: BlockInfo) -> dict[str, Any]:
-        if self._input_size is None or self._grids is None:
-            raise AnalysisError("CrossViT attention was captured outside a full forward pass of the model: call the "
-                                "model itself inside capture_attention")
-        grids = self._grids
-        n_br = len(grids)
-
-        def branch_segments(b: int, start: int) -> tuple[list[TokenSegment], np.ndarray]:
-            lat = crossvit_branch_lattice(self.model, b, grids[b], self._input_size)
-            segs = [TokenSegment("cls", start, start + 1, source=f"branch{b}"),
-                    TokenSegment("patches", start + 1, start + 1 + lat.size, lat, source=f"branch{b}")]
-            return segs, np.concatenate([[-1], np.arange(lat.size)])
-
-        if info.kind == "self":
-            segs, cells = branch_segments(info.branch, 0)
-            meta = dict(grid=grids[info.branch], stride_px=segs[1].lattice.stride, branch=info.branch)
-            return dict(query_segments=segs, key_segments=list(segs), query_cells=cells[None],
-                        key_cells=cells[None].copy(), meta=meta)
-        if info.kind == "cross":
-            j = (info.branch + 1) % n_br
-            segs, cells = branch_segments(j, 0)
-            segs[0] = TokenSegment("cls", 0, 1, source=f"branch{info.branch}")
-            meta = dict(grid=grids[j], stride_px=segs[1].lattice.stride, branch=info.branch, key_branch=j)
-            return dict(query_segments=[TokenSegment("cls", 0, 1, source=f"branch{info.branch}")],
-                        key_segments=segs, query_cells=np.full((1, 1), -1), key_cells=cells[None], meta=meta)
-        # all-attention fusion: the branches' tokens concatenated
-        segs, cells, start = [], [], 0
-        for b in range(n_br):
-            s, c = branch_segments(b, start)
-            segs += s
-            cells.append(c)
-            start += len(c)
-        cells = np.concatenate(cells)[None]
-        meta = dict(grid=grids[0], stride_px=segs[1].lattice.stride, grids=list(grids))
-        return dict(query_segments=segs, key_segments=list(segs), query_cells=cells, key_cells=cells.copy(), meta=meta)
-
-
-# ---------------------------------------------------------------------------------------------------- the wrapper
-_LOCAL = threading.local()
-_PATCH_LOCK = threading.Lock()
-_PATCH_COUNT = 0
-_ORIGINAL = None
-
-
-def _stack() -> list[dict[str, Any]]:
-    if not hasattr(_LOCAL, "stack"):
-        _LOCAL.stack = []
-    return _LOCAL.stack
-
-
-def _recording_explicit_attention(q, k, v, bias=None, dropout_p=0.0, training=False):
-    out, probs = _ORIGINAL(q, k, v, bias, dropout_p, training)
-    stack = _stack()
-    if stack:
-        frame = stack[-1]
+    def _probs(self, info: BlockInfo, probs: torch.Tensor) -> None:
+        frame = self._frames().get(info.name)
+        if frame is None:
+            return
         if frame["probs"] is not None:
-            raise AnalysisError(f"block {frame['info'].name} computed attention twice in one forward pass: "
+            raise AnalysisError(f"block {info.name} computed attention twice in one forward pass: "
                                 "crossformers.analysis expects one attention per block")
         frame["probs"] = probs.detach()
-    return out, probs
+
+    def _block_post(self, info: BlockInfo) -> None:
+        frame = self._frames().pop(info.name, None)
+        if frame is None or frame["probs"] is None:
+            return
+        p = frame["probs"]
+        p = p.unsqueeze(1) if p.ndim == 4 else p
+        if self.to_cpu:
+            p = p.float().cpu()
+        lay: AttentionLayout = frame["layout"]
+        self.records.append(AttentionRecord(
+            block=info, probs=p, query_segments=lay.query_segments, key_segments=lay.key_segments,
+            query_cells=lay.query_cells, key_cells=lay.key_cells, image_size=frame["image_size"] or (0, 0),
+            meta=dict(lay.meta, caption=lay.caption) if lay.caption else dict(lay.meta)))
 
 
-def _install() -> None:
-    global _PATCH_COUNT, _ORIGINAL
-    att_mod = attention_module
+@contextmanager
+def observe_layouts(model: nn.Module, blocks: Sequence[BlockInfo],
+                    callback: Callable[[BlockInfo, AttentionLayout, tuple[int, int] | None], None]) -> Iterator[None]:
+    """While open, call ``callback(block, layout, image_size)`` before every call of each of ``blocks``, with the
+    layout the model gives for that call (protocol ``attention_layout``) and the (H, W) of the image the model last
+    received (protocol ``input_modules``; None before any).
 
-    with _PATCH_LOCK:
-        if _PATCH_COUNT == 0:
-            _ORIGINAL = att_mod.explicit_attention
-            att_mod.explicit_attention = _recording_explicit_attention
-        _PATCH_COUNT += 1
+    Raises:
+        UnsupportedModelError: the model has no ``attention_layout``.
+        AnalysisError: the model cannot lay out a call (e.g. CrossViT blocks run outside a full forward pass).
+    """
+    net = unwrap_model(model)
+    if not callable(getattr(net, "attention_layout", None)):
+        raise UnsupportedModelError(f"{type(net).__name__} has no attention_layout(): its attention cannot be placed "
+                                    "on the image (see crossformers.models.protocol)")
+    state: dict[str, tuple[int, int] | None] = dict(image_size=None)
 
+    def image_pre(module, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()))
+        state["image_size"] = (int(x.shape[-2]), int(x.shape[-1]))
 
-def _uninstall() -> None:
-    global _PATCH_COUNT
-    att_mod = attention_module
+    def block_pre(info: BlockInfo):
+        def pre(module, args, kwargs):
+            try:
+                layout = net.attention_layout(info, args, kwargs, state["image_size"])
+            except ValueError as e:
+                raise AnalysisError(str(e)) from None
+            callback(info, layout, state["image_size"])
+        return pre
 
-    with _PATCH_LOCK:
-        _PATCH_COUNT -= 1
-        if _PATCH_COUNT == 0:
-            att_mod.explicit_attention = _ORIGINAL
+    handles = []
+    try:
+        entry = getattr(net, "input_modules", None)
+        for m in (entry() if callable(entry) else [net]):
+            handles.append(m.register_forward_pre_hook(image_pre, with_kwargs=True))
+        for info in blocks:
+            handles.append(info.module.register_forward_pre_hook(block_pre(info), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @contextmanager
@@ -309,8 +230,8 @@ def capture_attention(model: nn.Module, blocks: Sequence[str | int] | str | int 
             print(rec.name, rec.probs.shape, rec.meta["grid"])
 
     Args:
-        model: a CrossFormer / CrossFormer++, FcaFormer (hybrid or plain) or CrossViT (DDP / compiled wrappers are
-            unwrapped; call the model as usual inside the context).
+        model: a model implementing the family protocol (CrossFormer / CrossFormer++, FcaFormer, CrossViT, or a new
+            family; DDP / compiled wrappers are unwrapped; call the model as usual inside the context).
         blocks: which blocks (see :func:`~crossformers.analysis.blocks.select_blocks`): None = every block with
             attention; names, shell patterns or indices into :func:`~crossformers.analysis.blocks.model_blocks`.
         to_cpu: move probabilities to the CPU as float32 (default) instead of keeping them on the model's device.
@@ -321,6 +242,7 @@ def capture_attention(model: nn.Module, blocks: Sequence[str | int] | str | int 
 
     Raises:
         NoAttentionError: a chosen block has no attention, or the model has none crossformers can read.
+        UnsupportedModelError: the model lists attention blocks but cannot lay them out (no ``attention_layout``).
     """
     net = unwrap_model(model)
     chosen = select_blocks(model_blocks(net), blocks, attention_only=True)
@@ -328,54 +250,25 @@ def capture_attention(model: nn.Module, blocks: Sequence[str | int] | str | int 
     handles = []
     saved = [(b.attention, b.attention.fused_attn) for b in chosen]
 
-    def make_pre(info: BlockInfo):
-        def pre(module, args, kwargs):
-            _stack().append(dict(info=info, probs=None, geometry=cap._geometry(info, args, kwargs)))
-        return pre
+    def hooks(info: BlockInfo):
+        def probs(module, args, output):
+            cap._probs(info, output)
 
-    def make_post(info: BlockInfo):
-        def post(module, args, kwargs, output):
-            stack = _stack()
-            frame = stack.pop() if stack and stack[-1]["info"] is info else None
-            if frame is None or frame["probs"] is None:
-                return
-            p = frame["probs"]
-            p = p.unsqueeze(1) if p.ndim == 4 else p
-            if cap.to_cpu:
-                p = p.float().cpu()
-            geo = frame["geometry"]
-            cap.records.append(AttentionRecord(block=info, probs=p, image_size=cap._input_size or (0, 0), **geo))
-        return post
+        def post(module, args, output):
+            cap._block_post(info)
+        return probs, post
 
-    def model_pre(module, args, kwargs):
-        x = args[0] if args else next(iter(kwargs.values()))
-        cap._input_size = (int(x.shape[-2]), int(x.shape[-1]))
-
-    def encoder_pre(module, args, kwargs):
-        grids = args[1] if len(args) > 1 else kwargs["grids"]
-        cap._grids = [tuple(int(v) for v in g) for g in grids]
-
-    _install()
     try:
-        handles.append(net.register_forward_pre_hook(model_pre, with_kwargs=True))
-        first = getattr(net, "stem", None) if cap.family == "fcaformer" else None
-        first = first if isinstance(first, nn.Module) else getattr(net, "patch_embed", None)
-        if cap.family in ("crossformer", "fcaformer") and isinstance(first, nn.Module):
-            # the image also reaches the stem when forward_features() is called directly
-            handles.append(first.register_forward_pre_hook(model_pre, with_kwargs=True))
-        if cap.family == "crossvit":
-            for enc in net.encoders:
-                handles.append(enc.register_forward_pre_hook(encoder_pre, with_kwargs=True))
-        for info in chosen:
-            info.attention.fused_attn = False
-            handles.append(info.module.register_forward_pre_hook(make_pre(info), with_kwargs=True))
-            handles.append(info.module.register_forward_hook(make_post(info), with_kwargs=True))
-        yield cap
+        with observe_layouts(net, chosen, cap._on_layout):
+            for info in chosen:
+                probs, post = hooks(info)
+                info.attention.fused_attn = False
+                handles.append(info.attention.probs.register_forward_hook(probs))
+                handles.append(info.module.register_forward_hook(post))
+            yield cap
     finally:
         for h in handles:
             h.remove()
         for att, flag in saved:
             att.fused_attn = flag
-        _uninstall()
-        stack = _stack()
-        stack[:] = [f for f in stack if f["info"] not in chosen]
+        cap._frames().clear()

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from timm.utils import unwrap_model
 
 from crossformers.cli_types import json_object, setup_logging
 from crossformers.engine.distributed import resolve_device
 from crossformers.fileio import atomic_write_text
 
-from .blocks import model_blocks, model_family
 from .cam import class_activation_maps
 from .errors import AnalysisError, EmptyInputError
 from .inputs import dataset_images, display_images, load_model, prepare_images
@@ -212,8 +212,9 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     (lm,) = _load_models(args)
     batch = _images(args, lm)
     blocks = args.blocks
-    if blocks is None and model_family(lm.model) == "crossvit":
-        blocks = [b.name for b in model_blocks(lm.model) if b.kind in ("cross", "all")] or None
+    defaults = getattr(unwrap_model(lm.model), "attention_map_blocks", None)
+    if blocks is None and callable(defaults):
+        blocks = defaults()  # the family's default (CrossViT: its fusion layers)
     maps = attention_maps(lm, batch, queries=queries, blocks=blocks, head=args.head)
     out = Path(args.output)
     png = plot_attention_maps(maps, display_images(batch.tensor, lm.preprocessing), out / "attention.png",

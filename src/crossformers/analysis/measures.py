@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .blocks import BlockInfo, model_blocks, model_family, select_blocks
+from .blocks import BlockInfo, model_blocks, select_blocks
 from .capture import AttentionRecord, capture_attention
 from .errors import QueryError, UnsupportedModelError
 from .inputs import ImageBatch, LoadedModel, load_model, prepare_images
@@ -319,6 +319,7 @@ def mean_attention_distance(
     batch = _batch(loaded, images, preprocessing)
     qs = None if queries is None else _check_queries(queries, tuple(batch.tensor.shape[-2:]))
     net = loaded.model
+    reads_cross = _reads_cross(net)
     acc: dict[str, dict[str, Any]] = {}
     with _captured_batches(net, blocks, batch.tensor, batch_size) as (order, records):
         for rec in records:
@@ -329,7 +330,7 @@ def mean_attention_distance(
             a["sums"] = a["sums"] + sums
             a["count"] += count
             a["nq"] = count // rec.probs.shape[0]
-            if rec.block.family == "fcaformer":
+            if reads_cross:
                 s2, c2 = record_distance_sums(rec, qmask, key_labels=["tokens"])
                 a["tok"] = a["tok"] + s2
                 a["tok_count"] += c2
@@ -346,7 +347,7 @@ def mean_attention_distance(
         else:
             entry.update(mean_distance_px=None, per_head_px=None)
         entry["num_queries"] = a["nq"]
-        if a["info"].family == "fcaformer":
+        if reads_cross:
             entry["tokens_mean_distance_px"] = (float((np.asarray(a["tok"]) / a["tok_count"]).mean())
                                                 if a["tok_count"] else None)
             entry["cross_share"] = a["cross"] / a["cross_count"] if a["cross_count"] else None
@@ -356,6 +357,11 @@ def mean_attention_distance(
 
 
 # ---------------------------------------------------------------------------------------------------- cross tokens
+def _reads_cross(model: nn.Module) -> bool:
+    """Whether any block of ``model`` attends to tokens made by earlier blocks (FcaFormer's cross tokens)."""
+    return any(b.sources for b in model_blocks(model))
+
+
 def _cross_mass(rec: AttentionRecord, query_mask: np.ndarray | None = None,
                 source: str | None = None) -> tuple[float, int]:
     """Sum over images, heads-mean and chosen queries of the attention mass on cross tokens (of ``source`` only if
@@ -398,9 +404,10 @@ def cross_token_share(
         UnsupportedModelError: the model is not an FcaFormer.
     """
     loaded = _resolve(model)
-    if model_family(loaded.model) != "fcaformer":
-        raise UnsupportedModelError(f"{loaded.name} is not an FcaFormer: cross-token shares exist only for FcaFormer "
-                                    "models (forward cross attention)")
+    if not _reads_cross(loaded.model):
+        raise UnsupportedModelError(f"{loaded.name} reads no cross tokens: it is not an FcaFormer with forward cross "
+                                    "attention (cross-token shares exist only where blocks attend to tokens made by "
+                                    "earlier blocks)")
     batch = _batch(loaded, images, preprocessing)
     net = loaded.model
     acc: dict[str, dict[str, Any]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def plot_attention_maps(maps: Sequence[Any], images: np.ndarray, path: str | os.
     for m in maps:
         if (m.image, m.query) not in rows:
             rows.append((m.image, m.query))
-    split = any("cross" in m.panels for m in maps) or any(m.block.kind == "fca" for m in maps)
+    split = any("cross" in m.panels for m in maps) or any(m.block.sources for m in maps)
     kinds = ["tokens", "cross"] if split else ["tokens"]
     lookup = {(m.image, m.query, m.block.name): m for m in maps}
     nr, nc = len(rows) * len(kinds), len(blocks)
@@ -102,15 +103,14 @@ def plot_attention_maps(maps: Sequence[Any], images: np.ndarray, path: str | os.
 
 
 def _block_title(block, meta: Mapping[str, Any]) -> str:
-    if block.family == "crossformer":
-        g = meta.get("group_size")
-        kind = "LDA" if meta.get("lda") else "SDA"
-        extra = f" I={meta.get('interval')}" if meta.get("lda") else ""
-        return f"{block.name.replace('stages.', 's').replace('.blocks.', '.b')}\n{kind} G={g}{extra}"
-    if block.family == "fcaformer":
-        name = block.name.replace("stages.", "s").replace(".blocks.", ".b").replace("blocks.", "b")
-        return f"{name}\n{len(meta.get('sources') or [])} sources"
-    return block.name.replace("encoders.", "e").replace(".branches.", ".br").replace(".fusion.blocks.", ".fuse")
+    """Short block name (``s2.b1``, ``e0.br1.3``) and the family's caption of the call (``LDA G=7 I=8``)."""
+    name = block.name
+    for long, short in (("stages.", "s"), (".blocks.", ".b"), ("encoders.", "e"), (".branches.", ".br"),
+                        (".fusion.b", ".fuse")):
+        name = name.replace(long, short)
+    name = re.sub(r"^blocks\.", "b", name)
+    caption = meta.get("caption")
+    return f"{name}\n{caption}" if caption else name
 
 
 def _stage_lines(ax, entries: Sequence[Mapping[str, Any]], xs: Sequence[int]) -> None:

@@ -24,7 +24,7 @@ from torchvision import transforms
 from .errors import DataError
 from .folders import _to_standard_mode
 
-__all__ = ["INTERPOLATIONS", "ToMode", "build_transform", "denormalize"]
+__all__ = ["INTERPOLATIONS", "ToMode", "adapt_stats", "build_transform", "denormalize"]
 
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")
 
@@ -74,7 +74,13 @@ def _check_pair(name: str, value: Any) -> tuple[float, float]:
     return lo, hi
 
 
-def _adapt_stats(name: str, values: Any, channels: int) -> tuple[float, ...]:
+def adapt_stats(name: str, values: Any, channels: int) -> tuple[float, ...]:
+    """Per-channel ``mean`` / ``std`` (0..1 units) for ``channels`` channels: 3 values averaged for 1 channel, 1
+    value repeated for 3 (timm's resolver does not adapt them).
+
+    Raises:
+        DataError: not 1 or 3 finite numbers, or a non-positive std.
+    """
     if isinstance(values, numbers.Real):
         values = (values,)
     try:
@@ -156,8 +162,8 @@ def build_transform(
             f"input_size must be (channels, height, width) with channels 1 or 3, got {input_size!r}: "
             "e.g. (1, 28, 28) or (3, 224, 224)."
         )
-    mean_t = _adapt_stats("mean", mean, channels)
-    std_t = _adapt_stats("std", std, channels)
+    mean_t = adapt_stats("mean", mean, channels)
+    std_t = adapt_stats("std", std, channels)
     if interpolation not in INTERPOLATIONS:
         raise DataError(f"Unknown interpolation {interpolation!r}: use one of {', '.join(INTERPOLATIONS)}.")
     if not is_training and interpolation == "random":
@@ -221,6 +227,6 @@ def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     the input's dtype, nominally in 0..1 (not clamped).
     """
     channels = x.shape[-3]
-    m = torch.tensor(_adapt_stats("mean", mean, channels), dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    s = torch.tensor(_adapt_stats("std", std, channels), dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    m = torch.tensor(adapt_stats("mean", mean, channels), dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.tensor(adapt_stats("std", std, channels), dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return x * s + m

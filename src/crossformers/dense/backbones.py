@@ -55,12 +55,12 @@ def _needs_loader(source: str | os.PathLike | nn.Module) -> bool:
 
 
 def default_out_indices(model: nn.Module) -> tuple[int, ...]:
-    """Feature indices a dense backbone uses by default: every stage of a hierarchical model (strides 4-32), the
-    last encoder of every branch of CrossViT, the last block of a plain model."""
-    branches = getattr(model, "num_branches", None)
-    if branches and hasattr(model, "encoders"):
-        K = len(model.encoders)
-        return tuple((b + 1) * K - 1 for b in range(branches))
+    """Feature indices a dense backbone uses by default: the model's own choice (protocol ``default_out_indices``:
+    CrossViT, the last encoder of every branch), else every stage of a hierarchical model (strides 4-32) and the
+    last block of a plain model."""
+    own = getattr(model, "default_out_indices", None)
+    if callable(own):
+        return tuple(own())
     info = model.feature_info
     reductions = [i["reduction"] for i in info]
     if len(set(reductions)) == 1:

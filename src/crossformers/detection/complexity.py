@@ -15,41 +15,24 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from ..utils.macs import count_call_macs
 
 __all__ = ["count_macs", "detector_complexity", "segmenter_complexity"]
 
 
-def _set_fused(model: nn.Module, enable: bool) -> None:
-    for m in model.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = enable
-
-
 def count_macs(model: nn.Module, *inputs: Any) -> float:
-    """MACs (FLOPs / 2) of ``model(*inputs)`` in eval mode without gradients, explicit attention everywhere.
+    """MACs (FLOPs / 2) of ``model(*inputs)`` in eval mode without gradients, explicit attention everywhere
+    (:func:`crossformers.utils.macs.count_call_macs`, the project's one MAC counter).
 
     Args:
-        model: any module; its attention modules (``fused_attn`` flags) are switched to the explicit path for the
-            count and back afterwards.
-        *inputs: the forward arguments.
+        model: any module.
+        *inputs: the forward arguments (e.g. a list of (C, H, W) images for a torchvision detector).
 
     Returns:
         Multiply-accumulates (float).
     """
-    fused = {m: m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
-    training = model.training
-    model.eval()
-    _set_fused(model, False)
-    try:
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            model(*inputs)
-        return counter.get_total_flops() / 2.0
-    finally:
-        for m, v in fused.items():
-            m.fused_attn = v
-        model.train(training)
+    return float(count_call_macs(model, *inputs)[0])
 
 
 def _params(model: nn.Module) -> int:

@@ -13,6 +13,7 @@ from timm.data import resolve_model_data_config
 from torch import nn
 
 from ..checkpoint import head_keys, load_checkpoint, read_state_dict
+from ..data.transforms import adapt_stats
 from ..errors import CrossformersError, InputSizeError, PretrainedUnavailableError, UnknownModelError
 from ..factory import create_model
 from ..utils.macs import count_macs as _count_macs
@@ -111,12 +112,7 @@ def model_preprocessing(model: nn.Module, in_chans: int | None = None, img_size:
         if v is not None:
             out[k] = list(v) if isinstance(v, tuple) else v
     for k in ("mean", "std"):
-        vals = [float(x) for x in out[k]]
-        if chans == 1 and len(vals) == 3:
-            vals = [sum(vals) / 3.0]
-        elif chans == 3 and len(vals) == 1:
-            vals = vals * 3
-        out[k] = vals
+        out[k] = list(adapt_stats(k, out[k], chans))
     return out
 
 

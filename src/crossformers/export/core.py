@@ -46,6 +46,7 @@ from torch import nn
 
 from ..engine.loading import load_model, model_in_chans
 from ..errors import CrossformersError
+from ..layers.bias_cache import InferenceCache
 from .shapes import SizeRule, dynamic_size_rule
 
 __all__ = ["ExportError", "ExportReport", "Check", "SizeGuard", "export_model", "FORMATS", "MIN_LOGIT_SCALE"]
@@ -176,32 +177,23 @@ class ExportReport:
 def _export_mode(model: nn.Module) -> Iterator[None]:
     """Explicit attention, no position-bias caches, eval mode; everything restored afterwards."""
     fused = {m: m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
-    caches = {m: m._bias_cache for m in model.modules() if isinstance(getattr(m, "_bias_cache", None), dict)}
+    caches = {m: m.enabled for m in model.modules() if isinstance(m, InferenceCache)}
     training = model.training
     for m in fused:
         m.fused_attn = False
-    for m in caches:
-        m._bias_cache = _NoCache()
+    for c in caches:  # tensors traced by torch.export must not outlive the trace
+        c.clear()
+        c.enabled = False
     model.eval()
     try:
         yield
     finally:
         for m, v in fused.items():
             m.fused_attn = v
-        for m, c in caches.items():
+        for c, enabled in caches.items():
             c.clear()
-            m._bias_cache = c
+            c.enabled = enabled
         model.train(training)
-
-
-class _NoCache(dict):
-    """A bias cache that stores nothing (tensors traced by torch.export must not outlive the trace)."""
-
-    def __setitem__(self, key, value) -> None:
-        pass
-
-    def setdefault(self, key, default=None):
-        return default
 
 
 class SizeGuard(nn.Module):

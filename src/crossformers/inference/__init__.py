@@ -18,7 +18,7 @@ from ..layers.linear import set_onednn_linear, set_packed_weights
 from ..models._base import set_bias_cache, set_channels_last, set_fused_attn
 from .allocator import retain_freed_memory
 from .compile import CompiledForInference, compile_for_inference
-from .fuse import FoldedNormAct, fold_conv_bn, fuse
+from .folding import FoldedNormAct, fold_conv_bn, fuse
 from .optimize import optimize_for_inference, optimize_for_training, prefers_channels_last
 
 __all__ = [

@@ -1,5 +1,7 @@
 """Multi-head attention with an additive bias, fused or explicit: :func:`dot_product_attention` (the function has
-its own name, so ``crossformers.layers.attention`` is always this module).
+its own name, so ``crossformers.layers.attention`` is always this module), the module every family's attention runs
+through (:class:`ScaledDotProduct`, with the observation point :class:`AttentionProbs`) and the multi-head
+self-attention shared by CrossFormer's groups and CrossViT's branches (:class:`Attention`).
 
 The fused path goes through :func:`torch.nn.functional.scaled_dot_product_attention`; the explicit path computes
 ``softmax(q k^T * scale + bias) v`` step by step and is used for analysis (attention maps) and for counting MACs
@@ -11,13 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
+from torch import nn
 
-__all__ = ["dot_product_attention", "explicit_attention"]
+__all__ = ["dot_product_attention", "explicit_attention", "AttentionProbs", "ScaledDotProduct", "Attention"]
 
 
 def explicit_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
-    dropout_p: float = 0.0, training: bool = False,
+    dropout_p: float = 0.0, training: bool = False, observe: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention computed step by step (Vaswani et al. 2017, Eq. 1).
 
@@ -28,6 +31,7 @@ def explicit_attention(
         bias: additive attention bias broadcastable to (B, heads, Nq, Nk), or None.
         dropout_p: dropout on the attention probabilities (training only).
         training: whether dropout applies.
+        observe: a module the probabilities pass through before dropout (the :class:`AttentionProbs` hook point).
 
     Returns:
         (out (B, heads, Nq, head_dim), probabilities (B, heads, Nq, Nk)).
@@ -36,6 +40,8 @@ def explicit_attention(
     if bias is not None:
         attn = attn + bias
     attn = attn.softmax(dim=-1)
+    if observe is not None:
+        attn = observe(attn)
     out = F.dropout(attn, dropout_p, training) @ v
     return out, attn
 
@@ -87,3 +93,75 @@ def _flatten_bias(bias: torch.Tensor, lead: torch.Size) -> torch.Tensor:
     if all(d == 1 for d in blead):
         return bias.reshape(1, *bias.shape[-3:])
     return bias.expand(*lead, *bias.shape[-3:]).reshape(-1, *bias.shape[-3:])
+
+
+class AttentionProbs(nn.Identity):
+    """The observation point of attention: on the explicit path the probabilities (..., heads, Nq, Nk) pass through
+    this identity module, so a forward hook on it sees them (as timm's ``AttentionExtract`` hooks its models'
+    attention modules). The fused path computes no probabilities and does not call it."""
+
+
+class ScaledDotProduct(nn.Module):
+    """softmax(q k^T / sqrt(d) + bias) v as a module (Vaswani et al. 2017, Eq. 1): the one place every family's
+    attention is computed.
+
+    Attributes:
+        fused_attn: use :func:`torch.nn.functional.scaled_dot_product_attention` (default) or the explicit path,
+            whose probabilities pass through ``probs`` (:class:`AttentionProbs`).
+        attn_drop: dropout on the probabilities in training.
+
+    Inputs q (..., heads, Nq, d), k and v (..., heads, Nk, d), bias broadcastable to (..., heads, Nq, Nk) or None;
+    output (..., heads, Nq, d). No parameters (no state-dict keys).
+    """
+
+    def __init__(self, attn_drop: float = 0.0):
+        super().__init__()
+        self.attn_drop = float(attn_drop)
+        self.fused_attn = True
+        self.probs = AttentionProbs()
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fused_attn:
+            return dot_product_attention(q, k, v, bias, self.attn_drop, self.training, fused=True)
+        return explicit_attention(q, k, v, bias, self.attn_drop, self.training, self.probs)[0]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with an optional additive bias over any leading dims (keys ``qkv``, ``proj`` as
+    timm's ViT): CrossViT's branch and all-attention layers (CrossViT Sec. 3.2-3.3) and, with a dynamic position bias,
+    CrossFormer's group attention (CrossFormer Sec. 3.2).
+
+    Input (..., N, C) tokens (e.g. (B, N, C), or (B, groups, N, C)) and a bias broadcastable to
+    (..., heads, N, N) or None; output (..., N, C).
+
+    Args:
+        dim, num_heads, qkv_bias, attn_drop, proj_drop: as timm's ViT attention.
+        pos: a position-bias module owned by the attention (CrossFormer's DPB, key ``attn.pos``), registered first
+            so that its parameters come first, as in the official code; the caller computes the bias from it.
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, pos: nn.Module | None = None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}: choose num_heads dividing dim")
+        if pos is not None:
+            self.pos = pos
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.sdpa = ScaledDotProduct(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        *lead, N, C = x.shape
+        h = self.num_heads
+        qkv = self.qkv(x).reshape(*lead, N, 3, h, C // h)
+        q, k, v = qkv.unbind(-3)  # each (..., N, heads, d)
+        q, k, v = q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2)
+        out = self.sdpa(q, k, v, None if bias is None else bias.to(q.dtype))
+        return self.proj_drop(self.proj(out.transpose(-3, -2).reshape(*lead, N, C)))

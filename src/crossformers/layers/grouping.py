@@ -11,11 +11,13 @@ Padded tokens must not be attended to: :func:`padding_key_mask` gives, per group
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-__all__ = ["group_extent", "padded_size", "group_tokens", "ungroup_tokens", "padding_key_mask"]
+__all__ = ["group_extent", "padded_size", "group_tokens", "ungroup_tokens", "padding_key_mask", "group_coordinates",
+           "group_of_token"]
 
 
 def group_extent(group_size: int, interval: int, lda: bool) -> int:
@@ -88,3 +90,63 @@ def padding_key_mask(height: int, width: int, group_size: int, interval: int, ld
     pad = torch.ones(1, Hp, Wp, 1, dtype=torch.bool, device=device)
     pad[:, :height, :width] = False
     return group_tokens(pad, group_size, interval, lda)[0, :, :, 0]
+
+
+def group_coordinates(height: int, width: int, group_size: int, interval: int,
+                      lda: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Token coordinates of every member of every SDA/LDA group (CrossFormer Sec. 3.2, Fig. 2).
+
+    The map is padded at the bottom/right to a multiple of the group extent (G for SDA, G * I for LDA). SDA group
+    ``(wh, ww)`` holds tokens ``(wh * G + gh, ww * G + gw)``; LDA group ``(rh, rw, ih, iw)`` holds tokens
+    ``(rh * G * I + gh * I + ih, rw * G * I + gw * I + iw)`` for ``gh, gw < G``: G x G tokens sampled every I tokens
+    inside one (G * I)^2 region. Groups and members are in the order of
+    :func:`crossformers.layers.grouping.group_tokens`.
+
+    Args:
+        height, width: token map size (H, W).
+        group_size: G.
+        interval: I (LDA only).
+        lda: long-distance grouping.
+
+    Returns:
+        ``(coords, valid)``: coords (nG, G * G, 2) int64 token coordinates ``(y, x)`` in the padded map; valid
+        (nG, G * G) bool, False for padding tokens (``y >= height`` or ``x >= width``).
+    """
+    G = group_size
+    extent = G * interval if lda else G
+    Hp, Wp = -(-height // extent) * extent, -(-width // extent) * extent
+    gh, gw = np.meshgrid(np.arange(G), np.arange(G), indexing="ij")
+    gh, gw = gh.ravel(), gw.ravel()
+    groups = []
+    if lda:
+        I = interval  # noqa: E741
+        for rh in range(Hp // extent):
+            for rw in range(Wp // extent):
+                for ih in range(I):
+                    for iw in range(I):
+                        groups.append(np.stack([rh * extent + gh * I + ih, rw * extent + gw * I + iw], axis=1))
+    else:
+        for wh in range(Hp // G):
+            for ww in range(Wp // G):
+                groups.append(np.stack([wh * G + gh, ww * G + gw], axis=1))
+    coords = np.stack(groups).astype(np.int64)
+    valid = (coords[..., 0] < height) & (coords[..., 1] < width)
+    return coords, valid
+
+
+def group_of_token(y: int, x: int, height: int, width: int, group_size: int, interval: int,
+                   lda: bool) -> tuple[int, int]:
+    """``(group index, member index)`` of token ``(y, x)`` in the layout of :func:`group_coordinates`."""
+    G = group_size
+    if lda:
+        I = interval  # noqa: E741
+        extent = G * I
+        Wp = -(-width // extent) * extent
+        Rw = Wp // extent
+        g = (((y // extent) * Rw + x // extent) * I + y % I) * I + x % I
+        n = ((y % extent) // I) * G + (x % extent) // I
+    else:
+        Wp = -(-width // G) * G
+        g = (y // G) * (Wp // G) + x // G
+        n = (y % G) * G + x % G
+    return int(g), int(n)

@@ -233,6 +233,15 @@ def uses_onednn_linear(module: nn.Module) -> bool:
     return isinstance(module, OneDNNLinear)
 
 
+def linear_rows(layer: nn.Linear, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+    """Output features ``start:stop`` of ``layer`` for inputs ``x`` (..., in_features) -> (..., stop - start),
+    computed with the layer's own kernel (oneDNN when the layer is switched to it, else ``F.linear``): e.g. only the
+    key/value rows of a fused qkv projection."""
+    weight = layer.weight[start:stop]
+    bias = None if layer.bias is None else layer.bias[start:stop]
+    return fast_linear(x, weight, bias) if uses_onednn_linear(layer) else F.linear(x, weight, bias)
+
+
 def linear_kernel(model: nn.Module) -> str:
     """Which kernel the linear layers of ``model`` use: ``"onednn"`` when they are switched to the oneDNN path
     (:func:`set_onednn_linear`; any :class:`OneDNNLinear` / :class:`OneDNNMlp` in the model), else ``"native"``

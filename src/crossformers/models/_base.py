@@ -11,10 +11,13 @@ import torch
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from ..checkpoint import guess_family
+from ..errors import CheckpointError
+from ..layers.bias_cache import clear_caches, set_bias_cache, tensor_versions
 from ..layers.linear import LinearKernelMixin
 from ._helpers import check_input
 
-__all__ = ["HierarchicalModel", "set_fused_attn", "clear_caches", "set_bias_cache", "set_channels_last",
+__all__ = ["HierarchicalModel", "OfficialLayoutHint", "DenseBackboneHead", "set_fused_attn", "clear_caches", "set_bias_cache", "set_channels_last",
            "tensor_versions"]
 
 
@@ -24,57 +27,6 @@ def set_fused_attn(model: nn.Module, enable: bool = True) -> None:
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = enable
-
-
-def tensor_versions(tensors) -> tuple[tuple[int, int], ...] | None:
-    """(storage address, in-place version counter) of each tensor: part of a bias-cache key, so that moving the
-    tensors, loading new ones or updating them in place (an optimizer or EMA step) makes the cache miss.
-
-    Returns None when any tensor is an inference tensor (created or converted under ``torch.inference_mode()``):
-    those have no version counter, so an in-place update (e.g. ``load_state_dict`` inside inference mode) could not
-    be noticed; callers then compute the bias without caching it.
-    """
-    tensors = list(tensors)
-    if any(t.is_inference() for t in tensors):
-        return None
-    return tuple((t.data_ptr(), t._version) for t in tensors)
-
-
-def clear_caches(model: nn.Module) -> None:
-    """Drop every cached position bias inside ``model`` (modules exposing ``_bias_cache``)."""
-    for m in model.modules():
-        cache = getattr(m, "_bias_cache", None)
-        if isinstance(cache, dict):
-            cache.clear()
-
-
-class _DisabledCache(dict):
-    """A ``_bias_cache`` that keeps nothing: what :func:`set_bias_cache` installs to switch caching off."""
-
-    def __setitem__(self, key, value) -> None:
-        pass
-
-    def setdefault(self, key, default=None):
-        return default
-
-    def update(self, *args, **kwargs) -> None:
-        pass
-
-
-def set_bias_cache(model: nn.Module, enable: bool = True) -> None:
-    """Switch the inference-time position-bias caches of ``model`` on (default) or off.
-
-    Every module with a ``_bias_cache`` dict (CrossFormer's DPB, FcaFormer's relative/cross-token bias) caches the
-    bias it computes in eval mode without gradients; switched off, the bias is recomputed in every forward (the plain
-    path, e.g. to check that both agree).
-    """
-    for m in model.modules():
-        cache = getattr(m, "_bias_cache", None)
-        if isinstance(cache, dict):
-            if not enable:
-                m._bias_cache = _DisabledCache()
-            elif isinstance(cache, _DisabledCache):
-                m._bias_cache = {}
 
 
 def set_channels_last(model: nn.Module, enable: bool = True) -> nn.Module:
@@ -91,7 +43,46 @@ def set_channels_last(model: nn.Module, enable: bool = True) -> nn.Module:
     return model
 
 
-class HierarchicalModel(LinearKernelMixin, nn.Module):
+class OfficialLayoutHint:
+    """``load_state_dict`` that converts nothing (no hook) but, when a state dict in another layout fails to load,
+    says how to load it instead of listing hundreds of keys: ``crossformers.load_checkpoint(model, sd)`` or the
+    model's ``convert_state_dict`` (the family's checkpoint filter, run once)."""
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as e:
+            family = guess_family(state_dict)
+            if family is None or "crossformers layout" in family:
+                raise
+            raise CheckpointError(
+                f"this state dict is in the {family}, which load_state_dict does not convert: use "
+                "crossformers.load_checkpoint(model, state_dict) (or model.convert_state_dict(state_dict) first); "
+                "through timm, pass the file as timm.create_model(name, pretrained=True, "
+                "pretrained_cfg_overlay=dict(file=PATH))") from e
+
+
+class DenseBackboneHead:
+    """timm's classifier API for a dense backbone, which has none: ``get_classifier`` is the identity head and
+    ``reset_classifier`` accepts only ``num_classes=0``; ``classifier_model`` names the model to use instead."""
+
+    classifier_model = "the classification model"
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A dense backbone has no classifier: only ``num_classes=0`` is accepted.
+
+        Raises:
+            ValueError: ``num_classes`` > 0.
+        """
+        if num_classes:
+            raise ValueError(f"a dense backbone has no classifier: use {self.classifier_model} for num_classes > 0")
+
+
+class HierarchicalModel(OfficialLayoutHint, LinearKernelMixin, nn.Module):
     """timm API for a 4-stage pyramid: intermediates at strides 4-32, features, head, checkpointing; and
     ``linear_kernel`` (``"onednn"`` / ``"native"``, settable; see :class:`~crossformers.layers.linear.LinearKernelMixin`)."""
 
@@ -127,11 +118,6 @@ class HierarchicalModel(LinearKernelMixin, nn.Module):
     def clear_cache(self) -> None:
         """Drop cached position biases (done automatically by ``train()`` and ``load_state_dict``)."""
         clear_caches(self)
-
-    def train(self, mode: bool = True):
-        """Switch mode; cached inference-only position biases are dropped."""
-        self.clear_cache()
-        return super().train(mode)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

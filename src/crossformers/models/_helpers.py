@@ -1,9 +1,8 @@
-"""Construction helpers shared by every family: building through timm, loading the authors' weights, converting
-official checkpoints on load, and checking inputs."""
+"""Construction helpers shared by every family: building through timm, loading the authors' weights (converted once,
+by the family's checkpoint filter), and checking inputs."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -21,50 +20,9 @@ from ..errors import InputSizeError, PretrainedUnavailableError
 from ..hub import WEIGHTS_ENV, WEIGHTS_FILE, read_local_dir_weights, weights_folder_file
 from ..layers.linear import onednn_by_default, set_onednn_linear
 
-__all__ = ["build_family_model", "convert_on_load", "check_input", "resolve_pretrained_file", "hub_cached"]
+__all__ = ["build_family_model", "check_input", "resolve_pretrained_file", "hub_cached"]
 
 StateDict = dict[str, torch.Tensor]
-
-
-class _ConvertStateDict:
-    """Load-state-dict pre-hook rewriting the incoming state dict with ``filter_fn`` (a module-level function, so
-    the model stays picklable: ``torch.save(model)``, ``copy.deepcopy``, multiprocessing)."""
-
-    def __init__(self, filter_fn: Callable[[StateDict, nn.Module], StateDict]):
-        self.filter_fn = filter_fn
-
-    def __call__(self, module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                 error_msgs) -> None:
-        own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        converted = self.filter_fn(own, module)
-        for k in [k for k in state_dict if k.startswith(prefix)]:
-            del state_dict[k]
-        state_dict.update({prefix + k: v for k, v in converted.items()})
-
-
-def _clear_cache_after_load(module: nn.Module, incompatible_keys) -> None:
-    clear = getattr(module, "clear_cache", None)
-    if callable(clear):
-        clear()
-
-
-def convert_on_load(model: nn.Module, filter_fn: Callable[[StateDict, nn.Module], StateDict]) -> None:
-    """Make ``model.load_state_dict`` accept official checkpoint layouts.
-
-    Registers a load-state-dict pre-hook that rewrites the incoming state dict with ``filter_fn`` (which must leave
-    keys already in our layout unchanged), and a post-hook that clears cached position biases. This is what lets
-    ``timm.create_model(name, checkpoint_path=...)`` and plain ``model.load_state_dict(official_sd)`` work.
-    Also sets ``model.convert_state_dict(sd)``, used by :func:`crossformers.checkpoint.load_checkpoint`.
-    Hooks are picklable objects, so ``torch.save(model)`` works.
-    """
-    model.register_load_state_dict_pre_hook(_ConvertStateDict(filter_fn))
-    model.register_load_state_dict_post_hook(_clear_cache_after_load)
-    model.convert_state_dict = functools.partial(_convert_copy, filter_fn, model)
-
-
-def _convert_copy(filter_fn: Callable[[StateDict, nn.Module], StateDict], model: nn.Module, sd: StateDict
-                  ) -> StateDict:
-    return filter_fn(dict(sd), model)
 
 
 def _cache_dir() -> Path:
@@ -165,7 +123,7 @@ def _load_weights(model: nn.Module, source: Path | str | Mapping[str, torch.Tens
     own = model.state_dict()
     drop = features_only or (new_head and any(
         k in state and state[k].shape != own[k].shape for k in head_keys(model)))
-    load_checkpoint(model, state, drop_head=drop, source=name or str(source))
+    load_checkpoint(model, state, drop_head=drop, source=name or str(source), converted=True)
 
 
 def build_family_model(
@@ -198,7 +156,10 @@ def build_family_model(
     onednn = kwargs.pop("onednn_linear", None)
     onednn = onednn_by_default() if onednn is None else bool(onednn)
     given_cfg = kwargs.get("pretrained_cfg")
+    tag = given_cfg if isinstance(given_cfg, str) else None  # timm passes the tag of 'name.tag' here
+    weights_variant = f"{variant}.{tag}" if tag and "." not in variant else variant
     given_cfg = given_cfg if isinstance(given_cfg, dict) else {}
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
     weights_name = None
     if checkpoint_file is None and pretrained and given_cfg.get("source") == "local-dir":
         # timm's `local-dir:DIR` model source: a folder written by `crossformers convert` (crossformers.hub)
@@ -208,15 +169,18 @@ def build_family_model(
         # folder whose weights disagree with its own config is an error, never silently repaired
         saved = kwargs.get("pretrained_model_args") or {}
         new_head = new_head or kwargs.get("num_classes", saved.get("num_classes")) != saved.get("num_classes")
+    elif checkpoint_file is None and pretrained and overlay.get("file"):
+        # timm's way to give a pretrained model a local file: pretrained_cfg_overlay=dict(file=PATH)
+        weights = overlay["file"]
     elif checkpoint_file is None and pretrained and given_cfg.get("source") == "hf-hub":
         weights = _hub_file(given_cfg["hf_hub_id"], variant, "pass it with checkpoint_path=")
     else:
         weights = checkpoint_file if checkpoint_file is not None else (
-            resolve_pretrained_file(variant) if pretrained else None)
+            resolve_pretrained_file(weights_variant) if pretrained else None)
     if weights_name is None:
         new_head = new_head or (pretrained and checkpoint_file is None)
     features_only = bool(kwargs.get("features_only", False))
-    cfg = get_pretrained_cfg(variant)
+    cfg = get_pretrained_cfg(weights_variant)
     cfg = cfg.to_dict() if cfg is not None else {}
 
     def construct(**kw):
@@ -226,7 +190,6 @@ def build_family_model(
             model.to(dtype=dtype)
         if onednn:
             set_onednn_linear(model, True)
-        convert_on_load(model, filter_fn)
         if weights is not None:
             _load_weights(model, weights, cfg, filter_fn, new_head, features_only, weights_name)
         return model

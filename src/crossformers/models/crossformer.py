@@ -30,24 +30,30 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import torch
 from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from ..checkpoint import guess_family
+from ..checkpoint import check_family, register_checkpoint_markers
 from ..errors import CheckpointError, PretrainedUnavailableError
 from ..factory import register_name
-from ..layers.attention import dot_product_attention
+from ..layers.attention import Attention
+from ..layers.bias_cache import InferenceCache
 from ..layers.embed import CrossScaleEmbedding
-from ..layers.grouping import group_tokens, padding_key_mask, ungroup_tokens
+from ..layers.geometry import Lattice, conv_lattice
+from ..layers.grouping import group_coordinates, group_tokens, padded_size, padding_key_mask, ungroup_tokens
 from ..layers.position_bias import DynamicPosBias
-from ._base import HierarchicalModel, tensor_versions
-from ._helpers import build_family_model, convert_on_load
+from ._base import DenseBackboneHead, HierarchicalModel
+from ._helpers import build_family_model
 from .dense_checkpoint import load_dense_weights
+from .protocol import AttentionLayout, BlockInfo, SizeRule, TokenSegment, call_arg, lcm, smallest_multiple_above
 
 __all__ = ["CrossFormer", "CrossFormerBlock", "progressive_group_sizes", "checkpoint_filter_fn"]
+
+register_checkpoint_markers("CrossFormer/CrossFormer++ (official layout)", ("layers.0.blocks.0.attn.pos.",))
+register_checkpoint_markers("CrossFormer/CrossFormer++ (crossformers layout)", (".attn.pos.pos_proj.",))
 
 #: Additive attention bias of a padded key (LDA/SDA groups padded to a multiple of the group size): large enough that
 #: exp() of it underflows to exactly 0 in fp32 and bf16 (so a padded key gets no attention), finite so that the sum
@@ -123,8 +129,10 @@ def mask_padded_keys(bias: torch.Tensor, height: int, width: int, group_size: in
     return bias
 
 
-class GroupAttention(nn.Module):
-    """Multi-head self-attention inside groups with a dynamic position bias (CrossFormer Sec. 3.2).
+class GroupAttention(Attention):
+    """Multi-head self-attention inside groups with a dynamic position bias (CrossFormer Sec. 3.2): the shared
+    :class:`~crossformers.layers.attention.Attention` owning a :class:`~crossformers.layers.position_bias.
+    DynamicPosBias` (``pos``).
 
     Input (B, nG, N, C) groups of N = Gh * Gw tokens and an additive bias broadcastable to (nG, heads, N, N);
     output (B, nG, N, C).
@@ -132,22 +140,7 @@ class GroupAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.pos = DynamicPosBias(dim, num_heads)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.fused_attn = True
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        B, nG, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, nG, N, 3, self.num_heads, C // self.num_heads).permute(3, 0, 1, 4, 2, 5)
-        out = dot_product_attention(q, k, v, bias.to(q.dtype), self.attn_drop, self.training, fused=self.fused_attn)
-        return self.proj_drop(self.proj(out.transpose(2, 3).reshape(B, nG, N, C)))
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, pos=DynamicPosBias(dim, num_heads))
 
 
 class AmplitudeCooling(nn.Module):
@@ -195,38 +188,36 @@ class CrossFormerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
         self.acl = AmplitudeCooling(dim) if acl else None
-        self._bias_cache: dict[tuple, torch.Tensor] = {}
+        self.bias_cache = InferenceCache()
 
     def grouping(self, height: int, width: int) -> tuple[int, bool]:
         """(G, lda) used on a (height, width) map: a map no larger than G is one SDA group of its smaller side."""
         return block_grouping(height, width, self.group_size, self.lda)
 
+    def interval_for(self, height: int, width: int) -> int:
+        """LDA interval I used on a (height, width) map (fixed here; the dense block may adapt it)."""
+        return self.interval
+
     def attn_bias(self, height: int, width: int) -> torch.Tensor:
         """DPB plus padding mask for a (height, width) map: (nG or 1, heads, G*G, G*G).
 
-        Cached in inference (eval mode, gradients off, not compiling) per map size and per storage and version of
-        the DPB parameters, so ``train()``, loading weights, moving them and in-place updates (an EMA step) all
-        invalidate it; parameters created under ``torch.inference_mode()`` have no version and are not cached, and
-        nothing is cached while FX-tracing (the traced graph recomputes it)."""
+        Cached in inference per map size and per storage and version of the DPB parameters
+        (:class:`~crossformers.layers.bias_cache.InferenceCache`)."""
         G, lda = self.grouping(height, width)
-        cacheable = (not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                     and not is_fx_symbolic_tracing())
-        versions = tensor_versions(self.attn.pos.parameters()) if cacheable else None
-        cacheable = versions is not None  # inference tensors (no version counter) are not cached
-        key = (height, width, G, lda, *versions) if cacheable else None
-        if cacheable and key in self._bias_cache:
-            return self._bias_cache[key]
-        bias = mask_padded_keys(self.attn.pos(G, G).unsqueeze(0), height, width, G, self.interval, lda)
-        if cacheable:
-            self._bias_cache[key] = bias
-        return bias
+        interval = self.interval_for(height, width)
+
+        def compute() -> torch.Tensor:
+            return mask_padded_keys(self.attn.pos(G, G).unsqueeze(0), height, width, G, interval, lda)
+
+        return self.bias_cache.get((height, width, G, lda, interval), self.attn.pos.parameters(), compute)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         G, lda = self.grouping(H, W)
-        groups = group_tokens(self.norm1(x), G, self.interval, lda)
+        interval = self.interval_for(H, W)
+        groups = group_tokens(self.norm1(x), G, interval, lda)
         groups = self.attn(groups, self.attn_bias(H, W))
-        x = x + self.drop_path(ungroup_tokens(groups, H, W, G, self.interval, lda))
+        x = x + self.drop_path(ungroup_tokens(groups, H, W, G, interval, lda))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         if self.acl is not None:
             x = self.acl(x)
@@ -361,6 +352,75 @@ class CrossFormer(HierarchicalModel):
         return dict(stem=r"^patch_embed", blocks=r"^stages\.(\d+)" if coarse else [
             (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))])
 
+    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An official checkpoint's state dict in our layout (:func:`checkpoint_filter_fn`; ours passes unchanged)."""
+        return checkpoint_filter_fn(dict(state_dict), self)
+
+    # ---- the family protocol (crossformers.models.protocol)
+    family = "crossformer"
+    prefers_channels_last = False  # maps are channels-last tokens already; the stem convolutions gain nothing
+
+    def block_infos(self) -> list[BlockInfo]:
+        """Every SDA/LDA block in execution order (CrossFormer Sec. 3.2)."""
+        out = []
+        for s, stage in enumerate(self.stages):
+            names = [f"stages.{s}.blocks.{j}" for j in range(len(stage.blocks))]
+            for j, blk in enumerate(stage.blocks):
+                out.append(BlockInfo(name=names[j], index=len(out), module=blk, family=self.family,
+                                     kind="lda" if blk.lda else "sda", stage=s, attention=blk.attn.sdpa,
+                                     acl=blk.acl is not None, position=j, siblings=names))
+        return out
+
+    def input_modules(self) -> list[nn.Module]:
+        """The model and its CEL stem: both receive the image batch first."""
+        return [self, self.patch_embed]
+
+    def token_lattice(self, stage: int, height: int, width: int) -> Lattice:
+        """Where the tokens of a (height, width) map of ``stage`` sit in the input, in pixels: the receptive-field
+        centres of the stem and the patch mergings (CEL: the smallest kernel; all its kernels share centres)."""
+        convs = [self.patch_embed.projs[0]] + [self.stages[s].downsample.projs[0] for s in range(1, stage + 1)]
+        return conv_lattice(convs, height, width)
+
+    def attention_layout(self, block: BlockInfo, args: tuple, kwargs: dict,
+                         image_size: tuple[int, int] | None) -> AttentionLayout:
+        """Queries and keys of one SDA/LDA call: the G x G members of every group, padding without a position."""
+        blk = block.module
+        x = call_arg(args, kwargs, 0, "x")
+        H, W = int(x.shape[1]), int(x.shape[2])
+        G, lda = blk.grouping(H, W)
+        interval = blk.interval_for(H, W)
+        lattice = self.token_lattice(block.stage, H, W)
+        coords, valid = group_coordinates(H, W, G, interval, lda)
+        cells = np.where(valid, coords[..., 0] * W + coords[..., 1], -1)
+        Hp, Wp = padded_size(H, W, G, interval, lda)
+        seg = [TokenSegment("tokens", 0, G * G, lattice)]
+        span = (G - 1) * (interval if lda else 1) + 1
+        meta = dict(grid=(H, W), stride_px=lattice.stride, group_size=G, interval=interval, lda=lda,
+                    padded=(Hp, Wp), num_groups=int(cells.shape[0]), padding_tokens=int(Hp * Wp - H * W),
+                    group_span_px=(span * lattice.stride[0], span * lattice.stride[1]))
+        caption = f"LDA G={G} I={interval}" if lda else f"SDA G={G}"
+        return AttentionLayout(seg, list(seg), cells, cells.copy(), meta, caption)
+
+    def input_size_rule(self) -> SizeRule:
+        """Sizes on which no map is padded or masked and none is smaller than its group: H, W multiples of
+        P = lcm(stride * group extent) over blocks, large enough that every map exceeds its group."""
+        stride0 = int(self.patch_embed.stride)
+        periods = [stride0 * 2 ** (len(self.stages) - 1)]  # even maps before every merging
+        larger = []
+        for s, stage in enumerate(self.stages):
+            r = stride0 * 2 ** s
+            for blk in stage.blocks:
+                periods.append(r * blk.group_size * (blk.interval if blk.lda else 1))
+                larger.append(r * blk.group_size)  # a map of at most G tokens is one group of its own size
+        p = lcm(periods)
+        m = smallest_multiple_above(larger, p)
+        return SizeRule((p, p), (m, m), "CrossFormer pads every map to a multiple of its group extent and masks the "
+                                         "padding, and a map no larger than a group becomes one group")
+
+    def cam_target_layers(self) -> list[str]:
+        """Class activation maps on the last stage's map."""
+        return [f"stages.{len(self.stages) - 1}"]
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # official checkpoints -> ours
@@ -393,10 +453,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     Raises:
         CheckpointError: another architecture, or derived buffers of a different group size.
     """
-    family = guess_family(state_dict)
-    if family is not None and not family.startswith("CrossFormer"):
-        raise CheckpointError(f"this is a {family} checkpoint, not a CrossFormer one: create the matching model "
-                              "(see crossformers.list_models())")
+    check_family(state_dict, "CrossFormer")
     out = {}
     for k, v in state_dict.items():
         new = _map_official_key(k)
@@ -578,34 +635,6 @@ class DenseCrossFormerBlock(CrossFormerBlock):
         G, _ = self.grouping(height, width)
         return math.ceil(max(height, width) / G)
 
-    def attn_bias(self, height: int, width: int) -> torch.Tensor:
-        """DPB plus padding mask for a (height, width) map: (nG or 1, heads, G*G, G*G) (cached in inference)."""
-        G, lda = self.grouping(height, width)
-        interval = self.interval_for(height, width)
-        cacheable = (not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                     and not is_fx_symbolic_tracing())
-        versions = tensor_versions(self.attn.pos.parameters()) if cacheable else None
-        cacheable = versions is not None  # inference tensors (no version counter) are not cached
-        key = (height, width, G, lda, interval, *versions) if cacheable else None
-        if cacheable and key in self._bias_cache:
-            return self._bias_cache[key]
-        bias = mask_padded_keys(self.attn.pos(G, G).unsqueeze(0), height, width, G, interval, lda)
-        if cacheable:
-            self._bias_cache[key] = bias
-        return bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        G, lda = self.grouping(H, W)
-        interval = self.interval_for(H, W)
-        groups = group_tokens(self.norm1(x), G, interval, lda)
-        groups = self.attn(groups, self.attn_bias(H, W))
-        x = x + self.drop_path(ungroup_tokens(groups, H, W, G, interval, lda))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        if self.acl is not None:
-            x = self.acl(x)
-        return x
-
 
 class DenseCrossFormerStage(CrossFormerStage):
     """A stage of the dense backbone: patch merging (stages 2-4), then :class:`DenseCrossFormerBlock` s.
@@ -625,7 +654,7 @@ class DenseCrossFormerStage(CrossFormerStage):
         ])
 
 
-class DenseCrossFormer(HierarchicalModel):
+class DenseCrossFormer(DenseBackboneHead, HierarchicalModel):
     """The authors' dense CrossFormer / CrossFormer++ backbone (their ``CrossFormer_S/B/L/S2`` of
     ``detection/crossformer_factory.py`` and ``segmentation/crossformer_factory.py``).
 
@@ -707,23 +736,23 @@ class DenseCrossFormer(HierarchicalModel):
         self.head = nn.Identity()
         self.apply(CrossFormer._init_weights)
 
-    # the same CEL stem and weight-decay rule as the classifier
+    # the same CEL stem, weight-decay rule, checkpoint filter and protocol as the classifier
     stem = CrossFormer.stem
     no_weight_decay = CrossFormer.no_weight_decay
+    convert_state_dict = CrossFormer.convert_state_dict
+    family = CrossFormer.family
+    prefers_channels_last = CrossFormer.prefers_channels_last
+    block_infos = CrossFormer.block_infos
+    input_modules = CrossFormer.input_modules
+    token_lattice = CrossFormer.token_lattice
+    attention_layout = CrossFormer.attention_layout
+    cam_target_layers = CrossFormer.cam_target_layers
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^patch_embed", blocks=r"^stages\.(\d+)" if coarse else [
             (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)])
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A dense backbone has no classifier: only ``num_classes=0`` is accepted."""
-        if num_classes:
-            raise ValueError("a dense backbone has no classifier: use the classification model for num_classes > 0")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Images (B, C, H, W) -> the maps of ``out_indices`` (NCHW, contiguous), as the authors' ``forward``."""
@@ -753,18 +782,6 @@ DENSE_OFFICIAL_CLASS = {"crossformer_small_dense": "CrossFormer_S", "crossformer
                         "crossformer_large_dense": "CrossFormer_L", "crossformer_pp_small_dense": "CrossFormer_S2"}
 
 
-def dense_checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Convert the backbone part of an authors' dense checkpoint (keys without ``backbone.``; the same layout as
-    their classifier minus ``norm``/``head``), or a classification checkpoint, to the dense model's names.
-
-    Classification-only keys (``norm.*``, ``head.*``) are kept, so that the loader can report what it drops.
-
-    Raises:
-        CheckpointError: another architecture.
-    """
-    return checkpoint_filter_fn(state_dict, model)
-
-
 def _dense_cfg(name: str) -> dict:
     return _cfg(num_classes=0, classifier="", input_size=(3, 800, 1280), pool_size=None, crop_pct=1.0,
                 paper_ids="arXiv:2303.06908" if "_pp_" in name else "arXiv:2108.00154",
@@ -772,7 +789,11 @@ def _dense_cfg(name: str) -> dict:
                       "their mmdet/mmseg checkpoints (Google Drive, linked from their README) via checkpoint_path=")
 
 
-def _create_dense(variant: str, **kwargs) -> DenseCrossFormer:
+def _create_dense(variant: str, pretrained: bool, **kwargs) -> DenseCrossFormer:
+    if pretrained:
+        raise PretrainedUnavailableError(
+            f"no direct download for {variant}: the authors publish their detection/segmentation checkpoints on "
+            f"Google Drive ({_V1}); download one and pass checkpoint_path=FILE")
     checkpoint = kwargs.pop("checkpoint_file", None)
     kwargs.pop("new_head", None)
     for timm_only in ("features_only", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
@@ -781,7 +802,6 @@ def _create_dense(variant: str, **kwargs) -> DenseCrossFormer:
     args.update(kwargs)
     model = DenseCrossFormer(**args)
     model.pretrained_cfg = _dense_cfg(variant) | {"architecture": variant}
-    convert_on_load(model, dense_checkpoint_filter_fn)
     if checkpoint is not None:
         load_dense_weights(model, checkpoint)
     return model
@@ -790,36 +810,25 @@ def _create_dense(variant: str, **kwargs) -> DenseCrossFormer:
 @register_model
 def crossformer_small_dense(pretrained: bool = False, **kwargs) -> DenseCrossFormer:
     """CrossFormer-S dense backbone (the authors' ``CrossFormer_S``): G 7, intervals [8, 4, 2, 1], four maps."""
-    _no_pretrained("crossformer_small_dense", pretrained)
-    return _create_dense("crossformer_small_dense", **kwargs)
+    return _create_dense("crossformer_small_dense", pretrained, **kwargs)
 
 
 @register_model
 def crossformer_base_dense(pretrained: bool = False, **kwargs) -> DenseCrossFormer:
     """CrossFormer-B dense backbone (the authors' ``CrossFormer_B``): G 7, intervals [8, 4, 2, 1], four maps."""
-    _no_pretrained("crossformer_base_dense", pretrained)
-    return _create_dense("crossformer_base_dense", **kwargs)
+    return _create_dense("crossformer_base_dense", pretrained, **kwargs)
 
 
 @register_model
 def crossformer_large_dense(pretrained: bool = False, **kwargs) -> DenseCrossFormer:
     """CrossFormer-L dense backbone (the authors' ``CrossFormer_L``): G 7, intervals [8, 4, 2, 1], four maps."""
-    _no_pretrained("crossformer_large_dense", pretrained)
-    return _create_dense("crossformer_large_dense", **kwargs)
+    return _create_dense("crossformer_large_dense", pretrained, **kwargs)
 
 
 @register_model
 def crossformer_pp_small_dense(pretrained: bool = False, **kwargs) -> DenseCrossFormer:
     """CrossFormer++-S dense backbone (the authors' ``CrossFormer_S2``): G 7, intervals [8, 4, 2, 1], ACL on."""
-    _no_pretrained("crossformer_pp_small_dense", pretrained)
-    return _create_dense("crossformer_pp_small_dense", **kwargs)
-
-
-def _no_pretrained(name: str, pretrained: bool) -> None:
-    if pretrained:
-        raise PretrainedUnavailableError(
-            f"no direct download for {name}: the authors publish their detection/segmentation checkpoints on Google "
-            f"Drive ({_V1}); download one and pass checkpoint_path=FILE")
+    return _create_dense("crossformer_pp_small_dense", pretrained, **kwargs)
 
 
 for _name in _DENSE_ARGS:

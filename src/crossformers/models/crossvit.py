@@ -55,6 +55,7 @@ import math
 import re
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -63,20 +64,25 @@ from timm.models import register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from ..checkpoint import guess_family
-from ..errors import CheckpointError
+from ..checkpoint import check_family, register_checkpoint_markers
 from ..factory import register_name
-from ..layers.attention import dot_product_attention
+from ..layers.attention import Attention, ScaledDotProduct
 from ..layers.embed import conv_output_size
+from ..layers.geometry import Lattice, conv_chain
 from ..layers.linear import LinearKernelMixin
 from ..layers.position_bias import infer_grid, resample_pos_embed
-from ._base import set_fused_attn
+from ._base import OfficialLayoutHint, set_fused_attn
 from ._helpers import build_family_model, check_input
+from .protocol import AttentionLayout, BlockInfo, SizeRule, TokenSegment
 
 __all__ = [
     "CrossViT", "MultiScaleEncoder", "CrossAttentionFusion", "AllAttentionFusion", "ClassTokenFusion",
     "PairwiseFusion", "FUSIONS", "checkpoint_filter_fn",
 ]
+
+register_checkpoint_markers("CrossViT (crossformers layout)", ("encoders.0.fusion.", "encoders.0.branches."))
+register_checkpoint_markers("CrossViT (official layout)", ("pos_embed.0", "cls_token.0"))
+register_checkpoint_markers("CrossViT (timm layout)", ("pos_embed_0", "cls_token_0"))
 
 
 def _scaled(size: int, scale: float) -> int:
@@ -144,26 +150,8 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention (keys ``qkv``, ``proj`` as timm's ViT): (B, N, C) -> (B, N, C)."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}: choose num_heads dividing dim")
-        self.num_heads = num_heads
-        self.attn_drop = attn_drop
-        self.fused_attn = True
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = dot_product_attention(q, k, v, None, self.attn_drop, self.training, fused=self.fused_attn)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+#: multi-head self-attention of the branches and of the all-attention fusion (keys ``qkv``, ``proj`` as timm's ViT)
+SelfAttention = Attention
 
 
 class Block(nn.Module):
@@ -195,11 +183,10 @@ class CrossAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}: choose num_heads dividing dim")
         self.num_heads = num_heads
-        self.attn_drop = attn_drop
-        self.fused_attn = True
         self.wq = nn.Linear(dim, dim, bias=qkv_bias)
         self.wk = nn.Linear(dim, dim, bias=qkv_bias)
         self.wv = nn.Linear(dim, dim, bias=qkv_bias)
+        self.sdpa = ScaledDotProduct(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -209,7 +196,7 @@ class CrossAttention(nn.Module):
         q = self.wq(x[:, :1]).reshape(B, 1, h, d).transpose(1, 2)
         k = self.wk(x).reshape(B, N, h, d).transpose(1, 2)
         v = self.wv(x).reshape(B, N, h, d).transpose(1, 2)
-        out = dot_product_attention(q, k, v, None, self.attn_drop, self.training, fused=self.fused_attn)
+        out = self.sdpa(q, k, v)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, 1, C)))
 
 
@@ -432,7 +419,7 @@ class MultiScaleEncoder(nn.Module):
 # the model
 
 
-class CrossViT(LinearKernelMixin, nn.Module):
+class CrossViT(OfficialLayoutHint, LinearKernelMixin, nn.Module):
     """CrossViT (paper Fig. 2): branch embeddings, K multi-scale encoders, per-branch LayerNorm and classifier; the
     logits are the mean of the branches' logits.
 
@@ -609,6 +596,133 @@ class CrossViT(LinearKernelMixin, nn.Module):
             for d in self.embed_dim
         ]).train(self.training)
 
+    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A timm or official checkpoint's state dict in our layout (:func:`checkpoint_filter_fn`)."""
+        return checkpoint_filter_fn(dict(state_dict), self)
+
+    # ---- the family protocol (crossformers.models.protocol) -----------------------------------------------------
+    family = "crossvit"
+    prefers_channels_last = False  # one patch convolution per branch: nothing to gain
+
+    def block_infos(self) -> list[BlockInfo]:
+        """Per encoder: each branch's transformer blocks, then the fusion (its attention layers, or the fusion
+        module itself when it has none) (CrossViT Fig. 2-3)."""
+        out: list[BlockInfo] = []
+
+        def add(**kw) -> None:
+            label = f"e{kw['stage']}.{kw['name'].split('.', 2)[-1]}"
+            out.append(BlockInfo(index=len(out), family=self.family, label=label, **kw))
+
+        for k, enc in enumerate(self.encoders):
+            for b, branch in enumerate(enc.branches):
+                for j, blk in enumerate(branch):
+                    add(name=f"encoders.{k}.branches.{b}.{j}", module=blk, kind="self", stage=k, branch=b,
+                        attention=blk.attn.sdpa, position=j)
+            fusion = enc.fusion
+            if isinstance(fusion, CrossAttentionFusion):
+                for i, layers in enumerate(fusion.blocks):
+                    for m, blk in enumerate(layers):
+                        add(name=f"encoders.{k}.fusion.blocks.{i}.{m}", module=blk, kind="cross", stage=k, branch=i,
+                            attention=blk.attn.sdpa, position=m)
+            elif isinstance(fusion, AllAttentionFusion):
+                for m, blk in enumerate(fusion.blocks):
+                    add(name=f"encoders.{k}.fusion.blocks.{m}", module=blk, kind="all", stage=k,
+                        attention=blk.attn.sdpa, position=m)
+            else:
+                add(name=f"encoders.{k}.fusion", module=fusion, kind="fusion", stage=k)
+        return out
+
+    def attention_map_blocks(self) -> list[str] | None:
+        """Attention maps show the fusion layers by default (the paper's cross-attention, Fig. 4)."""
+        return [b.name for b in self.block_infos() if b.kind in ("cross", "all")] or None
+
+    def input_modules(self) -> list[nn.Module]:
+        """The model itself (each branch sees a resized copy of the image)."""
+        return [self]
+
+    def branch_size(self, branch: int, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the image branch ``branch`` embeds for an input of ``image_size``: its native size, or with
+        ``dynamic_img_size`` the input scaled by ``img_scale`` (ceil) and padded to a multiple of its patch."""
+        if not self.dynamic_img_size:
+            return tuple(self.branch_img_size[branch])
+        s, p = self.img_scale[branch], self.patch_size[branch]
+        h, w = _scaled(image_size[0], s), _scaled(image_size[1], s)
+        return h + -h % p, w + -w % p
+
+    def branch_lattice(self, branch: int, image_size: tuple[int, int]) -> Lattice:
+        """Where branch ``branch``'s patch tokens sit in an input of ``image_size`` (H, W) pixels: patch centres of
+        its embedding, mapped back through the resize (CrossViT Sec. 3.2)."""
+        H, W = image_size
+        if self.dynamic_img_size:
+            s = self.img_scale[branch]
+            rh, rw = _scaled(H, s), _scaled(W, s)
+        else:
+            rh, rw = self.branch_img_size[branch]
+        grid = self.patch_embed[branch].grid_size(*self.branch_size(branch, image_size))
+        oy, sy = conv_chain(self.patch_embed[branch].specs)
+        fy, fx = H / rh, W / rw
+        return Lattice(grid[0], grid[1], (sy * fy, sy * fx), (oy * fy, oy * fx))
+
+    def attention_layout(self, block: BlockInfo, args: tuple, kwargs: dict,
+                         image_size: tuple[int, int] | None) -> AttentionLayout:
+        """Queries and keys of a branch block ([CLS || patches] of its branch), a cross-attention layer (the CLS
+        token of one branch over [CLS || patches] of the next) or an all-attention layer (every branch's tokens)."""
+        if image_size is None:
+            raise ValueError("CrossViT attention was captured outside a full forward pass of the model: call the "
+                             "model itself (not a submodule) while capturing")
+
+        def branch_segments(b: int, start: int) -> tuple[list[TokenSegment], np.ndarray]:
+            lat = self.branch_lattice(b, image_size)
+            segs = [TokenSegment("cls", start, start + 1, source=f"branch{b}"),
+                    TokenSegment("patches", start + 1, start + 1 + lat.size, lat, source=f"branch{b}")]
+            return segs, np.concatenate([[-1], np.arange(lat.size)])
+
+        if block.kind == "self":
+            segs, cells = branch_segments(block.branch, 0)
+            lat = segs[1].lattice
+            meta = dict(grid=(lat.height, lat.width), stride_px=lat.stride, branch=block.branch)
+            return AttentionLayout(segs, list(segs), cells[None], cells[None].copy(), meta)
+        if block.kind == "cross":
+            j = (block.branch + 1) % self.num_branches
+            segs, cells = branch_segments(j, 0)
+            segs[0] = TokenSegment("cls", 0, 1, source=f"branch{block.branch}")
+            lat = segs[1].lattice
+            meta = dict(grid=(lat.height, lat.width), stride_px=lat.stride, branch=block.branch, key_branch=j)
+            return AttentionLayout([TokenSegment("cls", 0, 1, source=f"branch{block.branch}")], segs,
+                                   np.full((1, 1), -1), cells[None], meta)
+        segs, cells, start = [], [], 0
+        for b in range(self.num_branches):
+            sg, c = branch_segments(b, start)
+            segs += sg
+            cells.append(c)
+            start += len(c)
+        cells = np.concatenate(cells)[None]
+        lats = [sg.lattice for sg in segs if sg.lattice is not None]
+        meta = dict(grid=(lats[0].height, lats[0].width), stride_px=lats[0].stride,
+                    grids=[(lt.height, lt.width) for lt in lats])
+        return AttentionLayout(segs, list(segs), cells, cells.copy(), meta)
+
+    def input_size_rule(self) -> SizeRule:
+        """Default mode: every input is resized to the branches' native sizes, so one graph serves any size from
+        the largest patch. With ``dynamic_img_size`` the padding changes with the size: no rule is claimed."""
+        m = int(self.min_input_size)
+        if self.dynamic_img_size:
+            return SizeRule((1, 1), (m, m), "no size rule is known for this model")
+        native = tuple(dict.fromkeys((int(h), int(w)) for h, w in self.branch_img_size))
+        return SizeRule((1, 1), (m, m), "CrossViT resizes every input to its branches' native sizes",
+                        exact_branch_sizes=native)
+
+    def cam_target_layers(self) -> list[str]:
+        """``norm1`` of the last block of each branch in the last encoder."""
+        k = len(self.encoders) - 1
+        return [f"encoders.{k}.branches.{b}.{len(br) - 1}.norm1" for b, br in enumerate(self.encoders[k].branches)
+                if len(br)]
+
+    def default_out_indices(self) -> tuple[int, ...]:
+        """Dense features: the last encoder of every branch."""
+        K = len(self.encoders)
+        return tuple((b + 1) * K - 1 for b in range(self.num_branches))
+
     # ---- forward -------------------------------------------------------------------------------------------------
 
     def _branch_image(self, x: torch.Tensor, i: int) -> torch.Tensor:
@@ -745,10 +859,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     """
     if not state_dict:
         return state_dict
-    family = guess_family(state_dict)
-    if family is not None and not family.startswith("CrossViT"):
-        raise CheckpointError(f"this is a {family} checkpoint, not a CrossViT one: create the matching model "
-                              "(see crossformers.list_models())")
+    check_family(state_dict, "CrossViT")
     out = {_map_key(k): v for k, v in state_dict.items()}
     for i, grid in enumerate(getattr(model, "grid_size", [])):
         key = f"pos_embed.{i}"
@@ -831,12 +942,7 @@ default_cfgs = _register_cfgs()
 
 
 def _create(name: str, pretrained: bool = False, **kwargs) -> CrossViT:
-    tag = kwargs.pop("pretrained_cfg", None)  # timm passes the tag of 'cf_name.tag' here
-    if isinstance(tag, dict):  # a `local-dir:` / `hf-hub:` source's config: build_model loads the weights from it
-        kwargs["pretrained_cfg"], tag = tag, None
-    kwargs.pop("pretrained_cfg_overlay", None)
-    kwargs.pop("cache_dir", None)
-    variant = f"cf_{name}.{tag}" if isinstance(tag, str) and tag else f"cf_{name}"
+    variant = f"cf_{name}"
     args = dict(_MODEL_ARGS[name])
     args.update(kwargs)
     if args.get("features_only"):

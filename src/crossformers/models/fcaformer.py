@@ -34,6 +34,7 @@ import math
 import re
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import (
@@ -51,20 +52,26 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.convnext import ConvNeXtBlock
 from torch import nn
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from ..checkpoint import guess_family
-from ..errors import CheckpointError, PretrainedUnavailableError
+from ..checkpoint import check_family, register_checkpoint_markers
+from ..errors import PretrainedUnavailableError
 from ..factory import register_name
-from ..layers.attention import dot_product_attention
+from ..layers.attention import ScaledDotProduct
+from ..layers.bias_cache import InferenceCache
 from ..layers.embed import conv_output_size
-from ..layers.linear import LinearKernelMixin, fast_linear, uses_onednn_linear
+from ..layers.fold import scale_output_channels
+from ..layers.geometry import Lattice, conv_lattice, cross_token_lattice, grid_convs
+from ..layers.linear import LinearKernelMixin, linear_rows
 from ..layers.position_bias import OffsetBiasTable, infer_grid, resample_grid_table, resample_pos_embed
-from ._base import HierarchicalModel, set_fused_attn, tensor_versions
-from ._helpers import build_family_model, check_input, convert_on_load
+from ._base import DenseBackboneHead, HierarchicalModel, OfficialLayoutHint, set_fused_attn
+from ._helpers import build_family_model, check_input
 from .dense_checkpoint import load_dense_weights
+from .protocol import AttentionLayout, BlockInfo, SizeRule, TokenSegment, call_arg, smallest_multiple_above
 
 __all__ = ["FcaBlock", "FcaStage", "FcaFormer", "FcaFormerPlain", "checkpoint_filter_fn"]
+
+register_checkpoint_markers("FcaFormer (official layout)", ("s_token_bias", "patch_embed.seq.", "attention_biases"))
+register_checkpoint_markers("FcaFormer (crossformers layout)", ("cross_bias", ".rel_pos.table", "stem.0.conv.weight"))
 
 
 def _halve(size: int) -> int:
@@ -131,11 +138,10 @@ class FcaBlock(nn.Module):
         self.make_cross = make_cross
         self.tme = tme
         self.num_prefix_tokens = num_prefix_tokens
-        self.attn_drop = attn_drop
-        self.fused_attn = True
 
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.sdpa = ScaledDotProduct(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.rel_pos = OffsetBiasTable(num_heads, grid_size) if rel_pos else None
@@ -154,17 +160,18 @@ class FcaBlock(nn.Module):
         self.ls2 = LayerScale(dim, ls_init_value)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         # inference-only cache of the attention bias and scale factors per grid/device/dtype (see attn_bias)
-        self._bias_cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        self.bias_cache = InferenceCache()
 
-    def train(self, mode: bool = True):
-        """Switch mode; the cached inference bias is dropped (also for the plain model, which has no model-level
-        cache handling)."""
-        self._bias_cache.clear()
-        return super().train(mode)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._bias_cache.clear()  # new weights: the cached bias is stale
-        super()._load_from_state_dict(*args, **kwargs)
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold the layer scales into the projection in front of them (``ls1`` -> ``proj``, ``ls2`` -> ``mlp.fc2``),
+        in place: the block computes the same function in eval mode (the family's part of
+        :func:`crossformers.inference.fuse`)."""
+        for ls_name, layer in (("ls1", self.proj), ("ls2", getattr(self.mlp, "fc2", None))):
+            ls = getattr(self, ls_name)
+            if isinstance(ls, LayerScale) and isinstance(layer, (nn.Linear, nn.Conv2d)):
+                scale_output_channels(layer, ls.gamma)
+                setattr(self, ls_name, nn.Identity())
 
     def cross_tables(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cross-token bias (heads, 1, S) and scale factors (S, 1) or None for a cross grid ``grid``.
@@ -191,19 +198,14 @@ class FcaBlock(nn.Module):
             queries/regular keys (P prefix tokens get zero bias) and S = num_sources * Hs * Ws cross keys: the
             relative position bias of regular tokens next to the per-head cross-token bias.
 
-        In inference (eval mode, gradients off, not compiling) the result is computed once per grid, device, dtype
-        and table storage/version and cached in ``_bias_cache``; ``train()``, loading weights, in-place updates of
-        the tables (e.g. an EMA step) and moving/converting them invalidate it.
+        In inference the result is computed once per grid, device, dtype and table storage/version and kept in
+        ``bias_cache`` (:class:`~crossformers.layers.bias_cache.InferenceCache`).
         """
-        cacheable = (not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                     and not is_fx_symbolic_tracing())
-        key = None
-        versions = tensor_versions(self._bias_tables()) if cacheable else None
-        if versions is not None:  # None: inference tensors (no version counter), not cached
-            key = (height, width, device, dtype, *versions)
-            hit = self._bias_cache.get(key)
-            if hit is not None:
-                return hit
+        return self.bias_cache.get((height, width, device, dtype), self._bias_tables(),
+                                   lambda: self._compute_bias(height, width, device, dtype))
+
+    def _compute_bias(self, height: int, width: int, device: torch.device, dtype: torch.dtype,
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         P = self.num_prefix_tokens
         N = P + height * width
         bias = scale = None
@@ -219,8 +221,6 @@ class FcaBlock(nn.Module):
             scale = scale if scale is None else scale.to(device=device, dtype=dtype)
         if bias is not None:
             bias = bias.to(device=device, dtype=dtype).unsqueeze(0)
-        if key is not None:
-            self._bias_cache[key] = (bias, scale)
         return bias, scale
 
     def forward(
@@ -251,12 +251,11 @@ class FcaBlock(nn.Module):
             if scale is not None:
                 s = s * scale
             s = self.cross_norm(s)
-            lin = fast_linear if uses_onednn_linear(self.qkv) else F.linear
-            kv = lin(s, self.qkv.weight[C:], None if self.qkv.bias is None else self.qkv.bias[C:])
+            kv = linear_rows(self.qkv, s, C)  # keys and values only: cross tokens are never queries
             ks, vs = kv.reshape(B, s.shape[1], 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
             k = torch.cat((k, ks), dim=2)
             v = torch.cat((v, vs), dim=2)
-        out = dot_product_attention(q, k, v, bias, self.attn_drop, self.training, fused=self.fused_attn)
+        out = self.sdpa(q, k, v, bias)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
         x = x + self.drop_path(self.ls1(out))
 
@@ -339,6 +338,16 @@ class ConvStage(nn.Module):
         ])
         self.grad_checkpointing = False
 
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold each ConvNeXt block's layer scale (``gamma``) into its second MLP layer, in place (the family's part
+        of :func:`crossformers.inference.fuse`)."""
+        for blk in self.blocks:
+            fc2 = getattr(blk.mlp, "fc2", None)
+            if getattr(blk, "gamma", None) is not None and isinstance(fc2, (nn.Linear, nn.Conv2d)):
+                scale_output_channels(fc2, blk.gamma)
+                blk.gamma = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -369,8 +378,63 @@ class FcaStage(nn.Module):
         return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
 
+def _fca_layout(block: BlockInfo, grid: tuple[int, int], lattice: Lattice,
+                blocks: dict[str, nn.Module]) -> AttentionLayout:
+    """Queries and keys of one Fca call (FcaFormer Sec. 3.1): prefix tokens (no position) and the (H, W) map as
+    queries; the same plus the cross tokens of each source block (oldest first) as keys."""
+    blk = block.module
+    H, W = grid
+    P = blk.num_prefix_tokens
+    q_segs = ([TokenSegment("cls", 0, P)] if P else []) + [TokenSegment("tokens", P, P + H * W, lattice)]
+    q_cells = np.concatenate([np.full(P, -1), np.arange(H * W)])[None]
+    k_segs, k_cells, n = list(q_segs), [q_cells[0]], P + H * W
+    cross_lat = None
+    for src in block.sources:
+        cross_lat = cross_token_lattice(lattice, merge_conv=blocks[src].merge is not None)
+        k_segs.append(TokenSegment("cross", n, n + cross_lat.size, cross_lat, source=src))
+        k_cells.append(np.arange(cross_lat.size))
+        n += cross_lat.size
+    meta = dict(grid=(H, W), stride_px=lattice.stride, prefix_tokens=P, sources=list(block.sources),
+                cross_grid=None if cross_lat is None else (cross_lat.height, cross_lat.width),
+                cross_stride_px=None if cross_lat is None else cross_lat.stride)
+    return AttentionLayout(q_segs, k_segs, q_cells, np.concatenate(k_cells)[None], meta,
+                           f"{len(block.sources)} sources")
+
+
+def _fca_block_infos(model: nn.Module, blocks: nn.ModuleList, prefix: str, stage: int | None,
+                     out: list[BlockInfo]) -> None:
+    names = [f"{prefix}{j}" for j in range(len(blocks))]
+    for j, blk in enumerate(blocks):
+        out.append(BlockInfo(name=names[j], index=len(out), module=blk, family=model.family, kind="fca", stage=stage,
+                             attention=blk.sdpa, position=j, siblings=names,
+                             sources=names[j - blk.num_sources:j] if blk.num_sources else []))
+
+
+def _size_rule(needs: list[tuple[int, int, tuple[int, int], bool]], period: int, why: str) -> SizeRule:
+    """Sizes whose token grids (and cross-token grids) exceed the trained ones: ``needs`` holds (stride, ...) per Fca
+    stage as (stride, unused, trained grid, reads cross tokens)."""
+    need_h = [r * (4 * ((h0 + 3) // 4) if cross else h0) for r, _, (h0, _w), cross in needs]
+    need_w = [r * (4 * ((w0 + 3) // 4) if cross else w0) for r, _, (_h, w0), cross in needs]
+    return SizeRule((period, period), (smallest_multiple_above(need_h, period),
+                                       smallest_multiple_above(need_w, period)), why)
+
+
 class _FcaCommon:
-    """timm API pieces common to the hybrid and plain FcaFormer."""
+    """timm API and protocol pieces common to the hybrid and plain FcaFormer."""
+
+    family = "fcaformer"
+
+    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An official checkpoint's state dict in our layout (:func:`checkpoint_filter_fn`; ours passes unchanged)."""
+        return checkpoint_filter_fn(dict(state_dict), self)
+
+    def attention_layout(self, block: BlockInfo, args: tuple, kwargs: dict,
+                         image_size: tuple[int, int] | None) -> AttentionLayout:
+        """Queries and keys of one Fca block call, from its ``grid`` argument."""
+        grid = tuple(int(g) for g in call_arg(args, kwargs, 1, "grid"))
+        lattice = self.token_lattice(block.stage, *grid)
+        siblings = {n: self.get_submodule(n) for n in block.sources}
+        return _fca_layout(block, grid, lattice, siblings)
 
     def set_fused_attn(self, enable: bool = True) -> None:
         """Fused SDPA attention (default) or the explicit softmax path (analysis, MAC counting)."""
@@ -478,9 +542,52 @@ class FcaFormer(_FcaCommon, HierarchicalModel):
         return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
             (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^head\.norm", (99999,))])
 
+    # ---- the family protocol (crossformers.models.protocol)
+    prefers_channels_last = True  # conv stem, ConvNeXt stages, depthwise convolutions on token maps (measured)
+
+    def block_infos(self) -> list[BlockInfo]:
+        """ConvNeXt blocks (no attention) and Fca blocks, stage by stage (FcaFormer Fig. 3b)."""
+        out: list[BlockInfo] = []
+        for s, stage in enumerate(self.stages):
+            if isinstance(stage, FcaStage):
+                _fca_block_infos(self, stage.blocks, f"stages.{s}.blocks.", s, out)
+                continue
+            names = [f"stages.{s}.blocks.{j}" for j in range(len(stage.blocks))]
+            for j, blk in enumerate(stage.blocks):
+                out.append(BlockInfo(name=names[j], index=len(out), module=blk, family=self.family, kind="convnext",
+                                     stage=s, position=j, siblings=names))
+        return out
+
+    def input_modules(self) -> list[nn.Module]:
+        """The model and its conv stem: both receive the image batch first."""
+        return [self, self.stem]
+
+    def token_lattice(self, stage: int, height: int, width: int) -> Lattice:
+        """Where the tokens of a (height, width) map of ``stage`` sit in the input (receptive-field centres of the
+        stem and the downsamplings), in pixels."""
+        convs = grid_convs(self.stem) + [c for s in range(1, stage + 1) for c in grid_convs(self.stages[s].downsample)]
+        return conv_lattice(convs, height, width)
+
+    def input_size_rule(self) -> SizeRule:
+        """Sizes whose token grids (and cross-token grids) are all larger than the trained ones, in multiples of
+        4 x the largest stride: the position/cross-token tables are then resampled the same way at every size."""
+        needs, strides = [], []
+        for s, stage in enumerate(self.stages):
+            if isinstance(stage, FcaStage):
+                r = int(self.feature_info[s]["reduction"])
+                strides.append(r)
+                needs.append((r, 0, stage.blocks[0].grid_size, any(b.num_sources for b in stage.blocks)))
+        return _size_rule(needs, 4 * max(strides + [32]),
+                          "FcaFormer indexes its position/cross-token tables directly when the token grid fits the "
+                          "trained grid and resamples them when it is larger")
+
+    def cam_target_layers(self) -> list[str]:
+        """Class activation maps on the last stage's map."""
+        return [f"stages.{len(self.stages) - 1}"]
 
 
-class FcaFormerPlain(_FcaCommon, LinearKernelMixin, nn.Module):
+
+class FcaFormerPlain(_FcaCommon, OfficialLayoutHint, LinearKernelMixin, nn.Module):
     """Plain FcaFormer (paper Sec. 3.2, Fig. 3a, "L0"): DeiT whose transformer blocks are Fca blocks.
 
     Patch embedding (conv p x p), class token, absolute position embedding (resampled bicubically for other input
@@ -551,6 +658,35 @@ class FcaFormerPlain(_FcaCommon, LinearKernelMixin, nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    # ---- the family protocol (crossformers.models.protocol)
+    prefers_channels_last = False
+
+    def block_infos(self) -> list[BlockInfo]:
+        """The Fca blocks in order (FcaFormer Fig. 3a)."""
+        out: list[BlockInfo] = []
+        _fca_block_infos(self, self.blocks, "blocks.", None, out)
+        return out
+
+    def input_modules(self) -> list[nn.Module]:
+        """The model and its patch embedding: both receive the image batch first."""
+        return [self, self.patch_embed]
+
+    def token_lattice(self, stage: int | None, height: int, width: int) -> Lattice:
+        """Where the patch tokens of a (height, width) grid sit in the input, in pixels."""
+        return conv_lattice([self.patch_embed.proj], height, width)
+
+    def input_size_rule(self) -> SizeRule:
+        """Sizes whose patch grid (and cross-token grid) is larger than the trained one, in multiples of 4 patches."""
+        patch = int(self.patch_embed.patch_size[0])
+        cross = any(b.num_sources for b in self.blocks)
+        return _size_rule([(patch, 0, tuple(self.patch_embed.grid_size), cross)], 4 * patch,
+                          "plain FcaFormer uses its position embedding and cross-token tables as trained on the "
+                          "trained grid and resamples them on larger grids")
+
+    def cam_target_layers(self) -> list[str]:
+        """Class activation maps on the input of the last block's attention (its ``norm1``)."""
+        return [f"blocks.{len(self.blocks) - 1}.norm1"]
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -720,10 +856,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     """
     if not state_dict:
         return state_dict
-    family = guess_family(state_dict)
-    if family is not None and not family.startswith("FcaFormer"):
-        raise CheckpointError(f"this is a {family} checkpoint, not an FcaFormer one: create the matching model "
-                              "(see crossformers.list_models())")
+    check_family(state_dict, "FcaFormer", "an")
     if isinstance(model, FcaFormerPlain):
         return _fit_tables(state_dict, model, set())
     state, official = {}, set()
@@ -903,7 +1036,7 @@ class WindowFcaStage(nn.Module):
         return x
 
 
-class FcaFormerDense(_FcaCommon, HierarchicalModel):
+class FcaFormerDense(DenseBackboneHead, _FcaCommon, HierarchicalModel):
     """The authors' dense FcaFormer backbone ``FcaFormer_SH_512`` (Mask R-CNN / Cascade Mask R-CNN / UPerNet in the
     FcaFormer paper, Tables 3-4): FcaFormer-L2's trunk with windowed Fca stages and projected, normalised outputs.
 
@@ -923,6 +1056,8 @@ class FcaFormerDense(_FcaCommon, HierarchicalModel):
     Input (B, in_chans, H, W), any H, W >= 4 -> list of NCHW maps (B, out_dims[i], ceil(H / 2^(i+2)),
     ceil(W / 2^(i+2))). ``feature_info`` (a timm ``FeatureInfo``) describes them.
     """
+
+    classifier_model = "fcaformer_l2"
 
     def __init__(
         self,
@@ -982,6 +1117,11 @@ class FcaFormerDense(_FcaCommon, HierarchicalModel):
         self.head = nn.Identity()
         self.apply(FcaFormer._init_weights)
 
+    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The authors' dense (or a classification) checkpoint in this backbone's layout
+        (:func:`dense_checkpoint_filter_fn`)."""
+        return dense_checkpoint_filter_fn(dict(state_dict), self)
+
     def dense_only_keys(self) -> list[str]:
         """Keys a classification (FcaFormer-L2) checkpoint does not have: the output projections and norms."""
         return [k for k in self.state_dict() if k.startswith(("out_proj.", "out_norm."))]
@@ -993,14 +1133,6 @@ class FcaFormerDense(_FcaCommon, HierarchicalModel):
             (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None),
             (r"^out_(proj|norm)", (99999,))])
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A dense backbone has no classifier: only ``num_classes=0`` is accepted."""
-        if num_classes:
-            raise ValueError("a dense backbone has no classifier: use fcaformer_l2 for num_classes > 0")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Images (B, C, H, W) -> the projected, normalised maps of ``out_indices`` (NCHW)."""
@@ -1038,7 +1170,6 @@ def _create_dense(variant: str, **kwargs) -> FcaFormerDense:
     model.pretrained_cfg = _cfg(num_classes=0, classifier="", input_size=(3, 512, 512), pool_size=None, crop_pct=1.0,
                                 first_conv="stem.0.conv", architecture=variant,
                                 notes="the authors' dense backbone FcaFormer_SH_512 (detection/segmentation)")
-    convert_on_load(model, dense_checkpoint_filter_fn)
     if checkpoint is not None:
         load_dense_weights(model, checkpoint)
     return model

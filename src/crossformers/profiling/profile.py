@@ -31,7 +31,7 @@ from torch import nn
 
 from ..engine.loading import load_model, model_in_chans
 from ..inference.compile import compile_for_inference
-from ..inference.fuse import fuse as fuse_model
+from ..inference.folding import fuse as fuse_model
 from ..inference.optimize import prefers_channels_last
 from ..layers.linear import set_onednn_linear, set_packed_weights, uses_onednn_linear
 from ..models._base import set_channels_last

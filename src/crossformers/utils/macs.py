@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_macs", "explicit_attention_mode", "input_shape_of"]
+__all__ = ["count_macs", "count_call_macs", "explicit_attention_mode", "input_shape_of"]
 
 
 def _onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
@@ -92,12 +93,22 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, dict[
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return count_call_macs(model, torch.zeros(shape, device=device, dtype=dtype))
+
+
+def count_call_macs(model: nn.Module, *inputs: Any) -> tuple[int, dict[str, int]]:
+    """Multiply-accumulates of ``model(*inputs)`` (e.g. a detector on a list of images), counted as
+    :func:`count_macs` does: eval mode, no gradients, explicit attention; mode and flags restored.
+
+    Returns:
+        ``(total, per_module)`` as :func:`count_macs`.
+    """
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
     try:
         with explicit_attention_mode(model), torch.no_grad(), counter:
-            model(torch.zeros(shape, device=device, dtype=dtype))
+            model(*inputs)
     finally:
         model.train(was_training)
     root = type(model).__name__

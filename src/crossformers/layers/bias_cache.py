@@ -1,0 +1,107 @@
+"""The inference-time cache of attention biases: :class:`InferenceCache`, the one implementation every family uses.
+
+CrossFormer's dynamic position bias (CrossFormer Sec. 3.2.2) and FcaFormer's relative-position / cross-token bias
+(FcaFormer Sec. 3.1) depend only on the map size and on their parameters, so in inference they are computed once per
+size and reused. The cache is a parameter-free submodule of the block that owns the bias, so the module tree itself
+invalidates it: ``train()`` / ``eval()`` and ``load_state_dict`` (also with ``assign=True``) reach it like any
+submodule and it drops its entries. Each entry is also keyed on the storage address and in-place version counter of
+the tensors it was computed from, so moving them, loading new ones or updating them in place (an optimizer or EMA
+step) makes it miss. Nothing is cached in training mode, with gradients on, while compiling or while FX-tracing
+(the traced graph recomputes the bias), nor for inference tensors (created under ``torch.inference_mode()``, they
+have no version counter).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+
+__all__ = ["InferenceCache", "tensor_versions", "clear_caches", "set_bias_cache"]
+
+
+def tensor_versions(tensors: Iterable[torch.Tensor]) -> tuple[tuple[int, int], ...] | None:
+    """(storage address, in-place version counter) of each tensor, or None when any tensor is an inference tensor
+    (no version counter, so an in-place update could not be noticed)."""
+    tensors = list(tensors)
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+class InferenceCache(nn.Module):
+    """Values computed from a module's parameters, kept for inference (see the module docs).
+
+    Attributes:
+        enabled: cache at all (``set_bias_cache`` switches it; the exporter switches it off while tracing).
+
+    ``len(cache)`` is the number of entries.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = True
+        self._store: dict[Hashable, Any] = {}
+
+    def usable(self) -> bool:
+        """Whether a value computed now may be kept: inference (eval mode, no gradients), not compiling/tracing."""
+        return (self.enabled and not self.training and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling() and not is_fx_symbolic_tracing())
+
+    def get(self, key: Hashable, tensors: Iterable[torch.Tensor], compute: Callable[[], Any]) -> Any:
+        """The cached value for ``key`` and the current versions of ``tensors``, computing it with ``compute()``
+        on a miss; outside inference (see :meth:`usable`) ``compute()`` every time."""
+        if not self.usable():
+            return compute()
+        versions = tensor_versions(tensors)
+        if versions is None:
+            return compute()
+        full = (key, versions)
+        hit = self._store.get(full)
+        if hit is None:
+            hit = compute()
+            self._store[full] = hit
+        return hit
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._store.clear()
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def train(self, mode: bool = True) -> InferenceCache:
+        self.clear()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self.clear()  # new weights for the owner: every entry is stale
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())  # a copy: the live module keeps its entries
+        state["_store"] = {}  # cached tensors are never pickled or deep-copied (their keys name the old storage)
+        return state
+
+    def extra_repr(self) -> str:
+        return f"entries={len(self._store)}" + ("" if self.enabled else ", disabled")
+
+
+def _caches(model: nn.Module) -> list[InferenceCache]:
+    return [m for m in model.modules() if isinstance(m, InferenceCache)]
+
+
+def clear_caches(model: nn.Module) -> None:
+    """Drop every cached bias inside ``model``."""
+    for c in _caches(model):
+        c.clear()
+
+
+def set_bias_cache(model: nn.Module, enable: bool = True) -> None:
+    """Switch the inference-time bias caches of ``model`` on (default) or off (the bias is then recomputed in every
+    forward: the plain path, e.g. to check that both agree)."""
+    for c in _caches(model):
+        c.enabled = enable
+        c.clear()
