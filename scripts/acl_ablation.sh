@@ -5,11 +5,8 @@
 # summary; the plot is runs/acl/amplitude/amplitude.png.
 # Usage: bash scripts/acl_ablation.sh [epochs, default 3] [output root, default runs/acl]
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup.sh" >/dev/null
-cd "$root"
-epochs="${1:-3}"
-out="${2:-runs/acl}"
+source "$(dirname "${BASH_SOURCE[0]}")/ablation_common.sh"
+ablation_start runs/acl "$@"
 cf="$root/.venv/bin/crossformers"
 # 56x56 grey input (maps 14, 7, 4, 2); CrossFormer++ group sizes/intervals; 16 blocks, 4 of them followed by an ACL
 arch='"embed_dim": 32, "depths": [2, 2, 10, 2], "num_heads": [2, 4, 8, 16], "group_size": [4, 4, 14, 7],

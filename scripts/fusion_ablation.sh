@@ -3,11 +3,8 @@
 # each of the four fusion strategies on Fashion-MNIST, same recipe and budget; prints a markdown table.
 # Usage: bash scripts/fusion_ablation.sh [epochs, default 3] [output root, default runs/fusion]
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup.sh" >/dev/null
-cd "$root"
-epochs="${1:-3}"
-out="${2:-runs/fusion}"
+source "$(dirname "${BASH_SOURCE[0]}")/ablation_common.sh"
+ablation_start runs/fusion "$@"
 # 28x28 grey images; small branch patch 4 (7x7 tokens), large branch patch 7 (4x4 tokens); 2 encoders of (1, 2, L=1)
 arch='"img_size": 28, "img_scale": [1.0, 1.0], "patch_size": [4, 7], "embed_dim": [48, 96],
       "depth": [[1, 2, 0], [1, 2, 0]], "num_heads": [3, 3], "mlp_ratio": [3, 3, 1]'

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+
+import crossformers
 
 PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
 
@@ -23,6 +26,22 @@ def load_case(case: str) -> tuple[dict, dict[str, torch.Tensor]]:
 def official_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The reference model's state dict as the official code would save it."""
     return {k[len("state_dict/"):]: v for k, v in tensors.items() if k.startswith("state_dict/")}
+
+
+def loaded_case(case: str, make_model: Callable[[dict], torch.nn.Module]
+                ) -> tuple[dict, dict[str, torch.Tensor], torch.nn.Module]:
+    """(json metadata, tensors, ``make_model(metadata)`` with the fixture's official state dict loaded through
+    :func:`crossformers.load_checkpoint`, i.e. through the model's checkpoint converter)."""
+    meta, tensors = load_case(case)
+    model = make_model(meta)
+    crossformers.load_checkpoint(model, official_state_dict(tensors))
+    return meta, tensors, model
+
+
+def save_official_pth(path: Path, tensors: dict[str, torch.Tensor], **extra) -> Path:
+    """Write the fixture's weights as the authors' training scripts save them, ``{"model": state_dict, **extra}``."""
+    torch.save({"model": official_state_dict(tensors), **extra}, path)
+    return path
 
 
 def official_keys(variant: str) -> dict[str, tuple[int, ...]]:

@@ -3,7 +3,6 @@ one `error:` line with exit code 2 and nothing overwritten."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -17,24 +16,15 @@ import torch
 from PIL import Image
 
 from crossformers import cli
+from threads import one_intra_op_thread
 
 FAST = ["--model", "timm:test_vit", "--img-size", "32", "--batch-size", "16", "--limit-train", "64",
         "--limit-val", "32", "--warmup-steps", "0", "--device", "cpu"]
 
 
-@contextlib.contextmanager
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models; avoids OpenMP threads stalling each other on a loaded 2-core machine
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
-    with _one_thread():
+    with one_intra_op_thread():
         yield
 
 
@@ -53,7 +43,7 @@ def _folder(root: Path, classes=("bag", "shoe", "shirt"), n: int = 6) -> Path:
 def run_dir(tmp_path_factory, fmnist) -> Path:
     """A finished 1-epoch test_vit run made through the CLI (read-only for the tests)."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    with _one_thread():
+    with one_intra_op_thread():
         assert cli.main(["train", *FAST, "--epochs", "1", "--output", str(out), "--no-progress"]) == 0
     return out
 

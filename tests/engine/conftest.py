@@ -1,35 +1,22 @@
 """Fixtures of the engine tests: tiny training configs, a small image folder and one finished run."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from crossformers.engine import TrainConfig
+from threads import one_intra_op_thread
 
 # timm's test_vit (0.27 M params, LayerNorm only) trains a step in a few ms on a CPU; at 32x32 it has 4 patches.
 FAST_MODEL = "timm:test_vit"
 
 
-@contextlib.contextmanager
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and on a loaded 2-core machine OpenMP threads
-    waiting for each other make a step up to 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
-    with one_thread():
+    with one_intra_op_thread():
         yield
 
 
@@ -72,7 +59,7 @@ def trained_run(tmp_path_factory, fmnist: str) -> Path:
     from crossformers.engine import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    with one_thread():
+    with one_intra_op_thread():
         train(TrainConfig(model=FAST_MODEL, data=fmnist, img_size=32, epochs=1, batch_size=16, limit_train=64,
                           limit_val=32, warmup_steps=0, ema_decay=0.9, output=str(out), device="cpu"),
               progress=False)

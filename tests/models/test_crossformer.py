@@ -10,7 +10,7 @@ from crossformers.errors import CheckpointError, InputSizeError, PretrainedUnava
 from crossformers.layers.grouping import group_tokens, padding_key_mask, ungroup_tokens
 from crossformers.models.crossformer import checkpoint_filter_fn, progressive_group_sizes
 
-from parity_fixtures import load_case, official_keys, official_state_dict
+from parity_fixtures import load_case, loaded_case, official_keys, official_state_dict, save_official_pth
 
 
 def model_for_case(meta: dict, **overrides) -> torch.nn.Module:
@@ -40,9 +40,7 @@ CASES = ["crossformer_v1_tiny64", "crossformer_pp_tiny96"]
 
 @pytest.mark.parametrize("case", CASES)
 def test_parity_with_official(case):
-    meta, t = load_case(case)
-    model = model_for_case(meta)
-    crossformers.load_checkpoint(model, official_state_dict(t))
+    meta, t, model = loaded_case(case, model_for_case)
     with torch.no_grad():
         logits = model(t["input"])
         inter = official_intermediates(model, t["input"])
@@ -54,9 +52,7 @@ def test_parity_with_official(case):
 @pytest.mark.parametrize("case", CASES)
 def test_fast_paths_equal_plain_path(case):
     """Fused SDPA vs explicit softmax, and cached vs freshly computed DPB, on the parity fixtures."""
-    meta, t = load_case(case)
-    model = model_for_case(meta)
-    crossformers.load_checkpoint(model, official_state_dict(t))
+    meta, t, model = loaded_case(case, model_for_case)
     with torch.no_grad():
         first = model(t["input"])  # fills the cache
         cached = model(t["input"])
@@ -211,8 +207,7 @@ def test_params_and_macs(variant):
 
 def test_head_can_be_dropped_for_fine_tuning(tmp_path):
     meta, t = load_case("crossformer_v1_tiny64")
-    path = tmp_path / "official.pth"
-    torch.save({"model": official_state_dict(t)}, path)
+    path = save_official_pth(tmp_path / "official.pth", t)
     kw = dict(img_size=64, embed_dim=16, depths=(1, 2, 2, 1), num_heads=(2, 2, 4, 4), group_size=(4, 4, 4, 4),
               interval=(4, 2, 1, 1))
     with pytest.raises(CheckpointError, match="num_classes=10"):

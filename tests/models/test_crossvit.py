@@ -4,14 +4,15 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from model_checks import assert_input_size_errors
 
 import crossformers
 from crossformers.engine.modeling import count_macs
-from crossformers.errors import CheckpointError, InputSizeError, PretrainedUnavailableError
+from crossformers.errors import CheckpointError, PretrainedUnavailableError
 from crossformers.layers.position_bias import resample_grid_table
 from crossformers.models.crossvit import FUSIONS, CrossViT, checkpoint_filter_fn
 
-from parity_fixtures import load_case, official_keys, official_state_dict
+from parity_fixtures import load_case, loaded_case, official_keys, save_official_pth
 
 VARIANTS = crossformers.list_models("crossvit_*")
 SMALL = dict(img_size=48, img_scale=(1.0, 32 / 48), patch_size=(12, 16), embed_dim=(16, 32), num_heads=(2, 2),
@@ -35,9 +36,7 @@ def model_for_case(meta: dict, **overrides) -> CrossViT:
 @pytest.mark.parametrize("case", ["crossvit_timm_tiny", "crossvit_ibm_tiny", "crossvit_ibm_dagger_tiny"])
 def test_parity_through_the_converter(case):
     """timm's and the authors' layouts load through checkpoint_filter_fn and reproduce logits and intermediates."""
-    meta, t = load_case(case)
-    model = model_for_case(meta)
-    crossformers.load_checkpoint(model, official_state_dict(t))
+    meta, t, model = loaded_case(case, model_for_case)
     tol = meta["tolerance"]
     with torch.no_grad():
         logits = model(t["input"])
@@ -57,8 +56,7 @@ def test_official_pth_through_timm(tmp_path):
     """timm's way to give a model a local file (pretrained_cfg_overlay=dict(file=...)) converts the official layout
     once; timm's checkpoint_path= (a plain load_state_dict, no conversion) fails with a message naming the fix."""
     meta, t = load_case("crossvit_ibm_dagger_tiny")
-    path = tmp_path / "official.pth"
-    torch.save({"model": official_state_dict(t), "epoch": 7}, path)
+    path = save_official_pth(tmp_path / "official.pth", t, epoch=7)
     kw = meta["reference_kwargs"]
     args = dict(img_size=72, img_scale=(1.0, 64 / 72), num_classes=6, embed_dim=kw["embed_dim"], depth=kw["depth"],
                 num_heads=kw["num_heads"])
@@ -216,12 +214,7 @@ def test_reset_classifier_replaces_both_heads():
 
 def test_bad_inputs_get_clear_errors():
     model = crossformers.create_model("crossvit_9_240", **SMALL)
-    with pytest.raises(InputSizeError, match="in_chans=1"):
-        model(torch.randn(1, 1, 48, 48))
-    with pytest.raises(InputSizeError, match="smaller than"):
-        model(torch.randn(1, 3, 8, 48))
-    with pytest.raises(InputSizeError, match="batch"):
-        model(torch.randn(3, 48, 48))
+    assert_input_size_errors(model, wrong_channels=(1, 1, 48, 48), too_small=(1, 3, 8, 48), unbatched=(3, 48, 48))
     with pytest.raises(CheckpointError, match="FcaFormer"):
         crossformers.load_checkpoint(model, {"layer_2.blocks.1.s_token_bias": torch.zeros(2)})
     with pytest.raises(ValueError, match="unknown fusion"):

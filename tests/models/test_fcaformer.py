@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_checks import assert_input_size_errors
 from torch.utils.flop_counter import FlopCounterMode
 
 import crossformers
-from crossformers.errors import CheckpointError, InputSizeError, PretrainedUnavailableError
+from crossformers.errors import CheckpointError, PretrainedUnavailableError
 from crossformers.layers.position_bias import offset_index
 from crossformers.models.fcaformer import FcaBlock, checkpoint_filter_fn, cross_grid
 
-from parity_fixtures import load_case, official_keys, official_state_dict
+from parity_fixtures import load_case, loaded_case, official_keys, official_state_dict, save_official_pth
 
 
 def model_for_case(meta: dict, **overrides) -> torch.nn.Module:
@@ -38,9 +39,7 @@ def official_intermediates(model, x):
 
 @pytest.mark.parametrize("case", ["fcaformer_tiny128", "fcaformer_tiny128_maxd2"])
 def test_parity_with_official(case):
-    meta, t = load_case(case)
-    model = model_for_case(meta)
-    crossformers.load_checkpoint(model, official_state_dict(t))
+    meta, t, model = loaded_case(case, model_for_case)
     tol = meta["tolerance"]
     with torch.no_grad():
         logits = model(t["input"])
@@ -57,8 +56,7 @@ def test_parity_through_timm_local_file(case, tmp_path):
     import timm
 
     meta, t = load_case(case)
-    path = tmp_path / "official.pth"
-    torch.save({"model": official_state_dict(t), "epoch": 3}, path)
+    path = save_official_pth(tmp_path / "official.pth", t, epoch=3)
     kw = meta["reference_kwargs"]
     model = timm.create_model("fcaformer_l1", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
                               img_size=kw["img_size"],
@@ -189,9 +187,7 @@ def test_cross_tokens_change_the_output():
 
 
 def test_fused_and_explicit_attention_agree():
-    meta, t = load_case("fcaformer_tiny128")
-    model = model_for_case(meta)
-    crossformers.load_checkpoint(model, official_state_dict(t))
+    meta, t, model = loaded_case("fcaformer_tiny128", model_for_case)
     with torch.no_grad():
         fused = model(t["input"])
         model.set_fused_attn(False)
@@ -250,12 +246,7 @@ def test_plain_l0_matches_the_paper_size():
 
 def test_bad_inputs_get_clear_errors(tmp_path):
     model = crossformers.create_model("fcaformer_nano")
-    with pytest.raises(InputSizeError, match="in_chans=3"):
-        model(torch.randn(1, 3, 56, 56))
-    with pytest.raises(InputSizeError, match="smaller than"):
-        model(torch.randn(1, 1, 2, 2))
-    with pytest.raises(InputSizeError, match="batch"):
-        model(torch.randn(1, 56, 56))
+    assert_input_size_errors(model, wrong_channels=(1, 3, 56, 56), too_small=(1, 1, 2, 2), unbatched=(1, 56, 56))
     crossformer_like = {"layers.0.blocks.0.attn.pos.pos_proj.weight": torch.zeros(2, 2)}
     with pytest.raises(CheckpointError, match="CrossFormer"):
         crossformers.load_checkpoint(model, crossformer_like)

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import crossformers
+from threads import one_intra_op_thread
 
-from parity_fixtures import load_case, official_state_dict  # noqa: F401  (re-exported to the profiling tests)
+from parity_fixtures import load_case, loaded_case, official_state_dict  # noqa: F401  (re-exported to the profiling tests)
 
 CASES = ["crossformer_v1_tiny64", "crossformer_pp_tiny96", "fcaformer_tiny128", "fcaformer_tiny128_maxd2",
          "crossvit_timm_tiny", "crossvit_ibm_tiny", "crossvit_ibm_dagger_tiny"]
@@ -38,9 +39,7 @@ def model_for_meta(meta: dict) -> torch.nn.Module:
 
 def fixture_model(case: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """(model with the fixture's official weights in eval mode, fixture input, reference logits)."""
-    meta, t = load_case(case)
-    model = model_for_meta(meta)
-    crossformers.load_checkpoint(model, official_state_dict(t))
+    _, t, model = loaded_case(case, model_for_meta)
     return model.eval(), t["input"], t["logits"]
 
 
@@ -48,9 +47,5 @@ def fixture_model(case: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tenso
 def one_thread():
     """One intra-op thread (import this fixture into a test module to apply it there): the models are tiny, and on a
     loaded 2-core machine two OpenMP threads waiting for each other make them several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_intra_op_thread():
         yield
-    finally:
-        torch.set_num_threads(before)

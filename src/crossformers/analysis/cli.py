@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -238,46 +239,53 @@ def _run_each(args: argparse.Namespace, fn) -> tuple[list, list]:
     return results, batches
 
 
+def _compare(args: argparse.Namespace, name: str, measure: Callable[[Any, Any], Any], plot: Callable[..., Path],
+             title: Callable[[int], str], entry: Callable[[Any, Any, Any], dict[str, Any]]) -> int:
+    """One measure on every model: ``name``.png (one comparison plot) and ``name``.json in ``--output``.
+
+    ``measure(lm, batch)`` gives a model's result ``r``, ``plot([(label, r), ...], png, title(num_images))`` draws them
+    and ``entry(lm, r, batch)`` is the model's record in the JSON's ``models`` list.
+    """
+    results, batches = _run_each(args, measure)
+    out = Path(args.output)
+    png = plot([(lm.label, r) for lm, r in results], out / f"{name}.png", title(batches[0].tensor.shape[0]))
+    result = dict(models=[entry(lm, r, b) for (lm, r), b in zip(results, batches, strict=True)])
+    return _write_result(args, out / f"{name}.json", png, result)
+
+
+def _write_result(args: argparse.Namespace, path: Path, png: Path, result: Any) -> int:
+    _write_json(path, result)
+    return _finish(args, [png, path], result)
+
+
 def _cmd_distance(args: argparse.Namespace) -> int:
     _setup()
     queries = [parse_query(q) for q in args.queries] if args.queries else None
-    results, batches = _run_each(args, lambda lm, b: mean_attention_distance(lm, b, blocks=args.blocks,
-                                                                             queries=queries,
-                                                                             batch_size=args.batch_size))
-    out = Path(args.output)
-    n = batches[0].tensor.shape[0]
-    png = plot_distance([(lm.label, r) for lm, r in results], out / "distance.png",
-                        f"Mean attention distance per block ({n} image(s), mean over heads and "
-                        f"{'chosen' if queries else 'all'} queries)")
-    result = dict(models=[dict(**_model_info(lm, b), queries=args.queries or "all", blocks=r)
-                          for (lm, r), b in zip(results, batches, strict=True)])
-    _write_json(out / "distance.json", result)
-    return _finish(args, [png, out / "distance.json"], result)
+    return _compare(args, "distance",
+                    lambda lm, b: mean_attention_distance(lm, b, blocks=args.blocks, queries=queries,
+                                                          batch_size=args.batch_size),
+                    plot_distance,
+                    lambda n: f"Mean attention distance per block ({n} image(s), mean over heads and "
+                              f"{'chosen' if queries else 'all'} queries)",
+                    lambda lm, r, b: dict(**_model_info(lm, b), queries=args.queries or "all", blocks=r))
 
 
 def _cmd_amplitude(args: argparse.Namespace) -> int:
     _setup()
-    results, batches = _run_each(args, lambda lm, b: activation_amplitude(lm, b, blocks=args.blocks,
-                                                                          batch_size=args.batch_size))
-    out = Path(args.output)
-    png = plot_amplitude([(lm.label, r) for lm, r in results], out / "amplitude.png",
-                         f"Block output amplitude over {batches[0].tensor.shape[0]} image(s)")
-    result = dict(models=[dict(**_model_info(lm, b), blocks=r) for (lm, r), b in zip(results, batches, strict=True)])
-    _write_json(out / "amplitude.json", result)
-    return _finish(args, [png, out / "amplitude.json"], result)
+    return _compare(args, "amplitude",
+                    lambda lm, b: activation_amplitude(lm, b, blocks=args.blocks, batch_size=args.batch_size),
+                    plot_amplitude, lambda n: f"Block output amplitude over {n} image(s)",
+                    lambda lm, r, b: dict(**_model_info(lm, b), blocks=r))
 
 
 def _cmd_cross_tokens(args: argparse.Namespace) -> int:
     _setup()
-    results, batches = _run_each(args, lambda lm, b: cross_token_share(lm, b, blocks=args.blocks,
-                                                                       batch_size=args.batch_size))
-    out = Path(args.output)
-    png = plot_cross_token_share([(lm.label, r) for lm, r in results], out / "cross_tokens.png",
-                                 f"Attention mass on cross tokens of earlier blocks "
-                                 f"({batches[0].tensor.shape[0]} image(s), mean over heads and tokens)")
-    result = dict(models=[dict(**_model_info(lm, b), **r) for (lm, r), b in zip(results, batches, strict=True)])
-    _write_json(out / "cross_tokens.json", result)
-    return _finish(args, [png, out / "cross_tokens.json"], result)
+    return _compare(args, "cross_tokens",
+                    lambda lm, b: cross_token_share(lm, b, blocks=args.blocks, batch_size=args.batch_size),
+                    plot_cross_token_share,
+                    lambda n: f"Attention mass on cross tokens of earlier blocks ({n} image(s), mean over heads and "
+                              f"tokens)",
+                    lambda lm, r, b: dict(**_model_info(lm, b), **r))
 
 
 def _cmd_cam(args: argparse.Namespace) -> int:
@@ -294,5 +302,4 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     result = dict(**_model_info(lm, batch), method=args.method, layers=r["layers"], predicted=r["predicted"],
                   probability=r["probability"], targets=r["targets"],
                   classes=[names[p] for p in r["predicted"]])
-    _write_json(out / "cam.json", result)
-    return _finish(args, [png, out / "cam.json"], result)
+    return _write_result(args, out / "cam.json", png, result)

@@ -125,6 +125,16 @@ def _v(value: Any, repo: str, where: str, what: str, note: str = "") -> RecipeVa
     return RecipeValue(value, f"{repo}:{where} ({what})", note)
 
 
+def _timm_transform_defaults(repo: str, where: str) -> dict[str, RecipeValue]:
+    """``scale``, ``ratio`` and ``hflip`` of a training transform built by ``timm.data.create_transform`` without
+    them (at ``repo:where``): timm's defaults, random-resized-crop area 0.08-1, aspect 3/4-4/3, flip probability 0.5."""
+    return {
+        "scale": _v((0.08, 1.0), repo, where, "timm create_transform without scale: its default"),
+        "ratio": _v((3 / 4, 4 / 3), repo, where, "timm create_transform without ratio: its default"),
+        "hflip": _v(0.5, repo, where, "timm create_transform without hflip: its default 0.5"),
+    }
+
+
 # ------------------------------------------------------------------------------------------------ CrossFormer(++)
 def _crossformer_values() -> dict[str, RecipeValue]:
     """Shared by CrossFormer and CrossFormer++: one ``config.py`` / ``main.py`` (launch line: README.md:79-80)."""
@@ -146,9 +156,7 @@ def _crossformer_values() -> dict[str, RecipeValue]:
         "cutmix": _v(1.0, _CF, "config.py:152", "AUG.CUTMIX = 1.0"),
         "mixup_prob": _v(1.0, _CF, "config.py:156", "AUG.MIXUP_PROB = 1.0"),
         "mixup_switch_prob": _v(0.5, _CF, "config.py:158", "AUG.MIXUP_SWITCH_PROB = 0.5"),
-        "scale": _v((0.08, 1.0), _CF, "data/build.py:101-110", "timm create_transform without scale: its default"),
-        "ratio": _v((3 / 4, 4 / 3), _CF, "data/build.py:101-110", "timm create_transform without ratio: its default"),
-        "hflip": _v(0.5, _CF, "data/build.py:101-110", "timm create_transform without hflip: its default 0.5"),
+        **_timm_transform_defaults(_CF, "data/build.py:101-110"),
         "ema_decay": _v(0.0, _CF, "main.py:12-21", "no model EMA: main.py imports and builds none"),
         "aug_repeats": _v(0, _CF, "data/build.py:30-31", "DistributedSampler: no repeated augmentation"),
         "amp": _v(True, _CF, "main.py:54", "--amp-opt-level default='native' (torch autocast; here bfloat16)"),
@@ -226,9 +234,7 @@ def _crossvit_values() -> dict[str, RecipeValue]:
         "cutmix": _v(1.0, _CV, "main.py:125", "--cutmix default=1.0"),
         "mixup_prob": _v(1.0, _CV, "main.py:129", "--mixup-prob default=1.0"),
         "mixup_switch_prob": _v(0.5, _CV, "main.py:131", "--mixup-switch-prob default=0.5"),
-        "scale": _v((0.08, 1.0), _CV, "datasets.py:90-99", "timm create_transform without scale: its default"),
-        "ratio": _v((3 / 4, 4 / 3), _CV, "datasets.py:90-99", "timm create_transform without ratio: its default"),
-        "hflip": _v(0.5, _CV, "datasets.py:90-99", "timm create_transform without hflip: its default 0.5"),
+        **_timm_transform_defaults(_CV, "datasets.py:90-99"),
         "ema_decay": _v(0.0, _CV, "main.py:22-27", "no model EMA: main.py imports and builds none"),
         "amp": _v(True, _CV, "main.py:152", "--no-amp store_false dest=amp: AMP on by default (here bfloat16)"),
         "input_size": _v(240, _CV, "main.py:47", "--input-size default=240"),
@@ -308,9 +314,7 @@ def _fcaformer() -> Recipe:
         "cutmix": _v(1.0, _FCA, f"{m}:127", "--cutmix default=1.0"),
         "mixup_prob": _v(1.0, _FCA, f"{m}:131", "--mixup_prob default=1.0"),
         "mixup_switch_prob": _v(0.5, _FCA, f"{m}:133", "--mixup_switch_prob default=0.5"),
-        "scale": _v((0.08, 1.0), _FCA, f"{d}:58-69", "timm create_transform without scale: its default"),
-        "ratio": _v((3 / 4, 4 / 3), _FCA, f"{d}:58-69", "timm create_transform without ratio: its default"),
-        "hflip": _v(0.5, _FCA, f"{d}:58-69", "timm create_transform without hflip: its default 0.5"),
+        **_timm_transform_defaults(_FCA, f"{d}:58-69"),
         "aug_repeats": _v(0, _FCA, f"{m}:226", "DistributedSampler: no repeated augmentation"),
         "ema_decay": _v(0.9999, _FCA, f"{m}:70", "--model_ema_decay default=0.9999; scripts/fca_l*.sh:1 "
                         "--model_ema true --model_ema_eval true"),
