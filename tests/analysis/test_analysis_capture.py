@@ -63,7 +63,7 @@ def test_only_chosen_blocks_switch_and_record():
     model = tiny_fcaformer()
     with torch.no_grad(), capture_attention(model, blocks=["stages.1.*", 2]) as cap:
         model(torch.randn(1, 1, 48, 48))
-        assert model.stages[0].blocks[0].fused_attn and not model.stages[0].blocks[2].fused_attn
+        assert model.stages[0].blocks[0].sdpa.fused_attn and not model.stages[0].blocks[2].sdpa.fused_attn
     assert [r.name for r in cap.records] == ["stages.0.blocks.2", "stages.1.blocks.0", "stages.1.blocks.1"]
 
 
@@ -78,7 +78,7 @@ def test_blocks_without_attention_are_refused():
     with pytest.raises(UnsupportedModelError, match="no block matches"):
         with capture_attention(model, blocks=["stages.9.blocks.0"]):
             pass
-    with pytest.raises(UnsupportedModelError, match="is not a CrossFormer, FcaFormer or CrossViT"):
+    with pytest.raises(UnsupportedModelError, match="does not describe its blocks .no block_infos"):
         with capture_attention(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)).eval()):
             pass
 

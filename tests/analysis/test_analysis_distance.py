@@ -11,15 +11,8 @@ import torch
 from crossformers.analysis import capture_attention, mean_attention_distance
 from crossformers.analysis.measures import record_distance_sums
 
-from analysis_helpers import (  # noqa: F401 (one_thread: autouse fixture)
-    brute_force_groups,
-    one_thread,
-    tiny_crossformer,
-    tiny_crossvit,
-    tiny_fcaformer,
-    tiny_fcaformer_plain,
-    zero_attention_logits,
-)
+import analysis_helpers as helpers
+from analysis_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 
 def mean_pair_distance(points: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
@@ -33,14 +26,14 @@ def uniform_group_distance(H: int, W: int, G: int, I: int, lda: bool, stride: fl
     a map no larger than G is one SDA group of its smaller side)."""
     if min(H, W) <= G:
         G, lda = min(H, W), False
-    per_token = [mean_pair_distance(np.array(sorted(g), dtype=float)) for g in brute_force_groups(H, W, G, I, lda)]
+    per_token = [mean_pair_distance(np.array(sorted(g), dtype=float)) for g in helpers.brute_force_groups(H, W, G, I, lda)]
     return float(np.concatenate(per_token).mean()) * stride
 
 
 @pytest.mark.parametrize("size", [(40, 40), (40, 48)])
 def test_uniform_crossformer_attention_gives_the_analytic_distance(size):
-    model = tiny_crossformer()
-    zero_attention_logits(model)
+    model = helpers.tiny_crossformer()
+    helpers.zero_attention_logits(model)
     x = torch.randn(2, 3, *size)
     result = {e["name"]: e for e in mean_attention_distance(model, x)}
     assert len(result) == 6
@@ -62,8 +55,8 @@ def test_uniform_crossformer_attention_gives_the_analytic_distance(size):
 
 
 def test_uniform_distance_of_one_query():
-    model = tiny_crossformer()
-    zero_attention_logits(model)
+    model = helpers.tiny_crossformer()
+    helpers.zero_attention_logits(model)
     [e] = mean_attention_distance(model, torch.randn(1, 3, 40, 40), blocks=["stages.0.blocks.1"], queries=[(2, 2)])
     # token (0, 0) of the LDA block (G=4, I=2) attends uniformly to (0|2|4|6, 0|2|4|6)
     members = np.array([(y, x) for y, x in itertools.product(range(0, 8, 2), repeat=2)], dtype=float)
@@ -73,8 +66,8 @@ def test_uniform_distance_of_one_query():
 
 
 def test_uniform_fcaformer_distance_with_and_without_cross_tokens():
-    model = tiny_fcaformer()
-    zero_attention_logits(model)
+    model = helpers.tiny_fcaformer()
+    helpers.zero_attention_logits(model)
     result = {e["name"]: e for e in mean_attention_distance(model, torch.randn(2, 1, 48, 48))}
     for stage, side, stride in ((0, 12, 4), (1, 6, 8)):
         tokens = np.array(list(itertools.product(range(side), repeat=2)), dtype=float)
@@ -91,8 +84,8 @@ def test_uniform_fcaformer_distance_with_and_without_cross_tokens():
 
 def test_self_attention_gives_distance_zero():
     """FcaFormer with all weight on the query's own token: a +60 bias at offset 0, -60 on cross tokens."""
-    model = tiny_fcaformer()
-    zero_attention_logits(model)
+    model = helpers.tiny_fcaformer()
+    helpers.zero_attention_logits(model)
     with torch.no_grad():
         for blk in [b for s in model.stages[:2] for b in s.blocks]:
             blk.rel_pos.table[:, 0, 0] = 60.0
@@ -105,7 +98,7 @@ def test_self_attention_gives_distance_zero():
 
 def test_identity_probabilities_on_grouped_records_give_zero():
     """CrossFormer records (groups with padding): replacing the captured probabilities by the identity gives 0."""
-    model = tiny_crossformer()
+    model = helpers.tiny_crossformer()
     with torch.no_grad(), capture_attention(model) as cap:
         model(torch.randn(2, 3, 40, 40))
     for rec in cap.records:
@@ -118,16 +111,16 @@ def test_identity_probabilities_on_grouped_records_give_zero():
 
 def test_class_tokens_are_excluded():
     """Plain FcaFormer (class token) and CrossViT: uniform attention, distance over patch keys only."""
-    model = tiny_fcaformer_plain()
-    zero_attention_logits(model)
+    model = helpers.tiny_fcaformer_plain()
+    helpers.zero_attention_logits(model)
     tokens = np.array(list(itertools.product(range(4), repeat=2)), dtype=float)
     cross = np.zeros((1, 2))
     for j, e in enumerate(mean_attention_distance(model, torch.randn(1, 1, 32, 32))):
         keys = np.concatenate([tokens] + [cross] * j)
         assert e["mean_distance_px"] == pytest.approx(mean_pair_distance(tokens, keys).mean() * 8, rel=1e-5)
         assert e["num_queries"] == 16
-    model = tiny_crossvit()
-    zero_attention_logits(model)
+    model = helpers.tiny_crossvit()
+    helpers.zero_attention_logits(model)
     out = {e["name"]: e for e in mean_attention_distance(model, torch.randn(1, 1, 32, 32))}
     grid = np.array(list(itertools.product(range(8), repeat=2)), dtype=float)
     assert out["encoders.0.branches.0.0"]["mean_distance_px"] == pytest.approx(mean_pair_distance(grid).mean() * 4)

@@ -33,10 +33,14 @@ __all__ = ["AttentionMap", "attention_maps", "mean_attention_distance", "activat
            "parse_query", "record_distance_sums"]
 
 Blocks = Sequence[str | int] | str | int | None
+#: what the measures accept as the model: a module, a name / run folder / converted folder, or a loaded model
+ModelSpec = nn.Module | str | os.PathLike | LoadedModel
+#: what the measures accept as images: a preprocessed batch (B, C, H, W), paths / PIL images, or an ImageBatch
+Images = torch.Tensor | Sequence[Any] | ImageBatch
 Query = tuple[float, float]
 
 
-def _resolve(model: nn.Module | str | os.PathLike | LoadedModel) -> LoadedModel:
+def _resolve(model: ModelSpec) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else load_model(model)
 
 
@@ -145,8 +149,8 @@ def _row_maps(rec: AttentionRecord, row: np.ndarray, g: int) -> tuple[dict, dict
 
 
 def attention_maps(
-    model: nn.Module | str | os.PathLike | LoadedModel,
-    images: torch.Tensor | Sequence[Any] | ImageBatch,
+    model: ModelSpec,
+    images: Images,
     queries: Sequence[Query | str] | None = None,
     blocks: Blocks = None,
     head: int | None = None,
@@ -290,8 +294,8 @@ def _captured_batches(net: nn.Module, blocks: Blocks, x: torch.Tensor, batch_siz
 
 
 def mean_attention_distance(
-    model: nn.Module | str | os.PathLike | LoadedModel,
-    images: torch.Tensor | Sequence[Any] | ImageBatch,
+    model: ModelSpec,
+    images: Images,
     blocks: Blocks = None,
     queries: Sequence[Query | str] | None = None,
     batch_size: int = 16,
@@ -377,10 +381,7 @@ def _cross_mass(rec: AttentionRecord, query_mask: np.ndarray | None = None,
 
 
 def cross_token_share(
-    model: nn.Module | str | os.PathLike | LoadedModel,
-    images: torch.Tensor | Sequence[Any] | ImageBatch,
-    blocks: Blocks = None,
-    batch_size: int = 16,
+    model: ModelSpec, images: Images, blocks: Blocks = None, batch_size: int = 16,
     preprocessing: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """How much FcaFormer's regular tokens attend to the cross tokens of each earlier block (FcaFormer Sec. 4, Fig. 5).
@@ -455,10 +456,7 @@ def cross_token_share(
 
 # ---------------------------------------------------------------------------------------------------- amplitude
 def activation_amplitude(
-    model: nn.Module | str | os.PathLike | LoadedModel,
-    images: torch.Tensor | Sequence[Any] | ImageBatch,
-    blocks: Blocks = None,
-    batch_size: int = 16,
+    model: ModelSpec, images: Images, blocks: Blocks = None, batch_size: int = 16,
     preprocessing: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Maximum and mean absolute value of every block's output over a batch (CrossFormer++ Sec. 3, Fig. 3; the
