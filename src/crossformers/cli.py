@@ -14,6 +14,7 @@ Examples::
     crossformers predict runs/nano shoe.png shirt.jpg --topk 3
     crossformers models --pattern 'fcaformer*'
     crossformers convert runs/nano --output exported/nano      # timm / Hub folder: create_model("local-dir:...")
+    crossformers dense train --task detection --model crossformer_small --data data/coco --output runs/det
 """
 from __future__ import annotations
 
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     p.set_defaults(func=_cmd_convert)
     _add_plugin_subcommands(sub)
+    _add_dense_subcommands(sub)
     return parser
 
 
@@ -235,6 +237,16 @@ def _add_plugin_subcommands(sub: argparse._SubParsersAction) -> None:
         if importlib.util.find_spec(f"crossformers.{package}") is None or importlib.util.find_spec(name) is None:
             continue
         importlib.import_module(name).add_subcommands(sub)
+
+
+def _add_dense_subcommands(sub: argparse._SubParsersAction) -> None:
+    """``crossformers dense ...`` (:mod:`crossformers.dense.cli`), with the tasks of the packages that own the heads."""
+    importlib.import_module("crossformers.detection")  # registers detection / instance-segmentation
+    if importlib.util.find_spec("segmentation_models_pytorch") is not None:
+        importlib.import_module("crossformers.segmentation")  # registers semantic-segmentation
+    from crossformers.dense.cli import add_subcommands
+
+    add_subcommands(sub, _TRAIN_OPTIONS)
 
 
 # ------------------------------------------------------------------------------------------------ subcommands
