@@ -175,8 +175,9 @@ class DenseTrainer(_Trainer):
         if cfg.sched == "step":
             from timm.scheduler import MultiStepLRScheduler
 
-            # milestones count from the start of training, as mmdet's (warmup_prefix shifts them by the warmup)
-            t = [max(1, round(m * self.total_steps) - warmup) for m in cfg.decay_milestones]
+            # a milestone at step M (counted from the start of training, as mmdet's) is timm's decay_t M - warmup + 1:
+            # timm applies milestone m at index m - 1 after the warmup prefix
+            t = sorted(max(1, round(m * self.total_steps) - warmup + 1) for m in cfg.decay_milestones)
             return MultiStepLRScheduler(self.optimizer, decay_t=t, decay_rate=cfg.decay_rate, **common)
         if cfg.sched == "poly":
             from timm.scheduler import PolyLRScheduler
