@@ -9,6 +9,7 @@ pytest.importorskip("pycocotools")
 
 import crossformers.detection  # noqa: E402,F401  (registers the detection tasks)
 import crossformers.segmentation  # noqa: E402,F401  (registers semantic-segmentation)
+
 from dense_synthetic import write_coco, write_segmentation  # noqa: E402
 
 

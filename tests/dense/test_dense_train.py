@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from dense_synthetic import TINY_BACKBONE
 from safetensors.torch import load_file
 
 from crossformers.cli import main
 from crossformers.dense.train import DenseTrainConfig, DenseTrainer, dense_evaluate, dense_predict, dense_train
 from crossformers.engine.distributed import DistInfo
 from crossformers.engine.errors import ConfigError, OutputExistsError
+
+from dense_synthetic import TINY_BACKBONE
 
 TASKS = {
     "detection": dict(task="detection", img_size=64),
