@@ -42,7 +42,6 @@ from crossformers.engine import (
     PartialPredictionError,
     TrainConfig,
     predict,
-    read_meta,
     resolve_checkpoint_dir,
     train,
 )
@@ -52,7 +51,7 @@ from crossformers.engine.evaluate import evaluate, write_eval_outputs
 from crossformers.engine.loading import model_in_chans
 from crossformers.engine.modeling import count_macs, count_params
 from crossformers.engine.recipes import print_recipes
-from crossformers.engine.train import never_checkpointed, no_run_yet_message
+from crossformers.engine.train import saved_run_options
 from crossformers.errors import CheckpointError, CrossformersError, UnknownModelError
 from crossformers.hub import is_local_dir
 
@@ -262,27 +261,8 @@ def train_config_from_args(args: argparse.Namespace):
                 logging.getLogger("crossformers.train").warning("%s", line)
         return cfg
     if given.get("resume"):
-        run = Path(given["resume"]).expanduser()
-        try:
-            ckpt = resolve_checkpoint_dir(run, prefer="last")
-        except CheckpointError:
-            # a run killed before its first checkpoint (or in its first commit, which training completes): only its
-            # config.json tells what to run
-            if never_checkpointed(run, with_config=False):
-                raise CheckpointError(no_run_yet_message(given["resume"])) from None
-            if not (run.is_dir() and (run / "config.json").is_file()):
-                raise
-            saved = TrainConfig.from_json(run / "config.json").to_dict()
-            output = run
-        else:
-            saved = read_meta(ckpt).get("config") or {}
-            output = ckpt.parent
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"the saved options of {given['resume']} are not a JSON object: resume from a "
-                                  "run directory written by crossformers train")
-        saved = dict(saved)
-        saved["max_steps"] = None  # the interruption point of the old run is not an option of the new one
-        saved["output"] = str(output)
+        # the interruption point of the old run (max_steps) is not an option of the new one
+        saved, _ = saved_run_options(given["resume"])
         try:
             base = TrainConfig.from_dict(saved)
         except ConfigError as e:

@@ -13,17 +13,19 @@ import crossformers.segmentation  # noqa: E402,F401  (registers semantic-segment
 from dense_synthetic import write_coco, write_segmentation  # noqa: E402
 
 
+def _two_splits(root: Path, write) -> Path:
+    write(root, "train", 4, seed=0)
+    write(root, "val", 2, seed=1)
+    return root
+
+
 @pytest.fixture
 def coco_root(tmp_path: Path) -> Path:
-    root = tmp_path / "coco"
-    write_coco(root, "train", 4, seed=0)
-    write_coco(root, "val", 2, seed=1)
-    return root
+    """4 training and 2 validation images, 2 rectangles each (categories 10 "dark", 20 "bright")."""
+    return _two_splits(tmp_path / "coco", write_coco)
 
 
 @pytest.fixture
 def seg_root(tmp_path: Path) -> Path:
-    root = tmp_path / "seg"
-    write_segmentation(root, "train", 4, seed=0)
-    write_segmentation(root, "val", 2, seed=1)
-    return root
+    """4 training and 2 validation images with index masks (0 background, 1 dark, 2 bright)."""
+    return _two_splits(tmp_path / "seg", write_segmentation)

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_types import setup_logging
-from ..engine.checkpoint_io import read_meta, resolve_checkpoint_dir
+from ..engine.checkpoint_io import resolve_checkpoint_dir
 from ..engine.errors import ConfigError
-from ..engine.train import never_checkpointed, no_run_yet_message
+from ..engine.train import saved_run_options
 from ..errors import CheckpointError
 from .tasks import list_tasks
 from .train import SCHEDULES, DenseTrainConfig, dense_evaluate, dense_predict, dense_train
@@ -85,21 +85,10 @@ def dense_config_from_args(args: argparse.Namespace, fields: Sequence[str]) -> D
     given = {f: getattr(args, f) for f in fields if hasattr(args, f)}
     base = DenseTrainConfig()
     if given.get("resume"):
-        run = Path(given["resume"]).expanduser()
-        try:
-            ckpt = resolve_checkpoint_dir(run, prefer="last")
-        except CheckpointError:
-            if never_checkpointed(run, with_config=False):
-                raise CheckpointError(no_run_yet_message(given["resume"])) from None
-            if not (run.is_dir() and (run / "config.json").is_file()):
-                raise
-            saved, output = json.loads((run / "config.json").read_text()), run
-        else:
-            meta = read_meta(ckpt)
-            if "task" not in meta:
-                raise CheckpointError(f"{ckpt} is a classification run: resume it with `crossformers train --resume`")
-            saved, output = dict(meta.get("config") or {}), ckpt.parent
-        saved.update(max_steps=None, output=str(output))
+        saved, _ = saved_run_options(given["resume"], DenseTrainConfig)
+        if "task" not in saved:
+            raise CheckpointError(f"{given['resume']} is a classification run: resume it with `crossformers train "
+                                  "--resume`")
         try:
             base = DenseTrainConfig.from_dict(saved)
         except ConfigError as e:

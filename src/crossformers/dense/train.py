@@ -25,9 +25,9 @@ from torch.utils.data import Subset
 
 from ..engine.checkpoint_io import load_weights, read_meta, resolve_checkpoint_dir
 from ..engine.config import TrainConfig
-from ..engine.distributed import all_gather_objects, cleanup_distributed, init_distributed, resolve_device
+from ..engine.distributed import all_gather_objects, resolve_device
 from ..engine.errors import ConfigError, OutputExistsError
-from ..engine.train import _Trainer
+from ..engine.train import _Trainer, run_trainer
 from ..fileio import atomic_write_bytes, atomic_write_text
 from .data import collate_lists
 from .tasks import DenseTask, get_task
@@ -233,12 +233,7 @@ def dense_train(config: DenseTrainConfig | dict[str, Any], progress: bool | None
         :func:`crossformers.engine.train`.
     """
     cfg = config if isinstance(config, DenseTrainConfig) else DenseTrainConfig.from_dict(dict(config))
-    cfg.validate()
-    info = init_distributed(cfg.device)
-    try:
-        return DenseTrainer(cfg, info, progress).run()
-    finally:
-        cleanup_distributed(info)
+    return run_trainer(DenseTrainer, cfg, progress)
 
 
 def load_dense_run(path: str | os.PathLike, use_ema: bool = False, prefer: str = "best"

@@ -115,10 +115,16 @@ def train(config: TrainConfig | dict[str, Any], progress: bool | None = None) ->
             (the last good checkpoint is kept).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
+    return run_trainer(_Trainer, cfg, progress)
+
+
+def run_trainer(trainer_cls: type, cfg: TrainConfig, progress: bool | None) -> dict[str, Any]:
+    """Validate ``cfg``, join the process group (under ``torchrun``) and run ``trainer_cls(cfg, info, progress)``
+    (the engine's trainer or a subclass, e.g. the dense one); the group is left again whatever happens."""
     cfg.validate()
     info = init_distributed(cfg.device)
     try:
-        return _Trainer(cfg, info, progress).run()
+        return trainer_cls(cfg, info, progress).run()
     finally:
         cleanup_distributed(info)
 
@@ -138,6 +144,36 @@ def never_checkpointed(run_dir: str | os.PathLike, with_config: bool = True) -> 
             continue
         return False
     return True
+
+
+def saved_run_options(resume: str | os.PathLike, config_cls: type = TrainConfig) -> tuple[dict[str, Any], Path]:
+    """The options a run to ``resume`` was started with, and its run directory: from the ``meta.json`` of its
+    ``last/`` (or ``best/``) checkpoint, or, for a run killed before its first checkpoint, from its ``config.json``
+    (checked with ``config_cls.from_json``). ``max_steps`` (where the old run was stopped) is dropped, ``output`` is
+    the run directory.
+
+    Raises:
+        CheckpointError: no run there, a run killed before it saved its options, or options that are no JSON object.
+    """
+    run = Path(resume).expanduser()
+    try:
+        ckpt = resolve_checkpoint_dir(run, prefer="last")
+    except CheckpointError:
+        # a run killed before its first checkpoint (or in its first commit, which training completes): only its
+        # config.json tells what to run
+        if never_checkpointed(run, with_config=False):
+            raise CheckpointError(no_run_yet_message(resume)) from None
+        if not (run.is_dir() and (run / "config.json").is_file()):
+            raise
+        saved: Any = config_cls.from_json(run / "config.json").to_dict()
+        output = run
+    else:
+        saved = read_meta(ckpt).get("config") or {}
+        output = ckpt.parent
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"the saved options of {resume} are not a JSON object: resume from a run directory "
+                              "written by crossformers train")
+    return {**saved, "max_steps": None, "output": str(output)}, output
 
 
 def no_run_yet_message(run_dir: str | os.PathLike) -> str:
