@@ -292,6 +292,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     _setup_logging()
+    from crossformers.dense.cli import is_dense_run, run_eval
+
+    if Path(args.model).is_dir() and is_dense_run(args.model):  # a detector / segmenter: COCO AP or mIoU
+        return run_eval(args, args.model)
     result = evaluate(args.model, args.data, split=args.split, batch_size=args.batch_size, checkpoint=args.checkpoint,
                       pretrained=args.pretrained, use_ema=args.ema, workers=args.workers, limit=args.limit,
                       device=args.device, amp=args.amp, progress=args.progress)

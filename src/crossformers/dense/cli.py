@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_types import setup_logging
-from ..engine.checkpoint_io import resolve_checkpoint_dir
+from ..engine.checkpoint_io import read_meta, resolve_checkpoint_dir
 from ..engine.errors import ConfigError
 from ..engine.train import saved_run_options
 from ..errors import CheckpointError
 from .tasks import list_tasks
 from .train import SCHEDULES, DenseTrainConfig, dense_evaluate, dense_predict, dense_train
 
-__all__ = ["add_subcommands", "dense_config_from_args", "DENSE_OPTIONS"]
+__all__ = ["add_subcommands", "dense_config_from_args", "DENSE_OPTIONS", "is_dense_run", "run_eval"]
 
 # options of the classification trainer that mean nothing for dense tasks
 _CLASSIFICATION_ONLY = {"mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "auto_augment", "re_prob", "aug_repeats",
@@ -76,6 +76,9 @@ DENSE_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
                                                                                   "(default 2/3 of img_size)")),
     ("fpn_channels", "--fpn-channels", dict(type=_none_or_int, help="FPN / decoder width (default the head's)")),
     ("detections_per_img", "--detections-per-img", dict(type=int, help="kept detections per image (default 100)")),
+    ("head_width", "--head-width", dict(type=_none_or_int, metavar="N", help="Mask R-CNN box / mask head width "
+                                                                            "(default torchvision's 1024 / 256)")),
+    ("rois_per_image", "--rois-per-image", dict(type=int, help="Mask R-CNN RoIs sampled per image (default 512)")),
 ]
 
 
@@ -112,13 +115,22 @@ def _cmd_train(args: argparse.Namespace, fields: Sequence[str]) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    setup_logging()
+def is_dense_run(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a run or checkpoint directory of ``crossformers dense train``."""
+    try:
+        return "task" in read_meta(path)
+    except CheckpointError:
+        return False
+
+
+def run_eval(args: argparse.Namespace, run: str) -> int:
+    """``dense eval`` (also ``crossformers eval`` on a dense run): evaluate, write metrics.json, print."""
     output = args.output
     if output is None:
-        output = resolve_checkpoint_dir(args.run).parent / f"eval-{args.split}{'-ema' if args.ema else ''}"
-    result = dense_evaluate(args.run, data=args.data, split=args.split, use_ema=args.ema, limit=args.limit,
-                            device=args.device, amp=args.amp, eval_mode=args.eval_mode, output=output)
+        output = resolve_checkpoint_dir(run).parent / f"eval-{args.split}{'-ema' if args.ema else ''}"
+    result = dense_evaluate(run, data=args.data, split=args.split, use_ema=args.ema, limit=args.limit,
+                            device=args.device, amp=args.amp, eval_mode=getattr(args, "eval_mode", None),
+                            output=output)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -129,6 +141,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"  {k:<10} {v:.4f}")
     print(f"wrote {Path(output) / 'metrics.json'}")
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    setup_logging()
+    return run_eval(args, args.run)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -65,6 +65,9 @@ class DenseTrainConfig(TrainConfig):
             stride ``slide_stride``, default 2/3 of the window as mmseg's 512/341).
         fpn_channels: channels of the detectors' FPN / segmentation decoder width (``None`` = the head's default).
         detections_per_img: detections kept per image (COCO evaluation: 100).
+        head_width: Mask R-CNN: width of the box head's two fully connected layers and of the mask head's four
+            convolutions (``None`` = torchvision's 1024 / 256; small values make CPU training much faster).
+        rois_per_image: Mask R-CNN: RoIs sampled per image for the box / mask losses (torchvision's default 512).
     """
 
     task: str = "detection"
@@ -80,6 +83,8 @@ class DenseTrainConfig(TrainConfig):
     slide_stride: int | None = None
     fpn_channels: int | None = None
     detections_per_img: int = 100
+    head_width: int | None = None
+    rois_per_image: int = 512
 
     def validate(self) -> DenseTrainConfig:
         """Check every option (:meth:`TrainConfig.validate` and the dense ones); returns ``self``.
@@ -104,6 +109,8 @@ class DenseTrainConfig(TrainConfig):
         if self.task == "semantic-segmentation" and self.img_size is not None and self.img_size % 32:
             raise ConfigError(f"img_size (the training crop) must be a multiple of 32 for segmentation, got "
                               f"{self.img_size}")
+        if self.head_width is not None and self.head_width < 1 or self.rois_per_image < 1:
+            raise ConfigError("head_width and rois_per_image must be >= 1")
         if any(not (isinstance(s, int) and s > 0) for s in self.train_scales):
             raise ConfigError(f"train_scales must be positive ints (pixels), got {self.train_scales!r}")
         unused = [name for name, default in (("mixup", 0.0), ("cutmix", 0.0), ("auto_augment", None),
@@ -295,6 +302,18 @@ def dense_evaluate(path: str | os.PathLike, data: str | None = None, split: str 
     return result
 
 
+def _png(image: torch.Tensor) -> bytes:
+    """PNG bytes of a (C, H, W) uint8 image (C = 1 or 3)."""
+    import io
+
+    from PIL import Image
+
+    arr = image.cpu().permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def dense_predict(path: str | os.PathLike, images: list[str | os.PathLike], output: str | os.PathLike,
                   score_thresh: float = 0.5, use_ema: bool = False, device: str = "auto") -> list[dict[str, Any]]:
     """Predict boxes / masks / label maps for image files; writes ``OUTPUT/predictions.json`` and one drawn PNG per
@@ -312,7 +331,6 @@ def dense_predict(path: str | os.PathLike, images: list[str | os.PathLike], outp
         OutputExistsError: ``output`` exists and is not empty (nothing is overwritten). DataError: unreadable image
             (before anything is written). CheckpointError: not a dense run.
     """
-    from torchvision.io import encode_png
     from torchvision.transforms.v2 import functional as TF
 
     from ..data import load_image
@@ -335,10 +353,9 @@ def dense_predict(path: str | os.PathLike, images: list[str | os.PathLike], outp
         with torch.no_grad():
             pred = task.predict(model, [x], cfg, score_thresh)[0]
         draw = pred.pop("_draw", {})
-        atomic_write_bytes(out / f"{Path(p).stem}.png", encode_png(task.draw(img, draw, classes)).numpy().tobytes())
+        atomic_write_bytes(out / f"{Path(p).stem}.png", _png(task.draw(img, draw, classes)))
         if "label_map" in draw:
-            atomic_write_bytes(out / f"{Path(p).stem}_labels.png",
-                               encode_png(draw["label_map"].to(torch.uint8)[None].cpu()).numpy().tobytes())
+            atomic_write_bytes(out / f"{Path(p).stem}_labels.png", _png(draw["label_map"].to(torch.uint8)[None]))
         rows.append({"image": str(p), **pred})
     atomic_write_text(out / "predictions.json", json.dumps(rows, indent=2) + "\n")
     return rows

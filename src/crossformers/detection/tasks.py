@@ -22,6 +22,18 @@ __all__ = ["DetectionTask", "InstanceSegmentationTask", "DEFAULT_MIN_SIZE"]
 DEFAULT_MIN_SIZE = 800
 
 
+def _roi_heads(width: int | None, channels: int, num_classes: int) -> dict[str, nn.Module]:
+    """Mask R-CNN box and mask heads of ``width`` (torchvision's own classes; {} = its defaults 1024 / 256)."""
+    if width is None:
+        return {}
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    return {"box_head": TwoMLPHead(channels * 7 * 7, width), "box_predictor": FastRCNNPredictor(width, num_classes),
+            "mask_head": MaskRCNNHeads(channels, [width] * 4, 1),
+            "mask_predictor": MaskRCNNPredictor(width, width, num_classes)}
+
+
 class DetectionTask(DenseTask):
     """Boxes: RetinaNet (or Mask R-CNN, evaluated on boxes only) on COCO-format data; ``best/`` by bbox AP."""
 
@@ -61,7 +73,11 @@ class DetectionTask(DenseTask):
         if cfg.resolved_head == "retinanet":
             model = retinanet(cfg.model, detections_per_img=cfg.detections_per_img, **kwargs)
         else:
-            model = mask_rcnn(cfg.model, box_detections_per_img=cfg.detections_per_img, **kwargs)
+            heads = _roi_heads(cfg.head_width, cfg.fpn_channels or 256, len(classes))
+            if heads:
+                kwargs["num_classes"] = None  # torchvision: the class count is the predictors'
+            model = mask_rcnn(cfg.model, box_detections_per_img=cfg.detections_per_img,
+                              box_batch_size_per_image=cfg.rois_per_image, **heads, **kwargs)
         if cfg.layer_decay is not None:
             model.group_matcher = prefixed_group_matcher(model, model.backbone.body.model)
         return model
