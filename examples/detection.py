@@ -2,8 +2,9 @@
 
 The data are synthetic: noisy 128x160 images with 1-3 coloured shapes, rectangles (class 1) and ellipses (class 2),
 with their boxes and masks, made on the fly. This shows the API end to end (torchvision's Mask R-CNN / RetinaNet on
-our backbone, training step, inference), it is not a benchmark. A few dozen steps on a CPU already lower the losses;
-real training needs COCO, pretrained backbone weights (``--checkpoint``) and many epochs.
+our backbone, training step, inference), it is not a benchmark. A few dozen steps on a CPU already lower the losses.
+Real training on COCO-format data, with the engine's loop and COCO AP: ``crossformers dense train --task
+detection|instance-segmentation`` (docs/dense.md).
 
     python examples/detection.py                                   # tiny CrossFormer, Mask R-CNN, 20 steps
     python examples/detection.py --backbone fcaformer_l1 --detector retinanet --steps 50

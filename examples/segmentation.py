@@ -3,8 +3,8 @@
 The data are synthetic: noisy 128x160 images with 1-3 coloured rectangles (class 1) and ellipses (class 2) on
 background (class 0), with their label maps, made on the fly (the same generator as examples/detection.py). This shows
 the API end to end (segmentation-models-pytorch's Semantic FPN / UPerNet decoders on our backbone, training step,
-inference, pixel accuracy and mean IoU); it is not a benchmark. Real training needs ADE20K, pretrained backbone
-weights (``--checkpoint``) and many iterations.
+inference, pixel accuracy and mean IoU); it is not a benchmark. Real training, on ADE20K-layout data, with the
+engine's loop and mIoU / mAcc / aAcc: ``crossformers dense train --task semantic-segmentation`` (docs/dense.md).
 
     python examples/segmentation.py                                    # tiny CrossFormer, UPerNet, 20 steps
     python examples/segmentation.py --backbone crossvit_15_240 --head fpn --steps 50

@@ -14,6 +14,7 @@ Examples::
     crossformers predict runs/nano shoe.png shirt.jpg --topk 3
     crossformers models --pattern 'fcaformer*'
     crossformers convert runs/nano --output exported/nano      # timm / Hub folder: create_model("local-dir:...")
+    crossformers dense train --task detection --model crossformer_small --data data/coco --output runs/det
 """
 from __future__ import annotations
 
@@ -41,7 +42,6 @@ from crossformers.engine import (
     PartialPredictionError,
     TrainConfig,
     predict,
-    read_meta,
     resolve_checkpoint_dir,
     train,
 )
@@ -51,7 +51,7 @@ from crossformers.engine.evaluate import evaluate, write_eval_outputs
 from crossformers.engine.loading import model_in_chans
 from crossformers.engine.modeling import count_macs, count_params
 from crossformers.engine.recipes import print_recipes
-from crossformers.engine.train import never_checkpointed, no_run_yet_message
+from crossformers.engine.train import saved_run_options
 from crossformers.errors import CheckpointError, CrossformersError, UnknownModelError
 from crossformers.hub import is_local_dir
 
@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     p.set_defaults(func=_cmd_convert)
     _add_plugin_subcommands(sub)
+    _add_dense_subcommands(sub)
     return parser
 
 
@@ -237,6 +238,16 @@ def _add_plugin_subcommands(sub: argparse._SubParsersAction) -> None:
         importlib.import_module(name).add_subcommands(sub)
 
 
+def _add_dense_subcommands(sub: argparse._SubParsersAction) -> None:
+    """``crossformers dense ...`` (:mod:`crossformers.dense.cli`), with the tasks of the packages that own the heads."""
+    importlib.import_module("crossformers.detection")  # registers detection / instance-segmentation
+    if importlib.util.find_spec("segmentation_models_pytorch") is not None:
+        importlib.import_module("crossformers.segmentation")  # registers semantic-segmentation
+    from crossformers.dense.cli import add_subcommands
+
+    add_subcommands(sub, _TRAIN_OPTIONS)
+
+
 # ------------------------------------------------------------------------------------------------ subcommands
 def train_config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` described by parsed ``train`` arguments: defaults < --recipe < --config file <
@@ -250,27 +261,8 @@ def train_config_from_args(args: argparse.Namespace):
                 logging.getLogger("crossformers.train").warning("%s", line)
         return cfg
     if given.get("resume"):
-        run = Path(given["resume"]).expanduser()
-        try:
-            ckpt = resolve_checkpoint_dir(run, prefer="last")
-        except CheckpointError:
-            # a run killed before its first checkpoint (or in its first commit, which training completes): only its
-            # config.json tells what to run
-            if never_checkpointed(run, with_config=False):
-                raise CheckpointError(no_run_yet_message(given["resume"])) from None
-            if not (run.is_dir() and (run / "config.json").is_file()):
-                raise
-            saved = TrainConfig.from_json(run / "config.json").to_dict()
-            output = run
-        else:
-            saved = read_meta(ckpt).get("config") or {}
-            output = ckpt.parent
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"the saved options of {given['resume']} are not a JSON object: resume from a "
-                                  "run directory written by crossformers train")
-        saved = dict(saved)
-        saved["max_steps"] = None  # the interruption point of the old run is not an option of the new one
-        saved["output"] = str(output)
+        # the interruption point of the old run (max_steps) is not an option of the new one
+        saved, _ = saved_run_options(given["resume"])
         try:
             base = TrainConfig.from_dict(saved)
         except ConfigError as e:
@@ -300,6 +292,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     _setup_logging()
+    from crossformers.dense.cli import is_dense_run, run_eval
+
+    if Path(args.model).is_dir() and is_dense_run(args.model):  # a detector / segmenter: COCO AP or mIoU
+        return run_eval(args, args.model)
     result = evaluate(args.model, args.data, split=args.split, batch_size=args.batch_size, checkpoint=args.checkpoint,
                       pretrained=args.pretrained, use_ema=args.ema, workers=args.workers, limit=args.limit,
                       device=args.device, amp=args.amp, progress=args.progress)

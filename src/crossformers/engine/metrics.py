@@ -112,7 +112,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, titl
     """Loss and accuracy curves per epoch (PNG, matplotlib Agg, written atomically).
 
     Left: train and val loss (cross-entropy, nats). Right: val top-1 / top-5 and train top-1 (%), and EMA top-1 if
-    present.
+    present; for rows without accuracies (dense tasks) every other ``val_*`` score (AP, mIoU, ...).
     """
     fig = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
@@ -134,6 +134,12 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, titl
             ax_acc.plot(xs, ys, marker="o", label=label)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
+    if not ax_acc.lines:  # other tasks (detection AP, mIoU): every validation score, fractions
+        for key in sorted({k for r in rows for k in r if k.startswith("val_") and "loss" not in k}):
+            xs, ys = _series(rows, key)
+            if xs:
+                ax_acc.plot(xs, ys, marker="o", label=key[4:])
+        ax_acc.set_ylabel("validation score")
     ax_acc.grid(alpha=0.3)
     ax_acc.legend()
     if title:

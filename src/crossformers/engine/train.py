@@ -115,10 +115,16 @@ def train(config: TrainConfig | dict[str, Any], progress: bool | None = None) ->
             (the last good checkpoint is kept).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
+    return run_trainer(_Trainer, cfg, progress)
+
+
+def run_trainer(trainer_cls: type, cfg: TrainConfig, progress: bool | None) -> dict[str, Any]:
+    """Validate ``cfg``, join the process group (under ``torchrun``) and run ``trainer_cls(cfg, info, progress)``
+    (the engine's trainer or a subclass, e.g. the dense one); the group is left again whatever happens."""
     cfg.validate()
     info = init_distributed(cfg.device)
     try:
-        return _Trainer(cfg, info, progress).run()
+        return trainer_cls(cfg, info, progress).run()
     finally:
         cleanup_distributed(info)
 
@@ -138,6 +144,36 @@ def never_checkpointed(run_dir: str | os.PathLike, with_config: bool = True) -> 
             continue
         return False
     return True
+
+
+def saved_run_options(resume: str | os.PathLike, config_cls: type = TrainConfig) -> tuple[dict[str, Any], Path]:
+    """The options a run to ``resume`` was started with, and its run directory: from the ``meta.json`` of its
+    ``last/`` (or ``best/``) checkpoint, or, for a run killed before its first checkpoint, from its ``config.json``
+    (checked with ``config_cls.from_json``). ``max_steps`` (where the old run was stopped) is dropped, ``output`` is
+    the run directory.
+
+    Raises:
+        CheckpointError: no run there, a run killed before it saved its options, or options that are no JSON object.
+    """
+    run = Path(resume).expanduser()
+    try:
+        ckpt = resolve_checkpoint_dir(run, prefer="last")
+    except CheckpointError:
+        # a run killed before its first checkpoint (or in its first commit, which training completes): only its
+        # config.json tells what to run
+        if never_checkpointed(run, with_config=False):
+            raise CheckpointError(no_run_yet_message(resume)) from None
+        if not (run.is_dir() and (run / "config.json").is_file()):
+            raise
+        saved: Any = config_cls.from_json(run / "config.json").to_dict()
+        output = run
+    else:
+        saved = read_meta(ckpt).get("config") or {}
+        output = ckpt.parent
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"the saved options of {resume} are not a JSON object: resume from a run directory "
+                              "written by crossformers train")
+    return {**saved, "max_steps": None, "output": str(output)}, output
 
 
 def no_run_yet_message(run_dir: str | os.PathLike) -> str:
@@ -160,6 +196,12 @@ class _Accum:
 
 
 class _Trainer:
+    #: the validation metric that selects ``best/`` (higher is better); ``collate_fn`` of both loaders
+    best_key = "val_top1"
+    collate_fn = None
+    #: report the training top-1 accuracy (classification) in metrics.csv
+    train_accuracy = True
+
     def __init__(self, cfg: TrainConfig, info: DistInfo, progress: bool | None) -> None:
         self.cfg = cfg
         self.info = info
@@ -251,6 +293,85 @@ class _Trainer:
             # changes nothing measurable in training
             torch.set_flush_denormal(True)
 
+        model, train_ds, val_ds, num_classes = self._build_model_and_data()
+        if cfg.batch_size % info.world_size:
+            raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
+                              f"number of processes ({info.world_size})")
+        self.batch = cfg.batch_size // info.world_size
+        self.train_loader = build_loader(train_ds, self.batch, True, num_workers=cfg.workers,
+                                         distributed=info.distributed, seed=cfg.seed,
+                                         pin_memory=self.device.type == "cuda", aug_repeats=cfg.aug_repeats,
+                                         collate_fn=self.collate_fn)
+        self.n_batches = batches_per_epoch(self.train_loader)
+        if self.n_batches == 0:
+            raise ConfigError(
+                f"the training set ({len(train_ds)} images) gives no full batch of {self.batch} per process: lower "
+                "--batch-size or use more data (--limit-train)")
+        if info.distributed:
+            val_ds = torch.utils.data.Subset(val_ds, range(info.rank, len(val_ds), info.world_size))
+        self.val_loader = build_loader(val_ds, self.batch, False, num_workers=cfg.workers,
+                                       pin_memory=self.device.type == "cuda", collate_fn=self.collate_fn)
+        self.steps_per_epoch = math.ceil(self.n_batches / cfg.accum_steps)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+
+        # model on device, optimizer, schedule, EMA
+        model.to(self.device)
+        if cfg.grad_checkpointing:
+            if not callable(getattr(model, "set_grad_checkpointing", None)):
+                raise ConfigError(f"model {cfg.model} does not support --grad-checkpointing")
+            model.set_grad_checkpointing(True)
+        model = maybe_sync_batchnorm(model, info)
+        self.model = model
+        from timm.optim import create_optimizer_v2
+
+        try:
+            self.optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                 layer_decay=cfg.layer_decay)
+        except (AttributeError, NotImplementedError) as e:
+            raise ConfigError(f"--layer-decay needs a model with timm's group_matcher(); {cfg.model} has none ({e})"
+                              ) from None
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * self.steps_per_epoch)
+        warmup = max(0, min(int(warmup), self.total_steps - 1))
+        self.scheduler = self._build_scheduler(warmup)
+        self.ema = None
+        if cfg.ema_decay > 0:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=cfg.ema_decay)
+
+        self._build_criterion(num_classes)
+
+        # state
+        self.epoch, self.start_batch, self.step = 0, 0, 0
+        self.best_top1: float | None = None
+        self.best_epoch: int | None = None
+        self.accum = _Accum()
+        self.rng_to_restore: dict[str, Any] | None = None
+        if self.resume_dir is not None:
+            self._load_resume_state()
+        self.scheduler.step_update(self.step)
+
+        self.net: nn.Module = model
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(model, device_ids=ids)
+        self.history = MetricHistory(self.out)
+        # everything is validated: only now write into the run directory
+        barrier(info)
+        if info.is_main:
+            if self.resume_dir:
+                self.history.load(keep_before_epoch=self.epoch + 1)
+            self.wrote_config = not (self.out / "config.json").exists()
+            atomic_write_text(self.out / "config.json", cfg.to_json() + "\n")
+            self.wrote_yaml = not (self.out / CONFIG_YAML).exists()
+            atomic_write_text(self.out / CONFIG_YAML, config_to_yaml(cfg))
+
+    def _build_model_and_data(self) -> tuple[nn.Module, Any, Any, int]:
+        """The model (pretrained weights loaded, on the CPU), the training and validation datasets and the class
+        count; sets ``classes``, ``model_kwargs`` and ``pre`` (preprocessing). The dense trainer overrides it."""
+        cfg = self.cfg
         defaults = dataset_defaults(cfg.data)
         self.classes: list[str] = list(defaults["classes"])
         num_classes = int(defaults["num_classes"])
@@ -287,53 +408,20 @@ class _Trainer:
             if bad:
                 raise DataError(f"{len(bad)} corrupt or unreadable image file(s): {', '.join(bad[:10])}"
                                 f"{' ...' if len(bad) > 10 else ''}; remove or replace them")
-        if cfg.batch_size % info.world_size:
-            raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
-                              f"number of processes ({info.world_size})")
-        self.batch = cfg.batch_size // info.world_size
-        self.train_loader = build_loader(train_ds, self.batch, True, num_workers=cfg.workers,
-                                         distributed=info.distributed, seed=cfg.seed,
-                                         pin_memory=self.device.type == "cuda", aug_repeats=cfg.aug_repeats)
-        self.n_batches = batches_per_epoch(self.train_loader)
-        if self.n_batches == 0:
-            raise ConfigError(
-                f"the training set ({len(train_ds)} images) gives no full batch of {self.batch} per process: lower "
-                "--batch-size or use more data (--limit-train)")
-        if info.distributed:
-            val_ds = torch.utils.data.Subset(val_ds, range(info.rank, len(val_ds), info.world_size))
-        self.val_loader = build_loader(val_ds, self.batch, False, num_workers=cfg.workers,
-                                       pin_memory=self.device.type == "cuda")
-        self.steps_per_epoch = math.ceil(self.n_batches / cfg.accum_steps)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
+        return model, train_ds, val_ds, num_classes
 
-        # model on device, optimizer, schedule, EMA
-        model.to(self.device)
-        if cfg.grad_checkpointing:
-            if not callable(getattr(model, "set_grad_checkpointing", None)):
-                raise ConfigError(f"model {cfg.model} does not support --grad-checkpointing")
-            model.set_grad_checkpointing(True)
-        model = maybe_sync_batchnorm(model, info)
-        self.model = model
-        from timm.optim import create_optimizer_v2
+    def _build_scheduler(self, warmup: int):
+        """timm's cosine schedule over ``total_steps`` optimizer steps after ``warmup`` linear warmup steps."""
         from timm.scheduler import CosineLRScheduler
 
-        try:
-            self.optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                                 layer_decay=cfg.layer_decay)
-        except (AttributeError, NotImplementedError) as e:
-            raise ConfigError(f"--layer-decay needs a model with timm's group_matcher(); {cfg.model} has none ({e})"
-                              ) from None
-        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * self.steps_per_epoch)
-        warmup = max(0, min(int(warmup), self.total_steps - 1))
-        self.scheduler = CosineLRScheduler(
+        cfg = self.cfg
+        return CosineLRScheduler(
             self.optimizer, t_initial=max(1, self.total_steps - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
             warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
-        self.ema = None
-        if cfg.ema_decay > 0:
-            from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(model, decay=cfg.ema_decay)
-
+    def _build_criterion(self, num_classes: int) -> None:
+        """Sets ``mixup`` (or None) and ``criterion``: soft-target, label-smoothing or plain cross-entropy."""
+        cfg = self.cfg
         mixup = build_mixup(cfg.mixup, cfg.cutmix, cfg.label_smoothing, num_classes, prob=cfg.mixup_prob,
                             switch_prob=cfg.mixup_switch_prob)
         self.mixup = mixup
@@ -347,33 +435,6 @@ class _Trainer:
             self.criterion = LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
         else:
             self.criterion = nn.CrossEntropyLoss()
-
-        # state
-        self.epoch, self.start_batch, self.step = 0, 0, 0
-        self.best_top1: float | None = None
-        self.best_epoch: int | None = None
-        self.accum = _Accum()
-        self.rng_to_restore: dict[str, Any] | None = None
-        if self.resume_dir is not None:
-            self._load_resume_state()
-        self.scheduler.step_update(self.step)
-
-        self.net: nn.Module = model
-        if info.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(model, device_ids=ids)
-        self.history = MetricHistory(self.out)
-        # everything is validated: only now write into the run directory
-        barrier(info)
-        if info.is_main:
-            if self.resume_dir:
-                self.history.load(keep_before_epoch=self.epoch + 1)
-            self.wrote_config = not (self.out / "config.json").exists()
-            atomic_write_text(self.out / "config.json", cfg.to_json() + "\n")
-            self.wrote_yaml = not (self.out / CONFIG_YAML).exists()
-            atomic_write_text(self.out / CONFIG_YAML, config_to_yaml(cfg))
 
     def _load_resume_state(self) -> None:
         cfg, ckpt = self.cfg, self.resume_dir
@@ -594,7 +655,8 @@ class _Trainer:
                 stopped_early = epoch + 1 < cfg.epochs
                 break
         result = {k: v for k, v in last_row.items()}
-        result.update(step=self.step, best_val_top1=self.best_top1,
+        result.update({f"best_{self.best_key}": self.best_top1})
+        result.update(step=self.step,
                       best_epoch=self.best_epoch, stopped_early=stopped_early, output=str(self.out))
         result.setdefault("epoch", self.epoch)
         return result
@@ -610,29 +672,21 @@ class _Trainer:
         seen = 0
         try:
             for b in range(start, self.n_batches):
-                x, y = next(batches)
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                batch = next(batches)
                 group_start = (b // accum_steps) * accum_steps
                 group_size = min(accum_steps, self.n_batches - group_start)
                 last_in_group = b - group_start == group_size - 1
-                target = y
-                if self.mixup is not None:
-                    x, target = self.mixup(x, y)
                 sync = contextlib.nullcontext()
                 if info.distributed and not last_in_group:
                     sync = self.net.no_sync()
                 with sync:
-                    with self._autocast():
-                        logits = self.net(x)
-                    loss = compute_loss(self.criterion, logits, target)
+                    loss, n, correct = self._forward_loss(batch)
                     self._check_finite_loss(loss, epoch, b)
                     (loss / group_size).backward()
-                n = int(y.shape[0])
                 seen += n
                 self.accum.loss_sum += loss.item() * n
                 self.accum.count += n
-                if self.mixup is None:
-                    self.accum.correct += float((logits.detach().argmax(dim=-1) == y).sum().item())
+                self.accum.correct += correct
                 if last_in_group:
                     if cfg.clip_grad is not None:
                         from timm.utils import dispatch_clip_grad
@@ -665,11 +719,25 @@ class _Trainer:
         self.epoch_images = seen
         return True
 
+    def _forward_loss(self, batch: Any) -> tuple[torch.Tensor, int, float]:
+        """One micro-batch: (mean loss as a float32 scalar with its graph, images in it, correctly classified
+        images); Mixup/CutMix applied when configured. The dense trainer overrides it."""
+        x, y = batch
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        target = y
+        if self.mixup is not None:
+            x, target = self.mixup(x, y)
+        with self._autocast():
+            logits = self.net(x)
+        loss = compute_loss(self.criterion, logits, target)
+        correct = 0.0 if self.mixup is not None else float((logits.detach().argmax(dim=-1) == y).sum().item())
+        return loss, int(y.shape[0]), correct
+
     def _train_loss(self) -> float | None:
         return self.accum.loss_sum / self.accum.count if self.accum.count else None
 
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
-        cfg, info = self.cfg, self.info
+        info = self.info
         sums = torch.tensor([self.accum.loss_sum, self.accum.correct, self.accum.count], dtype=torch.float64,
                             device=self.device)
         all_reduce_sum(sums, info)
@@ -681,7 +749,7 @@ class _Trainer:
             "step": self.step,
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_loss": sums[0].item() / count,
-            "train_top1": None if self.mixup is not None else 100.0 * sums[1].item() / count,
+            "train_top1": None if self.mixup is not None or not self.train_accuracy else 100.0 * sums[1].item() / count,
         }
         row.update(self._validate(self.model))
         if self.ema is not None:
@@ -689,15 +757,19 @@ class _Trainer:
         row["epoch_time_s"] = self.epoch_time
         row["train_images_per_s"] = images.item() / self.epoch_time if self.epoch_time > 0 else None
         self._check_finite_weights(epoch)
-        improved = self.best_top1 is None or row["val_top1"] > self.best_top1
+        improved = self.best_top1 is None or row[self.best_key] > self.best_top1
         if improved:
-            self.best_top1, self.best_epoch = row["val_top1"], epoch + 1
-        row["best_val_top1"] = self.best_top1
+            self.best_top1, self.best_epoch = row[self.best_key], epoch + 1
+        row[f"best_{self.best_key}"] = self.best_top1
         self.accum = _Accum()  # the checkpoint continues at batch 0 of the next epoch
         self._save(epoch + 1, 0, row, save_best=improved, epoch_end=True)
         if info.is_main:
-            ema_txt = f", EMA top-1 {row['val_top1_ema']:.2f}%" if "val_top1_ema" in row else ""
-            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val top-1 %.2f%%, top-5 %.2f%%%s (best %.2f%% at "
-                     "epoch %d), %.1f s", epoch + 1, cfg.epochs, row["train_loss"], row["val_loss"], row["val_top1"],
-                     row["val_top5"], ema_txt, self.best_top1, self.best_epoch, self.epoch_time)
+            self._log_epoch(epoch, row)
         return row
+
+    def _log_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        """The log line of a finished epoch (main process)."""
+        ema_txt = f", EMA top-1 {row['val_top1_ema']:.2f}%" if "val_top1_ema" in row else ""
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val top-1 %.2f%%, top-5 %.2f%%%s (best %.2f%% at "
+                 "epoch %d), %.1f s", epoch + 1, self.cfg.epochs, row["train_loss"], row["val_loss"], row["val_top1"],
+                 row["val_top5"], ema_txt, self.best_top1, self.best_epoch, self.epoch_time)
