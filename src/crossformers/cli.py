@@ -37,6 +37,7 @@ from crossformers import __version__
 from crossformers.cli_types import json_object
 from crossformers.cli_types import setup_logging as _setup_logging
 from crossformers.data import DataError
+from crossformers.dense import cli as dense_cli
 from crossformers.engine import (
     ConfigError,
     PartialPredictionError,
@@ -243,9 +244,7 @@ def _add_dense_subcommands(sub: argparse._SubParsersAction) -> None:
     importlib.import_module("crossformers.detection")  # registers detection / instance-segmentation
     if importlib.util.find_spec("segmentation_models_pytorch") is not None:
         importlib.import_module("crossformers.segmentation")  # registers semantic-segmentation
-    from crossformers.dense.cli import add_subcommands
-
-    add_subcommands(sub, _TRAIN_OPTIONS)
+    dense_cli.add_subcommands(sub, _TRAIN_OPTIONS)
 
 
 # ------------------------------------------------------------------------------------------------ subcommands
@@ -292,10 +291,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     _setup_logging()
-    from crossformers.dense.cli import is_dense_run, run_eval
-
-    if Path(args.model).is_dir() and is_dense_run(args.model):  # a detector / segmenter: COCO AP or mIoU
-        return run_eval(args, args.model)
+    if Path(args.model).is_dir() and dense_cli.is_dense_run(args.model):  # a detector / segmenter: AP or mIoU
+        return dense_cli.run_eval(args, args.model)
     result = evaluate(args.model, args.data, split=args.split, batch_size=args.batch_size, checkpoint=args.checkpoint,
                       pretrained=args.pretrained, use_ema=args.ema, workers=args.workers, limit=args.limit,
                       device=args.device, amp=args.amp, progress=args.progress)

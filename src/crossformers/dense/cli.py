@@ -26,6 +26,7 @@ from ..engine.checkpoint_io import read_meta, resolve_checkpoint_dir
 from ..engine.errors import ConfigError
 from ..engine.train import saved_run_options
 from ..errors import CheckpointError
+from .fashion_scenes import write_fashion_scenes
 from .tasks import list_tasks
 from .train import SCHEDULES, DenseTrainConfig, dense_evaluate, dense_predict, dense_train
 
@@ -161,8 +162,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_scenes(args: argparse.Namespace) -> int:
-    from .fashion_scenes import write_fashion_scenes
-
     setup_logging()
     s = write_fashion_scenes(args.output, args.train_scenes, args.val_scenes, seed=args.seed,
                              fashion_root=args.fashion_root)

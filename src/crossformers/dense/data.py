@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -101,7 +102,7 @@ class CocoInstances(Dataset):
 
     def __init__(self, images_dir: str | os.PathLike, ann_file: str | os.PathLike, transforms=None,
                  masks: bool = True, train: bool = True, check_files: bool = True):
-        from pycocotools.coco import COCO
+        from pycocotools.coco import COCO  # optional dependency (the dense extra), needed only for COCO data
 
         self.images_dir = Path(images_dir).expanduser()
         self.ann_file = Path(ann_file).expanduser()
@@ -264,8 +265,6 @@ class SegmentationFolder(Dataset):
 
     def read_mask(self, path: Path) -> torch.Tensor:
         """The label map of ``path`` (H, W) int64, ``reduce_zero_label`` applied and values checked."""
-        from PIL import Image
-
         try:
             with Image.open(path) as im:
                 if im.mode not in ("L", "P", "I", "I;16"):

@@ -12,6 +12,7 @@ folder (``last/``, ``best/`` by the task's validation metric, ``metrics.csv`` / 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -20,14 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import Subset
+from torchvision.transforms.v2 import functional as TF
 
+from ..data import load_image
 from ..engine.checkpoint_io import load_weights, read_meta, resolve_checkpoint_dir
 from ..engine.config import TrainConfig
 from ..engine.distributed import all_gather_objects, resolve_device
 from ..engine.errors import ConfigError, OutputExistsError
 from ..engine.train import _Trainer, run_trainer
+from ..errors import CheckpointError
 from ..fileio import atomic_write_bytes, atomic_write_text
 from .data import collate_lists
 from .tasks import DenseTask, get_task
@@ -253,8 +258,6 @@ def load_dense_run(path: str | os.PathLike, use_ema: bool = False, prefer: str =
     Raises:
         CheckpointError: not a checkpoint, a classification checkpoint, or weights that do not fit.
     """
-    from ..errors import CheckpointError
-
     ckpt = resolve_checkpoint_dir(path, prefer=prefer)
     meta = read_meta(ckpt)
     if "task" not in meta:
@@ -304,10 +307,6 @@ def dense_evaluate(path: str | os.PathLike, data: str | None = None, split: str 
 
 def _png(image: torch.Tensor) -> bytes:
     """PNG bytes of a (C, H, W) uint8 image (C = 1 or 3)."""
-    import io
-
-    from PIL import Image
-
     arr = image.cpu().permute(1, 2, 0).numpy()
     buf = io.BytesIO()
     Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="PNG")
@@ -331,10 +330,6 @@ def dense_predict(path: str | os.PathLike, images: list[str | os.PathLike], outp
         OutputExistsError: ``output`` exists and is not empty (nothing is overwritten). DataError: unreadable image
             (before anything is written). CheckpointError: not a dense run.
     """
-    from torchvision.transforms.v2 import functional as TF
-
-    from ..data import load_image
-
     out = Path(output).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputExistsError(f"prediction output {out} exists and is not empty: choose a new --output folder")

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ..data import DataError
@@ -26,9 +28,6 @@ def _roi_heads(width: int | None, channels: int, num_classes: int) -> dict[str, 
     """Mask R-CNN box and mask heads of ``width`` (torchvision's own classes; {} = its defaults 1024 / 256)."""
     if width is None:
         return {}
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-
     return {"box_head": TwoMLPHead(channels * 7 * 7, width), "box_predictor": FastRCNNPredictor(width, num_classes),
             "mask_head": MaskRCNNHeads(channels, [width] * 4, 1),
             "mask_predictor": MaskRCNNPredictor(width, width, num_classes)}

@@ -13,6 +13,7 @@ from torchvision.utils import draw_segmentation_masks
 from ..dense.data import IGNORE_INDEX, SegmentationFolder, segmentation_transforms
 from ..dense.metrics import SegmentationMeter, slide_inference, whole_inference
 from ..dense.tasks import DenseTask, backbone_mean_std, dense_preprocessing, prefixed_group_matcher, register_task
+from ..dense.train import unwrap_dataset
 from .models import fpn, upernet
 
 __all__ = ["NormalizedSegmenter", "SemanticSegmentationTask", "DEFAULT_CROP"]
@@ -107,8 +108,6 @@ class SemanticSegmentationTask(DenseTask):
 
     @staticmethod
     def _classes(loader) -> list[str]:
-        from ..dense.train import unwrap_dataset
-
         return unwrap_dataset(loader.dataset).classes
 
     def predict(self, model, images, cfg, score_thresh: float) -> list[dict[str, Any]]:
