@@ -56,6 +56,8 @@ import torch
 from torch import nn
 
 import crossformers
+from crossformers.inference import precision_support, to_precision
+from crossformers.layers.linear import linear_kernel
 from crossformers.profiling import compile_for_inference, machine_info, optimize_for_inference, optimize_for_training
 from crossformers.profiling.published import family_of
 
@@ -172,6 +174,63 @@ def input_side(name: str, official: dict[str, Path] | None = None) -> int:
     return int(timm.models.get_pretrained_cfg(crossformers.factory.timm_name(name)).input_size[-1])
 
 
+# ------------------------------------------------------------------------------------------------ machine
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide the kernels used here (fp32 AVX2/AVX-512, int8 VNNI, bf16, AMX), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in CPU_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
+def library_versions() -> dict[str, str | bool]:
+    """MKL / oneDNN as this torch build reports them, and the CPU capability ATen dispatches to."""
+    config = torch.__config__.show()
+    onednn = next((ln.strip().lstrip("- ") for ln in config.splitlines() if "MKL-DNN" in ln or "oneDNN" in ln), "")
+    return {"mkl": torch.backends.mkl.is_available(), "onednn": onednn,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+
+
+def _uptime() -> str:
+    """``uptime``'s line (load averages: other work on a shared machine), or '' without the command."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def linear_path(side: str, model: nn.Module | None = None) -> str:
+    """How the linear layers of one timed side compute their products on this CPU."""
+    if side == "reference":
+        return "nn.Linear -> aten.linear fp32 (MKL sgemm)" if torch.backends.mkl.is_available() else "aten.linear fp32"
+    if side in ("ours", "ours_fast"):
+        kind = linear_kernel(model) if model is not None else "native"
+        packed = ", packed weights" if side == "ours_fast" else ""
+        return f"oneDNN fp32 (OneDNNLinear{packed})" if kind == "onednn" else "aten.linear fp32 (MKL sgemm)"
+    if side == "ours_compiled":
+        return "inductor, frozen weights packed for oneDNN fp32"
+    amx = "AMX" if "amx_bf16" in cpu_flags() else "AVX512-BF16" if "avx512_bf16" in cpu_flags() else "emulated"
+    if side == "ours_bf16":
+        return f"bf16 weights, aten.linear -> oneDNN bf16 ({amx})"
+    if side == "ours_bf16_compiled":
+        return f"bf16 weights, inductor, oneDNN bf16 packed ({amx})"
+    if side.startswith("ours_int8"):
+        vnni = "AMX-INT8" if "amx_int8" in cpu_flags() else "VNNI" if "avx512_vnni" in cpu_flags() else "no VNNI"
+        kind = "static" if side.endswith("static") else "dynamic"
+        return f"PT2E X86InductorQuantizer {kind} int8, inductor -> oneDNN qlinear ({vnni})"
+    return "?"
+
+
 # ------------------------------------------------------------------------------------------------ timing
 
 def alternate(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -240,7 +299,8 @@ def _pair(name: str, official: dict[str, Path]) -> tuple[str, nn.Module, nn.Modu
     return ref_label, ref, ours, check_equal(ours, ref, side), side
 
 
-def bench_latency(name: str, official: dict[str, Path], rounds: int, compiled: bool = False) -> dict | None:
+def bench_latency(name: str, official: dict[str, Path], rounds: int, compiled: bool = False,
+                  precisions: tuple[str, ...] = (), throughput_batch: int = 0, throughput_rounds: int = 3) -> dict | None:
     pair = _pair(name, official)
     if pair is None:
         return None
@@ -249,26 +309,63 @@ def bench_latency(name: str, official: dict[str, Path], rounds: int, compiled: b
     ref.eval()
     ours.eval()
     x = torch.randn(1, 3, side, side)
-    calls = {"reference": lambda: ref(x), "ours": lambda: ours(x), "ours_fast": lambda: fast(x)}
-    extra = {}
+    models: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"reference": ref, "ours": ours, "ours_fast": fast}
+    extra: dict = {"prepare_s": {}, "rel_diff": {}, "top1_agree": {},
+                   "linear_path": {k: linear_path(k, m) for k, m in models.items()}}
+    probe = torch.randn(8, 3, side, side)  # drift of every reduced path against our fp32 model, as a fraction
     with torch.inference_mode():
-        if compiled:
-            torch._dynamo.reset()
-            comp = compile_for_inference(copy.deepcopy(ours))
-            t0 = time.perf_counter()
-            out = comp(x)
-            extra["compile_s"] = time.perf_counter() - t0
-            expected = fast(x)
-            extra["compiled_rel_diff"] = ((out - expected).abs().max() / expected.abs().max()).item()
-            calls["ours_compiled"] = lambda: comp(x)
-        times = alternate(calls, rounds, warmup=2)
+        expected = ours(probe)
+
+    def add(label: str, build: Callable[[], Callable[[torch.Tensor], torch.Tensor]]) -> None:
+        t0 = time.perf_counter()
+        model = build()
+        with torch.no_grad():
+            out = model(probe).float()  # no_grad, not inference_mode: torch.compile'd graphs first run outside it
+        extra["prepare_s"][label] = time.perf_counter() - t0  # incl. the first (compiling) call
+        extra["rel_diff"][label] = ((out - expected).abs().max() / expected.abs().max()).item()
+        extra["top1_agree"][label] = (out.argmax(-1) == expected.argmax(-1)).float().mean().item()
+        extra["linear_path"][label] = linear_path(label)
+        models[label] = model
+
+    if compiled:
+        torch._dynamo.reset()
+        add("ours_compiled", lambda: compile_for_inference(copy.deepcopy(ours)))
+    for prec in precisions:
+        problem = precision_support(prec.split("_")[0])
+        if problem is not None:
+            extra.setdefault("unavailable", {})[prec] = problem
+            continue
+        if prec == "bf16":
+            add("ours_bf16", lambda: to_precision(ours, "bf16"))
+        elif prec == "bf16_compiled":
+            add("ours_bf16_compiled", lambda: to_precision(ours, "bf16", compile=True))
+        elif prec == "int8":
+            add("ours_int8", lambda: to_precision(ours, "int8"))
+        elif prec == "int8_static":  # calibrated on random images: right for timing, not for accuracy
+            calib = [torch.randn(4, 3, side, side, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+            add("ours_int8_static", lambda c=calib: to_precision(ours, "int8", calibration=c))
+    grad = torch.no_grad if (compiled or precisions) else torch.inference_mode
+    with grad():
+        times = alternate({k: (lambda m=m: m(x)) for k, m in models.items()}, rounds, warmup=2)
+        tput = None
+        if throughput_batch:
+            xb = torch.randn(throughput_batch, 3, side, side)
+            tput = alternate({k: (lambda m=m: m(xb)) for k, m in models.items()}, throughput_rounds, warmup=1)
     stats = summarize(times, "reference")
     if compiled:
         stats["ours_compiled"]["paired_vs_fast"] = statistics.median(
             a / b for a, b in zip(times["ours_compiled"], times["ours_fast"], strict=True))
+    if compiled or precisions:
         torch._dynamo.reset()
-    return {"variant": name, "family": family_of(name), "reference": ref_label,
-            "input": side, "max_abs_diff": diff, "stats": stats, "samples_s": times, **extra}
+    if compiled:  # the fields of earlier reports
+        extra["compile_s"] = extra["prepare_s"]["ours_compiled"]
+        extra["compiled_rel_diff"] = extra["rel_diff"]["ours_compiled"]
+    out = {"variant": name, "family": family_of(name), "reference": ref_label,
+           "input": side, "max_abs_diff": diff, "stats": stats, "samples_s": times, **extra}
+    if tput is not None:
+        out["throughput"] = {"batch": throughput_batch, "rounds": throughput_rounds,
+                             "stats": summarize(tput, "reference"), "samples_s": tput}
+    return out
 
 
 def bench_train(name: str, official: dict[str, Path], rounds: int, batch: int, official_root: list[str],
@@ -349,13 +446,62 @@ def _fmt_mib(peak: dict | None) -> str:
     return f"{peak['reference']:.0f} / {peak['ours']:.0f}{mark} / {peak['ours_fast']:.0f}"
 
 
+LABELS = {"reference": "reference fp32", "ours": "ours fp32", "ours_fast": "ours `optimize_for_inference`",
+          "ours_compiled": "ours `compile_for_inference`", "ours_bf16": "ours bf16", "ours_bf16_compiled":
+          "ours bf16 compiled", "ours_int8": "ours int8 (dynamic)",
+          "ours_int8_static": "ours int8 (static, calibrated)"}
+PRECISION_GOALS = {"ours_bf16": (0.30, 3.0), "ours_bf16_compiled": (0.30, 3.0), "ours_int8": (0.20, None),
+                   "ours_int8_static": (0.20, None)}
+
+
+def _precision_sections(doc: dict) -> list[str]:
+    """Tables of every timed side against the reference: latency at batch 1 and throughput at batch N, with the
+    linear-layer path of each side and the logit drift of each reduced precision against our fp32 model."""
+    rows = [r for r in doc["latency"] if any(k in r["stats"] for k in PRECISION_GOALS) or "throughput" in r]
+    if not rows:
+        return []
+    lines = ["## All paths side by side: batch-1 latency and batch-N throughput", "",
+             "Latency ratio = side / reference fp32 (< 1 faster); throughput ratio = side's img/s / reference's "
+             "(> 1 faster). Goals (issue 15, AMX): bf16 latency <= 0.30 and throughput >= 3x, int8 latency <= 0.20. "
+             "Drift = max |logit - ours fp32| / max |ours fp32 logit| on 8 random images (synthetic weights), "
+             "agree = top-1 agreement with ours fp32 on them.", "",
+             "| variant | side | linear path | batch-1 ms | latency ratio (paired) | img/s at batch N | "
+             "throughput ratio | drift | agree | prepare s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tp = r.get("throughput")
+        for k, st in r["stats"].items():
+            goal_l, goal_t = PRECISION_GOALS.get(k, (None, None))
+            lat = _fmt_ratio(st["ratio"], goal_l) + f" ({st['paired_ratio']:.3f})"
+            ips = ratio_t = "-"
+            if tp and k in tp["stats"]:
+                ips_v = tp["batch"] / tp["stats"][k]["median_s"]
+                rt = tp["stats"]["reference"]["median_s"] / tp["stats"][k]["median_s"]
+                ips = f"{ips_v:.1f} (N={tp['batch']})"
+                ratio_t = f"{rt:.2f}" + ("" if goal_t is None else (" ✓" if rt >= goal_t else " ✗"))
+            drift = r.get("rel_diff", {}).get(k)
+            agree = r.get("top1_agree", {}).get(k)
+            prep = r.get("prepare_s", {}).get(k)
+            lines.append(f"| {r['variant']} | {LABELS.get(k, k)} | {r.get('linear_path', {}).get(k, '-')} | "
+                         f"{st['median_s'] * 1e3:.1f} | {lat} | {ips} | {ratio_t} | "
+                         f"{'-' if drift is None else f'{drift:.1e}'} | {'-' if agree is None else f'{agree:.2f}'} | "
+                         f"{'-' if prep is None else f'{prep:.0f}'} |")
+        for k, why in r.get("unavailable", {}).items():
+            lines.append(f"| {r['variant']} | {k} | not run: {why} | | | | | | | |")
+    lines.append("")
+    return lines
+
+
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = [f"# Benchmark: crossformers vs. reference implementations ({doc['date']})", "",
              f"- command: `{doc['command']}`",
              f"- machine: {m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m['torch']}, timm {m['timm']}, "
              f"python {m['python']}",
-             f"- threads: {doc['threads']}; load average before/after: {doc['load_before']} / {doc['load_after']}",
+             f"- CPU flags: {', '.join(doc.get('cpu_flags') or []) or 'n/a'}; "
+             + (f"libraries: MKL {doc['libraries']['mkl']}, {doc['libraries']['onednn']}, ATen CPU capability "
+                f"{doc['libraries']['cpu_capability']}" if doc.get("libraries") else ""),
+             f"- threads: {doc['threads']}; load average before/after: {doc['load_before']} / {doc['load_after']}"
+             + (f"; `uptime` before: {doc['uptime']}" if doc.get("uptime") else ""),
              "- ratio = ours / reference (< 1: ours faster); *paired* = median of per-round ratios (calls alternate, "
              "order permuted each round). `ours` = as created; `ours fast` = `optimize_for_inference` (latency) or "
              "`optimize_for_training` (training: oneDNN linear layers, channels-last for FcaFormer). ✓/✗: goal met (latency ≤ 0.67 CrossFormer/FcaFormer, ≤ 0.85 CrossViT; training ≤ 0.8; training peak memory, measured in a fresh process per side as peak RSS minus RSS after imports, no higher than the reference's).",
@@ -390,6 +536,7 @@ def markdown(doc: dict) -> str:
                 f"{c['median_s'] / s['ours_fast']['median_s']:.3f} ({c['paired_vs_fast']:.3f}) | "
                 f"{r['compiled_rel_diff']:.1e} | {r['compile_s']:.0f} |")
         lines.append("")
+    lines += _precision_sections(doc)
     if doc["train"]:
         lines += [f"## Training step, batch {doc['train_batch']} (fwd + bwd + AdamW), fp32 ({doc['train_rounds']} "
                   "alternating rounds)", "",
@@ -418,6 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-variants", nargs="+", default=None, help=f"training variants (default {' '.join(TRAIN_DEFAULT)})")
     p.add_argument("--compile-variants", nargs="+", default=[], metavar="NAME",
                    help="latency variants also timed compiled (compile_for_inference; tens of seconds each)")
+    p.add_argument("--precisions", nargs="+", default=[], choices=("bf16", "bf16_compiled", "int8", "int8_static"),
+                   help="also time ours in these precisions (crossformers.inference.to_precision) beside the rest")
+    p.add_argument("--throughput-batch", type=int, default=0, metavar="N",
+                   help="also time every latency side at batch N, alternating (e.g. 32; default 0 = off)")
+    p.add_argument("--throughput-rounds", type=int, default=3, help="alternating throughput rounds (default 3)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
     p.add_argument("--rounds", type=int, default=21, help="alternating latency rounds (default 21)")
     p.add_argument("--train-rounds", type=int, default=3, help="alternating training rounds (default 3)")
@@ -442,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
                     "models/crossvit.py")
     doc = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
-           "machine": machine_info(), "threads": torch.get_num_threads(), "rounds": args.rounds,
+           "machine": machine_info(), "cpu_flags": cpu_flags(), "libraries": library_versions(),
+           "uptime": _uptime(), "threads": torch.get_num_threads(), "rounds": args.rounds,
            "train_rounds": args.train_rounds, "train_batch": args.train_batch,
            "load_before": [round(v, 2) for v in os.getloadavg()], "load_after": None, "latency": [], "train": [],
            "skipped": []}
@@ -451,12 +604,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:  # after every group, so that an interrupted run keeps what it measured
         doc["load_after"] = [round(v, 2) for v in os.getloadavg()]
+        doc["uptime_after"] = _uptime()
         (out / f"{args.tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
         (out / f"{args.tag}.md").write_text(markdown(doc))
 
     for name in ([] if args.no_latency else (args.variants or LATENCY_DEFAULT)):
         print(f"latency: {name} ...", file=sys.stderr, flush=True)
-        r = bench_latency(name, official, args.rounds, compiled=name in args.compile_variants)
+        r = bench_latency(name, official, args.rounds, compiled=name in args.compile_variants,
+                          precisions=tuple(args.precisions), throughput_batch=args.throughput_batch,
+                          throughput_rounds=args.throughput_rounds)
         if r is None:
             doc["skipped"].append(name)
             continue

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from crossformers import cli
+from crossformers.inference import precision
 from threads import one_intra_op_thread
 
 FAST = ["--model", "timm:test_vit", "--img-size", "32", "--batch-size", "16", "--limit-train", "64",
@@ -129,6 +130,41 @@ def test_eval_and_predict_text_output(run_dir, fmnist, tmp_path, capsys):
     Image.new("L", (28, 28), 128).save(tmp_path / "grey.png")
     code, out, err = _run(["predict", run_dir, tmp_path / "grey.png", "--topk", "2"], capsys)
     assert code == 0 and out.startswith(f"{tmp_path / 'grey.png'}: ") and out.count("(") == 2
+
+
+def test_eval_and_predict_in_reduced_precision(run_dir, fmnist, tmp_path, capsys, monkeypatch):
+    code, out, err = _run(["eval", run_dir, "--data", fmnist, "--limit", "20", "--json", "--no-progress"], capsys)
+    assert code == 0, err
+    fp32 = json.loads(out)
+    code, out, err = _run(["eval", run_dir, "--data", fmnist, "--limit", "20", "--precision", "bf16",
+                           "--no-progress"], capsys)
+    assert code == 0, err
+    assert "in bf16 on" in out
+    bf16 = json.loads((run_dir / "eval-val-bf16" / "metrics.json").read_text())  # beside, not over, fp32's
+    assert bf16["precision"] == "bf16" and bf16["num_images"] == 20
+    assert abs(bf16["top1"] - fp32["top1"]) <= 10.0  # at most 2 of 20 images change class
+    assert abs(bf16["loss"] - fp32["loss"]) <= 0.05 * fp32["loss"]
+    Image.new("L", (28, 28), 128).save(tmp_path / "grey.png")
+    code, out, err = _run(["predict", run_dir, tmp_path / "grey.png", "--topk", "3", "--json"], capsys)
+    assert code == 0, err
+    expected = json.loads(out)[0]["predictions"]
+    # int8 on the uncompiled quantized graph (same arithmetic, no C++ compile in the default suite)
+    monkeypatch.setattr(cli, "to_precision", lambda m, p: precision.to_precision(m, p, compile=False))
+    code, out, err = _run(["predict", run_dir, tmp_path / "grey.png", "--topk", "3", "--json", "--precision",
+                           "int8"], capsys)
+    assert code == 0, err
+    got = json.loads(out)[0]["predictions"]
+    assert got[0]["class"] == expected[0]["class"]
+    assert abs(got[0]["probability"] - expected[0]["probability"]) < 0.1
+
+
+def test_precision_the_machine_cannot_run_is_one_error_line(run_dir, fmnist, tmp_path, capsys, monkeypatch):
+    code, _, err = _run(["eval", run_dir, "--data", fmnist, "--precision", "bf16", "--amp"], capsys)
+    _assert_error(code, err, "--amp and --precision bf16", "drop --amp")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    Image.new("L", (28, 28), 128).save(tmp_path / "grey.png")
+    code, _, err = _run(["predict", run_dir, tmp_path / "grey.png", "--precision", "bf16", "--device", "cpu"], capsys)
+    _assert_error(code, err, "no bf16 support", "use --precision fp32")
 
 
 def test_resume_through_cli_uses_saved_options(tmp_path, fmnist, capsys):

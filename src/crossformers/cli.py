@@ -48,6 +48,7 @@ from crossformers.engine import (
 )
 from crossformers.engine.config_file import merge_train_options
 from crossformers.engine.convert import convert
+from crossformers.engine.distributed import resolve_device
 from crossformers.engine.evaluate import evaluate, write_eval_outputs
 from crossformers.engine.loading import model_in_chans
 from crossformers.engine.modeling import count_macs, count_params
@@ -55,6 +56,7 @@ from crossformers.engine.recipes import print_recipes
 from crossformers.engine.train import saved_run_options
 from crossformers.errors import CheckpointError, CrossformersError, UnknownModelError
 from crossformers.hub import is_local_dir
+from crossformers.inference.precision import PRECISIONS, check_precision, to_precision
 
 __all__ = ["main", "build_parser"]
 
@@ -174,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_none_or(int), default=None, metavar="N", help="class-balanced subset of N images")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    _add_precision(p)
     p.add_argument("--output", metavar="DIR", help="write metrics.json, confusion_matrix.{json,png} here (default: "
                                                    "RUN/eval-SPLIT for our checkpoints, nothing for model names)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    _add_precision(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_predict)
 
@@ -247,6 +251,23 @@ def _add_dense_subcommands(sub: argparse._SubParsersAction) -> None:
     dense_cli.add_subcommands(sub, _TRAIN_OPTIONS)
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help=(
+        "numeric precision of inference (crossformers.inference.to_precision): fp32 (default); bf16 (weights cast, "
+        "fast on CPUs with AVX512-BF16/AMX); int8 (dynamic PT2E quantization via torchao, compiled by inductor: "
+        "x86 CPU, C++ compiler; the first batch compiles for tens of seconds)"))
+
+
+def _precision_transform(args: argparse.Namespace):
+    """None for fp32, else the model transform of ``--precision`` (checked against the device first)."""
+    if args.precision == "fp32":
+        return None
+    if getattr(args, "amp", False):
+        raise ConfigError(f"--amp and --precision {args.precision} both set the precision: drop --amp")
+    check_precision(args.precision, resolve_device(args.device))
+    return lambda model: to_precision(model, args.precision)
+
+
 # ------------------------------------------------------------------------------------------------ subcommands
 def train_config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` described by parsed ``train`` arguments: defaults < --recipe < --config file <
@@ -293,14 +314,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _setup_logging()
     if Path(args.model).is_dir() and dense_cli.is_dense_run(args.model):  # a detector / segmenter: AP or mIoU
         return dense_cli.run_eval(args, args.model)
+    transform = _precision_transform(args)
     result = evaluate(args.model, args.data, split=args.split, batch_size=args.batch_size, checkpoint=args.checkpoint,
                       pretrained=args.pretrained, use_ema=args.ema, workers=args.workers, limit=args.limit,
-                      device=args.device, amp=args.amp, progress=args.progress)
+                      device=args.device, amp=args.amp, progress=args.progress, model_transform=transform)
+    result["precision"] = args.precision
     output = args.output
     if output is None and args.checkpoint is None and not args.pretrained and Path(result["source"]).is_dir() \
             and not is_local_dir(result["source"]):  # a converted folder may be shared: write nothing into it
         # our checkpoint: RUN/eval-SPLIT next to RUN/best and RUN/last
-        output = resolve_checkpoint_dir(result["source"]).parent / f"eval-{args.split}{'-ema' if args.ema else ''}"
+        suffix = ("-ema" if args.ema else "") + ("" if args.precision == "fp32" else f"-{args.precision}")
+        output = resolve_checkpoint_dir(result["source"]).parent / f"eval-{args.split}{suffix}"
     if output is not None:
         write_eval_outputs(result, output)
     if args.json:
@@ -308,7 +332,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         summary["confusion_matrix"] = result["confusion_matrix"].tolist()
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{result['model']} ({result['source']}) on {result['data']} [{result['split']}], "
+    precision = "" if args.precision == "fp32" else f" in {args.precision}"
+    print(f"{result['model']} ({result['source']}){precision} on {result['data']} [{result['split']}], "
           f"{result['num_images']} images:")
     print(f"  top-1 {result['top1']:.2f}%   top-5 {result['top5']:.2f}%   loss {result['loss']:.4f}   "
           f"{result['images_per_s']:.1f} images/s")
@@ -324,7 +349,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     _setup_logging()
     partial = None
     try:
-        results = predict(args.checkpoint, args.images, topk=args.topk, use_ema=args.ema, device=args.device)
+        results = predict(args.checkpoint, args.images, topk=args.topk, use_ema=args.ema, device=args.device,
+                          model_transform=_precision_transform(args))
     except PartialPredictionError as e:  # the readable images are printed, the bad ones reported, exit code 2
         partial, results = e, e.predictions
     reasons = dict(partial.failures) if partial is not None else {}

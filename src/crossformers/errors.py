@@ -23,3 +23,7 @@ class PretrainedUnavailableError(CrossformersError, RuntimeError):
 
 class InputSizeError(CrossformersError, ValueError):
     """An input the model cannot process (too small, wrong channel count)."""
+
+
+class PrecisionError(CrossformersError, ValueError):
+    """A numeric precision (bf16, int8) this device, installation or model cannot run (the message names the fix)."""

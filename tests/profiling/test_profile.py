@@ -11,6 +11,7 @@ from profiling_cases import one_thread  # noqa: F401  (autouse fixture)
 
 import crossformers
 from crossformers.cli import main
+from crossformers.inference import precision_support
 from crossformers.profiling import (
     PUBLISHED,
     ProfileResult,
@@ -70,6 +71,14 @@ def test_bf16_and_compile_options():
                                                            num_heads=(2, 2), num_classes=3), **FAST)
     torch._dynamo.reset()
     assert r.compiled and r.compile_s > 0 and r.latency_ms > 0
+
+
+@pytest.mark.skipif(precision_support("bf16") is not None, reason="this CPU has no oneDNN bf16 support")
+def test_precision_option_profiles_the_reduced_model():
+    r = profile_model("fcaformer_nano", img_size=32, batch_size=2, precision="bf16", matmul_peak=False, **FAST)
+    assert r.dtype == "bf16" and r.latency_ms > 0 and r.throughput_img_s > 0
+    assert r.peak_mem_mib is None and "not measured" in r.mem_method and not r.onednn_linear
+    assert r.macs > 0  # counted on the fp32 model
 
 
 def test_bad_options_raise_profiling_errors():
@@ -133,6 +142,7 @@ def test_cli_profile(tmp_path, capsys):
     (["profile"], "MODEL"),
     (["profile", "fcaformer_nano", "--img-size", "1", "2", "3"], "--img-size"),
     (["profile", "nomatch*"], "matches"),
+    (["profile", "fcaformer_nano", "--dtype", "bf16", "--precision", "int8"], "drop --dtype"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ def evaluate(
     output: str | os.PathLike | None = None,
     preprocessing: dict[str, Any] | None = None,
     progress: bool | None = None,
+    model_transform: Callable[[nn.Module], nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a classifier on a dataset split.
 
@@ -92,6 +94,8 @@ def evaluate(
         preprocessing: override keys of the eval pipeline (``input_size``, ``mean``, ``std``, ``interpolation``,
             ``crop_pct``); default from the checkpoint / ``pretrained_cfg``.
         progress: tqdm bar (``None`` = only on a terminal).
+        model_transform: applied to the loaded model (eval mode, on ``device``) before evaluation, e.g.
+            ``lambda m: crossformers.inference.to_precision(m, "bf16")``; it must keep the fp32 image interface.
 
     Returns:
         ``top1`` and ``top5`` (%), ``loss`` (mean cross-entropy, nats), ``per_class_accuracy`` (class name -> %),
@@ -124,6 +128,8 @@ def evaluate(
             "mismatched; evaluate on the dataset the model was trained on")
     net.to(dev)
     check_model_input(net, pre["input_size"], info["name"])
+    if model_transform is not None:
+        net = model_transform(net)
     loader = build_loader(ds, batch_size, False, num_workers=workers, pin_memory=dev.type == "cuda")
 
     n_cls = len(classes)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..data import DataError, build_transform, load_image
 from ..hub import is_local_dir
@@ -46,6 +47,7 @@ def predict(
     use_ema: bool = False,
     device: str = "auto",
     batch_size: int = 32,
+    model_transform: Callable[[nn.Module], nn.Module] | None = None,
 ) -> list[list[tuple[str, float]]]:
     """Classify image files with one of our checkpoints.
 
@@ -59,6 +61,8 @@ def predict(
         use_ema: use the EMA weights.
         device: ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
         batch_size: images per forward pass.
+        model_transform: applied to the loaded model (eval mode, on ``device``) before prediction, e.g.
+            ``lambda m: crossformers.inference.to_precision(m, "int8")``; it must keep the fp32 image interface.
 
     Returns:
         For each image, in input order, ``topk`` pairs ``(class name, probability in [0, 1])`` sorted by
@@ -84,6 +88,8 @@ def predict(
                          crop_pct=pre["crop_pct"])
     model.to(dev)
     check_model_input(model, pre["input_size"], loaded.name)
+    if model_transform is not None:
+        model = model_transform(model)
     k = min(topk, len(classes))
     out: list[list[tuple[str, float]] | None] = [None] * len(images)
     failures: list[tuple[str, str]] = []

@@ -6,6 +6,7 @@ Examples::
     crossformers profile crossvit_9_240 --img-size 224 --breakdown --json out/cv9.json --csv out/cv9.csv
     crossformers profile fcaformer_l2 --optimize                 # fused BN, oneDNN linear, channels-last
     crossformers profile fcaformer_l2 --fuse --channels-last --compile
+    crossformers profile crossformer_tiny --precision int8      # PT2E int8 (torchao), compiled by inductor
     crossformers profile --plot docs/accuracy_vs_cost.png --threads 2        # every model with published accuracy
     crossformers profile --plot fig.png --from-json out/all.json              # re-plot saved results
 """
@@ -53,6 +54,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                    help="CPU intra-op threads (default: torch's default)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights and inputs dtype (default fp32)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"), help=(
+        "inference precision through crossformers.inference.to_precision: bf16 (folded, weights cast), int8 "
+        "(dynamic PT2E quantization via torchao, compiled; x86 + C++ compiler); default fp32"))
     p.add_argument("--compile", action="store_true", help=(
         "torch.compile (inductor) before timing: frozen weights, packed for oneDNN on AVX-512 CPUs"))
     p.add_argument("--fuse", action="store_true", help="fold BatchNorms and layer scales into the layers before them")
@@ -113,11 +117,14 @@ def run(args: argparse.Namespace) -> int:
         raise ProfilingError("name at least one MODEL (see `crossformers models`), or use --plot / --from-json")
     if args.img_size is not None and len(args.img_size) > 2:
         raise ProfilingError(f"--img-size takes H W (or one value for a square), got {len(args.img_size)} values")
+    if args.precision != "fp32" and args.dtype != "fp32":
+        raise ProfilingError(f"--dtype {args.dtype} and --precision {args.precision} both set the precision: drop "
+                             "--dtype")
     size = None if args.img_size is None else tuple(args.img_size) if len(args.img_size) == 2 else args.img_size[0]
     common = dict(img_size=size, threads=args.threads, device=args.device, compile=args.compile, dtype=args.dtype,
                   fuse=args.fuse, channels_last=args.channels_last, onednn_linear=args.onednn_linear,
                   optimize=args.optimize, warmup=args.warmup,
-                  model_kwargs=args.model_kwargs)
+                  model_kwargs=args.model_kwargs, precision=args.precision)
 
     def log(msg: str) -> None:
         sys.stderr.write(msg + "\n")

@@ -33,6 +33,7 @@ from ..engine.loading import load_model, model_in_chans
 from ..inference.compile import compile_for_inference
 from ..inference.folding import fuse as fuse_model
 from ..inference.optimize import prefers_channels_last
+from ..inference.precision import check_precision, to_precision
 from ..layers.linear import set_onednn_linear, set_packed_weights, uses_onednn_linear
 from ..models._base import set_channels_last
 from ..utils.macs import count_macs
@@ -247,6 +248,7 @@ def profile_model(
     breakdown: bool = False,
     matmul_peak: bool = True,
     model_kwargs: dict[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> ProfileResult:
     """Profile one model: params, MACs, latency, throughput, peak memory, achieved FLOP rate.
 
@@ -274,6 +276,9 @@ def profile_model(
         breakdown: keep the per-module MAC breakdown in the result.
         matmul_peak: measure the matmul peak (cached per process) for ``peak_fraction``.
         model_kwargs: constructor arguments for models given by name.
+        precision: ``'fp32'``, or ``'bf16'`` / ``'int8'`` through :func:`crossformers.inference.to_precision`
+            (applied after the other options; ``dtype`` must stay fp32; int8 always compiles, bf16 with ``compile``;
+            the memory measurement is skipped; the result's ``dtype`` is the precision).
 
     Returns:
         A :class:`ProfileResult`.
@@ -284,6 +289,11 @@ def profile_model(
     """
     label, torch_dtype = resolve_dtype(dtype)
     dev = _resolve_device(device)
+    if precision != "fp32":
+        if label != "fp32":
+            raise ProfilingError(f"--dtype {label} and --precision {precision} both set the precision: drop --dtype")
+        check_precision(precision, dev)
+        label, memory = precision, False
     if isinstance(name_or_model, str):
         name = name_or_model
         model = build_model_for_profile(name, model_kwargs)
@@ -329,11 +339,18 @@ def profile_model(
             result.peak_mem_batch_mib = mem["increase_mib"].get(sizes[-1]) if len(sizes) > 1 else None
             result.mem_method = "subprocess peak RSS - RSS after imports (eager)"
 
-        run = prepare_model(model, dev, torch_dtype, fuse=fuse, channels_last=channels_last, compile=compile,
-                            onednn_linear=onednn_linear, pack_weights=optimize)
+        reduced = precision != "fp32"
+        run = prepare_model(model, dev, torch_dtype, fuse=fuse, channels_last=channels_last,
+                            compile=compile and not reduced, onednn_linear=onednn_linear, pack_weights=optimize)
+        if reduced:
+            run = to_precision(run, precision, compile=bool(compile) or precision == "int8")
+            compile = result.compiled = bool(compile) or precision == "int8"
+            result.mem_method = f"not measured for precision {precision}"
         result.onednn_linear = any(uses_onednn_linear(m) for m in model.modules())
         result.packed_weights = not compile and any(
             getattr(m, "pack_weights", False) for m in model.modules() if uses_onednn_linear(m))
+        if reduced:  # bf16 / int8 products go through their own kernels (see to_precision), not OneDNNLinear
+            result.onednn_linear = result.packed_weights = False
         x1 = _make_input(1, chans, size, dev, torch_dtype, channels_last)
         try:
             with torch.inference_mode():
@@ -362,8 +379,8 @@ def profile_model(
         finally:
             if not isinstance(name_or_model, str) and model is name_or_model:
                 model.train(was_training)
-        if latency and matmul_peak:
-            result.matmul_peak_gflops = matmul_peak_gflops(used_threads, dev, torch_dtype)
+        if latency and matmul_peak and label in DTYPES:  # the fp32 / bf16 torch.mm peak (no int8 reference)
+            result.matmul_peak_gflops = matmul_peak_gflops(used_threads, dev, DTYPES[label])
         if result.latency_ms:
             result.achieved_gflops = 2.0 * macs / (result.latency_ms / 1e3) / 1e9
             if result.matmul_peak_gflops:
