@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import PrecisionError
 from ..layers.linear import set_onednn_linear
 from .compile import compile_for_inference
-from .fuse import fuse
+from .folding import fuse
 
 __all__ = ["PRECISIONS", "TOLERANCE", "to_precision", "precision_support", "check_precision", "ReducedPrecision"]
 
