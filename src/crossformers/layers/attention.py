@@ -158,10 +158,9 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        *lead, N, C = x.shape
         h = self.num_heads
-        qkv = self.qkv(x).reshape(*lead, N, 3, h, C // h)
+        qkv = self.qkv(x).unflatten(-1, (3, h, x.shape[-1] // h))  # (..., N, 3, heads, d); FX-traceable
         q, k, v = qkv.unbind(-3)  # each (..., N, heads, d)
         q, k, v = q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2)
         out = self.sdpa(q, k, v, None if bias is None else bias.to(q.dtype))
-        return self.proj_drop(self.proj(out.transpose(-3, -2).reshape(*lead, N, C)))
+        return self.proj_drop(self.proj(out.transpose(-3, -2).flatten(-2)))
