@@ -75,7 +75,7 @@ def precision_support(precision: str, device: str | torch.device = "cpu") -> str
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86") or not torch.backends.mkldnn.is_available():
         return f"int8 needs an x86 CPU with oneDNN (this is {platform.machine()}): use --precision fp32"
     try:
-        import torchao.quantization.pt2e  # noqa: F401
+        import torchao.quantization.pt2e  # noqa: F401 - optional dependency (the int8 extra): is it installed?
     except ImportError:
         return "int8 needs the torchao package: pip install 'crossformers[int8]' (or torchao), or use --precision bf16"
     if not _has_cxx():
@@ -167,6 +167,7 @@ def _images(batch) -> torch.Tensor:
 
 def _quantize_int8(model: nn.Module, x: torch.Tensor, calibration: list | None, compile: bool):
     """(quantized graph module, its torch.compile wrapper or None) for inputs shaped like ``x`` (batch free)."""
+    # optional dependency (the int8 extra), needed only for int8
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
