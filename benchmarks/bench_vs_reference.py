@@ -277,10 +277,10 @@ def randomize(model: nn.Module) -> None:
 
 
 def check_equal(ours: nn.Module, ref: nn.Module, side: int) -> float:
-    """Randomize the reference, load its weights into ours (converted on load) and return the max abs logit
-    difference relative to the largest reference logit."""
+    """Randomize the reference, load its weights into ours (converted once by crossformers.load_checkpoint) and
+    return the max abs logit difference relative to the largest reference logit."""
     randomize(ref)
-    ours.load_state_dict(ref.state_dict())
+    crossformers.load_checkpoint(ours, ref.state_dict())
     x = torch.randn(2, 3, side, side)
     with torch.inference_mode():
         expected = ref.eval()(x)
