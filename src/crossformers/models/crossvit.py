@@ -90,13 +90,20 @@ def _scaled(size: int, scale: float) -> int:
     return max(1, math.ceil(size * scale - 1e-6))
 
 
+def resized_branch_size(height: int, width: int, native_size: tuple[int, int], scale: float,
+                        dynamic: bool) -> tuple[int, int]:
+    """(H, W) a branch resizes a (height, width) input to: its ``native_size``, or with ``dynamic`` the input scaled by
+    ``scale`` (ceil), before any padding to a multiple of its patch."""
+    return (_scaled(height, scale), _scaled(width, scale)) if dynamic else tuple(native_size)
+
+
 @register_notrace_function  # size-dependent: an FX leaf
 def fit_branch_image(x: torch.Tensor, native_size: tuple[int, int], scale: float, patch: int,
                      dynamic: bool) -> torch.Tensor:
     """Images (B, C, H, W) as one branch sees them: resized (bicubic) to ``native_size``, or with ``dynamic`` scaled
     by ``scale`` (ceil) and zero-padded bottom/right to a multiple of ``patch``."""
     H, W = x.shape[-2:]
-    size = (_scaled(H, scale), _scaled(W, scale)) if dynamic else native_size
+    size = resized_branch_size(H, W, native_size, scale, dynamic)
     if (H, W) != tuple(size):
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
     if dynamic:
@@ -642,22 +649,23 @@ class CrossViT(OfficialLayoutHint, LinearKernelMixin, nn.Module):
 
     def branch_size(self, branch: int, image_size: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the image branch ``branch`` embeds for an input of ``image_size``: its native size, or with
-        ``dynamic_img_size`` the input scaled by ``img_scale`` (ceil) and padded to a multiple of its patch."""
+        ``dynamic_img_size`` the input scaled by ``img_scale`` (ceil) and padded to a multiple of its patch
+        (what :func:`fit_branch_image` produces)."""
+        h, w = self._resized_size(branch, image_size)
         if not self.dynamic_img_size:
-            return tuple(self.branch_img_size[branch])
-        s, p = self.img_scale[branch], self.patch_size[branch]
-        h, w = _scaled(image_size[0], s), _scaled(image_size[1], s)
+            return h, w
+        p = self.patch_size[branch]
         return h + -h % p, w + -w % p
+
+    def _resized_size(self, branch: int, image_size: tuple[int, int]) -> tuple[int, int]:
+        return resized_branch_size(*image_size, self.branch_img_size[branch], self.img_scale[branch],
+                                   self.dynamic_img_size)
 
     def branch_lattice(self, branch: int, image_size: tuple[int, int]) -> Lattice:
         """Where branch ``branch``'s patch tokens sit in an input of ``image_size`` (H, W) pixels: patch centres of
         its embedding, mapped back through the resize (CrossViT Sec. 3.2)."""
         H, W = image_size
-        if self.dynamic_img_size:
-            s = self.img_scale[branch]
-            rh, rw = _scaled(H, s), _scaled(W, s)
-        else:
-            rh, rw = self.branch_img_size[branch]
+        rh, rw = self._resized_size(branch, image_size)
         grid = self.patch_embed[branch].grid_size(*self.branch_size(branch, image_size))
         oy, sy = conv_chain(self.patch_embed[branch].specs)
         fy, fx = H / rh, W / rw

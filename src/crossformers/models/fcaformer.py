@@ -410,11 +410,19 @@ def _fca_block_infos(model: nn.Module, blocks: nn.ModuleList, prefix: str, stage
                              sources=names[j - blk.num_sources:j] if blk.num_sources else []))
 
 
-def _size_rule(needs: list[tuple[int, int, tuple[int, int], bool]], period: int, why: str) -> SizeRule:
-    """Sizes whose token grids (and cross-token grids) exceed the trained ones: ``needs`` holds (stride, ...) per Fca
-    stage as (stride, unused, trained grid, reads cross tokens)."""
-    need_h = [r * (4 * ((h0 + 3) // 4) if cross else h0) for r, _, (h0, _w), cross in needs]
-    need_w = [r * (4 * ((w0 + 3) // 4) if cross else w0) for r, _, (_h, w0), cross in needs]
+def _size_rule(stages: list[tuple[int, tuple[int, int], bool]], period: int, why: str) -> SizeRule:
+    """Sizes whose token grids (and cross-token grids) exceed the trained ones, in multiples of ``period`` pixels.
+
+    Args:
+        stages: per Fca stage, (stride in pixels, trained token grid (H0, W0), whether it reads cross tokens).
+        period, why: as in :class:`SizeRule`.
+    """
+    need_h, need_w = [], []
+    for stride, (h0, w0), cross in stages:
+        if cross:  # the cross-token grid must exceed the trained one too: 4 tokens per cross token
+            h0, w0 = (4 * g for g in cross_grid(h0, w0))
+        need_h.append(stride * h0)
+        need_w.append(stride * w0)
     return SizeRule((period, period), (smallest_multiple_above(need_h, period),
                                        smallest_multiple_above(need_w, period)), why)
 
@@ -576,7 +584,7 @@ class FcaFormer(_FcaCommon, HierarchicalModel):
             if isinstance(stage, FcaStage):
                 r = int(self.feature_info[s]["reduction"])
                 strides.append(r)
-                needs.append((r, 0, stage.blocks[0].grid_size, any(b.num_sources for b in stage.blocks)))
+                needs.append((r, stage.blocks[0].grid_size, any(b.num_sources for b in stage.blocks)))
         return _size_rule(needs, 4 * max(strides + [32]),
                           "FcaFormer indexes its position/cross-token tables directly when the token grid fits the "
                           "trained grid and resamples them when it is larger")
@@ -680,7 +688,7 @@ class FcaFormerPlain(_FcaCommon, OfficialLayoutHint, LinearKernelMixin, nn.Modul
         """Sizes whose patch grid (and cross-token grid) is larger than the trained one, in multiples of 4 patches."""
         patch = int(self.patch_embed.patch_size[0])
         cross = any(b.num_sources for b in self.blocks)
-        return _size_rule([(patch, 0, tuple(self.patch_embed.grid_size), cross)], 4 * patch,
+        return _size_rule([(patch, tuple(self.patch_embed.grid_size), cross)], 4 * patch,
                           "plain FcaFormer uses its position embedding and cross-token tables as trained on the "
                           "trained grid and resamples them on larger grids")
 
