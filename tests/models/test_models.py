@@ -379,3 +379,60 @@ def test_default_cfg_matches_model(name):
     head = [p for p in model.get_classifier().parameters()]
     assert head and all(p.device.type == "meta" and p.dtype == torch.float64 for p in head)
     assert not any(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["crossformer_tiny", "crossformer_pp_small", "fcaformer_nano", "fcaformer_l2",
+                                  "fcaformer_l0", "crossvit_9_240", "crossvit_15_dagger_408"])
+def test_prune_intermediate_layers_keeps_the_taps(name):
+    """timm's test_prune_intermediate_layers_contract on the small config: stop_early taps and the taps of a model
+    pruned to each index equal the unpruned model's; pruning the last index with the head kept changes no output;
+    with the norm pruned, the features of a hierarchical model end at the tap; a pruned model still trains. One name
+    per model class (the variants of a class share this code)."""
+    import copy
+
+    model, chans = small(name)
+    model.eval()
+    x = torch.randn(2, chans, 64, 64)
+    last = len(model.feature_info) - 1
+    with torch.no_grad():
+        expected = model(x)
+        taps = model.forward_intermediates(x, intermediates_only=True)
+        kept = copy.deepcopy(model)
+        kept.prune_intermediate_layers([last], prune_head=False)
+        torch.testing.assert_close(kept(x), expected)
+    for i in range(last + 1):
+        with torch.no_grad():
+            early = model.forward_intermediates(x, indices=[i], stop_early=True, intermediates_only=True)
+            torch.testing.assert_close(early[0], taps[i])
+            pruned = copy.deepcopy(model)
+            take = pruned.prune_intermediate_layers([i])
+            torch.testing.assert_close(pruned.forward_intermediates(x, indices=take, intermediates_only=True)[0],
+                                       taps[i])
+            pruned = copy.deepcopy(model)
+            take = pruned.prune_intermediate_layers([i], prune_norm=True)
+            feats = pruned.forward_features(x)
+            if i < last and torch.is_tensor(feats) and feats.ndim == 4:
+                if feats.shape != taps[i].shape:
+                    feats = feats.permute(0, 3, 1, 2)  # NHWC
+                torch.testing.assert_close(feats, taps[i])
+        pruned.train()
+        selected = pruned.forward_intermediates(x, indices=take, intermediates_only=True)
+        feats = pruned.forward_features(x)
+        sum(f.sum() for f in selected + (list(feats) if isinstance(feats, (list, tuple)) else [feats])).backward()
+        if not name.startswith("crossvit"):  # CrossViT leaves the fusion into the untapped branch unused (as timm's)
+            unused = [n for n, p in pruned.named_parameters() if p.requires_grad and p.grad is None]
+            assert not unused, f"pruned to {i}, unused: {unused}"
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n.startswith("crossvit")])
+def test_crossvit_declares_a_fixed_input_size_as_timm_does(name):
+    """Like timm's crossvit_*, the default mode resizes every input to the branches' native sizes, so the cfg declares
+    ``fixed_input_size`` and timm tests it at its own size; ``dynamic_img_size=True`` lifts it (timm's traits)."""
+    from timm.models import get_model_input_config
+
+    tname = crossformers.factory.timm_name(name)
+    model = timm.create_model(tname, device="meta")
+    assert model.pretrained_cfg["fixed_input_size"] is True
+    assert get_model_input_config(model)["fixed_input_size"] is True
+    dyn = timm.create_model(tname, device="meta", dynamic_img_size=True)
+    assert get_model_input_config(dyn)["fixed_input_size"] is False

@@ -129,11 +129,13 @@ class HierarchicalModel(OfficialLayoutHint, LinearKernelMixin, nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier by a freshly initialised one for ``num_classes`` (0 = identity)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
+        """Replace the classifier by a freshly initialised one for ``num_classes`` (0 = identity); ``reset_other``
+        also removes the head's norm / pre-logits layers where it has them (timm's argument)."""
         self.num_classes = num_classes
         ref = next(self.parameters())  # the new classifier follows the model's device and dtype
-        self.head.reset(num_classes, global_pool, device=ref.device, dtype=ref.dtype)
+        self.head.reset(num_classes, global_pool, reset_other=reset_other, in_features=self.num_features,
+                        device=ref.device, dtype=ref.dtype)
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
@@ -170,13 +172,18 @@ class HierarchicalModel(OfficialLayoutHint, LinearKernelMixin, nn.Module):
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
-        """Drop the stages after the last requested one (and the head/norm) (timm API)."""
+        """Drop the stages after the last requested one (timm API, as timm's ConvNeXt). When stages go, the final
+        norm and the head (sized for the last stage) go too and ``num_features`` becomes the last tap's width; the
+        head is pruned to pooling only (its norm and pre-logits removed) unless it is kept at the last index."""
         take, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
         self.stages = self.stages[: max_index + 1]
-        if prune_norm or max_index < len(self.feature_info) - 1:
+        if prune_norm or prune_end:
             self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "", reset_other=True)
         return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

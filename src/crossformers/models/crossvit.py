@@ -537,7 +537,8 @@ class CrossViT(OfficialLayoutHint, LinearKernelMixin, nn.Module):
         ])
 
         # features: patch tokens of branch b after encoder k, branch-major (index b * K + k), as timm's CrossVit
-        K = len(depth)
+        # fixed at creation so that indices keep their meaning after prune_intermediate_layers drops encoders
+        self.num_feature_blocks = K = len(depth)
         self.feature_info = [
             dict(num_chs=d, reduction=self._reduction(p, s), module=f"encoders.{k}")
             for d, p, s in zip(self.embed_dim, self.patch_size, img_scale, strict=True) for k in range(K)
@@ -727,9 +728,9 @@ class CrossViT(OfficialLayoutHint, LinearKernelMixin, nn.Module):
                 if len(br)]
 
     def default_out_indices(self) -> tuple[int, ...]:
-        """Dense features: the last encoder of every branch."""
-        K = len(self.encoders)
-        return tuple((b + 1) * K - 1 for b in range(self.num_branches))
+        """Dense features: the last (kept) encoder of every branch."""
+        K, last = self.num_feature_blocks, len(self.encoders) - 1
+        return tuple(b * K + last for b in range(self.num_branches))
 
     # ---- forward -------------------------------------------------------------------------------------------------
 
@@ -775,7 +776,7 @@ class CrossViT(OfficialLayoutHint, LinearKernelMixin, nn.Module):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got '{output_fmt}'")
-        K = len(self.encoders)
+        K = self.num_feature_blocks
         take, _ = feature_take_indices(self.num_branches * K, indices)
         last = max(i % K for i in take)
         xs, grids = self._embed(x)
@@ -799,7 +800,7 @@ class CrossViT(OfficialLayoutHint, LinearKernelMixin, nn.Module):
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         """Drop encoders after the last one needed for ``indices`` (timm API)."""
-        K = len(self.encoders)
+        K = self.num_feature_blocks
         take, _ = feature_take_indices(self.num_branches * K, indices)
         self.encoders = self.encoders[: max(i % K for i in take) + 1]
         if prune_norm:
@@ -890,7 +891,8 @@ _IBM_RELEASE = "https://github.com/IBM/CrossViT/releases/download/weights-0.1/"
 def _cfg(**kwargs) -> dict:
     cfg = dict(
         url="", num_classes=1000, input_size=(3, 240, 240), pool_size=None, crop_pct=0.875, interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv=("patch_embed.0.proj", "patch_embed.1.proj"),
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, fixed_input_size=True,
+        first_conv=("patch_embed.0.proj", "patch_embed.1.proj"),
         classifier=("head.0", "head.1"), paper_ids=_PAPER, origin_url=_SOURCE,
         paper_name="CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification")
     cfg.update(kwargs)

@@ -750,6 +750,9 @@ class FcaFormerPlain(_FcaCommon, OfficialLayoutHint, LinearKernelMixin, nn.Modul
                                   prune_head: bool = True) -> list[int]:
         take, max_index = feature_take_indices(len(self.blocks), indices)
         self.blocks = self.blocks[: max_index + 1]
+        last = self.blocks[-1]
+        if last.make_cross:  # its cross tokens fed only the blocks pruned away: drop the merge (no unused weights)
+            last.make_cross, last.merge = False, None
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
