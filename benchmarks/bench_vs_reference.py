@@ -608,31 +608,28 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"{args.tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
         (out / f"{args.tag}.md").write_text(markdown(doc))
 
-    for name in ([] if args.no_latency else (args.variants or LATENCY_DEFAULT)):
-        print(f"latency: {name} ...", file=sys.stderr, flush=True)
-        r = bench_latency(name, official, args.rounds, compiled=name in args.compile_variants,
-                          precisions=tuple(args.precisions), throughput_batch=args.throughput_batch,
-                          throughput_rounds=args.throughput_rounds)
-        if r is None:
-            doc["skipped"].append(name)
-            continue
-        doc["latency"].append(r)
-        save()
-        s = r["stats"]
-        print(f"  ratio {s['ours']['ratio']:.3f}, fast {s['ours_fast']['ratio']:.3f} "
-              f"(ref {s['reference']['median_s'] * 1e3:.1f} ms)", file=sys.stderr, flush=True)
-    for name in ([] if args.no_train else (args.train_variants or TRAIN_DEFAULT)):
-        print(f"training step: {name} ...", file=sys.stderr, flush=True)
-        r = bench_train(name, official, args.train_rounds, args.train_batch, args.official_root,
-                        memory=not args.no_train_memory)
-        if r is None:
-            doc["skipped"].append(f"{name} (train)")
-            continue
-        doc["train"].append(r)
-        save()
-        s = r["stats"]
-        print(f"  ratio {s['ours']['ratio']:.3f}, fast {s['ours_fast']['ratio']:.3f} "
-              f"(ref {s['reference']['median_s']:.2f} s)", file=sys.stderr, flush=True)
+    def run(kind: str, names: list[str], bench, unit: str, scale: float) -> None:
+        """Measure every name with ``bench(name)``, saving after each; a None result is a skipped variant."""
+        for name in names:
+            print(f"{kind}: {name} ...", file=sys.stderr, flush=True)
+            r = bench(name)
+            if r is None:
+                doc["skipped"].append(name if kind == "latency" else f"{name} (train)")
+                continue
+            doc["latency" if kind == "latency" else "train"].append(r)
+            save()
+            s = r["stats"]
+            print(f"  ratio {s['ours']['ratio']:.3f}, fast {s['ours_fast']['ratio']:.3f} "
+                  f"(ref {s['reference']['median_s'] * scale:.{2 if scale == 1 else 1}f} {unit})", file=sys.stderr,
+                  flush=True)
+
+    run("latency", [] if args.no_latency else (args.variants or LATENCY_DEFAULT),
+        lambda name: bench_latency(name, official, args.rounds, compiled=name in args.compile_variants,
+                                   precisions=tuple(args.precisions), throughput_batch=args.throughput_batch,
+                                   throughput_rounds=args.throughput_rounds), "ms", 1e3)
+    run("training step", [] if args.no_train else (args.train_variants or TRAIN_DEFAULT),
+        lambda name: bench_train(name, official, args.train_rounds, args.train_batch, args.official_root,
+                                 memory=not args.no_train_memory), "s", 1)
     save()
     print(markdown(doc))
     print(f"wrote {out / (args.tag + '.md')} and {out / (args.tag + '.json')}", file=sys.stderr)

@@ -75,22 +75,29 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return iou(a, b)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def demo_setup(doc: str, model_flag: str, models: tuple[str, ...], batch_size: int, lr: float,
+               macs_at: str) -> tuple[argparse.Namespace, dict]:
+    """Parse the arguments of this demo and of examples/segmentation.py, seed torch; returns them and the backbone
+    arguments (tiny widths unless --full-size). ``model_flag`` picks the detector / head among ``models`` (the first
+    is the default); ``macs_at`` names the size ``--count-macs`` measures at."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--backbone", default="crossformer_tiny", help="model name or our run directory")
-    parser.add_argument("--detector", default="mask_rcnn", choices=("mask_rcnn", "retinanet"))
+    parser.add_argument(model_flag, default=models[0], choices=models)
     parser.add_argument("--checkpoint", help="classification weights for the backbone (head dropped, rest strict)")
     parser.add_argument("--full-size", action="store_true", help="the real backbone widths (default: tiny widths)")
     parser.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count-macs", action="store_true",
-                        help="print params and GMACs of the detector at 1280x800 (the papers' size) and exit")
+                        help=f"print params and GMACs of the model at {macs_at} (the papers' size) and exit")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    return args, ({} if args.full_size else tiny_kwargs(args.backbone))
 
-    kwargs = {} if args.full_size else tiny_kwargs(args.backbone)
+
+def main() -> None:
+    args, kwargs = demo_setup(__doc__, "--detector", ("mask_rcnn", "retinanet"), 2, 2e-4, "1280x800")
     build = getattr(detection, args.detector)
     if args.count_macs:
         model = build(args.backbone, num_classes=81 if args.detector == "mask_rcnn" else 80,

@@ -12,7 +12,6 @@ engine's loop and mIoU / mAcc / aAcc: ``crossformers dense train --task semantic
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -23,9 +22,9 @@ import torch.nn.functional as F
 
 from crossformers import detection, segmentation
 
-# the generator and the tiny widths are shared with examples/detection.py
+# the generator, the tiny widths and the arguments are shared with examples/detection.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection import synthetic_sample, tiny_kwargs  # noqa: E402
+from detection import demo_setup, synthetic_sample  # noqa: E402
 
 
 def label_map(target: dict, h: int, w: int) -> torch.Tensor:
@@ -58,21 +57,7 @@ def scores(pred: torch.Tensor, labels: torch.Tensor, classes: int = 3) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default="crossformer_tiny", help="model name or our run directory")
-    parser.add_argument("--head", default="upernet", choices=("upernet", "fpn"))
-    parser.add_argument("--checkpoint", help="classification weights for the backbone (head dropped, rest strict)")
-    parser.add_argument("--full-size", action="store_true", help="the real backbone widths (default: tiny widths)")
-    parser.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--count-macs", action="store_true",
-                        help="print params and GMACs of the segmenter at 512x512 (the papers' size) and exit")
-    args = parser.parse_args()
-    torch.manual_seed(args.seed)
-
-    kwargs = {} if args.full_size else tiny_kwargs(args.backbone)
+    args, kwargs = demo_setup(__doc__, "--head", ("upernet", "fpn"), 4, 5e-4, "512x512")
     build = getattr(segmentation, args.head)
     if args.count_macs:
         model = build(args.backbone, num_classes=150, checkpoint_path=args.checkpoint, backbone_kwargs=kwargs)

@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["json_object", "positive_int", "non_negative_int", "setup_logging"]
+__all__ = ["json_object", "positive_int", "non_negative_int", "setup_logging", "add_command_group"]
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -63,3 +63,13 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level)
+
+
+def add_command_group(subparsers: argparse._SubParsersAction, name: str, dest: str, metavar: str = "COMMAND",
+                      **parser_kwargs: Any) -> argparse._SubParsersAction:
+    """Add ``crossformers NAME SUBCOMMAND ...``: a parser ``name`` (``parser_kwargs``: ``help``, ``description``)
+    whose own subcommands are required and stored in ``dest``; returns the group to add them to."""
+    p = subparsers.add_parser(name, **parser_kwargs)
+    group = p.add_subparsers(dest=dest, metavar=metavar, parser_class=type(p))
+    group.required = True
+    return group

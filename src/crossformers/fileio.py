@@ -5,11 +5,13 @@ Lowest layer of the package: imports nothing from crossformers.
 """
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "save_figure"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -31,3 +33,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """Render a matplotlib figure as PNG and write it to ``path`` atomically; ``savefig_kwargs`` go to
+    ``Figure.savefig`` (``dpi``, ``bbox_inches``, ...). The figure is left open (pyplot callers close it)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig_kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from timm.utils import unwrap_model
 
-from crossformers.cli_types import json_object, setup_logging
+from crossformers.cli_types import add_command_group, json_object, setup_logging
 from crossformers.engine.distributed import resolve_device
 from crossformers.fileio import atomic_write_text
 
@@ -40,7 +40,20 @@ log = logging.getLogger("crossformers.analysis")
 CAM_METHOD_NAMES = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
 
 
-def _common(p: argparse.ArgumentParser, several: bool, num_images: int) -> None:
+def _analysis(sub: argparse._SubParsersAction, name: str, func, several: bool, num_images: int,
+              blocks: str | None = None, **parser_kwargs) -> argparse.ArgumentParser:
+    """Add one analysis (``help``/``description`` in ``parser_kwargs``) with the common arguments; ``func`` runs it."""
+    p = sub.add_parser(name, **parser_kwargs)
+    _common(p, several, num_images, blocks)
+    p.set_defaults(func=func)
+    return p
+
+
+def _common(p: argparse.ArgumentParser, several: bool, num_images: int, blocks: str | None = None) -> None:
+    """The arguments every analysis takes; ``blocks``: what ``--blocks`` defaults to (None: no ``--blocks``)."""
+    if blocks is not None:
+        p.add_argument("--blocks", nargs="+", metavar="BLOCK", help="block names, shell patterns ('stages.2.*') or "
+                                                                    f"indices (default: {blocks})")
     if several:
         p.add_argument("models", nargs="+", metavar="CHECKPOINT_OR_MODEL",
                        help="one or more run/checkpoint directories or model names (several: one comparison plot)")
@@ -70,64 +83,49 @@ def _common(p: argparse.ArgumentParser, several: bool, num_images: int) -> None:
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``analyze`` with its sub-subcommands on the ``crossformers`` parser."""
-    p = subparsers.add_parser("analyze", help="look inside a model: attention maps, distance, amplitude, CAMs",
-                              description="Pictures of a model's insides, as in the CrossFormer++, FcaFormer and "
-                                          "CrossViT papers, for your own checkpoints and images (see docs/analysis.md)."
-                              )
-    sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=type(p))
-    sub.required = True
+    sub = add_command_group(subparsers, "analyze", dest="analysis", metavar="ANALYSIS",
+                            help="look inside a model: attention maps, distance, amplitude, CAMs",
+                            description="Pictures of a model's insides, as in the CrossFormer++, FcaFormer and "
+                                        "CrossViT papers, for your own checkpoints and images (see docs/analysis.md).")
 
-    a = sub.add_parser("attention", help="per-block attention maps of query positions drawn on the images",
-                       description="Attention of query positions in every attention block, overlaid on the images "
-                                   "(attention.png, attention.json). CrossFormer: the query's SDA/LDA group in image "
-                                   "coordinates; FcaFormer: own tokens and cross tokens of earlier blocks in separate "
-                                   "rows; CrossViT: fusion blocks show one branch's CLS attending to the other's "
-                                   "patches (default blocks for CrossViT: the fusion blocks).")
-    _common(a, several=False, num_images=2)
+    a = _analysis(sub, "attention", _cmd_attention, several=False, num_images=2, blocks="every attention block",
+                  help="per-block attention maps of query positions drawn on the images",
+                  description="Attention of query positions in every attention block, overlaid on the images "
+                              "(attention.png, attention.json). CrossFormer: the query's SDA/LDA group in image "
+                              "coordinates; FcaFormer: own tokens and cross tokens of earlier blocks in separate "
+                              "rows; CrossViT: fusion blocks show one branch's CLS attending to the other's "
+                              "patches (default blocks for CrossViT: the fusion blocks).")
     a.add_argument("--queries", nargs="+", metavar="Y,X", help="query positions in pixels of the model input "
                                                                "(default: the image centre)")
-    a.add_argument("--blocks", nargs="+", metavar="BLOCK", help="block names, shell patterns ('stages.2.*') or "
-                                                                "indices (default: every attention block)")
     a.add_argument("--head", type=int, help="one head instead of the mean over heads")
-    a.set_defaults(func=_cmd_attention)
 
-    d = sub.add_parser("distance", help="mean attention distance per block in input pixels (JSON + plot)",
-                       description="Mean attention distance per block (CrossFormer++ Sec. 3): attention-weighted "
-                                   "distance between query and key token centres in input pixels, averaged over "
-                                   "heads, images and queries (distance.json, distance.png).")
-    _common(d, several=True, num_images=16)
+    d = _analysis(sub, "distance", _cmd_distance, several=True, num_images=16, blocks="every attention block",
+                  help="mean attention distance per block in input pixels (JSON + plot)",
+                  description="Mean attention distance per block (CrossFormer++ Sec. 3): attention-weighted "
+                              "distance between query and key token centres in input pixels, averaged over "
+                              "heads, images and queries (distance.json, distance.png).")
     d.add_argument("--queries", nargs="+", metavar="Y,X", help="only these query positions (default: every token)")
-    d.add_argument("--blocks", nargs="+", metavar="BLOCK", help="block names, patterns or indices (default: all "
-                                                                "attention blocks)")
-    d.set_defaults(func=_cmd_distance)
 
-    m = sub.add_parser("amplitude", help="max and mean |output| of every block (JSON + plot)",
-                       description="Maximum and mean absolute output of every block over the images (CrossFormer++ "
-                                   "Sec. 3; compare CrossFormer and CrossFormer++ to see the amplitude cooling layers) "
-                                   "(amplitude.json, amplitude.png).")
-    _common(m, several=True, num_images=16)
-    m.add_argument("--blocks", nargs="+", metavar="BLOCK", help="block names, patterns or indices (default: all)")
-    m.set_defaults(func=_cmd_amplitude)
+    _analysis(sub, "amplitude", _cmd_amplitude, several=True, num_images=16, blocks="every block",
+              help="max and mean |output| of every block (JSON + plot)",
+              description="Maximum and mean absolute output of every block over the images (CrossFormer++ Sec. 3; "
+                          "compare CrossFormer and CrossFormer++ to see the amplitude cooling layers) "
+                          "(amplitude.json, amplitude.png).")
 
-    c = sub.add_parser("cross-tokens", help="FcaFormer: attention share on each earlier block's cross tokens",
-                       description="FcaFormer only (paper Fig. 5): share of attention mass the regular tokens of each "
-                                   "Fca block put on the cross tokens of each earlier block (cross_tokens.json, "
-                                   "cross_tokens.png). Give several checkpoints (e.g. with and without learnable "
-                                   "scale factors) to compare.")
-    _common(c, several=True, num_images=16)
-    c.add_argument("--blocks", nargs="+", metavar="BLOCK", help="block names, patterns or indices (default: all Fca "
-                                                                "blocks)")
-    c.set_defaults(func=_cmd_cross_tokens)
+    _analysis(sub, "cross-tokens", _cmd_cross_tokens, several=True, num_images=16, blocks="every Fca block",
+              help="FcaFormer: attention share on each earlier block's cross tokens",
+              description="FcaFormer only (paper Fig. 5): share of attention mass the regular tokens of each Fca "
+                          "block put on the cross tokens of each earlier block (cross_tokens.json, "
+                          "cross_tokens.png). Give several checkpoints (e.g. with and without learnable scale "
+                          "factors) to compare.")
 
-    g = sub.add_parser("cam", help="class activation maps (grad-cam package)",
-                       description="Class activation maps with the grad-cam package (cam.png, cam.json). Default "
-                                   "layer: the last stage (CrossFormer, FcaFormer), the last block of each branch "
-                                   "(CrossViT).")
-    _common(g, several=False, num_images=4)
+    g = _analysis(sub, "cam", _cmd_cam, several=False, num_images=4, help="class activation maps (grad-cam package)",
+                  description="Class activation maps with the grad-cam package (cam.png, cam.json). Default "
+                              "layer: the last stage (CrossFormer, FcaFormer), the last block of each branch "
+                              "(CrossViT).")
     g.add_argument("--method", default="gradcam", choices=CAM_METHOD_NAMES, help="CAM method (default gradcam)")
     g.add_argument("--layer", nargs="+", metavar="NAME", help="target module names, e.g. stages.2")
     g.add_argument("--target-class", type=int, help="class index to explain (default: the predicted class)")
-    g.set_defaults(func=_cmd_cam)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

@@ -1,7 +1,6 @@
 """PNG figures of the analyses (matplotlib, Agg backend; files written atomically)."""
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -11,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fileio import atomic_write_bytes
+from ..fileio import save_figure
 
 __all__ = ["plot_attention_maps", "plot_distance", "plot_amplitude", "plot_cross_token_share", "plot_cams"]
 
@@ -26,10 +25,8 @@ def _plt():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     _plt().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cli_types import setup_logging
+from ..cli_types import add_command_group, setup_logging
 from ..engine.checkpoint_io import read_meta, resolve_checkpoint_dir
 from ..engine.errors import ConfigError
 from ..engine.train import saved_run_options
@@ -175,10 +175,9 @@ def add_subcommands(sub: argparse._SubParsersAction,
                     train_options: Sequence[tuple[str, str, dict[str, Any]]] = ()) -> None:
     """Register ``crossformers dense ...``; ``train_options`` are the classification trainer's flags
     (``crossformers.cli._TRAIN_OPTIONS``), of which those that apply to dense tasks are offered."""
-    p = sub.add_parser("dense", help="detection / instance / semantic segmentation: train, eval, predict, data",
-                       description=__doc__.split("\n\n")[0])
-    dsub = p.add_subparsers(dest="dense_command", metavar="COMMAND", parser_class=type(p))
-    dsub.required = True
+    dsub = add_command_group(sub, "dense", dest="dense_command", metavar="COMMAND",
+                             help="detection / instance / semantic segmentation: train, eval, predict, data",
+                             description=__doc__.split("\n\n")[0])
 
     t = dsub.add_parser("train", help="train a detector or segmenter (the engine's loop: resume, EMA, bf16, ...)",
                         description="Train a dense model. --model is the backbone, --pretrained its classification "

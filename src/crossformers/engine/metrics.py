@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ..fileio import atomic_write_text, save_figure
 
 __all__ = ["topk_correct", "MetricHistory", "plot_curves", "plot_confusion_matrix"]
 
@@ -145,9 +145,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, titl
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
@@ -178,6 +176,4 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str 
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

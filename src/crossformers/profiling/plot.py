@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..fileio import save_figure
 from .errors import ProfilingError
 from .profile import ProfileResult
 from .published import FAMILIES
@@ -69,8 +70,6 @@ def plot_accuracy(results: Sequence[ProfileResult], path: str | os.PathLike, tit
     setting = f"{r0.device}, {r0.threads} thread(s), {r0.dtype}" + (", compiled" if r0.compiled else "")
     fig.suptitle(title or f"Published accuracy vs. MACs and measured latency ({setting})")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)
     plt.close(fig)
-    return path
+    return Path(path)
