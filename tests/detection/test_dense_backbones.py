@@ -247,3 +247,17 @@ def test_pretrained_and_bad_arguments_fail_clearly():
         backbone("fcaformer_sh_l2", checkpoint_path="missing.pth", **FCA_TINY)
     with pytest.raises(ValueError, match=r"out_indices \(4,\) must be stage indices among 0..3"):
         backbone("crossformer_small", out_indices=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
+
+
+@pytest.mark.parametrize("name", ["crossformer_small_dense", "crossformer_pp_small_dense", "fcaformer_sh_l2"])
+def test_dense_backbones_take_timms_factory_arguments(name):
+    """timm.create_model(..., device="meta", dtype=...) places a dense backbone as it does a classifier (nothing
+    allocated), and the backbone carries its cfg under both of timm's names."""
+    import timm  # crossformers (imported above) registered the names
+
+    model = timm.create_model(name, device="meta", dtype=torch.float64)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert tensors and all(t.device.type == "meta" for t in tensors)
+    assert all(t.dtype == torch.float64 for t in tensors if t.is_floating_point())
+    assert model.default_cfg is model.pretrained_cfg and model.pretrained_cfg["architecture"] == name
+    assert model.pretrained_cfg["num_classes"] == 0

@@ -2,7 +2,8 @@
 # Run timm's own model test suite (tests/test_models.py of the pinned timm) over crossformers' registered names.
 # Not part of CI (it takes tens of minutes on 2 cores); see README.md beside this file. Nothing is written to the
 # repository: timm's test file is downloaded (PyPI sdist) into a temporary folder.
-# Usage: [SELECT='fx'] bash tests/timm_suite/run.sh [extra pytest args]  (SELECT: a pytest -k expression narrowing the run)
+# Usage: [SELECT='fx'] [DENSE=' '] bash tests/timm_suite/run.sh [extra pytest args]  (SELECT: a pytest -k expression
+# narrowing the run; DENSE=' ' keeps the dense backbones, deselected by default: see README.md)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
@@ -28,4 +29,4 @@ cd "$work"
 # The authors' dense backbones (*_dense, fcaformer_sh_l2) have no classifier and return a list of maps: they are not
 # timm classifiers (tests/detection/test_dense_backbones.py covers them), so they are deselected too.
 PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" "$python" -m pytest test_models.py -q -rfEs \
-  -k "(crossformer or fcaformer or cf_crossvit) and not pretrained and not _dense and not sh_l2${SELECT:+ and ($SELECT)}" "$@"
+  -k "(crossformer or fcaformer or cf_crossvit) and not pretrained${DENSE:- and not _dense and not sh_l2}${SELECT:+ and ($SELECT)}" "$@"

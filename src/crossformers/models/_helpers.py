@@ -19,6 +19,7 @@ from ..checkpoint import head_keys, load_checkpoint, read_state_dict
 from ..errors import InputSizeError, PretrainedUnavailableError
 from ..hub import WEIGHTS_ENV, WEIGHTS_FILE, read_local_dir_weights, weights_folder_file
 from ..layers.linear import onednn_by_default, set_onednn_linear
+from .dense_checkpoint import load_dense_weights
 
 __all__ = ["build_family_model", "check_input", "resolve_pretrained_file", "hub_cached"]
 
@@ -184,10 +185,7 @@ def build_family_model(
     cfg = cfg.to_dict() if cfg is not None else {}
 
     def construct(**kw):
-        with torch.device(device) if device is not None else contextlib.nullcontext():
-            model = cls(**kw)
-        if dtype is not None:
-            model.to(dtype=dtype)
+        model = _placed(cls, device, dtype, **kw)
         if onednn:
             set_onednn_linear(model, True)
         if weights is not None:
@@ -195,6 +193,35 @@ def build_family_model(
         return model
 
     return build_model_with_cfg(construct, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
+
+
+def _placed(cls: Callable[..., nn.Module], device: Any, dtype: Any, **kwargs: Any) -> nn.Module:
+    """``cls(**kwargs)`` constructed under ``torch.device(device)`` (``"meta"`` allocates nothing), cast to ``dtype``."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = cls(**kwargs)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    return model
+
+
+def build_dense_model(cls: type[nn.Module], variant: str, cfg: dict[str, Any], **kwargs: Any) -> nn.Module:
+    """Build one of the authors' dense backbones (no classifier, so not through timm's classifier builder).
+
+    timm's factory arguments a backbone has no use for (``features_only``, ``pretrained_cfg``, ``cache_dir``, ...)
+    are dropped; ``device`` / ``dtype`` place the model as in :func:`build_family_model`; ``cfg`` becomes its
+    ``pretrained_cfg`` (and timm's alias ``default_cfg``); ``checkpoint_file=PATH`` (from
+    :func:`crossformers.create_model`) loads the authors' dense or classification weights with
+    :func:`~crossformers.models.dense_checkpoint.load_dense_weights`.
+    """
+    checkpoint = kwargs.pop("checkpoint_file", None)
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    for unused in ("new_head", "features_only", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(unused, None)
+    model = _placed(cls, device, dtype, **kwargs)
+    model.pretrained_cfg = model.default_cfg = dict(cfg, architecture=variant)
+    if checkpoint is not None:
+        load_dense_weights(model, checkpoint)
+    return model
 
 
 @register_notrace_function  # checks concrete sizes: an FX leaf, so traced models still check their inputs

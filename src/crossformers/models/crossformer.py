@@ -46,8 +46,7 @@ from ..layers.geometry import Lattice, conv_lattice
 from ..layers.grouping import group_coordinates, group_tokens, padded_size, padding_key_mask, ungroup_tokens
 from ..layers.position_bias import DynamicPosBias
 from ._base import DenseBackboneHead, HierarchicalModel
-from ._helpers import build_family_model
-from .dense_checkpoint import load_dense_weights
+from ._helpers import build_dense_model, build_family_model
 from .protocol import AttentionLayout, BlockInfo, SizeRule, TokenSegment, call_arg, lcm, smallest_multiple_above
 
 __all__ = ["CrossFormer", "CrossFormerBlock", "progressive_group_sizes", "checkpoint_filter_fn"]
@@ -794,17 +793,7 @@ def _create_dense(variant: str, pretrained: bool, **kwargs) -> DenseCrossFormer:
         raise PretrainedUnavailableError(
             f"no direct download for {variant}: the authors publish their detection/segmentation checkpoints on "
             f"Google Drive ({_V1}); download one and pass checkpoint_path=FILE")
-    checkpoint = kwargs.pop("checkpoint_file", None)
-    kwargs.pop("new_head", None)
-    for timm_only in ("features_only", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(timm_only, None)
-    args = dict(_DENSE_ARGS[variant])
-    args.update(kwargs)
-    model = DenseCrossFormer(**args)
-    model.pretrained_cfg = _dense_cfg(variant) | {"architecture": variant}
-    if checkpoint is not None:
-        load_dense_weights(model, checkpoint)
-    return model
+    return build_dense_model(DenseCrossFormer, variant, _dense_cfg(variant), **(_DENSE_ARGS[variant] | kwargs))
 
 
 @register_model

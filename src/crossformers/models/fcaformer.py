@@ -64,8 +64,7 @@ from ..layers.geometry import Lattice, conv_lattice, cross_token_lattice, grid_c
 from ..layers.linear import LinearKernelMixin, linear_rows
 from ..layers.position_bias import OffsetBiasTable, infer_grid, resample_grid_table, resample_pos_embed
 from ._base import DenseBackboneHead, HierarchicalModel, OfficialLayoutHint, set_fused_attn
-from ._helpers import build_family_model, check_input
-from .dense_checkpoint import load_dense_weights
+from ._helpers import build_dense_model, build_family_model, check_input
 from .protocol import AttentionLayout, BlockInfo, SizeRule, TokenSegment, call_arg, smallest_multiple_above
 
 __all__ = ["FcaBlock", "FcaStage", "FcaFormer", "FcaFormerPlain", "checkpoint_filter_fn"]
@@ -1174,16 +1173,9 @@ def dense_checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Mo
 
 
 def _create_dense(variant: str, **kwargs) -> FcaFormerDense:
-    checkpoint = kwargs.pop("checkpoint_file", None)
-    for ignored in ("new_head", "features_only", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(ignored, None)
-    model = FcaFormerDense(**kwargs)
-    model.pretrained_cfg = _cfg(num_classes=0, classifier="", input_size=(3, 512, 512), pool_size=None, crop_pct=1.0,
-                                first_conv="stem.0.conv", architecture=variant,
-                                notes="the authors' dense backbone FcaFormer_SH_512 (detection/segmentation)")
-    if checkpoint is not None:
-        load_dense_weights(model, checkpoint)
-    return model
+    cfg = _cfg(num_classes=0, classifier="", input_size=(3, 512, 512), pool_size=None, crop_pct=1.0,
+               first_conv="stem.0.conv", notes="the authors' dense backbone FcaFormer_SH_512 (detection/segmentation)")
+    return build_dense_model(FcaFormerDense, variant, cfg, **kwargs)
 
 
 @register_model
