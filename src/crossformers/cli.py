@@ -105,6 +105,10 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("warmup_epochs", "--warmup-epochs", dict(type=float, help="linear warmup in epochs (default 1)")),
     ("warmup_steps", "--warmup-steps", dict(type=_none_or(int), help="linear warmup in optimizer steps (overrides epochs)")),
     ("weight_decay", "--weight-decay", dict(type=float, help="AdamW weight decay (default 0.05)")),
+    ("lr_schedule_unit", "--lr-schedule-unit", dict(choices=("step", "epoch"), help="set the learning rate every "
+                                                     "optimizer step (default) or once per epoch (DeiT / CrossViT)")),
+    ("finetune_eval_mode", "--finetune-eval-mode", dict(action=argparse.BooleanOptionalAction, help="train with the "
+                                                        "model in eval mode (CrossViT's --finetune; default off)")),
     ("layer_decay", "--layer-decay", dict(type=_none_or(float), help="layer-wise lr decay, e.g. 0.75 (default off)")),
     ("clip_grad", "--clip-grad", dict(type=_none_or(float), help="clip the gradient L2 norm to this value (default off)")),
     ("accum_steps", "--accum-steps", dict(type=int, help="gradient accumulation micro-batches per step (default 1)")),

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from crossformers.engine import evaluate, load_trained, predict, train
+from crossformers.engine.errors import ConfigError
 from crossformers.engine.metrics import topk_correct
 
 # no random augmentation: two runs that see the same images in the same order compute the same gradients
@@ -76,6 +77,45 @@ def test_warmup_then_cosine_learning_rate_at_every_step(tiny_config, monkeypatch
     assert expected[0] == warmup_lr and expected[warmup] == lr  # the formula's own anchors
     rows = [json.loads(line) for line in open(f"{result['output']}/metrics.jsonl")]
     assert rows[-1]["lr"] == pytest.approx(min_lr)  # the lr after the last step: the end of the cosine
+
+
+def test_per_epoch_schedule_holds_the_learning_rate_through_each_epoch_and_resumes(tiny_config, monkeypatch):
+    """lr_schedule_unit='epoch' (DeiT / CrossViT's lr_scheduler.step(epoch)): one warmup epoch, then a cosine over
+    the remaining epochs, each value held for a whole epoch; a run stopped mid-epoch resumes on the same values."""
+    made = use_plain_sgd(monkeypatch)
+    lr, warmup_lr, min_lr, epochs = 0.1, 0.01, 0.001, 4
+    opts = dict(batch_size=16, epochs=epochs, lr=lr, warmup_lr=warmup_lr, min_lr=min_lr, warmup_steps=None,
+                warmup_epochs=1, lr_schedule_unit="epoch")
+    per_epoch = [warmup_lr] + [min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * e / (epochs - 1)))
+                               for e in range(epochs - 1)]
+    expected = [v for v in per_epoch for _ in range(4)]  # 64 images / 16 per step
+    result = train(tiny_config("whole", **opts), progress=False)
+    assert result["step"] == 16
+    assert [step[0] for step in made[-1][1].lrs] == pytest.approx(expected, rel=1e-9)
+    interrupted = tiny_config("split", max_steps=6, **opts)  # stops inside the second epoch
+    train(interrupted, progress=False)
+    train(interrupted.replace(max_steps=None, resume=interrupted.output), progress=False)
+    assert [step[0] for step in made[-1][1].lrs] == pytest.approx(expected[6:], rel=1e-9)
+
+
+def test_per_epoch_schedule_takes_its_warmup_in_epochs(tiny_config):
+    with pytest.raises(ConfigError, match="give the warmup in epochs"):
+        tiny_config(lr_schedule_unit="epoch", warmup_steps=5).validate()
+    with pytest.raises(ConfigError, match="'step' or 'epoch'"):
+        tiny_config(lr_schedule_unit="batch").validate()
+    tiny_config(lr_schedule_unit="epoch", warmup_steps=0).validate()  # no warmup at all is fine
+
+
+def test_finetune_eval_mode_trains_with_dropout_and_drop_path_off(tiny_config, monkeypatch):
+    """finetune_eval_mode (CrossViT's --finetune): the forward passes of training run in eval mode, so two runs with
+    drop path that see the same images take the same steps as a run without it; in train mode they differ."""
+    use_plain_sgd(monkeypatch)
+    opts = dict(DETERMINISTIC, lr=0.5, limit_train=32, drop_path_rate=0.5)
+    plain = _weights(train(tiny_config("plain", **dict(opts, drop_path_rate=0.0)), progress=False)["output"])
+    frozen = _weights(train(tiny_config("frozen", finetune_eval_mode=True, **opts), progress=False)["output"])
+    noisy = _weights(train(tiny_config("noisy", **opts), progress=False)["output"])
+    assert _max_diff(frozen, plain) < 1e-6
+    assert _max_diff(noisy, plain) > 1e-3
 
 
 @pytest.mark.parametrize("accum_steps", [1, 2])

@@ -78,12 +78,13 @@ def test_recipe_default_models_are_the_readme_ones():
     assert resolve_recipe("fcaformer_imagenet").config.model == "fcaformer_l1"  # scripts/fca_l1.sh
 
 
-def test_crossvit_reports_what_the_engine_cannot_apply():
-    lines = resolve_recipe("crossvit_imagenet", {"model": "crossvit_15_240"}).not_applied
-    assert lines == ["not applied: lr_schedule_unit='epoch' (IBM/CrossViT@3f7ab77:main.py:317 (lr_scheduler.step(epoch): "
-                     "timm cosine per epoch)): the engine updates the cosine schedule every optimizer step"]
-    # crop 0.875 and bicubic are also crossvit_15_240's pretrained_cfg: applied, so not reported
-    assert not any("eval_crop_pct" in ln or "interpolation" in ln for ln in lines)
+def test_crossvit_recipe_applies_its_per_epoch_schedule():
+    res = resolve_recipe("crossvit_imagenet", {"model": "crossvit_15_240"})
+    assert res.config.lr_schedule_unit == "epoch"  # main.py:317 lr_scheduler.step(epoch)
+    assert res.sources["lr_schedule_unit"].startswith("IBM/CrossViT@3f7ab77:main.py:317")
+    # crop 0.875 and bicubic are also crossvit_15_240's pretrained_cfg: applied, so nothing is reported
+    assert res.not_applied == []
+    assert resolve_recipe("crossformer_imagenet").config.lr_schedule_unit == "step"
     assert resolve_recipe("fcaformer_imagenet", {"model": "fcaformer_l2"}).not_applied == []
     assert resolve_recipe("crossformer_imagenet", {"model": "crossformer_base"}).not_applied == []
 
@@ -97,7 +98,7 @@ def test_finetune_recipe_needs_pretrained_and_reports_its_gaps():
     assert res.config.lr == pytest.approx(5e-4 * 2048 / 512.0)
     text = "\n".join(res.not_applied)
     assert "not applied: eval_crop_pct=0.875" in text and "crop_pct=1.0" in text  # timm's 408 cfg crops 1.0
-    assert "not applied: finetune_eval_mode=True" in text
+    assert res.config.finetune_eval_mode is True and "finetune_eval_mode" not in text  # engine.py:28-29, applied
     assert "note: epochs=300: the authors' code and README give no fine-tuning schedule" in text
     # the notes disappear for values the user sets
     res = resolve_recipe("crossvit_dagger_408_finetune", {"pretrained": "x.pth", "epochs": 30, "lr": 5e-6,

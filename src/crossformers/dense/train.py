@@ -103,6 +103,12 @@ class DenseTrainConfig(TrainConfig):
             raise ConfigError(f"head {self.head!r} does not fit task {self.task}: choose one of {', '.join(task.heads)}")
         if self.sched not in SCHEDULES:
             raise ConfigError(f"sched must be one of {', '.join(SCHEDULES)}, got {self.sched!r}")
+        if self.finetune_eval_mode:
+            raise ConfigError("finetune_eval_mode is for classifiers: torchvision detectors and the segmenters "
+                              "compute their training losses in train mode only")
+        if self.sched != "cosine" and self.lr_schedule_unit != "step":
+            raise ConfigError(f"sched {self.sched!r} updates the learning rate every step (as mmdet / mmseg): "
+                              "lr_schedule_unit='epoch' is for the cosine schedule only")
         if not (isinstance(self.decay_milestones, (list, tuple)) and all(
                 isinstance(m, (int, float)) and 0 < m < 1 for m in self.decay_milestones)):
             raise ConfigError(f"decay_milestones must be fractions of training in (0, 1), e.g. [0.667, 0.917], got "

@@ -68,6 +68,12 @@ class TrainConfig:
         weight_decay: AdamW decoupled weight decay; not applied to 1-D parameters (norms, biases) and to
             ``model.no_weight_decay()``.
         layer_decay: layer-wise lr decay factor (e.g. 0.75) for fine-tuning; ``None`` = off.
+        lr_schedule_unit: ``"step"``: the learning rate follows the schedule at every optimizer step; ``"epoch"``:
+            it is set once at the start of each epoch and held through it (timm's ``t_in_epochs`` schedules, as
+            DeiT / CrossViT's ``lr_scheduler.step(epoch)``), warmup counted in whole epochs (``warmup_epochs``
+            rounded; ``warmup_steps`` may then only be 0 = no warmup).
+        finetune_eval_mode: train with the model in eval mode (dropout, drop path and BatchNorm statistics off,
+            gradients as usual), as CrossViT's ``--finetune`` (``model.train(not finetune)``).
         clip_grad: clip the global gradient L2 norm to this value (``None`` = off).
         accum_steps: gradient-accumulation micro-batches per optimizer step.
         ema_decay: decay of an exponential moving average of the weights (e.g. 0.9998); 0 = no EMA.
@@ -122,6 +128,8 @@ class TrainConfig:
     warmup_steps: int | None = None
     weight_decay: float = 0.05
     layer_decay: float | None = None
+    lr_schedule_unit: str = "step"
+    finetune_eval_mode: bool = False
     clip_grad: float | None = None
     accum_steps: int = 1
     ema_decay: float = 0.0
@@ -244,6 +252,11 @@ class TrainConfig:
              f"warmup_steps must be an int >= 0 or None, got {self.warmup_steps!r}")
         need(self.layer_decay is None or (is_num(self.layer_decay) and 0 < self.layer_decay <= 1),
              f"layer_decay must be in (0, 1] (e.g. 0.75) or None, got {self.layer_decay!r}")
+        need(self.lr_schedule_unit in ("step", "epoch"),
+             f"lr_schedule_unit must be 'step' or 'epoch', got {self.lr_schedule_unit!r}")
+        need(self.lr_schedule_unit == "step" or not self.warmup_steps,
+             "warmup_steps counts optimizer steps, but lr_schedule_unit='epoch' sets the learning rate once per "
+             "epoch: give the warmup in epochs (--warmup-epochs) instead")
         need(self.clip_grad is None or (is_num(self.clip_grad) and self.clip_grad > 0),
              f"clip_grad must be > 0 (e.g. 1.0) or None, got {self.clip_grad!r}")
         need(self.color_jitter is None or (is_num(self.color_jitter) and self.color_jitter >= 0),

@@ -9,9 +9,9 @@ gave explicitly into a :class:`~crossformers.engine.TrainConfig`:
 * per-variant values (drop path) are taken for the chosen ``model``;
 * the learning-rate scaling rule of the authors' script is applied to the resolved global batch
   (``batch_size * accum_steps``) unless the learning rate is given explicitly;
-* values the engine cannot apply (a per-epoch schedule, fine-tuning in eval mode) or that differ from the model's
-  preprocessing (evaluation crop / interpolation come from the model's ``pretrained_cfg``) are reported in
-  :attr:`ResolvedRecipe.not_applied`, which ``crossformers train`` prints at start.
+* values that differ from the model's preprocessing (evaluation crop / interpolation come from the model's
+  ``pretrained_cfg``) are reported in :attr:`ResolvedRecipe.not_applied`, which ``crossformers train`` prints at
+  start.
 
 >>> from crossformers.engine.recipes import resolve_recipe
 >>> r = resolve_recipe("crossformer_imagenet", {"model": "crossformer_small"})
@@ -30,7 +30,7 @@ from .config import TIMM_PREFIX, TrainConfig
 from .errors import ConfigError
 
 __all__ = ["Recipe", "RecipeValue", "LrScaling", "ResolvedRecipe", "RECIPES", "list_recipes", "get_recipe",
-           "resolve_recipe", "format_recipe", "print_recipes", "markdown_tables", "CHECKED_KEYS", "UNSUPPORTED_KEYS"]
+           "resolve_recipe", "format_recipe", "print_recipes", "markdown_tables", "CHECKED_KEYS"]
 
 _CF = "cheerss/CrossFormer@7952010"
 _CV = "IBM/CrossViT@3f7ab77"
@@ -39,12 +39,6 @@ _FCA = "hkzhang-git/FcaFormer@7dcd8e0"
 #: Recipe keys that are not TrainConfig fields but are checked against the model's ``pretrained_cfg`` (the engine
 #: takes input size, crop and interpolation from there): equal = applied, different = reported.
 CHECKED_KEYS = ("input_size", "train_interpolation", "eval_interpolation", "eval_crop_pct")
-#: Recipe keys the engine has no option for; a recipe value other than the engine's behaviour (given here) is
-#: reported as not applied.
-UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
-    "lr_schedule_unit": ("step", "the engine updates the cosine schedule every optimizer step"),
-    "finetune_eval_mode": (False, "the engine fine-tunes in train mode (drop path / dropout / BatchNorm active)"),
-}
 
 
 @dataclass(frozen=True)
@@ -83,7 +77,7 @@ class Recipe:
         name: recipe name (``crossformers train --recipe NAME``).
         description: one line: paper, setting.
         models: the model variants the recipe was written for (crossformers names).
-        values: TrainConfig fields and :data:`CHECKED_KEYS` / :data:`UNSUPPORTED_KEYS` entries. ``lr``,
+        values: TrainConfig fields and :data:`CHECKED_KEYS` entries. ``lr``,
             ``warmup_lr`` and ``min_lr`` are the BASE values when :attr:`lr_scaling` is set.
         drop_path: per-variant stochastic-depth rate, keyed by model name.
         drop_path_default: the code's default rate for a model without a per-variant value.
@@ -452,10 +446,6 @@ def resolve_recipe(name: str, explicit: Mapping[str, Any] | None = None,
                                                 and abs(pre[pre_key] - rv.value) < 1e-9):
             not_applied.append(f"not applied: {key}={rv.value!r} ({rv.source}): the engine uses model {model}'s "
                                f"{pre_key}={pre[pre_key]!r}")
-    for key, (engine_value, why) in UNSUPPORTED_KEYS.items():
-        rv = recipe.values.get(key)
-        if rv is not None and rv.value != engine_value:
-            not_applied.append(f"not applied: {key}={rv.value!r} ({rv.source}): {why}")
     for key, rv in recipe.values.items():
         if rv.note and key not in given:
             not_applied.append(f"note: {key}={rv.value!r}: {rv.note}")

@@ -349,7 +349,7 @@ class _Trainer:
         self.rng_to_restore: dict[str, Any] | None = None
         if self.resume_dir is not None:
             self._load_resume_state()
-        self.scheduler.step_update(self.step)
+        self._update_lr()
 
         self.net: nn.Module = model
         if info.distributed:
@@ -411,13 +411,28 @@ class _Trainer:
         return model, train_ds, val_ds, num_classes
 
     def _build_scheduler(self, warmup: int):
-        """timm's cosine schedule over ``total_steps`` optimizer steps after ``warmup`` linear warmup steps."""
+        """timm's cosine schedule over ``total_steps`` optimizer steps after ``warmup`` linear warmup steps; with
+        ``lr_schedule_unit='epoch'``, over ``epochs`` after ``round(warmup_epochs)`` warmup epochs (t_in_epochs)."""
         from timm.scheduler import CosineLRScheduler
 
         cfg = self.cfg
+        if cfg.lr_schedule_unit == "epoch":
+            warmup_epochs = 0 if cfg.warmup_steps == 0 else max(0, min(round(cfg.warmup_epochs), cfg.epochs - 1))
+            return CosineLRScheduler(
+                self.optimizer, t_initial=max(1, cfg.epochs - warmup_epochs), lr_min=cfg.min_lr,
+                warmup_t=warmup_epochs, warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=True)
         return CosineLRScheduler(
             self.optimizer, t_initial=max(1, self.total_steps - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
             warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False)
+
+    def _update_lr(self) -> None:
+        """Set the learning rate for the next optimizer step (``self.step`` steps done): per step, or held for the
+        whole epoch that step falls in (``lr_schedule_unit='epoch'``). Derived from the step count alone, so a
+        resumed run continues the same schedule."""
+        if self.scheduler.t_in_epochs:
+            self.scheduler.step(self.step // self.steps_per_epoch)
+        else:
+            self.scheduler.step_update(self.step)
 
     def _build_criterion(self, num_classes: int) -> None:
         """Sets ``mixup`` (or None) and ``criterion``: soft-target, label-smoothing or plain cross-entropy."""
@@ -642,7 +657,7 @@ class _Trainer:
             if not first:
                 self.accum = _Accum()
             set_epoch(self.train_loader, epoch, start_batch=start)
-            self.net.train()
+            self.net.train(not cfg.finetune_eval_mode)  # CrossViT's fine-tuning trains in eval mode
             batches = iter(self.train_loader)
             if first and start > 0 and self.rng_to_restore is not None:
                 restore_rng_state(self.rng_to_restore)
@@ -695,7 +710,7 @@ class _Trainer:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.step += 1
-                    self.scheduler.step_update(self.step)
+                    self._update_lr()
                     if self.ema is not None:
                         self.ema.update(self.model, step=self.step)
                     if self.step % cfg.log_interval == 0:
