@@ -141,6 +141,45 @@ def test_bad_options_are_config_errors(coco_root, tmp_path):
         _cfg(coco_root, tmp_path / "x", task="panoptic").validate()
     with pytest.raises(ConfigError, match="multiple of 32"):
         _cfg(coco_root, tmp_path / "x", task="semantic-segmentation", img_size=70).validate()
+    with pytest.raises(ConfigError, match="finetune_eval_mode is for classifiers"):
+        _cfg(coco_root, tmp_path / "x", finetune_eval_mode=True).validate()
+    with pytest.raises(ConfigError, match="lr_schedule_unit='epoch' is for the cosine schedule only"):
+        _cfg(coco_root, tmp_path / "x", sched="poly", lr_schedule_unit="epoch").validate()
+
+
+def test_cli_config_file_and_its_repeat(coco_root, tmp_path, capsys):
+    """`dense train --config FILE.yaml` takes any dense option from the file (flags override it); the run writes
+    RUN/config.yaml, and `--config RUN/config.yaml --output NEW` resolves to the same options."""
+    import yaml
+
+    from crossformers.dense.cli import dense_config_from_args
+    from crossformers.engine.config_file import load_config_file
+
+    cfg_file = tmp_path / "det.yaml"
+    cfg_file.write_text(yaml.safe_dump(dict(task="detection", model="crossformer_tiny", model_kwargs=TINY_BACKBONE,
+                                            data=str(coco_root), img_size=64, epochs=1, batch_size=2, limit_train=2,
+                                            fpn_channels=32, device="cpu", sched="step", decay_rate=0.5)))
+    run = tmp_path / "run"
+    assert main(["dense", "train", "--config", str(cfg_file), "--batch-size", "1", "--output", str(run)]) == 0
+    saved = load_config_file(run / "config.yaml", DenseTrainConfig)
+    assert saved["sched"] == "step" and saved["decay_rate"] == 0.5 and saved["batch_size"] == 1  # the flag won
+    assert "crossformers dense train --config config.yaml" in (run / "config.yaml").read_text()
+    import argparse
+
+    again = dense_config_from_args(argparse.Namespace(config=str(run / "config.yaml"), output=str(tmp_path / "b")),
+                                   ["output"])
+    assert dataclasses_equal_but_output(again, DenseTrainConfig.from_dict(json.loads((run / "config.json").read_text())))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: detection\nfpn_chanels: 32\n")
+    capsys.readouterr()
+    assert main(["dense", "train", "--config", str(bad), "--output", str(tmp_path / "c")]) == 2
+    assert "unknown option 'fpn_chanels' (did you mean fpn_channels" in capsys.readouterr().err
+
+
+def dataclasses_equal_but_output(a: DenseTrainConfig, b: DenseTrainConfig) -> bool:
+    da, db = a.to_dict(), b.to_dict()
+    da.pop("output"), db.pop("output")
+    return da == db
 
 
 def test_cli_train_eval_predict_and_bad_data(coco_root, tmp_path, capsys):

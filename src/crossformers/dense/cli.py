@@ -23,6 +23,7 @@ from typing import Any
 
 from ..cli_types import add_command_group, setup_logging
 from ..engine.checkpoint_io import read_meta, resolve_checkpoint_dir
+from ..engine.config_file import load_config_file
 from ..engine.errors import ConfigError
 from ..engine.train import saved_run_options
 from ..errors import CheckpointError
@@ -34,7 +35,8 @@ __all__ = ["add_subcommands", "dense_config_from_args", "DENSE_OPTIONS", "is_den
 
 # options of the classification trainer that mean nothing for dense tasks
 _CLASSIFICATION_ONLY = {"mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "auto_augment", "re_prob", "aug_repeats",
-                        "scale", "ratio", "color_jitter", "label_smoothing", "in_chans", "check_images"}
+                        "scale", "ratio", "color_jitter", "label_smoothing", "in_chans", "check_images",
+                        "finetune_eval_mode"}
 
 
 def _int_list(text: str) -> list[int]:
@@ -85,8 +87,10 @@ DENSE_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
 
 def dense_config_from_args(args: argparse.Namespace, fields: Sequence[str]) -> DenseTrainConfig:
     """The :class:`DenseTrainConfig` of parsed ``dense train`` arguments: defaults (or, with ``--resume``, the run's
-    saved options) < explicit flags."""
+    saved options) < ``--config FILE.yaml`` < explicit flags."""
     given = {f: getattr(args, f) for f in fields if hasattr(args, f)}
+    if getattr(args, "config", None):
+        given = {**load_config_file(args.config, DenseTrainConfig), **given}
     base = DenseTrainConfig()
     if given.get("resume"):
         saved, _ = saved_run_options(given["resume"], DenseTrainConfig)
@@ -188,6 +192,8 @@ def add_subcommands(sub: argparse._SubParsersAction,
     for field, flag, kwargs in [*[o for o in train_options if o[0] not in _CLASSIFICATION_ONLY], *DENSE_OPTIONS]:
         t.add_argument(flag, dest=field, default=argparse.SUPPRESS, **kwargs)
         fields.append(field)
+    t.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (keys as in RUN/config.yaml of a "
+                                                         "dense run; flags given here override it)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
     t.set_defaults(func=lambda a: _cmd_train(a, fields))
 

@@ -66,16 +66,17 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def check_option_types(values: Mapping[str, Any], origin: str = "config") -> dict[str, Any]:
-    """Check option names and value types against :class:`TrainConfig`; returns the options with canonical names
-    (``-`` -> ``_``) and tuples for tuple fields.
+def check_option_types(values: Mapping[str, Any], origin: str = "config",
+                       config_cls: type[TrainConfig] = TrainConfig) -> dict[str, Any]:
+    """Check option names and value types against ``config_cls`` (:class:`TrainConfig`, or a subclass such as the
+    dense trainer's); returns the options with canonical names (``-`` -> ``_``) and tuples for tuple fields.
 
     Raises:
         ConfigError: ``"{origin}: unknown option KEY (did you mean ...?)"`` or ``"{origin}: option KEY must be
             TYPE, got VALUE"`` for the first bad key.
     """
-    hints = typing.get_type_hints(TrainConfig)
-    names = sorted(f.name for f in dataclasses.fields(TrainConfig))
+    hints = typing.get_type_hints(config_cls)
+    names = sorted(f.name for f in dataclasses.fields(config_cls))
     out: dict[str, Any] = {}
     for raw_key, value in values.items():
         key = str(raw_key).replace("-", "_")
@@ -92,8 +93,8 @@ def check_option_types(values: Mapping[str, Any], origin: str = "config") -> dic
     return out
 
 
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read training options from a YAML (or JSON) file.
+def load_config_file(path: str | os.PathLike, config_cls: type[TrainConfig] = TrainConfig) -> dict[str, Any]:
+    """Read training options (fields of ``config_cls``) from a YAML (or JSON) file.
 
     Returns:
         Option name -> value, names canonical (``batch_size``), types checked (see :func:`check_option_types`).
@@ -119,15 +120,16 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"config file {p} must hold a mapping of option: value (e.g. `epochs: 10`), "
                           f"not {type(values).__name__}")
-    return check_option_types(values, origin=f"config file {p}")
+    return check_option_types(values, origin=f"config file {p}", config_cls=config_cls)
 
 
 def config_to_yaml(cfg: TrainConfig) -> str:
     """YAML text of every option of ``cfg`` (sorted keys); loading it with :func:`load_config_file` gives ``cfg``."""
     import yaml
 
+    command = "crossformers dense train" if "task" in cfg.to_dict() else "crossformers train"
     header = ("# crossformers training options, fully resolved (defaults, recipe, config file and flags).\n"
-              "# Repeat this run: crossformers train --config config.yaml --output NEW_DIR\n")
+              f"# Repeat this run: {command} --config config.yaml --output NEW_DIR\n")
     return header + yaml.safe_dump(cfg.to_dict(), sort_keys=True, default_flow_style=None)
 
 
