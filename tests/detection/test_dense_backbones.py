@@ -261,3 +261,15 @@ def test_dense_backbones_take_timms_factory_arguments(name):
     assert all(t.dtype == torch.float64 for t in tensors if t.is_floating_point())
     assert model.default_cfg is model.pretrained_cfg and model.pretrained_cfg["architecture"] == name
     assert model.pretrained_cfg["num_classes"] == 0
+
+
+def test_a_detection_checkpoint_of_another_backbone_of_the_family_is_refused_with_the_fix():
+    """The authors' CrossFormer-S Mask R-CNN checkpoint given to the CrossFormer-B backbone: one CheckpointError that
+    names the mismatch and the backbone to build instead; nothing is loaded."""
+    cf_small = _mmdet({k: torch.zeros(s) for k, s in read_keys("dense_crossformer_small_det")})
+    with torch.device("meta"):
+        model = backbone("crossformer_base")
+    with pytest.raises(crossformers.CheckpointError,
+                       match=r"does not fit the dense backbone crossformer_base_dense: \d+ missing keys.*Build the "
+                             r"backbone the checkpoint was trained with"):
+        load_dense_weights(model, cf_small)
