@@ -273,3 +273,28 @@ def test_a_detection_checkpoint_of_another_backbone_of_the_family_is_refused_wit
                        match=r"does not fit the dense backbone crossformer_base_dense: \d+ missing keys.*Build the "
                              r"backbone the checkpoint was trained with"):
         load_dense_weights(model, cf_small)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("fcaformer_sh_l2", FCA_TINY),
+    ("crossformer_pp_small_dense", dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 2))),
+])
+def test_detectors_and_segmenters_build_on_the_authors_dense_backbones(name, kwargs, tmp_path):
+    """mask_rcnn / upernet on a registered dense name: the pyramid is the backbone's own four maps (no neck), a
+    checkpoint of that backbone (here its own state dict) loads through checkpoint_path, and both models run."""
+    from crossformers import detection, segmentation
+
+    ref = crossformers.create_model(name, **kwargs)
+    torch.save(ref.state_dict(), tmp_path / "bb.pth")
+    det = detection.mask_rcnn(name, num_classes=3, checkpoint_path=tmp_path / "bb.pth", min_size=128, max_size=160,
+                              backbone_kwargs=kwargs).eval()
+    body = det.backbone.body
+    assert body.neck is None and list(body.out_channels) == ref.feature_info.channels()
+    assert type(body.model) is type(ref)
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in body.model.state_dict().items())
+    with torch.no_grad():
+        out = det([torch.rand(3, 128, 160)])
+    assert {"boxes", "labels", "scores", "masks"} <= out[0].keys()
+    seg = segmentation.upernet(name, num_classes=5, decoder_channels=32, backbone_kwargs=kwargs).eval()
+    with torch.no_grad():
+        assert seg(torch.rand(1, 3, 64, 96)).shape == (1, 5, 64, 96)

@@ -21,22 +21,12 @@ from typing import Any
 
 from torch import nn
 
-from ..factory import create_model, list_models
+from ..factory import create_model
 from ..models.dense_checkpoint import DenseCheckpointWarning, DenseLoadReport, load_dense_weights
 from .backbones import backbone as _classifier_backbone
+from .backbones import dense_name
 
 __all__ = ["backbone", "load_dense_weights", "DenseLoadReport", "DenseCheckpointWarning", "dense_name"]
-
-def dense_name(name: str) -> str | None:
-    """The registered dense backbone for ``name``: ``name`` itself if it is one (``fcaformer_sh_l2``,
-    ``crossformer_small_dense``), the classifier's dense counterpart ``<name>_dense`` if its family registers one
-    (``crossformer_small`` -> ``crossformer_small_dense``), else None. The family files decide, by what they register
-    (``register_name(..., dense=True)``)."""
-    dense = list_models(dense=True)
-    if name in dense:
-        return name
-    return f"{name}_dense" if f"{name}_dense" in dense else None
-
 
 def backbone(
     name: str | os.PathLike | nn.Module,

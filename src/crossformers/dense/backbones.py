@@ -26,7 +26,7 @@ from torch import nn
 
 from ..engine.loading import WEIGHT_SUFFIXES, is_trained_checkpoint, load_model
 from ..errors import CrossformersError
-from ..factory import create_model, timm_name
+from ..factory import create_model, list_models, timm_name
 from ..hub import is_local_dir
 
 __all__ = ["BackboneError", "backbone", "pyramid_backbone", "PyramidBackbone", "SimpleFeaturePyramid",
@@ -44,6 +44,35 @@ def _load_classifier(source: str | os.PathLike | nn.Module, checkpoint_path: str
                      pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     """The classifier ``source`` names, through the package's one loader (:func:`crossformers.engine.load_model`)."""
     return load_model(source, checkpoint_path, pretrained=pretrained, model_kwargs=kwargs or None).model
+
+
+def dense_name(name: str) -> str | None:
+    """The registered dense backbone for ``name``: ``name`` itself if it is one (``fcaformer_sh_l2``,
+    ``crossformer_small_dense``), the classifier's dense counterpart ``<name>_dense`` if its family registers one
+    (``crossformer_small`` -> ``crossformer_small_dense``), else None. The family files decide, by what they register
+    (``register_name(..., dense=True)``)."""
+    dense = list_models(dense=True)
+    if name in dense:
+        return name
+    return f"{name}_dense" if f"{name}_dense" in dense else None
+
+
+class DenseBody(nn.Module):
+    """One of the authors' dense backbones (``crossformer_small_dense``, ``fcaformer_sh_l2``, ...) in the
+    feature-extractor interface :class:`PyramidBackbone` reads, as timm's ``FeatureGetterNet`` gives it for a
+    classifier: ``model`` (the backbone), ``feature_info`` (its returned maps), ``pretrained_cfg``.
+
+    Input (B, C, H, W) -> the backbone's list of NCHW maps.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.feature_info = model.feature_info
+        self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model(x)
 
 
 def _needs_loader(source: str | os.PathLike | nn.Module) -> bool:
@@ -269,8 +298,12 @@ def pyramid_backbone(
     """A crossformers model as NCHW maps at strides 4, 8, 16 and 32, weights loaded as in :func:`backbone`.
 
     Args:
-        name: model name or one of our run/checkpoint directories.
-        checkpoint_path: classification weights (head dropped explicitly, everything else strict).
+        name: model name or one of our run/checkpoint directories. A classifier name gives the classifier's features;
+            one of the authors' dense backbones, named as registered (``crossformer_small_dense``,
+            ``crossformer_pp_small_dense``, ``fcaformer_sh_l2``, ...: ``crossformers.list_models(dense=True)``),
+            gives that backbone, whose weights may then also be the authors' mmdet/mmseg checkpoint.
+        checkpoint_path: classification weights (head dropped explicitly, everything else strict); for a dense
+            backbone as :func:`crossformers.dense.load_dense_weights`.
         pretrained: the authors' released weights.
         levels: which strides to return (0 = 4 ... 3 = 32); a hierarchical model returns exactly those stages (and
             runs no stage after the last), a plain one builds only those pyramid levels.
@@ -283,6 +316,11 @@ def pyramid_backbone(
     Raises:
         as :func:`backbone`.
     """
+    if not _needs_loader(name) and str(name) in list_models(dense=True):
+        # the authors' dense backbone, named explicitly: its maps are the pyramid (strides 4-32)
+        kwargs["out_indices"] = tuple(levels)
+        return PyramidBackbone(DenseBody(create_model(str(name), pretrained=pretrained, checkpoint_path=checkpoint_path,
+                                                      **kwargs)), levels, neck_dim)
     body = backbone(name, checkpoint_path, None, pretrained, **kwargs)
     if not _isotropic(body.model) and tuple(levels) != tuple(range(len(body.feature_info))):
         cfg = body.pretrained_cfg  # same (already pruned) model, fewer outputs
