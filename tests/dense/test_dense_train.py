@@ -218,3 +218,16 @@ def test_cli_train_eval_predict_and_bad_data(coco_root, tmp_path, capsys):
     assert not (tmp_path / "run2").exists()
     assert main([*args]) == 2  # the existing run is not overwritten
     assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_curves_name_the_dense_loss(seg_root, tmp_path, monkeypatch):
+    """curves.png of a dense run labels its loss axis with the task's summed losses, not cross-entropy."""
+    import importlib
+
+    engine_train = importlib.import_module("crossformers.engine.train")  # the module (the package exports train())
+    seen = []
+    real = engine_train.plot_curves
+    monkeypatch.setattr(engine_train, "plot_curves", lambda *a, **k: (seen.append(k["loss_label"]), real(*a, **k)))
+    dense_train(_cfg(seg_root, tmp_path / "run", task="semantic-segmentation", img_size=64), progress=False)
+    assert seen and all(label == "loss (sum of the task's losses)" for label in seen)
+    assert (tmp_path / "run" / "curves.png").is_file()

@@ -170,6 +170,7 @@ class DenseTrainer(_Trainer):
 
     train_accuracy = False
     collate_fn = staticmethod(collate_lists)
+    loss_label = "loss (sum of the task's losses)"
 
     def __init__(self, cfg: DenseTrainConfig, info, progress: bool | None) -> None:
         super().__init__(cfg, info, progress)

@@ -108,10 +108,12 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], l
     return xs, ys
 
 
-def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> None:
+def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "",
+                loss_label: str = "loss (cross-entropy)") -> None:
     """Loss and accuracy curves per epoch (PNG, matplotlib Agg, written atomically).
 
-    Left: train and val loss (cross-entropy, nats). Right: val top-1 / top-5 and train top-1 (%), and EMA top-1 if
+    Left: train and val loss (``loss_label`` on the axis: cross-entropy in nats for classifiers; a dense trainer
+    names its task's summed losses). Right: val top-1 / top-5 and train top-1 (%), and EMA top-1 if
     present; for rows without accuracies (dense tasks) every other ``val_*`` score (AP, mIoU, ...).
     """
     fig = Figure(figsize=(10, 4), dpi=100)
@@ -124,7 +126,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, titl
         if xs:
             ax_loss.plot(xs, ys, marker="o", label=label)
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss (cross-entropy)")
+    ax_loss.set_ylabel(loss_label)
     ax_loss.grid(alpha=0.3)
     ax_loss.legend()
     for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5"),

@@ -201,6 +201,8 @@ class _Trainer:
     collate_fn = None
     #: report the training top-1 accuracy (classification) in metrics.csv
     train_accuracy = True
+    #: y-axis label of the loss panel of curves.png
+    loss_label = "loss (cross-entropy)"
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, progress: bool | None) -> None:
         self.cfg = cfg
@@ -581,7 +583,7 @@ class _Trainer:
                 items += ["metrics.jsonl", "metrics.csv"]
                 try:
                     plot_curves(self.history.rows, staged / "curves.png",
-                                title=f"{self.cfg.model} on {self.cfg.data}")
+                                title=f"{self.cfg.model} on {self.cfg.data}", loss_label=self.loss_label)
                     items.append("curves.png")
                 except Exception as e:  # noqa: BLE001 - a plotting failure must not stop training
                     log.warning("could not draw curves.png: %s", e)
