@@ -96,6 +96,10 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("pretrained", "--pretrained", dict(metavar="PATH", help="fine-tune from our checkpoint/run directory or an official "
                                                              ".pth/.safetensors file (new head if the class count differs)")),
     ("img_size", "--img-size", dict(type=_none_or(int), metavar="PX", help="input side in pixels (default: the model's)")),
+    ("crop_pct", "--crop-pct", dict(type=_none_or(float), metavar="F", help="evaluation centre-crop fraction, e.g. "
+                                                                       "0.875 (default: the model's)")),
+    ("interpolation", "--interpolation", dict(type=_none_or(str), choices=(None, "bicubic", "bilinear", "nearest"),
+                                              help="resize interpolation (default: the model's)")),
     ("in_chans", "--in-chans", dict(type=_none_or(int), help="input channels 1 or 3 (default: the dataset's)")),
     ("epochs", "--epochs", dict(type=int, help="epochs (default 10)")),
     ("batch_size", "--batch-size", dict(type=int, help="GLOBAL batch size: split over torchrun processes (default 128)")),

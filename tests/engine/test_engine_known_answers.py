@@ -98,6 +98,18 @@ def test_per_epoch_schedule_holds_the_learning_rate_through_each_epoch_and_resum
     assert [step[0] for step in made[-1][1].lrs] == pytest.approx(expected[6:], rel=1e-9)
 
 
+def test_crop_and_interpolation_options_reach_the_run_preprocessing(tiny_config):
+    """--crop-pct / --interpolation replace the model's (and the dataset's) evaluation preprocessing, and the run
+    saves them, so that `crossformers eval RUN` uses the same."""
+    result = train(tiny_config(crop_pct=0.5, interpolation="bilinear", max_steps=1), progress=False)
+    meta = json.loads(open(f"{result['output']}/last/meta.json").read())
+    assert meta["preprocessing"]["crop_pct"] == 0.5 and meta["preprocessing"]["interpolation"] == "bilinear"
+    with pytest.raises(ConfigError, match="crop_pct must be in"):
+        tiny_config(crop_pct=1.5).validate()
+    with pytest.raises(ConfigError, match="interpolation must be"):
+        tiny_config(interpolation="lanczos").validate()
+
+
 def test_per_epoch_schedule_takes_its_warmup_in_epochs(tiny_config):
     with pytest.raises(ConfigError, match="give the warmup in epochs"):
         tiny_config(lr_schedule_unit="epoch", warmup_steps=5).validate()

@@ -97,7 +97,9 @@ def test_finetune_recipe_needs_pretrained_and_reports_its_gaps():
     assert res.config.img_size is None and res.config.drop_path_rate == 0.0 and res.config.pretrained == "x.pth"
     assert res.config.lr == pytest.approx(5e-4 * 2048 / 512.0)
     text = "\n".join(res.not_applied)
-    assert "not applied: eval_crop_pct=0.875" in text and "crop_pct=1.0" in text  # timm's 408 cfg crops 1.0
+    # timm's 408 cfg crops 1.0, the authors' main.py:110 0.875: the recipe sets it
+    assert res.config.crop_pct == 0.875 and res.sources["crop_pct"].startswith("IBM/CrossViT@3f7ab77:main.py:110")
+    assert "not applied" not in text
     assert res.config.finetune_eval_mode is True and "finetune_eval_mode" not in text  # engine.py:28-29, applied
     assert "note: epochs=300: the authors' code and README give no fine-tuning schedule" in text
     # the notes disappear for values the user sets

@@ -36,7 +36,7 @@ __all__ = ["add_subcommands", "dense_config_from_args", "DENSE_OPTIONS", "is_den
 # options of the classification trainer that mean nothing for dense tasks
 _CLASSIFICATION_ONLY = {"mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "auto_augment", "re_prob", "aug_repeats",
                         "scale", "ratio", "color_jitter", "label_smoothing", "in_chans", "check_images",
-                        "finetune_eval_mode"}
+                        "finetune_eval_mode", "crop_pct", "interpolation"}
 
 
 def _int_list(text: str) -> list[int]:

@@ -125,10 +125,12 @@ class DenseTrainConfig(TrainConfig):
         if any(not (isinstance(s, int) and s > 0) for s in self.train_scales):
             raise ConfigError(f"train_scales must be positive ints (pixels), got {self.train_scales!r}")
         unused = [name for name, default in (("mixup", 0.0), ("cutmix", 0.0), ("auto_augment", None),
-                                             ("aug_repeats", 0), ("re_prob", 0.0), ("color_jitter", None))
+                                             ("aug_repeats", 0), ("re_prob", 0.0), ("color_jitter", None),
+                                             ("crop_pct", None), ("interpolation", None))
                   if getattr(self, name) != default]
         if unused:
-            raise ConfigError(f"{', '.join(unused)}: classification augmentation, not available for dense tasks")
+            raise ConfigError(f"{', '.join(unused)}: classification augmentation / preprocessing, not available for "
+                              "dense tasks")
         return self
 
     @property

@@ -31,6 +31,10 @@ class TrainConfig:
         model_kwargs: extra keyword arguments for the model constructor (e.g. ``{"patch_size": 4}``).
         img_size: input side in pixels given to the model and the transforms; ``None`` = the model's default
             input size (its ``pretrained_cfg['input_size']``), not passed to the constructor.
+        crop_pct: evaluation centre-crop fraction (resize the shorter side to ``img_size / crop_pct``, crop
+            ``img_size``); ``None`` = the model's ``pretrained_cfg`` (or Fashion-MNIST's own, 1.0).
+        interpolation: resize interpolation of the training and evaluation transforms (``'bicubic'``,
+            ``'bilinear'``, ``'nearest'``); ``None`` = the model's ``pretrained_cfg``.
         in_chans: input channels; ``None`` = the dataset's (1 for Fashion-MNIST, 3 for image folders).
         drop_path_rate: stochastic-depth rate (0 = off; only passed to the model when > 0).
         pretrained: fine-tune from a checkpoint: one of our checkpoint/run directories, or an official / state-dict
@@ -95,6 +99,8 @@ class TrainConfig:
     model: str = "fcaformer_nano"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     img_size: int | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
     in_chans: int | None = None
     drop_path_rate: float = 0.0
     pretrained: str | None = None
@@ -259,6 +265,10 @@ class TrainConfig:
              "epoch: give the warmup in epochs (--warmup-epochs) instead")
         need(self.clip_grad is None or (is_num(self.clip_grad) and self.clip_grad > 0),
              f"clip_grad must be > 0 (e.g. 1.0) or None, got {self.clip_grad!r}")
+        need(self.crop_pct is None or (is_num(self.crop_pct) and 0 < self.crop_pct <= 1),
+             f"crop_pct must be in (0, 1] (e.g. 0.875) or None, got {self.crop_pct!r}")
+        need(self.interpolation in (None, "bicubic", "bilinear", "nearest"),
+             f"interpolation must be 'bicubic', 'bilinear', 'nearest' or None, got {self.interpolation!r}")
         need(self.color_jitter is None or (is_num(self.color_jitter) and self.color_jitter >= 0),
              f"color_jitter must be >= 0 or None, got {self.color_jitter!r}")
         for name in ("scale", "ratio"):

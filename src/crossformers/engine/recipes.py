@@ -9,9 +9,9 @@ gave explicitly into a :class:`~crossformers.engine.TrainConfig`:
 * per-variant values (drop path) are taken for the chosen ``model``;
 * the learning-rate scaling rule of the authors' script is applied to the resolved global batch
   (``batch_size * accum_steps``) unless the learning rate is given explicitly;
-* values that differ from the model's preprocessing (evaluation crop / interpolation come from the model's
-  ``pretrained_cfg``) are reported in :attr:`ResolvedRecipe.not_applied`, which ``crossformers train`` prints at
-  start.
+* preprocessing values (input size, evaluation crop, interpolation) that differ from the model's
+  ``pretrained_cfg`` set ``img_size`` / ``crop_pct`` / ``interpolation``; what cannot be applied is reported in
+  :attr:`ResolvedRecipe.not_applied`, which ``crossformers train`` prints at start.
 
 >>> from crossformers.engine.recipes import resolve_recipe
 >>> r = resolve_recipe("crossformer_imagenet", {"model": "crossformer_small"})
@@ -36,8 +36,8 @@ _CF = "cheerss/CrossFormer@7952010"
 _CV = "IBM/CrossViT@3f7ab77"
 _FCA = "hkzhang-git/FcaFormer@7dcd8e0"
 
-#: Recipe keys that are not TrainConfig fields but are checked against the model's ``pretrained_cfg`` (the engine
-#: takes input size, crop and interpolation from there): equal = applied, different = reported.
+#: Recipe keys that are not TrainConfig fields but preprocessing, compared with the model's ``pretrained_cfg``:
+#: where they differ they set ``img_size``, ``crop_pct`` and ``interpolation`` (equal ones need nothing).
 CHECKED_KEYS = ("input_size", "train_interpolation", "eval_interpolation", "eval_crop_pct")
 
 
@@ -426,26 +426,30 @@ def resolve_recipe(name: str, explicit: Mapping[str, Any] | None = None,
             values[key] = values[key] * batch / sc.base_batch
             sources[key] = f"{sources[key]}; scaled by {batch}/{sc.base_batch}: {sc.source}"
 
-    # values the engine takes from the model's pretrained_cfg
+    # preprocessing: set as options where they differ from the model's pretrained_cfg (equal ones need nothing)
     pre = _model_preprocessing_cfg(str(model))
-    checked = {"input_size": "input_size", "train_interpolation": "interpolation",
-               "eval_interpolation": "interpolation", "eval_crop_pct": "crop_pct"}
-    for key, pre_key in checked.items():
-        if key not in recipe.values:
-            continue
-        rv = recipe.values[key]
-        if key == "input_size":
-            if "img_size" in given:
-                continue
-            if pre is None or pre["input_size"] != rv.value:
-                values["img_size"], sources["img_size"] = rv.value, rv.source
-            continue
+
+    def differs(pre_key: str, value: Any) -> bool:
         if pre is None:
-            not_applied.append(f"not applied: {key}={rv.value!r} ({rv.source}): cannot check model {model}'s preprocessing")
-        elif pre[pre_key] != rv.value and not (isinstance(rv.value, float)
-                                                and abs(pre[pre_key] - rv.value) < 1e-9):
-            not_applied.append(f"not applied: {key}={rv.value!r} ({rv.source}): the engine uses model {model}'s "
-                               f"{pre_key}={pre[pre_key]!r}")
+            return True
+        have = pre[pre_key]
+        return have != value and not (isinstance(value, float) and abs(float(have) - value) < 1e-9)
+
+    rv = recipe.values.get("input_size")
+    if rv is not None and "img_size" not in given and differs("input_size", rv.value):
+        values["img_size"], sources["img_size"] = rv.value, rv.source
+    rv = recipe.values.get("eval_crop_pct")
+    if rv is not None and differs("crop_pct", rv.value):
+        values["crop_pct"], sources["crop_pct"] = rv.value, rv.source
+    train_i, eval_i = recipe.values.get("train_interpolation"), recipe.values.get("eval_interpolation")
+    interp = [r for r in (train_i, eval_i) if r is not None]
+    if interp and any(differs("interpolation", r.value) for r in interp):
+        if len({r.value for r in interp}) == 1:
+            values["interpolation"] = interp[0].value
+            sources["interpolation"] = "; ".join(r.source for r in interp)
+        else:  # one option serves both transforms here
+            not_applied.append(f"not applied: train_interpolation={train_i.value!r} and eval_interpolation="
+                               f"{eval_i.value!r} differ; the engine uses one interpolation for both (--interpolation)")
     for key, rv in recipe.values.items():
         if rv.note and key not in given:
             not_applied.append(f"note: {key}={rv.value!r}: {rv.note}")
@@ -476,7 +480,7 @@ def format_recipe(recipe: Recipe | str) -> str:
     width = max(len(k) for k in [*r.values, "drop_path_rate[default]", *(f"drop_path_rate[{m}]" for m in r.drop_path)])
     for key in sorted(r.values):
         rv = r.values[key]
-        tag = "" if key in {f.name for f in dataclasses.fields(TrainConfig)} else "  (checked/reported)"
+        tag = "" if key in {f.name for f in dataclasses.fields(TrainConfig)} else "  (preprocessing)"
         lines.append(f"  {key:<{width}}  {_fmt(rv.value):<24} {rv.source}{tag}")
         if rv.note:
             lines.append(f"  {'':<{width}}  note: {rv.note}")
@@ -532,7 +536,7 @@ def markdown_tables() -> str:
                 "| option | value | source (file:line at the pinned commit) |", "|---|---|---|"]
         for key in sorted(r.values):
             rv = r.values[key]
-            label = f"`{key}`" if key in fields else f"`{key}` (checked)"
+            label = f"`{key}`" if key in fields else f"`{key}` (preprocessing)"
             note = f" **Note:** {rv.note}" if rv.note else ""
             out.append(f"| {label} | `{_fmt(rv.value)}` | {rv.source}{note} |")
         out += [f"| `drop_path_rate` for `{m}` | `{_fmt(rv.value)}` | {rv.source} |" for m, rv in r.drop_path.items()]

@@ -390,6 +390,7 @@ class _Trainer:
 
         builtin = canonical_dataset_name(cfg.data) is not None
         overrides = ({k: defaults[k] for k in ("mean", "std", "crop_pct")} if builtin else {})
+        overrides.update({k: getattr(cfg, k) for k in ("crop_pct", "interpolation") if getattr(cfg, k) is not None})
         self.pre = model_preprocessing(model, in_chans, cfg.img_size, overrides)
         check_model_input(model, self.pre["input_size"], cfg.model)
 
