@@ -141,6 +141,9 @@ def test_bad_options_are_config_errors(coco_root, tmp_path):
         _cfg(coco_root, tmp_path / "x", task="panoptic").validate()
     with pytest.raises(ConfigError, match="multiple of 32"):
         _cfg(coco_root, tmp_path / "x", task="semantic-segmentation", img_size=70).validate()
+    with pytest.raises(ConfigError, match="1 image.s. per process .1 process.es..; UPerNet's pyramid pooling"):
+        DenseTrainer(_cfg(coco_root, tmp_path / "x", task="semantic-segmentation", batch_size=1),
+                     DistInfo(), progress=False)
     with pytest.raises(ConfigError, match="finetune_eval_mode is for classifiers"):
         _cfg(coco_root, tmp_path / "x", finetune_eval_mode=True).validate()
     with pytest.raises(ConfigError, match="lr_schedule_unit='epoch' is for the cosine schedule only"):
@@ -231,3 +234,32 @@ def test_curves_name_the_dense_loss(seg_root, tmp_path, monkeypatch):
     dense_train(_cfg(seg_root, tmp_path / "run", task="semantic-segmentation", img_size=64), progress=False)
     assert seen and all(label == "loss (sum of the task's losses)" for label in seen)
     assert (tmp_path / "run" / "curves.png").is_file()
+
+
+@pytest.mark.parametrize("task", ["semantic-segmentation", "instance-segmentation"])
+def test_two_processes_under_torchrun_train_and_gather_the_evaluation(task, coco_root, seg_root, tmp_path):
+    """`torchrun --nproc_per_node 2 ... dense train`: the global batch is split over the ranks, rank 0 alone writes the
+    run, and the validation each rank ran on its half of the images is gathered into the same numbers a single
+    process computes for the saved weights (so a wrong gather or a dropped image shows)."""
+    import os
+    import subprocess
+    import sys
+
+    root = seg_root if task == "semantic-segmentation" else coco_root
+    run = tmp_path / "ddp"
+    # Semantic FPN (GroupNorm) trains on 1 image per process; UPerNet's BatchNorm would need 2 (a ConfigError)
+    extra = ["--head-width", "16", "--rois-per-image", "32"] if task == "instance-segmentation" else ["--head", "fpn"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "crossformers", "dense", "train", "--task", task, "--model", "crossformer_tiny", "--model-kwargs",
+           json.dumps(TINY_BACKBONE), "--data", str(root), "--img-size", "64", "--batch-size", "2", "--epochs", "1",
+           "--lr", "1e-4", "--warmup-steps", "0", "--fpn-channels", "32", "--device", "cpu", "--no-progress",
+           "--output", str(run), *extra]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es), 1 images per process per step" in proc.stderr
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    ev = dense_evaluate(run / "last", device="cpu")
+    keys = ["mIoU", "mAcc", "aAcc"] if task == "semantic-segmentation" else ["bbox_AP", "segm_AP"]
+    for k in keys:
+        assert row[f"val_{k}"] == pytest.approx(ev[k], abs=1e-6), k
+    assert ev["num_images"] == 2

@@ -38,6 +38,10 @@ class DenseTask:
         """Training and validation datasets of ``cfg.data`` and the class names (index = label)."""
         raise NotImplementedError
 
+    def min_batch_per_process(self, cfg: DenseTrainConfig) -> tuple[int, str]:
+        """The smallest training batch one process can run with ``cfg``'s head, and why (1 = any)."""
+        return 1, ""
+
     def eval_dataset(self, cfg: DenseTrainConfig, data: str, split: str) -> Any:
         """The evaluation dataset of split ``split`` of ``data``, with the evaluation transforms of ``cfg``."""
         raise NotImplementedError

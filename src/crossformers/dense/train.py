@@ -178,6 +178,12 @@ class DenseTrainer(_Trainer):
         super().__init__(cfg, info, progress)
         self.task: DenseTask = get_task(cfg.task)
         self.best_key = f"val_{self.task.best_key}"
+        need, why = self.task.min_batch_per_process(cfg)
+        per_process = cfg.batch_size // info.world_size
+        if per_process < need:
+            raise ConfigError(f"--batch-size {cfg.batch_size} gives {per_process} image(s) per process "
+                              f"({info.world_size} process(es)); {why}: use --batch-size {need * info.world_size} or "
+                              "more")
 
     def _build_model_and_data(self):
         cfg = self.cfg

@@ -53,6 +53,11 @@ class SemanticSegmentationTask(DenseTask):
     heads = ("upernet", "fpn")
     best_key = "mIoU"
 
+    def min_batch_per_process(self, cfg) -> tuple[int, str]:
+        if (cfg.head or self.heads[0]) == "upernet":
+            return 2, "UPerNet's pyramid pooling normalises 1x1 pooled maps with BatchNorm, which needs 2 images"
+        return 1, ""
+
     def _dataset(self, cfg, data: str, split: str, train: bool) -> SegmentationFolder:
         tf = segmentation_transforms(train, crop_size=cfg.img_size or DEFAULT_CROP, hflip=cfg.hflip)
         return SegmentationFolder(data, split, reduce_zero_label=cfg.reduce_zero_label, transforms=tf)
