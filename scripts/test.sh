@@ -12,4 +12,5 @@ marker=(-m "not slow")
 # This checkout's own sources come first, also for the subprocesses the tests start (a shared venv's editable
 # install may point at another checkout).
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "${marker[@]}" "$@"
+# --durations: the slowest tests are listed at the end, to keep the suite within its time budget (~15 min, 2 cores)
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=15 "${marker[@]}" "$@"
