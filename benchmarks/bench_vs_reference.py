@@ -59,6 +59,7 @@ import crossformers
 from crossformers.inference import precision_support, to_precision
 from crossformers.layers.linear import linear_kernel
 from crossformers.profiling import compile_for_inference, machine_info, optimize_for_inference, optimize_for_training
+from crossformers.profiling.measure import cpu_flags
 from crossformers.profiling.published import family_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,22 +176,6 @@ def input_side(name: str, official: dict[str, Path] | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ machine
-
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
-
-
-def cpu_flags() -> list[str]:
-    """The CPU flags that decide the kernels used here (fp32 AVX2/AVX-512, int8 VNNI, bf16, AMX), from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [flag for flag in CPU_FLAGS if flag in have]
-    except OSError:
-        pass
-    return []
-
 
 def library_versions() -> dict[str, str | bool]:
     """MKL / oneDNN as this torch build reports them, and the CPU capability ATen dispatches to."""

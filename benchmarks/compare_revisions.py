@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,18 +25,10 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from crossformers.profiling.measure import cpu_flags, cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("ours", "ours_fast")
-
-
-def _cpu() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _bench(tree: Path, out: Path, tag: str, args: argparse.Namespace) -> dict:
@@ -90,12 +81,12 @@ def main() -> None:
             worst = max(worst, change)
             rows.append(dict(variant=v, side=s, base=b, head=h, change_pct=change,
                              base_runs=[r[v][s] for r in runs["base"]], head_runs=[r[v][s] for r in runs["head"]]))
-    doc = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), cpu=_cpu(), base=base, head=head,
+    doc = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), cpu=cpu_name(), base=base, head=head,
                command="python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
                repeats=args.repeats, rounds=args.rounds, threads=args.threads, tolerance_pct=args.tolerance,
                worst_change_pct=worst, kept=worst <= args.tolerance, rows=rows)
     lines = [f"# Speed before/after: {base} vs {head} ({doc['date']})", "",
-             f"- command: `{doc['command']}`", f"- CPU: {doc['cpu']}; {args.threads} threads; batch 1, eager fp32",
+             f"- command: `{doc['command']}`", f"- CPU: {doc['cpu']} ({', '.join(cpu_flags()) or 'no AVX-512 / AMX flags'}); {args.threads} threads; batch 1, eager fp32",
              f"- {args.repeats} alternating runs per revision, {args.rounds} latency rounds each; ratio = ours / the "
              "authors' code (paired median per run, mean over runs; < 1: ours faster); `ours fast` = "
              "`optimize_for_inference`", "",

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 from pathlib import Path
 
 import torch
@@ -21,6 +19,7 @@ from torch import nn
 
 from crossformers.engine import evaluate
 from crossformers.inference import precision_support, to_precision
+from crossformers.profiling.measure import cpu_flags, cpu_name
 
 GOAL = {"bf16": 0.1, "int8": 0.5}  # largest top-1 change in points
 
@@ -40,14 +39,7 @@ class _Recording(nn.Module):
 
 
 def _cpu() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor()
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Model name:")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("Flags:")), [])
-    wanted = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
-    return f"{model} ({', '.join(f for f in wanted if f in flags) or 'no AVX-512'})"
+    return f"{cpu_name()} ({', '.join(cpu_flags()) or 'no AVX-512 / AMX flags'})"
 
 
 def main() -> None:

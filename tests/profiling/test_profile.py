@@ -212,3 +212,18 @@ def test_profile_records_and_keeps_a_given_models_packed_weights():
     plain = profile_model(crossformers.create_model("crossvit_9_240", **TINY_CROSSVIT), img_size=48, batch_size=0,
                           memory=False, matmul_peak=False, **FAST)
     assert not plain.packed_weights
+
+
+def test_cpu_flags_are_the_kernel_relevant_ones_this_cpu_reports():
+    """cpu_flags: the CPU_FLAGS the machine has, in CPU_FLAGS order, as /proc/cpuinfo lists them (every published
+    timing names them)."""
+    from pathlib import Path
+
+    from crossformers.profiling.measure import CPU_FLAGS, cpu_flags
+
+    flags = cpu_flags()
+    assert flags == [f for f in CPU_FLAGS if f in flags]
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        listed = set(next(ln for ln in info.read_text().splitlines() if ln.startswith("flags")).split(":", 1)[1].split())
+        assert flags == [f for f in CPU_FLAGS if f in listed]

@@ -24,7 +24,7 @@ from .errors import ProfilingError
 
 __all__ = [
     "num_threads", "time_calls", "summarize_ms", "matmul_peak_gflops", "rss_peak_subprocess", "rss_increase_inprocess",
-    "cuda_peak_mib", "machine_info", "cpu_name",
+    "cuda_peak_mib", "machine_info", "cpu_name", "cpu_flags", "CPU_FLAGS",
 ]
 
 _MIB = 1024.0 * 1024.0
@@ -217,6 +217,23 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+#: the CPU flags that decide which kernels run: fp32 AVX2 / AVX-512, int8 VNNI, bf16 AVX512-BF16, AMX
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`CPU_FLAGS` this CPU has, in that order (from /proc/cpuinfo; [] where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in CPU_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
 
 
 def machine_info() -> dict[str, Any]:
