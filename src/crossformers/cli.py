@@ -46,6 +46,7 @@ from crossformers.engine import (
     resolve_checkpoint_dir,
     train,
 )
+from crossformers.engine.config import INTERPOLATIONS, LR_SCHEDULE_UNITS
 from crossformers.engine.config_file import merge_train_options
 from crossformers.engine.convert import convert
 from crossformers.engine.distributed import resolve_device
@@ -98,7 +99,7 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("img_size", "--img-size", dict(type=_none_or(int), metavar="PX", help="input side in pixels (default: the model's)")),
     ("crop_pct", "--crop-pct", dict(type=_none_or(float), metavar="F", help="evaluation centre-crop fraction, e.g. "
                                                                        "0.875 (default: the model's)")),
-    ("interpolation", "--interpolation", dict(type=_none_or(str), choices=(None, "bicubic", "bilinear", "nearest"),
+    ("interpolation", "--interpolation", dict(type=_none_or(str), choices=(None, *INTERPOLATIONS),
                                               help="resize interpolation (default: the model's)")),
     ("in_chans", "--in-chans", dict(type=_none_or(int), help="input channels 1 or 3 (default: the dataset's)")),
     ("epochs", "--epochs", dict(type=int, help="epochs (default 10)")),
@@ -109,7 +110,7 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("warmup_epochs", "--warmup-epochs", dict(type=float, help="linear warmup in epochs (default 1)")),
     ("warmup_steps", "--warmup-steps", dict(type=_none_or(int), help="linear warmup in optimizer steps (overrides epochs)")),
     ("weight_decay", "--weight-decay", dict(type=float, help="AdamW weight decay (default 0.05)")),
-    ("lr_schedule_unit", "--lr-schedule-unit", dict(choices=("step", "epoch"), help="set the learning rate every "
+    ("lr_schedule_unit", "--lr-schedule-unit", dict(choices=LR_SCHEDULE_UNITS, help="set the learning rate every "
                                                      "optimizer step (default) or once per epoch (DeiT / CrossViT)")),
     ("finetune_eval_mode", "--finetune-eval-mode", dict(action=argparse.BooleanOptionalAction, help="train with the "
                                                         "model in eval mode (CrossViT's --finetune; default off)")),

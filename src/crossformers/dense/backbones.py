@@ -316,7 +316,7 @@ def pyramid_backbone(
     Raises:
         as :func:`backbone`.
     """
-    if not _needs_loader(name) and str(name) in list_models(dense=True):
+    if not _needs_loader(name) and dense_name(str(name)) == str(name):
         # the authors' dense backbone, named explicitly: its maps are the pyramid (strides 4-32)
         kwargs["out_indices"] = tuple(levels)
         return PyramidBackbone(DenseBody(create_model(str(name), pretrained=pretrained, checkpoint_path=checkpoint_path,

@@ -16,10 +16,13 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["TrainConfig", "TIMM_PREFIX"]
+__all__ = ["TrainConfig", "TIMM_PREFIX", "LR_SCHEDULE_UNITS", "INTERPOLATIONS"]
 
 #: Model names starting with this prefix are built with ``timm.create_model`` (any timm architecture).
 TIMM_PREFIX = "timm:"
+#: values of ``TrainConfig.lr_schedule_unit`` and ``TrainConfig.interpolation`` (also the CLI's choices)
+LR_SCHEDULE_UNITS = ("step", "epoch")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
 @dataclass
@@ -258,7 +261,7 @@ class TrainConfig:
              f"warmup_steps must be an int >= 0 or None, got {self.warmup_steps!r}")
         need(self.layer_decay is None or (is_num(self.layer_decay) and 0 < self.layer_decay <= 1),
              f"layer_decay must be in (0, 1] (e.g. 0.75) or None, got {self.layer_decay!r}")
-        need(self.lr_schedule_unit in ("step", "epoch"),
+        need(self.lr_schedule_unit in LR_SCHEDULE_UNITS,
              f"lr_schedule_unit must be 'step' or 'epoch', got {self.lr_schedule_unit!r}")
         need(self.lr_schedule_unit == "step" or not self.warmup_steps,
              "warmup_steps counts optimizer steps, but lr_schedule_unit='epoch' sets the learning rate once per "
@@ -267,7 +270,7 @@ class TrainConfig:
              f"clip_grad must be > 0 (e.g. 1.0) or None, got {self.clip_grad!r}")
         need(self.crop_pct is None or (is_num(self.crop_pct) and 0 < self.crop_pct <= 1),
              f"crop_pct must be in (0, 1] (e.g. 0.875) or None, got {self.crop_pct!r}")
-        need(self.interpolation in (None, "bicubic", "bilinear", "nearest"),
+        need(self.interpolation is None or self.interpolation in INTERPOLATIONS,
              f"interpolation must be 'bicubic', 'bilinear', 'nearest' or None, got {self.interpolation!r}")
         need(self.color_jitter is None or (is_num(self.color_jitter) and self.color_jitter >= 0),
              f"color_jitter must be >= 0 or None, got {self.color_jitter!r}")

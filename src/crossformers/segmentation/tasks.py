@@ -54,7 +54,7 @@ class SemanticSegmentationTask(DenseTask):
     best_key = "mIoU"
 
     def min_batch_per_process(self, cfg) -> tuple[int, str]:
-        if (cfg.head or self.heads[0]) == "upernet":
+        if cfg.resolved_head == "upernet":
             return 2, "UPerNet's pyramid pooling normalises 1x1 pooled maps with BatchNorm, which needs 2 images"
         return 1, ""
 
