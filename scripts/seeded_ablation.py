@@ -100,9 +100,9 @@ def _verdict(a: list[float], b: list[float]) -> tuple[float, float, str]:
     """(mean(b) - mean(a), its standard error, 'holds' / 'reversed' / 'within noise')."""
     n = len(a)
     diff = statistics.mean(b) - statistics.mean(a)
-    se = math.sqrt((statistics.variance(a) + statistics.variance(b)) / n) if n > 1 else float("nan")
-    if not se == se:  # one seed: no noise estimate
-        return diff, se, "one seed: no noise estimate"
+    if n < 2:
+        return diff, float("nan"), "one seed: no noise estimate"
+    se = math.sqrt((statistics.variance(a) + statistics.variance(b)) / n)
     return diff, se, "holds" if diff > 2 * se else "reversed" if diff < -2 * se else "within noise"
 
 
