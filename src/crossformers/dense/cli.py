@@ -13,7 +13,6 @@ which the ``crossformers`` command imports before it calls :func:`add_subcommand
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -23,10 +22,11 @@ from typing import Any
 
 from ..cli_types import add_command_group, setup_logging
 from ..engine.checkpoint_io import read_meta, resolve_checkpoint_dir
-from ..engine.config_file import load_config_file
+from ..engine.config_file import merge_train_options
 from ..engine.errors import ConfigError
 from ..engine.train import saved_run_options
 from ..errors import CheckpointError
+from . import recipes as _recipes  # noqa: F401  (registers the dense recipes for --recipe and `recipes`)
 from .fashion_scenes import write_fashion_scenes
 from .tasks import list_tasks
 from .train import SCHEDULES, DenseTrainConfig, dense_evaluate, dense_predict, dense_train
@@ -82,15 +82,17 @@ DENSE_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("head_width", "--head-width", dict(type=_none_or_int, metavar="N", help="Mask R-CNN box / mask head width "
                                                                             "(default torchvision's 1024 / 256)")),
     ("rois_per_image", "--rois-per-image", dict(type=int, help="Mask R-CNN RoIs sampled per image (default 512)")),
+    ("iters", "--iters", dict(type=_none_or_int, metavar="N", help="train about N optimizer steps, rounded to whole "
+                                                                  "epochs (mmseg's 160k / 80k schedules); overrides "
+                                                                  "--epochs")),
 ]
 
 
 def dense_config_from_args(args: argparse.Namespace, fields: Sequence[str]) -> DenseTrainConfig:
     """The :class:`DenseTrainConfig` of parsed ``dense train`` arguments: defaults (or, with ``--resume``, the run's
-    saved options) < ``--config FILE.yaml`` < explicit flags."""
+    saved options) < ``--recipe`` < ``--config FILE.yaml`` < explicit flags. Recipe values that will not be applied
+    are logged (rank 0)."""
     given = {f: getattr(args, f) for f in fields if hasattr(args, f)}
-    if getattr(args, "config", None):
-        given = {**load_config_file(args.config, DenseTrainConfig), **given}
     base = DenseTrainConfig()
     if given.get("resume"):
         saved, _ = saved_run_options(given["resume"], DenseTrainConfig)
@@ -101,7 +103,12 @@ def dense_config_from_args(args: argparse.Namespace, fields: Sequence[str]) -> D
             base = DenseTrainConfig.from_dict(saved)
         except ConfigError as e:
             raise ConfigError(f"the saved options of {given['resume']}: {e}") from None
-    return dataclasses.replace(base, **given)
+    cfg, notes = merge_train_options(given, getattr(args, "config", None), getattr(args, "recipe", None), base=base,
+                                     config_cls=DenseTrainConfig)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for line in notes:
+            logging.getLogger("crossformers.train").warning("%s", line)
+    return cfg  # type: ignore[return-value]
 
 
 def _cmd_train(args: argparse.Namespace, fields: Sequence[str]) -> int:
@@ -194,6 +201,8 @@ def add_subcommands(sub: argparse._SubParsersAction,
         fields.append(field)
     t.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (keys as in RUN/config.yaml of a "
                                                          "dense run; flags given here override it)")
+    t.add_argument("--recipe", metavar="NAME", help="a paper's detection / segmentation recipe (`crossformers "
+                                                    "recipes` lists them); --config and flags override its values")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
     t.set_defaults(func=lambda a: _cmd_train(a, fields))
 

@@ -73,6 +73,9 @@ class DenseTrainConfig(TrainConfig):
         head_width: Mask R-CNN: width of the box head's two fully connected layers and of the mask head's four
             convolutions (``None`` = torchvision's 1024 / 256; small values make CPU training much faster).
         rois_per_image: Mask R-CNN: RoIs sampled per image for the box / mask losses (torchvision's default 512).
+        iters: train for about this many optimizer steps instead of ``epochs`` (mmseg's iteration-based schedules,
+            e.g. 160k): ``epochs = max(1, round(iters / steps_per_epoch))`` on the data at hand, so validation and
+            checkpoints stay at epoch ends; the run logs and saves the epochs it chose (``None`` = use ``epochs``).
     """
 
     task: str = "detection"
@@ -90,6 +93,7 @@ class DenseTrainConfig(TrainConfig):
     detections_per_img: int = 100
     head_width: int | None = None
     rois_per_image: int = 512
+    iters: int | None = None
 
     def validate(self) -> DenseTrainConfig:
         """Check every option (:meth:`TrainConfig.validate` and the dense ones); returns ``self``.
@@ -122,6 +126,9 @@ class DenseTrainConfig(TrainConfig):
                               f"{self.img_size}")
         if self.head_width is not None and self.head_width < 1 or self.rois_per_image < 1:
             raise ConfigError("head_width and rois_per_image must be >= 1")
+        if self.iters is not None and not (isinstance(self.iters, int) and not isinstance(self.iters, bool)
+                                           and self.iters >= 1):
+            raise ConfigError(f"iters must be an int >= 1 (optimizer steps) or None, got {self.iters!r}")
         if any(not (isinstance(s, int) and s > 0) for s in self.train_scales):
             raise ConfigError(f"train_scales must be positive ints (pixels), got {self.train_scales!r}")
         unused = [name for name, default in (("mixup", 0.0), ("cutmix", 0.0), ("auto_augment", None),
@@ -195,6 +202,16 @@ class DenseTrainer(_Trainer):
         self.pre = self.task.preprocessing(model, cfg)
         self.model_kwargs = {**cfg.model_kwargs, "num_classes": len(self.classes), "in_chans": 3}
         return model, train_ds, val_ds, len(self.classes)
+
+    def _planned_epochs(self) -> int:
+        cfg = self.cfg
+        if cfg.iters is None:
+            return cfg.epochs
+        epochs = max(1, round(cfg.iters / self.steps_per_epoch))
+        if self.info.is_main and epochs * self.steps_per_epoch != cfg.iters:
+            log.info("iters=%d at %d steps per epoch: %d epochs (%d steps)", cfg.iters, self.steps_per_epoch, epochs,
+                     epochs * self.steps_per_epoch)
+        return epochs
 
     def _build_scheduler(self, warmup: int):
         cfg = self.cfg

@@ -134,34 +134,35 @@ def config_to_yaml(cfg: TrainConfig) -> str:
 
 
 def merge_train_options(flags: Mapping[str, Any], config_file: str | os.PathLike | None = None,
-                        recipe: str | None = None, base: TrainConfig | None = None
-                        ) -> tuple[TrainConfig, list[str]]:
+                        recipe: str | None = None, base: TrainConfig | None = None,
+                        config_cls: type[TrainConfig] = TrainConfig) -> tuple[TrainConfig, list[str]]:
     """Combine defaults (or ``base``) < ``recipe`` < ``config_file`` < ``flags``.
 
     Args:
-        flags: options typed on the command line (TrainConfig field -> value; never argparse defaults).
+        flags: options typed on the command line (field -> value; never argparse defaults).
         config_file: a YAML/JSON file of options, or ``None``.
         recipe: a recipe name (:mod:`crossformers.engine.recipes`), or ``None``.
-        base: the options below everything (default ``TrainConfig()``; e.g. a resumed run's saved options).
+        base: the options below everything (default ``config_cls()``; e.g. a resumed run's saved options).
+        config_cls: the options class (:class:`TrainConfig`, or the dense trainer's subclass).
 
     Returns:
         The resolved config (not validated yet) and notes to show the user: recipe values that will not be
         applied, and which recipe values were overridden.
 
     Raises:
-        ConfigError: bad file, unknown recipe, ``recipe`` together with ``resume``.
+        ConfigError: bad file, unknown recipe, a recipe of another command, ``recipe`` together with ``resume``.
     """
-    explicit = load_config_file(config_file) if config_file else {}
-    explicit.update(check_option_types(flags, origin="command line"))
+    explicit = load_config_file(config_file, config_cls) if config_file else {}
+    explicit.update(check_option_types(flags, origin="command line", config_cls=config_cls))
     notes: list[str] = []
     if recipe is None:
-        return (base or TrainConfig()).replace(**explicit), notes
+        return (base or config_cls()).replace(**explicit), notes
     if explicit.get("resume"):
         raise ConfigError("--recipe cannot be combined with --resume: a resumed run keeps its own options "
                           "(drop --recipe)")
     from .recipes import resolve_recipe
 
-    res = resolve_recipe(recipe, explicit, base=base)
+    res = resolve_recipe(recipe, explicit, base=base, config_cls=config_cls)
     if res.overridden:
         notes.append(f"recipe {recipe}: overridden by explicit options: {', '.join(res.overridden)}")
     notes.extend(f"recipe {recipe}: {line}" for line in res.not_applied)

@@ -30,7 +30,7 @@ from .config import TIMM_PREFIX, TrainConfig
 from .errors import ConfigError
 
 __all__ = ["Recipe", "RecipeValue", "LrScaling", "ResolvedRecipe", "RECIPES", "list_recipes", "get_recipe",
-           "resolve_recipe", "format_recipe", "print_recipes", "markdown_tables", "CHECKED_KEYS"]
+           "register_recipe", "resolve_recipe", "format_recipe", "print_recipes", "markdown_tables", "CHECKED_KEYS"]
 
 _CF = "cheerss/CrossFormer@7952010"
 _CV = "IBM/CrossViT@3f7ab77"
@@ -83,6 +83,11 @@ class Recipe:
         drop_path_default: the code's default rate for a model without a per-variant value.
         lr_scaling: the learning-rate scaling rule, or ``None`` (learning rates used as given).
         requires_pretrained: a fine-tuning recipe: ``pretrained`` must be given.
+        config_cls: the options class the recipe's values belong to (:class:`TrainConfig`; the dense recipes of
+            :mod:`crossformers.dense.recipes` use its ``DenseTrainConfig``).
+        command: the command that trains with it (``train``; ``dense train`` for the dense recipes).
+        gaps: parts of the authors' setting that no option here reproduces, each with its source; reported as
+            ``not applied: ...`` whenever the recipe is used, and listed in the docs.
     """
 
     name: str
@@ -93,6 +98,9 @@ class Recipe:
     drop_path_default: RecipeValue | None = None
     lr_scaling: LrScaling | None = None
     requires_pretrained: bool = False
+    config_cls: type[TrainConfig] = TrainConfig
+    command: str = "train"
+    gaps: tuple[str, ...] = ()
 
 
 @dataclass
@@ -337,6 +345,20 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (_crossformer(False), _crossfor
 
 
 # ------------------------------------------------------------------------------------------------ API
+def register_recipe(recipe: Recipe) -> Recipe:
+    """Add ``recipe`` to :data:`RECIPES` (how packages above the engine, e.g. :mod:`crossformers.dense`, offer
+    theirs); returns it.
+
+    Raises:
+        ConfigError: a different recipe of that name is registered already.
+    """
+    have = RECIPES.get(recipe.name)
+    if have is not None and have is not recipe:
+        raise ConfigError(f"a recipe named {recipe.name!r} is registered already")
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
 def list_recipes() -> list[str]:
     """Names of all recipes, sorted."""
     return sorted(RECIPES)
@@ -374,7 +396,7 @@ def _model_preprocessing_cfg(model: str) -> dict[str, Any] | None:
 
 
 def resolve_recipe(name: str, explicit: Mapping[str, Any] | None = None,
-                   base: TrainConfig | None = None) -> ResolvedRecipe:
+                   base: TrainConfig | None = None, config_cls: type[TrainConfig] | None = None) -> ResolvedRecipe:
     """Resolve recipe ``name`` for the explicitly given options.
 
     Args:
@@ -382,18 +404,23 @@ def resolve_recipe(name: str, explicit: Mapping[str, Any] | None = None,
         explicit: options the user gave explicitly (TrainConfig field -> value), e.g. from a ``--config`` file and
             command-line flags; they override the recipe. ``model`` picks the per-variant values (default: the
             recipe's model). Only options really given belong here (never argparse defaults).
-        base: options below the recipe (default ``TrainConfig()``).
+        base: options below the recipe (default ``recipe.config_cls()``).
+        config_cls: the options class of the command asking (``None`` = the recipe's own); a recipe of another
+            command is refused.
 
     Returns:
         A :class:`ResolvedRecipe`; its ``config`` is not validated yet (``train`` does that).
 
     Raises:
-        ConfigError: unknown recipe, unknown option names in ``explicit``, or a fine-tuning recipe without
-            ``pretrained``.
+        ConfigError: unknown recipe, a recipe of another command (``train`` vs ``dense train``), unknown option names
+            in ``explicit``, or a fine-tuning recipe without ``pretrained``.
     """
     recipe = get_recipe(name)
+    if config_cls is not None and config_cls is not recipe.config_cls:
+        raise ConfigError(f"recipe {name} is for `crossformers {recipe.command}`: run `crossformers {recipe.command} "
+                          f"--recipe {name}` (`crossformers recipes` lists which command each recipe is for)")
     given = dict(explicit or {})
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name for f in dataclasses.fields(recipe.config_cls)}
     unknown = sorted(set(given) - fields)
     if unknown:
         raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
@@ -453,11 +480,12 @@ def resolve_recipe(name: str, explicit: Mapping[str, Any] | None = None,
     for key, rv in recipe.values.items():
         if rv.note and key not in given:
             not_applied.append(f"note: {key}={rv.value!r}: {rv.note}")
+    not_applied.extend(f"not applied: {gap}" for gap in recipe.gaps)
 
     overridden = sorted(k for k in given if k in values and k != "model" and given[k] != values[k])
     for k in given:
         sources.pop(k, None)
-    cfg = (base or TrainConfig()).replace(**values)
+    cfg = (base or recipe.config_cls()).replace(**values)
     if "scale" in given or "ratio" in given:
         given = {k: (tuple(v) if k in ("scale", "ratio") and v is not None else v) for k, v in given.items()}
     cfg = cfg.replace(**given)
@@ -476,11 +504,12 @@ def _fmt(value: Any) -> str:
 def format_recipe(recipe: Recipe | str) -> str:
     """Human-readable listing of a recipe: every value with its source, per-variant drop path, the lr rule."""
     r = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    lines = [f"{r.name}: {r.description}", f"  models: {', '.join(r.models)}"]
+    lines = [f"{r.name}: {r.description}", f"  models: {', '.join(r.models)}",
+             f"  command: crossformers {r.command} --recipe {r.name}"]
     width = max(len(k) for k in [*r.values, "drop_path_rate[default]", *(f"drop_path_rate[{m}]" for m in r.drop_path)])
     for key in sorted(r.values):
         rv = r.values[key]
-        tag = "" if key in {f.name for f in dataclasses.fields(TrainConfig)} else "  (preprocessing)"
+        tag = "" if key in {f.name for f in dataclasses.fields(r.config_cls)} else "  (preprocessing)"
         lines.append(f"  {key:<{width}}  {_fmt(rv.value):<24} {rv.source}{tag}")
         if rv.note:
             lines.append(f"  {'':<{width}}  note: {rv.note}")
@@ -494,6 +523,7 @@ def format_recipe(recipe: Recipe | str) -> str:
         lines.append(f"  lr rule: {', '.join(sc.fields)} x (batch_size x accum_steps) / {sc.base_batch} -- {sc.source}")
     else:
         lines.append("  lr rule: learning rates used as given (for the recipe's global batch_size)")
+    lines.extend(f"  not applied: {gap}" for gap in r.gaps)
     return "\n".join(lines)
 
 
@@ -510,7 +540,8 @@ def print_recipes(name: str | None = None, model: str | None = None) -> int:
         width = max(len(n) for n in RECIPES)
         for n in list_recipes():
             r = RECIPES[n]
-            print(f"{n:<{width}}  {r.description}\n{'':<{width}}  models: {', '.join(r.models)}")
+            print(f"{n:<{width}}  {r.description}\n{'':<{width}}  models: {', '.join(r.models)}  "
+                  f"(crossformers {r.command} --recipe {n})")
         return 0
     print(format_recipe(name))
     if model is not None:
@@ -526,13 +557,17 @@ def print_recipes(name: str | None = None, model: str | None = None) -> int:
     return 0
 
 
-def markdown_tables() -> str:
-    """One Markdown table per recipe (option, value, source), as in ``docs/recipes.md``."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+def markdown_tables(command: str | None = None) -> str:
+    """One Markdown table per recipe (option, value, source), as in ``docs/recipes.md``; ``command`` keeps only the
+    recipes of that command (``train`` or ``dense train``)."""
     out: list[str] = []
     for name in list_recipes():
         r = RECIPES[name]
-        out += [f"## `{name}`", "", f"{r.description}. Written for: {', '.join(f'`{m}`' for m in r.models)}.", "",
+        if command is not None and r.command != command:
+            continue
+        fields = {f.name for f in dataclasses.fields(r.config_cls)}
+        out += [f"## `{name}`", "", f"{r.description}. Written for: {', '.join(f'`{m}`' for m in r.models)}. "
+                f"Use: `crossformers {r.command} --recipe {name}`.", "",
                 "| option | value | source (file:line at the pinned commit) |", "|---|---|---|"]
         for key in sorted(r.values):
             rv = r.values[key]
@@ -548,7 +583,9 @@ def markdown_tables() -> str:
             out.append(f"| lr rule | `{', '.join(sc.fields)}` x (`batch_size` x `accum_steps`) / {sc.base_batch} | "
                        f"{sc.source} |")
         else:
-            out.append("| lr rule | learning rates used as given (for the global batch above) | the scripts set "
-                       "`--lr` for that batch |")
+            out.append("| lr rule | learning rates used as given (for the global batch above) | the authors' scripts "
+                       "/ configs set them for that batch |")
+        if r.gaps:
+            out += ["", "Not reproduced by any option here:", "", *(f"- {gap}" for gap in r.gaps)]
         out.append("")
     return "\n".join(out)

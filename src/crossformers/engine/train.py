@@ -314,6 +314,9 @@ class _Trainer:
         self.val_loader = build_loader(val_ds, self.batch, False, num_workers=cfg.workers,
                                        pin_memory=self.device.type == "cuda", collate_fn=self.collate_fn)
         self.steps_per_epoch = math.ceil(self.n_batches / cfg.accum_steps)
+        epochs = self._planned_epochs()
+        if epochs != cfg.epochs:
+            self.cfg = cfg = cfg.replace(epochs=epochs)
         self.total_steps = cfg.epochs * self.steps_per_epoch
 
         # model on device, optimizer, schedule, EMA
@@ -369,6 +372,11 @@ class _Trainer:
             atomic_write_text(self.out / "config.json", cfg.to_json() + "\n")
             self.wrote_yaml = not (self.out / CONFIG_YAML).exists()
             atomic_write_text(self.out / CONFIG_YAML, config_to_yaml(cfg))
+
+    def _planned_epochs(self) -> int:
+        """The number of epochs to train, once ``steps_per_epoch`` is known: ``cfg.epochs`` here; the dense trainer
+        turns an iteration count (mmseg's schedules) into whole epochs."""
+        return self.cfg.epochs
 
     def _build_model_and_data(self) -> tuple[nn.Module, Any, Any, int]:
         """The model (pretrained weights loaded, on the CPU), the training and validation datasets and the class
