@@ -52,6 +52,19 @@ def test_pyramid_gives_strides_4_to_32(family):
         assert [o.shape[-1] for o in only(torch.randn(1, 3, 96, 160))] == [20, 10, 5]
 
 
+def test_grey_backbone_reads_rgb_as_its_channel_mean():
+    """A 1-channel backbone (the Fashion-MNIST models) in a dense model gets the RGB images the dense data sets load:
+    a grey image stored as RGB gives exactly the maps of the grey image."""
+    name, kw = TINY["crossformer"]
+    body = pyramid_backbone(name, **{**kw, "in_chans": 1}).eval()
+    grey = torch.rand(2, 1, 64, 96)
+    with torch.no_grad():
+        want, got = body(grey), body(grey.expand(-1, 3, -1, -1))
+    assert body.in_chans == 1
+    for w, g in zip(want, got, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)  # (x + x + x) / 3 rounds
+
+
 def test_default_indices_and_head_removed():
     name, kw = TINY["fcaformer"]
     feats = backbone(name, **kw)

@@ -236,7 +236,9 @@ class PyramidBackbone(nn.Module):
         in_chans: input channels.
 
     Input (B, in_chans, H, W) -> list of (B, out_channels[i], ~H / s_i, ~W / s_i) (ceil for hierarchical models,
-    4 * ceil(H / 16) / 2^level for plain ones).
+    4 * ceil(H / 16) / 2^level for plain ones). A 1-channel backbone (``fcaformer_nano``, any model with
+    ``in_chans=1``) also takes (B, 3, H, W) and reads it as its channel mean: the dense data sets load every image as
+    RGB, and a grey image stored as RGB becomes exactly its grey values.
 
     Raises:
         BackboneError: features that are neither the stages of a hierarchical model nor single-stride maps.
@@ -273,6 +275,8 @@ class PyramidBackbone(nn.Module):
         return self.body.model
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.in_chans == 1 and x.ndim == 4 and x.shape[1] == 3:
+            x = x.mean(1, keepdim=True)
         maps = self.body(x)
         if self.neck is None:
             return list(maps)
