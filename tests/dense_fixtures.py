@@ -90,3 +90,18 @@ def load_dense_case(case: str) -> tuple[dict, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     return json.loads(meta.read_text()), load_file(str(DENSE / f"{case}.safetensors"))
+
+
+def crossformer_authors_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our CrossFormer(++) dense backbone state dict in the authors' ``crossformer_backbone_det.py`` names: stage i's
+    patch merging is ``layers.{i-1}.downsample.reductions`` (it ends the previous stage there), ACL is
+    ``ex_conv`` / ``ex_ln``."""
+    official = {}
+    for k, v in state.items():
+        k = k.replace(".acl.conv.", ".ex_conv.").replace(".acl.norm.", ".ex_ln.")
+        if ".downsample." in k:
+            stage = int(k.split(".")[1])
+            k = k.replace(f"stages.{stage}.downsample.projs.", f"layers.{stage - 1}.downsample.reductions.")
+            k = k.replace(f"stages.{stage}.downsample.norm.", f"layers.{stage - 1}.downsample.norm.")
+        official[k.replace("stages.", "layers.", 1)] = v
+    return official

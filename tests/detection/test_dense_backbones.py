@@ -9,7 +9,7 @@ import torch
 
 import crossformers
 from crossformers.detection import DenseCheckpointWarning, backbone, load_dense_weights
-from dense_fixtures import load_dense_case, read_keys, seeded_input, seeded_weights
+from dense_fixtures import crossformer_authors_layout, load_dense_case, read_keys, seeded_input, seeded_weights
 
 CASES = [
     "crossformer_small_224x320",  # last map 7x10: no larger than G = 7, one padded 10x10 group
@@ -116,15 +116,7 @@ def _warns_once(fn, match: str):
 def test_mmdet_checkpoint_round_trip_reports_neck_and_head_keys(tmp_path):
     tiny = dict(embed_dim=16, depths=(1, 2, 1, 1), num_heads=(1, 2, 4, 8))
     src = backbone("crossformer_pp_small", **tiny)
-    # the authors' layout: layers.i (merging at the end of stage i), ex_conv / ex_ln
-    official = {}
-    for k, v in src.state_dict().items():
-        k = k.replace(".acl.conv.", ".ex_conv.").replace(".acl.norm.", ".ex_ln.")
-        if ".downsample." in k:
-            stage = int(k.split(".")[1])
-            k = k.replace(f"stages.{stage}.downsample.projs.", f"layers.{stage - 1}.downsample.reductions.")
-            k = k.replace(f"stages.{stage}.downsample.norm.", f"layers.{stage - 1}.downsample.norm.")
-        official[k.replace("stages.", "layers.", 1)] = v
+    official = crossformer_authors_layout(src.state_dict())
     ckpt = {"meta": {"epoch": 12}, "state_dict": {**_mmdet(official), "neck.lateral_convs.0.conv.weight":
                                                   torch.zeros(4, 16, 1, 1), "rpn_head.rpn_cls.bias": torch.zeros(3)}}
     path = tmp_path / "mask_rcnn.pth"

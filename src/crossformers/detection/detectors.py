@@ -18,6 +18,7 @@ Training/inference follow torchvision's API: ``model(images, targets)`` returns 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -28,7 +29,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
-from ..dense import BackboneError, PyramidBackbone, pyramid_backbone
+from ..checkpoint import read_state_dict
+from ..dense import BackboneError, DenseCheckpointWarning, PyramidBackbone, pyramid_backbone
+from .mmdet_heads import MMDET_PREFIXES, convert_mmdet_heads
 
 __all__ = ["BackboneWithFPN", "retinanet", "mask_rcnn", "retinanet_anchor_generator"]
 
@@ -87,6 +90,33 @@ def _body(backbone_name: str | os.PathLike | PyramidBackbone, checkpoint_path, p
     return pyramid_backbone(backbone_name, checkpoint_path, pretrained, levels, neck_dim, **backbone_kwargs)
 
 
+def _body_and_heads(build_body, checkpoint_path, build_detector) -> nn.Module:
+    """Build the body (its dense-checkpoint warning held back), then the detector; an mmdet checkpoint's neck and
+    heads are mapped onto the detector (:mod:`~crossformers.detection.mmdet_heads`) and ONE warning says what was
+    loaded and what could not be mapped."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        body = build_body()
+    held = [w for w in caught if issubclass(w.category, DenseCheckpointWarning)]
+    for w in caught:
+        if w not in held:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    detector = build_detector(body)
+    report = getattr(body.model, "load_report", None)
+    if checkpoint_path is not None and report is not None and report.layout == "mmdet" and any(
+            k.startswith(MMDET_PREFIXES) for k in report.not_loaded):
+        mapped, not_mapped = convert_mmdet_heads(read_state_dict(checkpoint_path), detector)
+        detector.load_state_dict(mapped, strict=False)
+        report.mapped, report.not_loaded = sorted(mapped), not_mapped
+        msg = report.message()
+        if msg:
+            warnings.warn(msg, DenseCheckpointWarning, stacklevel=3)
+    else:
+        for w in held:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return detector
+
+
 def retinanet(
     backbone_name: str | os.PathLike | PyramidBackbone,
     num_classes: int,
@@ -106,7 +136,10 @@ def retinanet(
             (1, 2, 3) for RetinaNet, (0, 1, 2, 3) for Mask R-CNN).
         num_classes: classes of the classification head (torchvision convention: labels in 0..num_classes-1; its
             COCO models use 91 with 0 unused).
-        checkpoint_path: classification weights for the backbone (head dropped explicitly, rest strict).
+        checkpoint_path: classification weights for the backbone (head dropped explicitly, rest strict), or the
+            authors' mmdet checkpoint of a dense backbone: its backbone keys load strictly, its FPN and heads are
+            mapped onto this detector (:mod:`crossformers.detection.mmdet_heads`), and one
+            ``DenseCheckpointWarning`` names the keys that could not be mapped.
         pretrained: the authors' released backbone weights.
         fpn_channels: FPN and head channels (256 in the papers).
         min_size, max_size: torchvision's resize of the input (shorter side to ``min_size`` pixels unless the longer
@@ -123,13 +156,17 @@ def retinanet(
     Raises:
         UnknownModelError, CheckpointError, BackboneError: as :func:`~crossformers.detection.backbone`.
     """
-    body = _body(backbone_name, checkpoint_path, pretrained, (1, 2, 3), neck_dim, dict(backbone_kwargs or {}))
-    net = BackboneWithFPN(body, out_channels=fpn_channels, extra_blocks=LastLevelP6P7(body.out_channels[-1],
-                                                                                      fpn_channels))
-    mean, std = _normalisation(body)
     detector_kwargs.setdefault("anchor_generator", retinanet_anchor_generator())
-    return RetinaNet(net, num_classes, min_size=min_size, max_size=max_size, image_mean=mean, image_std=std,
-                     **detector_kwargs)
+
+    def build(body: PyramidBackbone) -> RetinaNet:
+        net = BackboneWithFPN(body, out_channels=fpn_channels, extra_blocks=LastLevelP6P7(body.out_channels[-1],
+                                                                                          fpn_channels))
+        mean, std = _normalisation(body)
+        return RetinaNet(net, num_classes, min_size=min_size, max_size=max_size, image_mean=mean, image_std=std,
+                         **detector_kwargs)
+
+    return _body_and_heads(lambda: _body(backbone_name, checkpoint_path, pretrained, (1, 2, 3), neck_dim,
+                                         dict(backbone_kwargs or {})), checkpoint_path, build)
 
 
 def mask_rcnn(
@@ -161,8 +198,11 @@ def mask_rcnn(
     Raises:
         UnknownModelError, CheckpointError, BackboneError: as :func:`~crossformers.detection.backbone`.
     """
-    body = _body(backbone_name, checkpoint_path, pretrained, (0, 1, 2, 3), neck_dim, dict(backbone_kwargs or {}))
-    net = BackboneWithFPN(body, out_channels=fpn_channels, extra_blocks=LastLevelMaxPool())
-    mean, std = _normalisation(body)
-    return MaskRCNN(net, num_classes, min_size=min_size, max_size=max_size, image_mean=mean, image_std=std,
-                    **detector_kwargs)
+    def build(body: PyramidBackbone) -> MaskRCNN:
+        net = BackboneWithFPN(body, out_channels=fpn_channels, extra_blocks=LastLevelMaxPool())
+        mean, std = _normalisation(body)
+        return MaskRCNN(net, num_classes, min_size=min_size, max_size=max_size, image_mean=mean, image_std=std,
+                        **detector_kwargs)
+
+    return _body_and_heads(lambda: _body(backbone_name, checkpoint_path, pretrained, (0, 1, 2, 3), neck_dim,
+                                         dict(backbone_kwargs or {})), checkpoint_path, build)

@@ -35,7 +35,10 @@ class DenseLoadReport:
         source: the checkpoint (path or "state dict").
         layout: ``'mmdet'`` (keys under ``backbone.``, as mmdet/mmseg save them) or ``'classification'``.
         loaded: number of backbone tensors loaded.
-        not_loaded: keys of the checkpoint outside the backbone (neck, heads), not loaded (mmdet layout).
+        not_loaded: keys of the checkpoint outside the backbone (neck, heads), not loaded (mmdet layout); a detector
+            that maps the authors' neck and heads onto its own (:mod:`crossformers.detection.mmdet_heads`) leaves
+            here only the keys it could not map.
+        mapped: neck/head keys of the checkpoint loaded into the detector around the backbone (set by it).
         dropped: classification-only keys of the checkpoint (classifier, final norm), not loaded.
         initialised: keys of the dense backbone absent from a classification checkpoint (e.g. FcaFormer's output
             projections and norms), left at their initialisation.
@@ -45,13 +48,19 @@ class DenseLoadReport:
     layout: str
     loaded: int = 0
     not_loaded: list[str] = field(default_factory=list)
+    mapped: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     initialised: list[str] = field(default_factory=list)
 
     def message(self) -> str:
         """One line naming what was not loaded / initialised, or '' when everything was used."""
         parts = []
-        if self.not_loaded:
+        if self.mapped:
+            parts.append(f"{len(self.mapped)} neck/head tensors mapped onto the detector's FPN and heads")
+        if self.not_loaded and self.mapped:
+            parts.append(f"{len(self.not_loaded)} neck/head keys could not be mapped ({', '.join(self.not_loaded[:6])}"
+                         f"{', ...' if len(self.not_loaded) > 6 else ''}: no such layer here, or another shape)")
+        elif self.not_loaded:
             groups = sorted({k.split(".", 1)[0] for k in self.not_loaded})
             parts.append(f"{len(self.not_loaded)} neck/head keys not loaded ({', '.join(groups)}: the detector/"
                          "segmenter around the backbone is not part of it)")
