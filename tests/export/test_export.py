@@ -234,3 +234,38 @@ def test_torch_export_format_dynamic(tmp_path):
     x = torch.randn(3, 3, 192, 256)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=0)
+
+
+def test_int8_onnx_is_quantised_verified_and_runs(tmp_path, capsys):
+    """`--precision int8`: onnxruntime's dynamic quantisation of the exported graph (integer matrix products in the
+    file), verified against fp32 PyTorch within the int8 tolerance, metadata kept; bf16 and int8 torch.export are
+    refused with the reason, nothing written."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from crossformers.export.core import INT8_ATOL
+
+    model = _model("crossformer")
+    fp32 = export_model(model, output=tmp_path / "cf.onnx", img_size=64)
+    report = export_model(model, output=tmp_path / "cf8.onnx", img_size=64, precision="int8")
+    assert report.verified and report.precision == "int8" and report.tolerance == INT8_ATOL
+    assert "int8" in report.summary().splitlines()[0]
+    graph = onnx.load(str(tmp_path / "cf8.onnx"))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "MatMulInteger" not in {
+        n.op_type for n in onnx.load(str(tmp_path / "cf.onnx")).graph.node}
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta["crossformers.precision"] == "int8" and "crossformers.size_rule" in meta
+    assert report.file_mb < fp32.file_mb
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    got = torch.from_numpy(OnnxClassifier(tmp_path / "cf8.onnx")(x.numpy()))
+    assert 0 < (got - ref).abs().max() <= INT8_ATOL * max(1.0, ref.abs().max().item())
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]  # the fp32 intermediate is gone
+    for argv, message in ((["--precision", "bf16"], "precision bf16 is not exported: onnxruntime's CPU provider"),
+                          (["--precision", "int8", "--format", "torch.export"], "precision int8 is exported to ONNX only")):
+        assert main(["export", "crossformer_tiny", "--output", str(tmp_path / "no.onnx"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1
+        assert not (tmp_path / "no.onnx").exists()

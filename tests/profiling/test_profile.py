@@ -227,3 +227,25 @@ def test_cpu_flags_are_the_kernel_relevant_ones_this_cpu_reports():
     if info.is_file():
         listed = set(next(ln for ln in info.read_text().splitlines() if ln.startswith("flags")).split(":", 1)[1].split())
         assert flags == [f for f in CPU_FLAGS if f in listed]
+
+
+def test_profile_times_an_onnx_export_beside_ours(tmp_path, capsys):
+    """`profile MODEL --onnx FILE`: the exported file is timed in onnxruntime with the same input, threads and
+    repeats, and the table gains the ORT median and the ours / ORT ratio; a file of another size is refused."""
+    pytest.importorskip("onnxruntime")
+    from crossformers.export import export_model
+
+    path = tmp_path / "nano.onnx"
+    export_model("fcaformer_nano", output=path, img_size=(32, 32))
+    r = profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, onnx=path, **FAST)
+    assert r.onnx_file == str(path) and 0 < r.onnx_latency_ms <= r.onnx_latency_p90_ms
+    table = format_table([r])
+    assert "ORT b1 med (ms)" in table and "ours / ORT" in table
+    assert f"{r.latency_ms / r.onnx_latency_ms:.2f}" in table
+    assert "ORT" not in format_table([profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, **FAST)])
+    with pytest.raises(ProfilingError, match=r"takes input \[1, 1, 32, 32\], not \[1, 1, 48, 48\]"):
+        profile_model("fcaformer_nano", img_size=48, batch_size=0, memory=False, onnx=path, **FAST)
+    with pytest.raises(ProfilingError, match="ONNX file not found"):
+        profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, onnx=tmp_path / "no.onnx", **FAST)
+    assert main(["profile", "fcaformer_nano", "crossformer_tiny", "--onnx", str(path)]) == 2
+    assert "--onnx given 1 time(s) for 2 model(s)" in capsys.readouterr().err

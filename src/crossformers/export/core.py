@@ -49,9 +49,12 @@ from ..errors import CrossformersError
 from ..layers.bias_cache import InferenceCache
 from .shapes import SizeRule, dynamic_size_rule
 
-__all__ = ["ExportError", "ExportReport", "Check", "SizeGuard", "export_model", "FORMATS", "MIN_LOGIT_SCALE"]
+__all__ = ["ExportError", "ExportReport", "Check", "SizeGuard", "export_model", "FORMATS", "PRECISIONS",
+           "MIN_LOGIT_SCALE"]
 
 FORMATS = ("onnx", "torch.export")
+PRECISIONS = ("fp32", "int8")
+INT8_ATOL = 0.1  # int8 ONNX: allowed |diff| per unit of logit scale (dynamic quantisation of every MatMul / Gemm)
 _SUFFIX = {"onnx": ".onnx", "torch.export": ".pt2"}
 _MAX_SIDE = 16384
 _MAX_BATCH = 4096
@@ -130,6 +133,7 @@ class ExportReport:
         opset: ONNX opset (None for torch.export).
         seconds: export time (s), verification excluded.
         file_mb: size of the written file (MB).
+        precision: ``'fp32'`` or ``'int8'`` (dynamically quantised ONNX).
     """
 
     model: str
@@ -148,6 +152,7 @@ class ExportReport:
     opset: int | None = None
     seconds: float = 0.0
     file_mb: float = 0.0
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -156,7 +161,9 @@ class ExportReport:
     def summary(self) -> str:
         """Human-readable lines: file, shapes, what is dynamic, each check."""
         b, c, h, w = self.input_shape
-        lines = [f"exported {self.model} to {self.output} ({self.format}, {self.file_mb:.1f} MB, {self.seconds:.0f} s"
+        lines = [f"exported {self.model} to {self.output} ({self.format}"
+                 + (f", {self.precision}" if self.precision != "fp32" else "")
+                 + f", {self.file_mb:.1f} MB, {self.seconds:.0f} s"
                  + (f", opset {self.opset}" if self.opset else "") + ")",
                  f"  input 'images' (B, {c}, H, W), normalised images; output 'logits' (B, classes); traced at "
                  f"batch {b}, {h}x{w}",
@@ -266,7 +273,7 @@ def _trace(model: nn.Module, x: torch.Tensor, dynamic_shapes, defer: bool = Fals
 
 
 def _write(ep: torch.export.ExportedProgram, x: torch.Tensor, fmt: str, path: Path, opset: int | None,
-           metadata: dict[str, str]) -> int | None:
+           metadata: dict[str, str], precision: str = "fp32") -> int | None:
     if fmt == "torch.export":
         torch.export.save(ep, str(path))
         return None
@@ -291,7 +298,43 @@ def _write(ep: torch.export.ExportedProgram, x: torch.Tensor, fmt: str, path: Pa
     for k, v in metadata.items():
         program.model.metadata_props[k] = v
     program.save(str(path))
+    if precision == "int8":
+        _quantize_int8(path)
     return int(program.model.opset_imports.get("", 0)) or opset
+
+
+def _quantize_int8(path: Path) -> None:
+    """Rewrite the ONNX file at ``path`` with onnxruntime's dynamic int8 quantisation (int8 weights of every MatMul
+    / Gemm, activation scales computed per call), keeping its metadata and recording ``crossformers.precision``."""
+    try:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        raise ExportError("an int8 ONNX export needs onnxruntime (its quantization tools): pip install "
+                          "onnxruntime") from None
+    fp32 = path.with_name(path.stem + ".fp32-tmp.onnx")
+    source = onnx.load(str(path))
+    props = {p.key: p.value for p in source.metadata_props}
+    del source.graph.value_info[:]  # the exporter's intermediate shapes: the quantizer re-infers them (and trips on them)
+    onnx.save(source, str(fp32))
+    path.unlink()
+    quiet = logging.getLogger()
+    level = quiet.level
+    try:
+        with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            warnings.simplefilter("ignore")
+            quiet.setLevel(logging.ERROR)  # its advice to pre-process is logged on the root logger
+            quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        model = onnx.load(str(path))
+        have = {p.key for p in model.metadata_props}
+        for k, v in {**props, "crossformers.precision": "int8"}.items():
+            if k not in have:
+                entry = model.metadata_props.add()
+                entry.key, entry.value = k, v
+        onnx.save(model, str(path))
+    finally:
+        quiet.setLevel(level)
+        fp32.unlink(missing_ok=True)
 
 
 class _Runner:
@@ -321,11 +364,12 @@ class _Runner:
 
 
 def _verify(model: nn.Module, runner, shape: tuple[int, ...], expected: str, atol: float, seed: int,
-            probe: bool = False) -> Check:
+            probe: bool = False, top1_margin: float = TOP1_MARGIN) -> Check:
     """Run the exported file (``runner``) and ``model`` on one random input of ``shape`` and compare.
 
     A 'match' passes when max |diff| <= atol * max(1, max|logits|) and the top-1 classes agree wherever PyTorch's
-    two best logits differ by more than ``TOP1_MARGIN * max(1, max|logits|)`` (near-ties may flip by rounding). Logits below :data:`MIN_LOGIT_SCALE` make a comparison
+    two best logits differ by more than ``top1_margin * max(1, max|logits|)`` (near-ties may flip by rounding;
+    int8 files use their ``atol`` as the margin). Logits below :data:`MIN_LOGIT_SCALE` make a comparison
     meaningless: such a check passes with a message saying so, and the caller repeats it on a re-initialised copy.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -351,7 +395,7 @@ def _verify(model: nn.Module, runner, shape: tuple[int, ...], expected: str, ato
     agree = None
     if ref.ndim == 2 and ref.shape[-1] > 1:
         best = ref.topk(2, dim=-1).values
-        clear = (best[:, 0] - best[:, 1]) > TOP1_MARGIN * max(1.0, scale)  # near-ties may flip by rounding
+        clear = (best[:, 0] - best[:, 1]) > top1_margin * max(1.0, scale)  # near-ties may flip by rounding
         agree = bool((got.argmax(-1) == ref.argmax(-1))[clear].all())
     if expected == "match" and scale < MIN_LOGIT_SCALE and not probe:
         return Check(shape, expected, True, diff, f"logits too small to compare (max |logit| {scale:.1e}): "
@@ -390,9 +434,10 @@ def export_model(
     pretrained: bool = False,
     opset: int | None = None,
     verify: bool = True,
-    atol: float = 1e-4,
+    atol: float | None = None,
     overwrite: bool = True,
     model_kwargs: dict[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> ExportReport:
     """Export a classifier to ONNX or ``torch.export`` and verify it (see the module docs).
 
@@ -410,21 +455,37 @@ def export_model(
         pretrained: the authors' released weights for a model name.
         opset: ONNX opset (default: the exporter's).
         verify: run the file against PyTorch (needs onnxruntime for ONNX).
-        atol: largest allowed |exported - PyTorch| on the logits.
+        atol: largest allowed |exported - PyTorch| on the logits, per unit of logit scale (default 1e-4; int8:
+            :data:`INT8_ATOL`, and the top-1 is compared where the two best logits differ by more than that).
         overwrite: replace an existing ``output``; if False an existing file is an error.
         model_kwargs: model arguments for a model name (e.g. ``{"num_classes": 10, "img_size": 448}``; the model's
             own ``img_size`` sizes its tables, the export size is ``img_size`` above).
+        precision: ``'fp32'``, or ``'int8'`` for ONNX: the fp32 graph rewritten by onnxruntime's dynamic
+            quantisation (``onnxruntime.quantization.quantize_dynamic``: int8 weights of every MatMul / Gemm,
+            activations quantised per call) and verified against the fp32 PyTorch model within ``atol``.
 
     Returns:
         :class:`ExportReport` (``summary()`` for text, ``to_dict()`` for JSON).
 
     Raises:
-        ExportError: unknown format, an ``img_size`` outside the dynamic sizes of the model, an existing output with
-            ``overwrite=False``, missing onnxruntime, a failed trace, or a failed verification (the file is deleted).
+        ExportError: unknown format or precision (bf16, int8 for torch.export: what the format cannot hold), an
+            ``img_size`` outside the dynamic sizes of the model, an existing output with ``overwrite=False``, missing
+            onnxruntime, a failed trace, or a failed verification (the file is deleted).
         UnknownModelError, CheckpointError, PretrainedUnavailableError: from loading the model.
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
+    if precision == "bf16":
+        raise ExportError("precision bf16 is not exported: onnxruntime's CPU provider runs no bfloat16 matrix "
+                          "products, and a torch.export file holds the model you export. Use precision int8 (ONNX) "
+                          "or fp32, or crossformers.inference.to_precision(model, 'bf16') in Python")
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and format != "onnx":
+        raise ExportError("precision int8 is exported to ONNX only (onnxruntime's quantization): use format onnx, "
+                          "or crossformers.inference.to_precision(model, 'int8') in Python for PyTorch")
+    if atol is None:
+        atol = INT8_ATOL if precision == "int8" else 1e-4
     if batch_size < 1:
         raise ExportError(f"batch_size must be >= 1, got {batch_size}")
     net, name = _resolve_model(model, checkpoint_path, pretrained, dict(model_kwargs or {}))
@@ -461,7 +522,7 @@ def export_model(
             "crossformers.model": name,
             "crossformers.mean": json.dumps(list((getattr(net, "pretrained_cfg", None) or {}).get("mean") or [])),
             "crossformers.std": json.dumps(list((getattr(net, "pretrained_cfg", None) or {}).get("std") or [])),
-        })
+        }, precision=precision)
         seconds = time.perf_counter() - start
 
         if not dynamic_hw:
@@ -471,17 +532,19 @@ def export_model(
             dynamic_batch=rule is not None, dynamic_hw=dynamic_hw,
             valid_sizes=rule.describe() if dynamic_hw else f"{h}x{w} only", notes=notes,
             size_rule=dict(period=list(rule.period), minimum=list(rule.minimum)) if dynamic_hw else None,
-            tolerance=atol, opset=used_opset, seconds=seconds, file_mb=path.stat().st_size / 2 ** 20)
+            tolerance=atol, opset=used_opset, seconds=seconds, file_mb=path.stat().st_size / 2 ** 20,
+            precision=precision)
         if verify:
             plan = _plan((x.shape[0], chans, h, w), rule if dynamic_hw else None, rule is not None)
             runner = _Runner(format, path)
+            margin = atol if precision == "int8" else TOP1_MARGIN
             for i, (shape, expected) in enumerate(plan):
-                report.checks.append(_verify(net, runner, shape, expected, atol, seed=i))
+                report.checks.append(_verify(net, runner, shape, expected, atol, seed=i, top1_margin=margin))
             tiny = [c for c in report.checks if c.expected == "match" and c.passed and c.logit_scale is not None
                     and c.logit_scale < MIN_LOGIT_SCALE]
             if tiny:
                 report.checks += _verify_probe(net, name, rule, dynamic_hw, format, path, opset, chans, x,
-                                               batch_size, plan, atol)
+                                               batch_size, plan, atol, precision)
                 report.notes.append(
                     f"the model's logits are tiny (max |logit| {max(c.logit_scale for c in tiny):.1e}, e.g. untrained "
                     "weights), too small for a meaningful comparison: a copy with re-initialised weights was "
@@ -497,7 +560,8 @@ def export_model(
 
 def _export_file(net: nn.Module, name: str, rule: SizeRule | None, format: str, path: Path,  # noqa: A002
                  opset: int | None, chans: int, h: int, w: int, batch_size: int, notes: list[str],
-                 metadata: dict[str, str], try_dynamic_hw: bool = True) -> tuple[torch.Tensor, bool, int | None]:
+                 metadata: dict[str, str], try_dynamic_hw: bool = True, precision: str = "fp32",
+                 ) -> tuple[torch.Tensor, bool, int | None]:
     """Trace ``net`` (dynamic over ``rule`` if given, with a fixed-size fallback noted in ``notes``; dynamic batch
     only if ``try_dynamic_hw`` is False) and write it.
 
@@ -548,7 +612,7 @@ def _export_file(net: nn.Module, name: str, rule: SizeRule | None, format: str, 
     metadata = {**metadata, "crossformers.size_rule": json.dumps(size_rule),
                 "crossformers.valid_sizes": rule.describe() if dynamic_hw else f"{h}x{w}"}
     try:
-        used_opset = _write(ep, x, format, path, opset, metadata)
+        used_opset = _write(ep, x, format, path, opset, metadata, precision)
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - converter failures become one message
@@ -563,7 +627,7 @@ class _FixedSize(Exception):
 
 def _verify_probe(net: nn.Module, name: str, rule: SizeRule | None, dynamic_hw: bool, format: str,  # noqa: A002
                   path: Path, opset: int | None, chans: int, x: torch.Tensor, batch_size: int, plan: list, atol: float,
-                  ) -> list[Check]:
+                  precision: str = "fp32") -> list[Check]:
     """Export a re-initialised copy of ``net`` exactly as ``path`` was (same size rule, traced shape) to a temporary
     file and run ``plan`` on it: the checks of a model whose own logits are too small to compare."""
     import tempfile
@@ -572,9 +636,10 @@ def _verify_probe(net: nn.Module, name: str, rule: SizeRule | None, dynamic_hw: 
     with tempfile.TemporaryDirectory(prefix="crossformers-verify-") as tmp:
         probe_path = Path(tmp) / f"probe{path.suffix}"
         _export_file(probe, name, rule, format, probe_path, opset, chans, int(x.shape[2]), int(x.shape[3]),
-                     batch_size, [], {}, try_dynamic_hw=dynamic_hw)
+                     batch_size, [], {}, try_dynamic_hw=dynamic_hw, precision=precision)
         runner = _Runner(format, probe_path)
-        checks = [_verify(probe, runner, shape, expected, atol, seed=i, probe=True)
+        margin = atol if precision == "int8" else TOP1_MARGIN
+        checks = [_verify(probe, runner, shape, expected, atol, seed=i, probe=True, top1_margin=margin)
                   for i, (shape, expected) in enumerate(plan) if expected == "match"]  # refusals: checked above
         del runner
     for c in checks:

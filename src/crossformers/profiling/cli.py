@@ -75,6 +75,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--breakdown", action="store_true", help="print the MACs of every module (see --breakdown-depth)")
     p.add_argument("--breakdown-depth", type=positive_int, default=2, metavar="D",
                    help="module name levels in the breakdown (default 2)")
+    p.add_argument("--onnx", action="append", metavar="FILE", help=(
+        "also time this ONNX export of the MODEL in onnxruntime (CPU, same threads and repeats), beside ours; once "
+        "per MODEL, in their order (write it with `crossformers export MODEL --output FILE`)"))
     p.add_argument("--model-kwargs", type=json_object, metavar="JSON", help="extra constructor arguments (JSON)")
     p.add_argument("--json", metavar="PATH", help="write the results (and machine info) as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the results as CSV")
@@ -132,13 +135,17 @@ def run(args: argparse.Namespace) -> int:
 
     names = _expand(args.models)
     _validate(names)
+    onnx_files = args.onnx or []
+    if onnx_files and len(onnx_files) != len(names):
+        raise ProfilingError(f"--onnx given {len(onnx_files)} time(s) for {len(names)} model(s): give one ONNX file per "
+                             "MODEL, in the same order")
     results = read_json(args.from_json) if args.from_json else []
-    for name in names:
+    for i, name in enumerate(names):
         log(f"profiling {name} ...")
         results.append(profile_model(
             name, batch_size=args.batch_size, repeats=args.repeats, throughput_repeats=args.throughput_repeats,
             latency=not args.macs_only, memory=not (args.no_memory or args.macs_only), breakdown=args.breakdown,
-            **common))
+            onnx=onnx_files[i] if onnx_files else None, **common))
     if args.plot and not args.from_json:
         done = {r.model for r in results}
         for name in [n for n in sorted(PUBLISHED) if fnmatch.fnmatch(n, args.plot_models) and n not in done]:

@@ -47,6 +47,7 @@ from .measure import (
     summarize_ms,
     time_calls,
 )
+from .onnx_timing import time_onnx
 from .published import family_of, published
 
 __all__ = ["ProfileResult", "profile_model", "build_model_for_profile", "prepare_model", "resolve_dtype",
@@ -92,6 +93,9 @@ class ProfileResult:
     onednn_linear: bool = False
     packed_weights: bool = False
     breakdown: dict[str, int] | None = None
+    onnx_file: str | None = None
+    onnx_latency_ms: float | None = None
+    onnx_latency_p90_ms: float | None = None
     latency_samples_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -249,6 +253,7 @@ def profile_model(
     matmul_peak: bool = True,
     model_kwargs: dict[str, Any] | None = None,
     precision: str = "fp32",
+    onnx: str | os.PathLike | None = None,
 ) -> ProfileResult:
     """Profile one model: params, MACs, latency, throughput, peak memory, achieved FLOP rate.
 
@@ -279,16 +284,22 @@ def profile_model(
         precision: ``'fp32'``, or ``'bf16'`` / ``'int8'`` through :func:`crossformers.inference.to_precision`
             (applied after the other options; ``dtype`` must stay fp32; int8 always compiles, bf16 with ``compile``;
             the memory measurement is skipped; the result's ``dtype`` is the precision).
+        onnx: an ONNX export of the model (``crossformers export``): also timed at batch 1 in onnxruntime with the
+            same threads, warm-up and repeats (:func:`~crossformers.profiling.onnx_timing.time_onnx`; CPU only),
+            into ``onnx_latency_ms`` / ``onnx_latency_p90_ms``.
 
     Returns:
         A :class:`ProfileResult`.
 
     Raises:
         UnknownModelError: unknown model name.
-        ProfilingError: unavailable device/compiler, bad dtype or size.
+        ProfilingError: unavailable device/compiler, bad dtype or size; ``onnx`` on a GPU, or a file onnxruntime
+            cannot run at this size.
     """
     label, torch_dtype = resolve_dtype(dtype)
     dev = _resolve_device(device)
+    if onnx is not None and dev.type != "cpu":
+        raise ProfilingError("--onnx times onnxruntime's CPU provider: profile with --device cpu")
     if precision != "fp32":
         if label != "fp32":
             raise ProfilingError(f"--dtype {label} and --precision {precision} both set the precision: drop --dtype")
@@ -370,6 +381,11 @@ def profile_model(
                     result.latency_ms, result.latency_p90_ms, result.latency_min_ms = (
                         stats["median"], stats["p90"], stats["min"])
                     result.latency_samples_ms = times
+                if latency and onnx is not None:
+                    ort = time_onnx(onnx, (1, chans, *size), used_threads, warmup=warmup, repeats=repeats,
+                                    min_time_s=min_time_s)
+                    result.onnx_file, result.onnx_latency_ms, result.onnx_latency_p90_ms = (
+                        str(onnx), ort["median"], ort["p90"])
                 if latency and batch_size:
                     xn = _make_input(int(batch_size), chans, size, dev, torch_dtype, channels_last)
                     if memory and dev.type == "cuda" and batch_size > 1:

@@ -26,10 +26,26 @@ _COLUMNS: list[tuple[str, str, str]] = [  # header, attribute, format
     ("% mm peak", "peak_fraction", "{:.1%}"),
     ("top-1", "published_top1", "{:.1f}"),
 ]
+#: shown when a result was also timed in onnxruntime (``--onnx``)
+_ONNX_COLUMNS: list[tuple[str, str, str]] = [
+    ("ORT b1 med (ms)", "onnx_latency_ms", "{:.1f}"),
+    ("ours / ORT", "ours_over_onnx", "{:.2f}"),
+]
+
+
+def _columns(results: Sequence[ProfileResult]) -> list[tuple[str, str, str]]:
+    cols = list(_COLUMNS)
+    if any(r.onnx_latency_ms is not None for r in results):
+        cols[6:6] = _ONNX_COLUMNS  # after the PyTorch latency
+    return cols
 
 
 def _cell(result: ProfileResult, attr: str, fmt: str) -> str:
-    value = getattr(result, attr)
+    if attr == "ours_over_onnx":
+        value = (result.latency_ms / result.onnx_latency_ms
+                 if result.latency_ms and result.onnx_latency_ms else None)
+    else:
+        value = getattr(result, attr)
     return "-" if value is None else fmt.format(value)
 
 
@@ -48,14 +64,15 @@ def _settings(results: Sequence[ProfileResult]) -> str:
 
 
 def _rows(results: Sequence[ProfileResult]) -> list[list[str]]:
-    return [[h for h, _, _ in _COLUMNS]] + [[_cell(r, a, f) for _, a, f in _COLUMNS] for r in results]
+    cols = _columns(results)
+    return [[h for h, _, _ in cols]] + [[_cell(r, a, f) for _, a, f in cols] for r in results]
 
 
 def format_table(results: Sequence[ProfileResult]) -> str:
     """A fixed-width text table, one row per result, plus a line with the common settings (threads, device,
     dtype, batch N, options) and the measured matmul peak."""
     rows = _rows(results)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -68,7 +85,7 @@ def format_markdown(results: Sequence[ProfileResult]) -> str:
     """The same table as :func:`format_table` in Markdown (for READMEs and reports), settings line below it."""
     rows = _rows(results)
     lines = ["| " + " | ".join(row) + " |" for row in rows]
-    lines.insert(1, "|" + "---|" * len(_COLUMNS))
+    lines.insert(1, "|" + "---|" * len(rows[0]))
     if results:
         lines += ["", f"*{_settings(results)}*"]
     return "\n".join(lines) + "\n"
