@@ -46,3 +46,18 @@ def test_precision_recorder_keeps_every_output_and_passes_it_on():
     outs = [rec(torch.randn(4, 3)), rec(torch.randn(1, 3))]
     assert [o.shape for o in rec.outputs] == [(4, 2), (1, 2)]
     assert all(torch.equal(a, b) for a, b in zip(rec.outputs, outs, strict=True))
+
+
+def test_precision_drift_covers_the_full_size_classifiers_and_measures_bf16():
+    pd = _load("precision_drift")
+    names = pd.full_size_models(["*"])
+    assert "crossformer_pp_huge" in names and "fcaformer_l0" in names and "crossvit_18_dagger_408" in names
+    assert not [n for n in names if n.endswith(("_nano", "_dense")) or n == "fcaformer_sh_l2"]
+    from crossformers.inference import precision_support
+
+    if precision_support("bf16") is not None:
+        pytest.skip(f"bf16: {precision_support('bf16')}")
+    (row,) = pd.drift("crossvit_tiny_240", ["bf16"], batch=2)
+    assert row["precision"] == "bf16" and row["input"] == [3, 240, 240]
+    assert 0 < row["rel_drift"] < 5e-2 and row["max_abs_fp32"] > 0.1  # order-one logits, bf16-sized drift
+    assert 0 <= row["clear_agree"] <= row["clear"] <= 2
