@@ -181,9 +181,14 @@ def library_versions() -> dict[str, str | bool]:
     """MKL / oneDNN as this torch build reports them, and the CPU capability ATen dispatches to."""
     config = torch.__config__.show()
     onednn = next((ln.strip().lstrip("- ") for ln in config.splitlines() if "MKL-DNN" in ln or "oneDNN" in ln), "")
+    from crossformers.layers.linear import onednn_by_default, onednn_default_reason, onednn_for_inference
+
     return {"mkl": torch.backends.mkl.is_available(), "onednn": onednn,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+            "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            "ours_linear": f"{'oneDNN' if onednn_by_default() else 'MKL'} ({onednn_default_reason()})",
+            "reference_linear": "MKL (nn.Linear)",
+            "ours_fast_linear": "packed oneDNN" if onednn_for_inference() else "MKL"}
 
 
 def _uptime() -> str:
@@ -485,6 +490,10 @@ def markdown(doc: dict) -> str:
              f"- CPU flags: {', '.join(doc.get('cpu_flags') or []) or 'n/a'}; "
              + (f"libraries: MKL {doc['libraries']['mkl']}, {doc['libraries']['onednn']}, ATen CPU capability "
                 f"{doc['libraries']['cpu_capability']}" if doc.get("libraries") else ""),
+             *([f"- linear layers: ours as created {doc['libraries']['ours_linear']}; reference "
+                f"{doc['libraries']['reference_linear']}; `ours fast` "
+                f"{doc['libraries'].get('ours_fast_linear', 'packed oneDNN')}"]
+               if (doc.get("libraries") or {}).get("ours_linear") else []),
              f"- threads: {doc['threads']}; load average before/after: {doc['load_before']} / {doc['load_after']}"
              + (f"; `uptime` before: {doc['uptime']}" if doc.get("uptime") else ""),
              "- ratio = ours / reference (< 1: ours faster); *paired* = median of per-round ratios (calls alternate, "

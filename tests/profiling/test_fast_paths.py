@@ -236,3 +236,62 @@ def test_flop_counters_see_plain_linear_layers(force_onednn):
             m(torch.randn(1, 3, 64, 64))
         counts.append(fc.get_total_flops())
     assert counts[0] == counts[1] > 0
+
+
+def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, tmp_path, capsys):
+    """`profile --calibrate-linear` times whole models on MKL and oneDNN and records the faster paths for this
+    machine and thread count; new models and optimize_for_inference then follow them (the environment variable still
+    overrides); another machine's record is ignored."""
+    import json
+
+    from crossformers.cli import main
+    from crossformers.inference import optimize_for_inference
+    from crossformers.layers import linear_calibration as cal
+    from crossformers.profiling import calibrate
+
+    if not onednn.onednn_available():
+        pytest.skip("no oneDNN in this build")
+    path = tmp_path / "linear_kernel.json"
+    monkeypatch.setenv("CROSSFORMERS_LINEAR_CALIBRATION", str(path))
+    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR", raising=False)
+    rule = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert cal.calibrated_choice() is None and onednn.onednn_by_default() == rule  # nothing recorded: the rule
+    assert onednn.onednn_for_inference() and onednn.onednn_default_reason().startswith("AVX-512 rule")
+
+    name, kw = SMALL["crossformer"]
+    r = calibrate.calibrate_linear(threads=1, rounds=2, models=(name,), model_kwargs={name: kw})
+    m = r["models"][name]
+    assert r["threads"] == 1 and m["ratio"] == pytest.approx(m["onednn_ms"] / m["mkl_ms"])
+    assert (r["choice"] == "onednn") == (r["ratio"] < calibrate.MARGIN)
+    assert (r["inference_choice"] == "onednn_packed") == (r["packed_ratio"] < calibrate.MARGIN)
+    doc = json.loads(path.read_text())
+    assert doc[cal.machine_key()]["1"]["choice"] == r["choice"]
+
+    small = dict(kw)
+    for choice in ("mkl", "onednn"):  # a recorded choice, whatever the measurement said
+        doc[cal.machine_key()] = {str(torch.get_num_threads()): {
+            "choice": choice, "inference_choice": "onednn_packed" if choice == "onednn" else "mkl"}}
+        path.write_text(json.dumps(doc))
+        assert onednn.onednn_by_default() == onednn.onednn_for_inference() == (choice == "onednn")
+        assert onednn.onednn_default_reason() == f"calibrated for {torch.get_num_threads()} thread(s) in {path}"
+        assert _uses(crossformers.create_model(name, **small)) == (choice == "onednn")
+        fast = optimize_for_inference(crossformers.create_model(name, onednn_linear=False, **small))
+        assert _uses(fast) == (choice == "onednn")  # the measured path, not oneDNN regardless
+        monkeypatch.setenv("CROSSFORMERS_ONEDNN_LINEAR", "1" if choice == "mkl" else "0")
+        assert onednn.onednn_by_default() == onednn.onednn_for_inference() == (choice == "mkl")  # the variable wins
+        assert onednn.onednn_default_reason().startswith("CROSSFORMERS_ONEDNN_LINEAR=")
+        monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR")
+    path.write_text(json.dumps({"another CPU | torch 0 | AVX2": {str(torch.get_num_threads()): {"choice": "mkl"}}}))
+    assert cal.calibrated_choice() is None and onednn.onednn_by_default() == rule
+    path.write_text("not json")
+    assert cal.calibrated_choice() is None and cal.calibrated_inference_choice() is None  # unreadable: none
+
+    path.unlink()
+    monkeypatch.setattr(calibrate, "CALIBRATION_MODELS", (name,))
+    real = calibrate.calibrate_linear
+    monkeypatch.setattr(calibrate, "calibrate_linear", lambda threads=None: real(
+        threads=threads, rounds=1, models=(name,), model_kwargs={name: kw}))
+    assert main(["profile", "--calibrate-linear", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"recorded in {path}" in out and "new models use" in out and name in out
+    assert json.loads(path.read_text())[cal.machine_key()]["1"]["inference_choice"] in ("mkl", "onednn_packed")

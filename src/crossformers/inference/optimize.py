@@ -6,7 +6,7 @@ import copy
 from torch import nn
 
 from ..layers.bias_cache import set_bias_cache
-from ..layers.linear import set_onednn_linear, set_packed_weights
+from ..layers.linear import onednn_for_inference, set_onednn_linear, set_packed_weights
 from ..models._base import set_channels_last, set_fused_attn
 from .folding import fuse
 
@@ -21,7 +21,7 @@ def prefers_channels_last(model: nn.Module) -> bool:
     return any(getattr(m, "prefers_channels_last", False) is True for m in model.modules())
 
 
-def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: bool = True,
+def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: bool | None = None,
                            channels_last: bool | None = None, inplace: bool = True,
                            pack_weights: bool = True) -> nn.Module:
     """Eval mode with every fast path on: fused attention, cached position biases, BatchNorm/layer-scale folding,
@@ -34,7 +34,8 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: b
     Args:
         model: a crossformers model (other modules work too: the paths they lack are skipped).
         fold: :func:`crossformers.inference.fuse` (changes the state dict: BatchNorms disappear).
-        onednn_linear: :func:`crossformers.layers.linear.set_onednn_linear`.
+        onednn_linear: :func:`crossformers.layers.linear.set_onednn_linear`; None =
+            :func:`crossformers.layers.linear.onednn_for_inference` (this machine's calibration, else yes).
         pack_weights: with ``onednn_linear``, :func:`crossformers.layers.linear.set_packed_weights`: inference under
             ``torch.no_grad()``/``inference_mode()`` reuses oneDNN-blocked weight copies (faster products; one extra
             fp32 copy of the linear weights in memory).
@@ -46,6 +47,8 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: b
     """
     if not inplace:
         model = copy.deepcopy(model)
+    if onednn_linear is None:
+        onednn_linear = onednn_for_inference()
     model.eval()
     set_fused_attn(model, True)
     set_bias_cache(model, True)

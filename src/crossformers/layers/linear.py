@@ -5,9 +5,10 @@ oneDNN (bundled with PyTorch as MKL-DNN) uses its own AVX-512 kernels: on the 2-
 ``docs/reference.md`` oneDNN runs the matrix products of these models 1.5-2.4x faster (forward and both
 backward products; measured in ``docs/profiling.md``). On Intel CPUs both libraries use AVX-512 and the gain is small.
 
-Models made by :func:`crossformers.create_model` use this path by default on AVX-512 CPUs
-(:func:`onednn_by_default`; ``create_model(..., onednn_linear=False)`` or ``CROSSFORMERS_ONEDNN_LINEAR=0`` to opt
-out). :func:`set_onednn_linear` switches a model's ``nn.Linear`` modules (and timm ``Mlp`` blocks, whose first layer
+Models made by :func:`crossformers.create_model` use this path by default where it was measured faster on the
+machine (``crossformers profile --calibrate-linear``, :mod:`crossformers.layers.linear_calibration`), else on
+AVX-512 CPUs (:func:`onednn_by_default`; ``create_model(..., onednn_linear=False)`` or
+``CROSSFORMERS_ONEDNN_LINEAR=0`` to opt out). :func:`set_onednn_linear` switches a model's ``nn.Linear`` modules (and timm ``Mlp`` blocks, whose first layer
 then also fuses the exact GELU) to :class:`OneDNNLinear` / :class:`OneDNNMlp` by changing their class: parameters, state
 dict and results (within float rounding, ~1e-6 relative) stay the same, and the switch is reversible. The oneDNN
 call is used only where it pays: fp32 CPU tensors, no autocast, and products of at least :data:`MIN_MACS`
@@ -33,7 +34,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp, register_notrace_function, register_notrace_module
 from torch import nn
 
-__all__ = ["MIN_MACS", "LINEAR_KERNELS", "onednn_available", "onednn_by_default", "fast_linear", "OneDNNLinear",
+__all__ = ["MIN_MACS", "LINEAR_KERNELS", "onednn_available", "onednn_by_default", "onednn_default_reason",
+           "onednn_for_inference", "fast_linear", "OneDNNLinear",
            "OneDNNMlp", "set_onednn_linear", "set_packed_weights", "uses_onednn_linear", "linear_kernel",
            "LinearKernelMixin"]
 
@@ -51,15 +53,53 @@ def onednn_available() -> bool:
 def onednn_by_default() -> bool:
     """Whether :func:`crossformers.create_model` switches new models to the oneDNN linear path.
 
-    Yes on CPUs with AVX-512 (where the gain was measured) when oneDNN is available, unless the environment variable
-    ``CROSSFORMERS_ONEDNN_LINEAR`` is ``0``; ``1`` forces it on any CPU. Per model: ``create_model(...,
-    onednn_linear=False)`` or :func:`set_onednn_linear`. The switch never changes parameters or the state dict and
+    In order: the environment variable ``CROSSFORMERS_ONEDNN_LINEAR`` (``0`` = MKL, ``1`` = oneDNN on any CPU); the
+    measured choice for this machine and thread count, if ``crossformers profile --calibrate-linear`` recorded one
+    (:mod:`crossformers.layers.linear_calibration`); else yes on CPUs with AVX-512 (where the gain was first
+    measured, on an AMD EPYC). Always no without oneDNN. Per model: ``create_model(..., onednn_linear=False)`` or
+    :func:`set_onednn_linear`. The switch never changes parameters or the state dict and
     only acts on fp32 CPU tensors, so CUDA, bf16/autocast, ``torch.compile`` and export are unaffected.
     """
     env = os.environ.get("CROSSFORMERS_ONEDNN_LINEAR", "").strip()
     if env in ("0", "1"):
         return env == "1" and onednn_available()
-    return onednn_available() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    if not onednn_available():
+        return False
+    from .linear_calibration import calibrated_choice
+
+    measured = calibrated_choice()
+    if measured is not None:
+        return measured
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def onednn_for_inference() -> bool:
+    """Whether :func:`crossformers.inference.optimize_for_inference` switches to oneDNN with packed weights:
+    ``CROSSFORMERS_ONEDNN_LINEAR`` if set, else this machine's calibration (packed oneDNN against MKL) if recorded,
+    else yes (packed oneDNN beat MKL on the machines measured without one). Always no without oneDNN."""
+    env = os.environ.get("CROSSFORMERS_ONEDNN_LINEAR", "").strip()
+    if env in ("0", "1"):
+        return env == "1" and onednn_available()
+    if not onednn_available():
+        return False
+    from .linear_calibration import calibrated_inference_choice
+
+    measured = calibrated_inference_choice()
+    return True if measured is None else measured
+
+
+def onednn_default_reason() -> str:
+    """Why :func:`onednn_by_default` decides as it does here, in words (for benchmark tables and logs)."""
+    env = os.environ.get("CROSSFORMERS_ONEDNN_LINEAR", "").strip()
+    if env in ("0", "1"):
+        return f"CROSSFORMERS_ONEDNN_LINEAR={env}"
+    if not onednn_available():
+        return "no oneDNN in this build"
+    from .linear_calibration import calibrated_choice, calibration_path
+
+    if calibrated_choice() is not None:
+        return f"calibrated for {torch.get_num_threads()} thread(s) in {calibration_path()}"
+    return "AVX-512 rule (not calibrated on this machine)"
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, attr: str = "none",

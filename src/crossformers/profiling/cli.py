@@ -65,8 +65,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "force linear layers through oneDNN (--onednn-linear) or MKL (--no-onednn-linear); default: as created "
         "(oneDNN on AVX-512 CPUs, see CROSSFORMERS_ONEDNN_LINEAR)"))
     p.add_argument("--optimize", action="store_true", help=(
-        "every fast path: --fuse, --onednn-linear with packed weights, and --channels-last where it helps "
-        "(FcaFormer)"))
+        "every fast path: --fuse, --onednn-linear with packed weights (MKL instead where --calibrate-linear "
+        "measured it faster on this machine), and --channels-last where it helps (FcaFormer)"))
     p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed batch-1 calls first (default 5)")
     p.add_argument("--repeats", type=positive_int, default=20, help="timed batch-1 calls (default 20)")
     p.add_argument("--throughput-repeats", type=positive_int, default=3, help="timed batches of N (default 3)")
@@ -75,6 +75,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--breakdown", action="store_true", help="print the MACs of every module (see --breakdown-depth)")
     p.add_argument("--breakdown-depth", type=positive_int, default=2, metavar="D",
                    help="module name levels in the breakdown (default 2)")
+    p.add_argument("--calibrate-linear", action="store_true", help=(
+        "time MKL against oneDNN on the models' linear products with --threads threads and record the faster as this "
+        "machine's default for new models (run it on a quiet machine; no MODEL needed)"))
     p.add_argument("--onnx", action="append", metavar="FILE", help=(
         "also time this ONNX export of the MODEL in onnxruntime (CPU, same threads and repeats), beside ours; once "
         "per MODEL, in their order (write it with `crossformers export MODEL --output FILE`)"))
@@ -114,8 +117,27 @@ def _validate(names: list[str]) -> None:
             timm_name(name)
 
 
+def _calibrate(threads: int | None) -> int:
+    """``profile --calibrate-linear``: measure, record, print each model and the choices."""
+    from .calibrate import calibrate_linear
+
+    r = calibrate_linear(threads=threads)
+    for name, m in r["models"].items():
+        print(f"{name:<18} batch 1: MKL {m['mkl_ms']:6.1f} ms, oneDNN {m['onednn_ms']:6.1f} ms ({m['ratio']:.2f}); "
+              f"optimized: MKL {m['opt_mkl_ms']:6.1f} ms, packed oneDNN {m['opt_onednn_packed_ms']:6.1f} ms "
+              f"({m['packed_ratio']:.2f})")
+    name = {"onednn": "oneDNN", "onednn_packed": "packed oneDNN", "mkl": "MKL"}
+    print(f"geometric means oneDNN / MKL: {r['ratio']:.2f} as created, {r['packed_ratio']:.2f} optimized, with "
+          f"{r['threads']} thread(s): new models use {name[r['choice']]} linear layers, optimize_for_inference "
+          f"{name[r['inference_choice']]}, on this machine ({r['machine']})")
+    print(f"recorded in {r['path']} (CROSSFORMERS_ONEDNN_LINEAR=0/1 still overrides it)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``crossformers profile`` for parsed ``args``; returns the exit code."""
+    if args.calibrate_linear:
+        return _calibrate(args.threads)
     if not args.models and not args.plot and not args.from_json:
         raise ProfilingError("name at least one MODEL (see `crossformers models`), or use --plot / --from-json")
     if args.img_size is not None and len(args.img_size) > 2:

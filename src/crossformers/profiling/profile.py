@@ -34,7 +34,7 @@ from ..inference.compile import compile_for_inference
 from ..inference.folding import fuse as fuse_model
 from ..inference.optimize import prefers_channels_last
 from ..inference.precision import check_precision, to_precision
-from ..layers.linear import set_onednn_linear, set_packed_weights, uses_onednn_linear
+from ..layers.linear import onednn_for_inference, set_onednn_linear, set_packed_weights, uses_onednn_linear
 from ..models._base import set_channels_last
 from ..utils.macs import count_macs
 from .errors import ProfilingError
@@ -322,8 +322,8 @@ def profile_model(
         raise ProfilingError(f"threads must be >= 1, got {threads}")
     if batch_size is not None and batch_size < 0:
         raise ProfilingError(f"batch_size must be >= 0, got {batch_size}")
-    if optimize:
-        fuse, onednn_linear = True, True
+    if optimize:  # the linear path optimize_for_inference would take here (calibrated, else packed oneDNN)
+        fuse, onednn_linear = True, onednn_for_inference() if onednn_linear is None else onednn_linear
         channels_last = channels_last or prefers_channels_last(model)
     chans, default_size = default_input_size(model)
     size = _size2(img_size) if img_size is not None else default_size

@@ -1,0 +1,97 @@
+"""Choosing MKL or oneDNN for the linear layers by measurement on this machine: the recorded choice
+(:func:`calibrated_choice`, :func:`calibrated_inference_choice`), written by
+:func:`crossformers.profiling.calibrate_linear` (``crossformers profile --calibrate-linear``).
+
+Which library computes ``nn.Linear`` faster depends on the CPU, not on its vendor alone: on the 2-core AMD EPYC of
+``docs/reference.md`` oneDNN ran these models' products 1.5-2.4x faster than MKL, on a 2-core Intel Xeon with AMX
+unpacked oneDNN took 1.00-1.13x MKL's time (``docs/profiling.md``). The calibration times one model per family on
+both paths, for the current thread count, and records the winners in a per-machine file;
+:func:`crossformers.layers.linear.onednn_by_default` and :func:`~crossformers.layers.linear.onednn_for_inference`
+then follow it on that machine (same CPU model, PyTorch version and thread count), so new models and
+``optimize_for_inference`` take the measured path. Without a calibration the AVX-512 rule stays. Measure on a quiet machine: on shared cores the timings follow the
+neighbours' load (``docs/profiling.md``), which is why this is an explicit step and not done at start-up.
+
+The file (JSON, written atomically) is ``$CROSSFORMERS_LINEAR_CALIBRATION`` if set, else
+``$XDG_CACHE_HOME/crossformers/linear_kernel.json`` (``~/.cache/...``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..fileio import atomic_write_text
+
+__all__ = ["calibration_path", "machine_key", "calibrated_choice", "calibrated_inference_choice",
+           "record_calibration"]
+
+def calibration_path() -> Path:
+    """Where the calibration is kept (see the module docs)."""
+    env = os.environ.get("CROSSFORMERS_LINEAR_CALIBRATION", "").strip()
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "crossformers" / "linear_kernel.json"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> str:
+    """``"<CPU model> | torch <version> | <ATen CPU capability>"``: what a calibration is valid for."""
+    return f"{_cpu_model()} | torch {torch.__version__} | {torch.backends.cpu.get_cpu_capability()}"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _recorded(threads: int | None, key: str, values: tuple[str, str]) -> bool | None:
+    entry = _read(calibration_path()).get(machine_key(), {})
+    record = entry.get(str(int(threads or torch.get_num_threads()))) if isinstance(entry, dict) else None
+    if isinstance(record, dict) and record.get(key) in values:
+        return record[key] == values[0]
+    return None
+
+
+def calibrated_choice(threads: int | None = None) -> bool | None:
+    """The calibrated choice for new models on this machine and ``threads`` (default: torch's current count): True =
+    oneDNN, False = MKL, None = not calibrated here (or an unreadable file)."""
+    return _recorded(threads, "choice", ("onednn", "mkl"))
+
+
+def calibrated_inference_choice(threads: int | None = None) -> bool | None:
+    """The calibrated choice for ``optimize_for_inference`` (packed oneDNN weights against MKL): True = oneDNN
+    packed, False = MKL, None = not calibrated here."""
+    return _recorded(threads, "inference_choice", ("onednn_packed", "mkl"))
+
+
+def record_calibration(threads: int, record: dict[str, Any]) -> Path:
+    """Store ``record`` (with ``choice`` "onednn" | "mkl" and ``inference_choice`` "onednn_packed" | "mkl") for this
+    machine and ``threads`` in :func:`calibration_path` (atomically, other machines' and thread counts' records kept);
+    returns the path. The measurement is :func:`crossformers.profiling.calibrate_linear`."""
+    path = calibration_path()
+    doc = _read(path)
+    entry = doc.get(machine_key())
+    entry = entry if isinstance(entry, dict) else {}
+    entry[str(int(threads))] = dict(record)
+    doc[machine_key()] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    return path

@@ -1,0 +1,102 @@
+"""Measuring which linear path is faster on this machine: :func:`calibrate_linear`
+(``crossformers profile --calibrate-linear``).
+
+One model per family (``CALIBRATION_MODELS``: CrossViT-9, CrossFormer-T, FcaFormer-L1 at their default sizes,
+random weights, batch 1, eval, ``torch.inference_mode``) is timed in four forms, calls alternating in a shuffled
+order, median per form:
+
+* as created with MKL linear layers, and with oneDNN linear layers (the choice for new models and training);
+* ``optimize_for_inference`` with MKL, and with oneDNN and packed weights (the choice for ``optimize_for_inference``).
+
+For each pair the families' time ratios (oneDNN / MKL) are combined by their geometric mean, and oneDNN is recorded
+only if it is at least 3 % faster (:data:`MARGIN`; a tie keeps PyTorch's own MKL path). The record
+(:func:`crossformers.layers.linear_calibration.record_calibration`) is per CPU model, PyTorch version and thread
+count. Whole models are timed, not single products: the products alone favoured packed oneDNN on the Intel Xeon
+where the model with it was slower (``docs/profiling.md``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from ..inference.optimize import optimize_for_inference
+from ..layers.linear import onednn_available, set_onednn_linear
+from ..layers.linear_calibration import calibration_path, machine_key, record_calibration
+from .errors import ProfilingError
+from .measure import num_threads
+
+__all__ = ["calibrate_linear", "CALIBRATION_MODELS", "MARGIN"]
+
+#: one model per family, the ones whose products docs/profiling.md measured
+CALIBRATION_MODELS = ("crossvit_9_240", "crossformer_tiny", "fcaformer_l1")
+#: oneDNN is recorded only if its geometric-mean time ratio to MKL is below this
+MARGIN = 0.97
+
+
+def _forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dict[str, torch.nn.Module], torch.Tensor]:
+    import crossformers
+
+    base = crossformers.create_model(name, onednn_linear=False, **(model_kwargs or {})).eval()
+    onednn = set_onednn_linear(copy.deepcopy(base), True)
+    opt_mkl = optimize_for_inference(copy.deepcopy(base), onednn_linear=False)
+    opt_onednn = optimize_for_inference(copy.deepcopy(base), onednn_linear=True, pack_weights=True)
+    x = torch.randn(1, *base.pretrained_cfg["input_size"])
+    return {"mkl": base, "onednn": onednn, "opt_mkl": opt_mkl, "opt_onednn_packed": opt_onednn}, x
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple[str, ...] = CALIBRATION_MODELS,
+                     model_kwargs: dict[str, dict[str, Any]] | None = None, write: bool = True) -> dict[str, Any]:
+    """Time the linear paths on whole models (see the module docs) and record the faster ones for this machine.
+
+    Args:
+        threads: intra-op threads (default: torch's current count); the record is per thread count.
+        rounds: alternating rounds per model (after 2 untimed calls of each form).
+        models: model names (default :data:`CALIBRATION_MODELS`); ``model_kwargs`` per name (e.g. small test models).
+        write: record the result (False: measure only).
+
+    Returns:
+        ``{"choice": "onednn" | "mkl", "ratio", "inference_choice": "onednn_packed" | "mkl", "packed_ratio",
+        "threads", "models": {name: {"mkl_ms", "onednn_ms", "opt_mkl_ms", "opt_onednn_packed_ms", "ratio",
+        "packed_ratio"}}, "machine", "path", "measured"}`` (times: batch-1 medians in ms; ratios oneDNN / MKL).
+
+    Raises:
+        ProfilingError: this PyTorch build has no oneDNN linear op (nothing to choose).
+    """
+    if not onednn_available():
+        raise ProfilingError("this PyTorch build has no oneDNN linear op: MKL is the only path, nothing to calibrate")
+    rng = random.Random(0)
+    per_model: dict[str, dict[str, float]] = {}
+    with num_threads(threads) as used, torch.inference_mode():
+        for name in models:
+            forms, x = _forms(name, (model_kwargs or {}).get(name))
+            times: dict[str, list[float]] = {k: [] for k in forms}
+            for m in forms.values():
+                m(x), m(x)
+            for _ in range(max(1, rounds)):
+                order = list(forms)
+                rng.shuffle(order)
+                for k in order:
+                    t0 = time.perf_counter()
+                    forms[k](x)
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+            med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
+            per_model[name] = {**med, "ratio": med["onednn_ms"] / med["mkl_ms"],
+                               "packed_ratio": med["opt_onednn_packed_ms"] / med["opt_mkl_ms"]}
+    ratio = _geomean([m["ratio"] for m in per_model.values()])
+    packed = _geomean([m["packed_ratio"] for m in per_model.values()])
+    record = {"choice": "onednn" if ratio < MARGIN else "mkl", "ratio": ratio,
+              "inference_choice": "onednn_packed" if packed < MARGIN else "mkl", "packed_ratio": packed,
+              "models": per_model, "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    if write:
+        record_calibration(used, record)
+    return {**record, "threads": used, "machine": machine_key(), "path": str(calibration_path())}
