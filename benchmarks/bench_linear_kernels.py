@@ -7,12 +7,12 @@ products of the models, calls alternating in a shuffled order; prints one line p
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+
+from crossformers.profiling.measure import time_alternating
 
 SHAPES = [(197, 384, 1152), (197, 384, 1536), (197, 1536, 384), (3136, 64, 256), (784, 128, 512), (401, 192, 576),
           (32 * 197, 384, 1152)]
@@ -31,21 +31,11 @@ def main() -> None:
                  "onednn": lambda x=x, w=w, b=b: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""),
                  "onednn_packed": lambda x=x, w=packed, b=b: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [],
                                                                                                  "")}
-        times: dict[str, list[float]] = {c: [] for c in calls}
-        rng = random.Random(0)
         with torch.inference_mode():
-            for f in calls.values():
-                f()
-            for _ in range(args.rounds if m < 5000 else max(3, args.rounds // 6)):
-                order = list(calls)
-                rng.shuffle(order)
-                for c in order:
-                    t0 = time.perf_counter()
-                    calls[c]()
-                    times[c].append(time.perf_counter() - t0)
+            times = time_alternating(calls, args.rounds if m < 5000 else max(3, args.rounds // 6), warmup=1)
         parts = []
         for c, ts in times.items():
-            med = statistics.median(ts)
+            med = statistics.median(ts) / 1e3  # s
             paired = statistics.median(a / r for a, r in zip(ts, times["mkl"], strict=True))
             parts.append(f"{c} {med * 1e3:.2f} ms ({2 * m * k * n / med / 1e9:.0f} GFLOP/s, paired/mkl {paired:.2f})")
         print(f"{m}x{k}x{n}: " + "  ".join(parts), flush=True)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import random
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 import crossformers
+from crossformers.profiling.measure import time_alternating
 
 
 def linear_shapes(name: str, size: int | None) -> collections.Counter:
@@ -43,19 +42,9 @@ def time_pair(m: int, k: int, n: int, rounds: int = 40) -> dict[str, float]:
     x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
     calls = {"mkl": lambda: F.linear(x, w, b),
              "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")}
-    times: dict[str, list[float]] = {c: [] for c in calls}
-    rng = random.Random(0)
     with torch.inference_mode():
-        for f in calls.values():
-            f(), f()
-        for _ in range(rounds):
-            order = list(calls)
-            rng.shuffle(order)
-            for c in order:
-                t0 = time.perf_counter()
-                calls[c]()
-                times[c].append(time.perf_counter() - t0)
-    return {c: statistics.median(v) * 1e3 for c, v in times.items()}
+        times = time_alternating(calls, rounds)
+    return {c: statistics.median(v) for c, v in times.items()}
 
 
 def main() -> None:

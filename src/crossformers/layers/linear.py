@@ -50,6 +50,12 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _forced_by_env() -> bool | None:
+    """``CROSSFORMERS_ONEDNN_LINEAR``: True (``1``, where oneDNN exists), False (``0``), None (unset)."""
+    env = os.environ.get("CROSSFORMERS_ONEDNN_LINEAR", "").strip()
+    return (env == "1" and onednn_available()) if env in ("0", "1") else None
+
+
 def onednn_by_default() -> bool:
     """Whether :func:`crossformers.create_model` switches new models to the oneDNN linear path.
 
@@ -60,11 +66,9 @@ def onednn_by_default() -> bool:
     :func:`set_onednn_linear`. The switch never changes parameters or the state dict and
     only acts on fp32 CPU tensors, so CUDA, bf16/autocast, ``torch.compile`` and export are unaffected.
     """
-    env = os.environ.get("CROSSFORMERS_ONEDNN_LINEAR", "").strip()
-    if env in ("0", "1"):
-        return env == "1" and onednn_available()
-    if not onednn_available():
-        return False
+    forced = _forced_by_env()
+    if forced is not None or not onednn_available():
+        return bool(forced)
     from .linear_calibration import calibrated_choice
 
     measured = calibrated_choice()
@@ -77,11 +81,9 @@ def onednn_for_inference() -> bool:
     """Whether :func:`crossformers.inference.optimize_for_inference` switches to oneDNN with packed weights:
     ``CROSSFORMERS_ONEDNN_LINEAR`` if set, else this machine's calibration (packed oneDNN against MKL) if recorded,
     else yes (packed oneDNN beat MKL on the machines measured without one). Always no without oneDNN."""
-    env = os.environ.get("CROSSFORMERS_ONEDNN_LINEAR", "").strip()
-    if env in ("0", "1"):
-        return env == "1" and onednn_available()
-    if not onednn_available():
-        return False
+    forced = _forced_by_env()
+    if forced is not None or not onednn_available():
+        return bool(forced)
     from .linear_calibration import calibrated_inference_choice
 
     measured = calibrated_inference_choice()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import statistics
 import time
 from typing import Any
@@ -29,7 +28,7 @@ from ..inference.optimize import optimize_for_inference
 from ..layers.linear import onednn_available, set_onednn_linear
 from ..layers.linear_calibration import calibration_path, machine_key, record_calibration
 from .errors import ProfilingError
-from .measure import num_threads
+from .measure import num_threads, time_alternating
 
 __all__ = ["calibrate_linear", "CALIBRATION_MODELS", "MARGIN"]
 
@@ -74,21 +73,11 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
     """
     if not onednn_available():
         raise ProfilingError("this PyTorch build has no oneDNN linear op: MKL is the only path, nothing to calibrate")
-    rng = random.Random(0)
     per_model: dict[str, dict[str, float]] = {}
     with num_threads(threads) as used, torch.inference_mode():
         for name in models:
             forms, x = _forms(name, (model_kwargs or {}).get(name))
-            times: dict[str, list[float]] = {k: [] for k in forms}
-            for m in forms.values():
-                m(x), m(x)
-            for _ in range(max(1, rounds)):
-                order = list(forms)
-                rng.shuffle(order)
-                for k in order:
-                    t0 = time.perf_counter()
-                    forms[k](x)
-                    times[k].append((time.perf_counter() - t0) * 1e3)
+            times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
             med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
             per_model[name] = {**med, "ratio": med["onednn_ms"] / med["mkl_ms"],
                                "packed_ratio": med["opt_onednn_packed_ms"] / med["opt_mkl_ms"]}

@@ -79,6 +79,28 @@ def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int = 5, rep
     return times
 
 
+def time_alternating(calls: dict[str, Callable[[], Any]], rounds: int, seed: int = 0, warmup: int = 2
+                     ) -> dict[str, list[float]]:
+    """Per-call times (ms) of several calls measured side by side: ``warmup`` untimed calls of each, then ``rounds``
+    rounds in which every call runs once, in an order shuffled per round (so drift on a shared machine hits all
+    alike). Returns name -> ``rounds`` times."""
+    import random
+
+    rng = random.Random(seed)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    for _ in range(max(1, rounds)):
+        order = list(calls)
+        rng.shuffle(order)
+        for name in order:
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 def summarize_ms(times: list[float]) -> dict[str, float]:
     """Median, 90th percentile (linear interpolation), min and mean of per-call times in ms."""
     ordered = sorted(times)
