@@ -47,7 +47,7 @@ from crossformers.engine import (
     train,
 )
 from crossformers.engine.config import INTERPOLATIONS, LR_SCHEDULE_UNITS
-from crossformers.engine.config_file import merge_train_options
+from crossformers.engine.config_file import log_merge_notes, merge_train_options
 from crossformers.engine.convert import convert
 from crossformers.engine.distributed import resolve_device
 from crossformers.engine.evaluate import evaluate, write_eval_outputs
@@ -285,9 +285,7 @@ def train_config_from_args(args: argparse.Namespace):
     given = {field: getattr(args, field) for field, _, _ in _TRAIN_OPTIONS if hasattr(args, field)}
     if args.config or getattr(args, "recipe", None):
         cfg, notes = merge_train_options(given, args.config, getattr(args, "recipe", None))
-        if int(os.environ.get("RANK", "0")) == 0:
-            for line in notes:
-                logging.getLogger("crossformers.train").warning("%s", line)
+        log_merge_notes(notes)
         return cfg
     if given.get("resume"):
         # the interruption point of the old run (max_steps) is not an option of the new one

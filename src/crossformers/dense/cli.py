@@ -22,7 +22,7 @@ from typing import Any
 
 from ..cli_types import add_command_group, setup_logging
 from ..engine.checkpoint_io import read_meta, resolve_checkpoint_dir
-from ..engine.config_file import merge_train_options
+from ..engine.config_file import log_merge_notes, merge_train_options
 from ..engine.errors import ConfigError
 from ..engine.train import saved_run_options
 from ..errors import CheckpointError
@@ -105,9 +105,7 @@ def dense_config_from_args(args: argparse.Namespace, fields: Sequence[str]) -> D
             raise ConfigError(f"the saved options of {given['resume']}: {e}") from None
     cfg, notes = merge_train_options(given, getattr(args, "config", None), getattr(args, "recipe", None), base=base,
                                      config_cls=DenseTrainConfig)
-    if int(os.environ.get("RANK", "0")) == 0:
-        for line in notes:
-            logging.getLogger("crossformers.train").warning("%s", line)
+    log_merge_notes(notes)
     return cfg  # type: ignore[return-value]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import types
 import typing
@@ -20,7 +21,8 @@ from typing import Any
 from .config import TrainConfig
 from .errors import ConfigError
 
-__all__ = ["load_config_file", "check_option_types", "config_to_yaml", "merge_train_options", "CONFIG_YAML"]
+__all__ = ["load_config_file", "check_option_types", "config_to_yaml", "merge_train_options", "log_merge_notes",
+           "CONFIG_YAML"]
 
 #: File name of the resolved options inside a run directory.
 CONFIG_YAML = "config.yaml"
@@ -131,6 +133,14 @@ def config_to_yaml(cfg: TrainConfig) -> str:
     header = ("# crossformers training options, fully resolved (defaults, recipe, config file and flags).\n"
               f"# Repeat this run: {command} --config config.yaml --output NEW_DIR\n")
     return header + yaml.safe_dump(cfg.to_dict(), sort_keys=True, default_flow_style=None)
+
+
+def log_merge_notes(notes: list[str]) -> None:
+    """Show the notes of :func:`merge_train_options` as warnings of the ``crossformers.train`` logger, once: on the
+    main process only (``RANK`` 0 or unset under torchrun)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        for line in notes:
+            logging.getLogger("crossformers.train").warning("%s", line)
 
 
 def merge_train_options(flags: Mapping[str, Any], config_file: str | os.PathLike | None = None,

@@ -363,6 +363,11 @@ class _Runner:
         return out if isinstance(out, torch.Tensor) else out[0]
 
 
+def _top1_margin(precision: str, atol: float) -> float:
+    """Where the top-1 is compared: beyond rounding (``TOP1_MARGIN``) for fp32, beyond the tolerance for int8."""
+    return atol if precision == "int8" else TOP1_MARGIN
+
+
 def _verify(model: nn.Module, runner, shape: tuple[int, ...], expected: str, atol: float, seed: int,
             probe: bool = False, top1_margin: float = TOP1_MARGIN) -> Check:
     """Run the exported file (``runner``) and ``model`` on one random input of ``shape`` and compare.
@@ -537,9 +542,9 @@ def export_model(
         if verify:
             plan = _plan((x.shape[0], chans, h, w), rule if dynamic_hw else None, rule is not None)
             runner = _Runner(format, path)
-            margin = atol if precision == "int8" else TOP1_MARGIN
             for i, (shape, expected) in enumerate(plan):
-                report.checks.append(_verify(net, runner, shape, expected, atol, seed=i, top1_margin=margin))
+                report.checks.append(_verify(net, runner, shape, expected, atol, seed=i,
+                                             top1_margin=_top1_margin(precision, atol)))
             tiny = [c for c in report.checks if c.expected == "match" and c.passed and c.logit_scale is not None
                     and c.logit_scale < MIN_LOGIT_SCALE]
             if tiny:
@@ -638,8 +643,8 @@ def _verify_probe(net: nn.Module, name: str, rule: SizeRule | None, dynamic_hw: 
         _export_file(probe, name, rule, format, probe_path, opset, chans, int(x.shape[2]), int(x.shape[3]),
                      batch_size, [], {}, try_dynamic_hw=dynamic_hw, precision=precision)
         runner = _Runner(format, probe_path)
-        margin = atol if precision == "int8" else TOP1_MARGIN
-        checks = [_verify(probe, runner, shape, expected, atol, seed=i, probe=True, top1_margin=margin)
+        checks = [_verify(probe, runner, shape, expected, atol, seed=i, probe=True,
+                          top1_margin=_top1_margin(precision, atol))
                   for i, (shape, expected) in enumerate(plan) if expected == "match"]  # refusals: checked above
         del runner
     for c in checks:

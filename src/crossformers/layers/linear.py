@@ -50,10 +50,16 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _env_setting() -> str | None:
+    """``CROSSFORMERS_ONEDNN_LINEAR`` when it is ``0`` or ``1``, else None."""
+    env = os.environ.get("CROSSFORMERS_ONEDNN_LINEAR", "").strip()
+    return env if env in ("0", "1") else None
+
+
 def _forced_by_env() -> bool | None:
     """``CROSSFORMERS_ONEDNN_LINEAR``: True (``1``, where oneDNN exists), False (``0``), None (unset)."""
-    env = os.environ.get("CROSSFORMERS_ONEDNN_LINEAR", "").strip()
-    return (env == "1" and onednn_available()) if env in ("0", "1") else None
+    env = _env_setting()
+    return None if env is None else (env == "1" and onednn_available())
 
 
 def onednn_by_default() -> bool:
@@ -92,8 +98,8 @@ def onednn_for_inference() -> bool:
 
 def onednn_default_reason() -> str:
     """Why :func:`onednn_by_default` decides as it does here, in words (for benchmark tables and logs)."""
-    env = os.environ.get("CROSSFORMERS_ONEDNN_LINEAR", "").strip()
-    if env in ("0", "1"):
+    env = _env_setting()
+    if env is not None:
         return f"CROSSFORMERS_ONEDNN_LINEAR={env}"
     if not onednn_available():
         return "no oneDNN in this build"

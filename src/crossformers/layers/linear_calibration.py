@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..fileio import atomic_write_text
+from ..utils.cpu import cpu_model_name
 
 __all__ = ["calibration_path", "machine_key", "calibrated_choice", "calibrated_inference_choice",
            "record_calibration"]
@@ -37,21 +38,9 @@ def calibration_path() -> Path:
     return Path(cache) / "crossformers" / "linear_kernel.json"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def machine_key() -> str:
     """``"<CPU model> | torch <version> | <ATen CPU capability>"``: what a calibration is valid for."""
-    return f"{_cpu_model()} | torch {torch.__version__} | {torch.backends.cpu.get_cpu_capability()}"
+    return f"{cpu_model_name()} | torch {torch.__version__} | {torch.backends.cpu.get_cpu_capability()}"
 
 
 def _read(path: Path) -> dict[str, Any]:

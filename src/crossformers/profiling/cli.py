@@ -63,7 +63,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--channels-last", action="store_true", help="run convolutions channels-last")
     p.add_argument("--onednn-linear", action=argparse.BooleanOptionalAction, default=None, help=(
         "force linear layers through oneDNN (--onednn-linear) or MKL (--no-onednn-linear); default: as created "
-        "(oneDNN on AVX-512 CPUs, see CROSSFORMERS_ONEDNN_LINEAR)"))
+        "(this machine's --calibrate-linear choice, else oneDNN on AVX-512 CPUs; see CROSSFORMERS_ONEDNN_LINEAR)"))
     p.add_argument("--optimize", action="store_true", help=(
         "every fast path: --fuse, --onednn-linear with packed weights (MKL instead where --calibrate-linear "
         "measured it faster on this machine), and --channels-last where it helps (FcaFormer)"))

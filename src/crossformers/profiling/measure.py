@@ -20,11 +20,12 @@ from typing import Any
 import timm
 import torch
 
+from ..utils.cpu import cpu_model_name
 from .errors import ProfilingError
 
 __all__ = [
     "num_threads", "time_calls", "summarize_ms", "matmul_peak_gflops", "rss_peak_subprocess", "rss_increase_inprocess",
-    "cuda_peak_mib", "machine_info", "cpu_name", "cpu_flags", "CPU_FLAGS",
+    "cuda_peak_mib", "machine_info", "cpu_name", "cpu_flags", "CPU_FLAGS", "time_alternating",
 ]
 
 _MIB = 1024.0 * 1024.0
@@ -231,14 +232,7 @@ def cpu_name() -> str:
                 return line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model_name()
 
 
 #: the CPU flags that decide which kernels run: fp32 AVX2 / AVX-512, int8 VNNI, bf16 AVX512-BF16, AMX

@@ -270,7 +270,8 @@ def profile_model(
         fuse: fold BatchNorms and layer scales (:func:`crossformers.profiling.fuse.fuse`) first.
         channels_last: run convolutions channels-last.
         onednn_linear: force linear layers through oneDNN (True) or MKL (False); None keeps the model as created
-            (:func:`crossformers.layers.linear.onednn_by_default`: on for AVX-512 CPUs). The result records the state
+            (:func:`crossformers.layers.linear.onednn_by_default`: this machine's calibrated choice, else on for
+            AVX-512 CPUs). The result records the state
             measured.
         optimize: every fast path (:func:`crossformers.profiling.optimize.optimize_for_inference`): ``fuse``,
             ``onednn_linear`` with packed weights, and ``channels_last`` where it helps.
