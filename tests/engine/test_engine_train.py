@@ -141,3 +141,25 @@ def test_finetune_new_head_with_layer_decay(trained_run, image_folder, tmp_path)
     # decay (per-parameter values are checked in test_engine_known_answers.py)
     assert sorted(set(scales)) == sorted(round(0.75 ** k, 12) for k in range(8)) and len(scales) == 16
 
+
+
+@pytest.mark.parametrize("train_choice", ["mkl", "onednn"])
+def test_training_takes_the_calibrated_training_linear_path(tiny_config, tmp_path, monkeypatch, caplog, train_choice):
+    """A recorded calibration decides the linear path of `train` on the CPU by its training-step measurement, even
+    where it differs from the choice new models get for inference."""
+    from crossformers.layers import linear, linear_calibration
+
+    if not linear.onednn_available():
+        pytest.skip("no oneDNN in this build")
+    path = tmp_path / "linear_kernel.json"
+    monkeypatch.setenv("CROSSFORMERS_LINEAR_CALIBRATION", str(path))
+    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR", raising=False)
+    inference = "mkl" if train_choice == "onednn" else "onednn"
+    path.write_text(json.dumps({linear_calibration.machine_key(): {str(torch.get_num_threads()): {
+        "choice": inference, "inference_choice": "mkl", "train_choice": train_choice}}}))
+    cfg = tiny_config(model="crossformer_tiny", max_steps=1, limit_val=16, model_kwargs=dict(
+        embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 2), group_size=(2, 2, 2, 1)))
+    caplog.set_level("INFO", logger="crossformers")
+    train(cfg, progress=False)
+    kernel = "onednn" if train_choice == "onednn" else "native"
+    assert f"({kernel} linear layers)" in caplog.text

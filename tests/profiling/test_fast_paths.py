@@ -160,7 +160,7 @@ def test_training_fast_paths_are_reversible_and_train_alike(force_onednn):
     model = _randomize(crossformers.create_model("fcaformer_l1", **SMALL["fcaformer"][1])).train()
     ref = copy.deepcopy(model)
     keys = list(model.state_dict())
-    optimize_for_training(model)
+    optimize_for_training(model, onednn_linear=True)
     assert model.training and model.channels_last
     assert any(isinstance(m, OneDNNLinear) for m in model.modules())
     assert any(isinstance(m, OneDNNMlp) for m in model.modules())
@@ -259,13 +259,19 @@ def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, tmp
     assert onednn.onednn_for_inference() and onednn.onednn_default_reason().startswith("AVX-512 rule")
 
     name, kw = SMALL["crossformer"]
-    r = calibrate.calibrate_linear(threads=1, rounds=2, models=(name,), model_kwargs={name: kw})
+    r = calibrate.calibrate_linear(threads=1, rounds=2, models=(name,), model_kwargs={name: kw}, train_rounds=1,
+                                   train_batch=2)
     m = r["models"][name]
     assert r["threads"] == 1 and m["ratio"] == pytest.approx(m["onednn_ms"] / m["mkl_ms"])
+    assert m["train_ratio"] == pytest.approx(m["train_onednn_ms"] / m["train_mkl_ms"])
     assert (r["choice"] == "onednn") == (r["ratio"] < calibrate.MARGIN)
     assert (r["inference_choice"] == "onednn_packed") == (r["packed_ratio"] < calibrate.MARGIN)
+    assert (r["train_choice"] == "onednn") == (r["train_ratio"] < calibrate.MARGIN)
     doc = json.loads(path.read_text())
     assert doc[cal.machine_key()]["1"]["choice"] == r["choice"]
+    assert doc[cal.machine_key()]["1"]["train_choice"] == r["train_choice"]
+    assert "train_choice" not in calibrate.calibrate_linear(threads=1, rounds=1, models=(name,), write=False,
+                                                            model_kwargs={name: kw}, train_rounds=0)
 
     small = dict(kw)
     for choice in ("mkl", "onednn"):  # a recorded choice, whatever the measurement said
@@ -277,10 +283,21 @@ def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, tmp
         assert _uses(crossformers.create_model(name, **small)) == (choice == "onednn")
         fast = optimize_for_inference(crossformers.create_model(name, onednn_linear=False, **small))
         assert _uses(fast) == (choice == "onednn")  # the measured path, not oneDNN regardless
+        assert onednn.onednn_for_training() == (choice == "onednn")  # no training record: the default's choice
         monkeypatch.setenv("CROSSFORMERS_ONEDNN_LINEAR", "1" if choice == "mkl" else "0")
         assert onednn.onednn_by_default() == onednn.onednn_for_inference() == (choice == "mkl")  # the variable wins
+        assert onednn.onednn_for_training() == (choice == "mkl")
         assert onednn.onednn_default_reason().startswith("CROSSFORMERS_ONEDNN_LINEAR=")
         monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR")
+    for train in ("mkl", "onednn"):  # training has its own record, which can differ from the inference choices
+        doc[cal.machine_key()] = {str(torch.get_num_threads()): {
+            "choice": "onednn", "inference_choice": "onednn_packed", "train_choice": train}}
+        path.write_text(json.dumps(doc))
+        assert onednn.onednn_by_default() and onednn.onednn_for_inference()
+        assert onednn.onednn_for_training() == cal.calibrated_training_choice() == (train == "onednn")
+        made = crossformers.create_model(name, **small)
+        assert _uses(made) and _uses(optimize_for_training(made)) == (train == "onednn")  # switched either way
+        assert _uses(optimize_for_training(made, onednn_linear=True))
     path.write_text(json.dumps({"another CPU | torch 0 | AVX2": {str(torch.get_num_threads()): {"choice": "mkl"}}}))
     assert cal.calibrated_choice() is None and onednn.onednn_by_default() == rule
     path.write_text("not json")
@@ -290,8 +307,8 @@ def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, tmp
     monkeypatch.setattr(calibrate, "CALIBRATION_MODELS", (name,))
     real = calibrate.calibrate_linear
     monkeypatch.setattr(calibrate, "calibrate_linear", lambda threads=None: real(
-        threads=threads, rounds=1, models=(name,), model_kwargs={name: kw}))
+        threads=threads, rounds=1, models=(name,), model_kwargs={name: kw}, train_rounds=1, train_batch=2))
     assert main(["profile", "--calibrate-linear", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert f"recorded in {path}" in out and "new models use" in out and name in out
+    assert f"recorded in {path}" in out and "new models use" in out and name in out and "training step of" in out
     assert json.loads(path.read_text())[cal.machine_key()]["1"]["inference_choice"] in ("mkl", "onednn_packed")

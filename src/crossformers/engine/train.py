@@ -44,6 +44,7 @@ from ..data import (
     verify_images,
 )
 from ..errors import CheckpointError, CrossformersError
+from ..layers.linear import onednn_for_training
 from .checkpoint_io import (
     META_FILE,
     MODEL_FILE,
@@ -321,6 +322,10 @@ class _Trainer:
 
         # model on device, optimizer, schedule, EMA
         model.to(self.device)
+        if self.device.type == "cpu" and hasattr(model, "linear_kernel"):
+            # the linear path measured faster for training steps here (calibration), which can differ from the
+            # inference choice new models get; fp32 CPU products only, so AMP and CUDA are unaffected
+            model.linear_kernel = "onednn" if onednn_for_training() else "native"
         if cfg.grad_checkpointing:
             if not callable(getattr(model, "set_grad_checkpointing", None)):
                 raise ConfigError(f"model {cfg.model} does not support --grad-checkpointing")
@@ -652,9 +657,11 @@ class _Trainer:
         if info.is_main:
             n_params = sum(p.numel() for p in self.model.parameters())
             log.info("model %s (%.2f M params), %d classes, input %s; %d steps/epoch x %d epochs; %d process(es), "
-                     "%d images per process per step; device %s; output %s", cfg.model, n_params / 1e6,
+                     "%d images per process per step; device %s%s; output %s", cfg.model, n_params / 1e6,
                      len(self.classes), tuple(self.pre["input_size"]), self.steps_per_epoch, cfg.epochs,
-                     info.world_size, self.batch, self.device, self.out)
+                     info.world_size, self.batch, self.device,
+                     f" ({self.model.linear_kernel} linear layers)" if hasattr(self.model, "linear_kernel") else "",
+                     self.out)
         if self.rng_to_restore is not None and self.start_batch == 0:
             restore_rng_state(self.rng_to_restore)
         last_row: dict[str, Any] = dict(self.history.rows[-1]) if self.history.rows else {}

@@ -6,7 +6,7 @@ import copy
 from torch import nn
 
 from ..layers.bias_cache import set_bias_cache
-from ..layers.linear import onednn_for_inference, set_onednn_linear, set_packed_weights
+from ..layers.linear import onednn_for_inference, onednn_for_training, set_onednn_linear, set_packed_weights
 from ..models._base import set_channels_last, set_fused_attn
 from .folding import fuse
 
@@ -60,13 +60,22 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: b
     return model
 
 
-def optimize_for_training(model: nn.Module, onednn_linear: bool = True, channels_last: bool | None = None) -> nn.Module:
-    """The fast paths that also apply in training, switched on in place: oneDNN linear layers (forward and both
-    backward products) and channels-last memory where it helps. The state dict and the training mode are unchanged,
-    so checkpoints stay interchangeable. Returns ``model``.
+def optimize_for_training(model: nn.Module, onednn_linear: bool | None = None,
+                          channels_last: bool | None = None) -> nn.Module:
+    """The fast paths that also apply in training, set in place: the faster linear path (oneDNN for the forward and
+    both backward products, or PyTorch's own MKL) and channels-last memory where it helps. The state dict and the
+    training mode are unchanged, so checkpoints stay interchangeable. Returns ``model``.
+
+    Args:
+        model: a crossformers model (other modules work too).
+        onednn_linear: True/False (:func:`crossformers.layers.linear.set_onednn_linear` on or off), or None for
+            :func:`crossformers.layers.linear.onednn_for_training`: this machine's calibrated training step
+            (``crossformers profile --calibrate-linear``), else the default for new models.
+        channels_last: True/False, or None for :func:`prefers_channels_last`.
     """
-    if onednn_linear:
-        set_onednn_linear(model, True)
+    if onednn_linear is None:
+        onednn_linear = onednn_for_training()
+    set_onednn_linear(model, onednn_linear)
     if channels_last is None:
         channels_last = prefers_channels_last(model)
     if channels_last:

@@ -35,7 +35,7 @@ from timm.layers import Mlp, register_notrace_function, register_notrace_module
 from torch import nn
 
 __all__ = ["MIN_MACS", "LINEAR_KERNELS", "onednn_available", "onednn_by_default", "onednn_default_reason",
-           "onednn_for_inference", "fast_linear", "OneDNNLinear",
+           "onednn_for_inference", "onednn_for_training", "fast_linear", "OneDNNLinear",
            "OneDNNMlp", "set_onednn_linear", "set_packed_weights", "uses_onednn_linear", "linear_kernel",
            "LinearKernelMixin"]
 
@@ -94,6 +94,23 @@ def onednn_for_inference() -> bool:
 
     measured = calibrated_inference_choice()
     return True if measured is None else measured
+
+
+def onednn_for_training() -> bool:
+    """Whether :func:`crossformers.inference.optimize_for_training` and ``crossformers train`` use oneDNN linear
+    layers: ``CROSSFORMERS_ONEDNN_LINEAR`` if set, else this machine's calibrated training step (oneDNN against MKL,
+    forward and backward) if recorded, else :func:`onednn_by_default`. Always no without oneDNN.
+
+    The training choice is separate because it can differ from inference's: on the 2-core Intel Xeon with AMX,
+    oneDNN made the batch-32 training steps of CrossViT-9 and CrossFormer-T about 1.17x and 1.07x slower than MKL
+    (``docs/profiling.md``)."""
+    forced = _forced_by_env()
+    if forced is not None or not onednn_available():
+        return bool(forced)
+    from .linear_calibration import calibrated_training_choice
+
+    measured = calibrated_training_choice()
+    return onednn_by_default() if measured is None else measured
 
 
 def onednn_default_reason() -> str:

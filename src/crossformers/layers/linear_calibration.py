@@ -1,14 +1,15 @@
 """Choosing MKL or oneDNN for the linear layers by measurement on this machine: the recorded choice
-(:func:`calibrated_choice`, :func:`calibrated_inference_choice`), written by
+(:func:`calibrated_choice`, :func:`calibrated_inference_choice`, :func:`calibrated_training_choice`), written by
 :func:`crossformers.profiling.calibrate_linear` (``crossformers profile --calibrate-linear``).
 
 Which library computes ``nn.Linear`` faster depends on the CPU, not on its vendor alone: on the 2-core AMD EPYC of
 ``docs/reference.md`` oneDNN ran these models' products 1.5-2.4x faster than MKL, on a 2-core Intel Xeon with AMX
 unpacked oneDNN took 1.00-1.13x MKL's time (``docs/profiling.md``). The calibration times one model per family on
 both paths, for the current thread count, and records the winners in a per-machine file;
-:func:`crossformers.layers.linear.onednn_by_default` and :func:`~crossformers.layers.linear.onednn_for_inference`
-then follow it on that machine (same CPU model, PyTorch version and thread count), so new models and
-``optimize_for_inference`` take the measured path. Without a calibration the AVX-512 rule stays. Measure on a quiet machine: on shared cores the timings follow the
+:func:`crossformers.layers.linear.onednn_by_default`, :func:`~crossformers.layers.linear.onednn_for_inference` and
+:func:`~crossformers.layers.linear.onednn_for_training` then follow it on that machine (same CPU model, PyTorch
+version and thread count), so new models, ``optimize_for_inference``, ``optimize_for_training`` and
+``crossformers train`` take the measured path. Without a calibration the AVX-512 rule stays. Measure on a quiet machine: on shared cores the timings follow the
 neighbours' load (``docs/profiling.md``), which is why this is an explicit step and not done at start-up.
 
 The file (JSON, written atomically) is ``$CROSSFORMERS_LINEAR_CALIBRATION`` if set, else
@@ -27,7 +28,7 @@ from ..fileio import atomic_write_text
 from ..utils.cpu import cpu_model_name
 
 __all__ = ["calibration_path", "machine_key", "calibrated_choice", "calibrated_inference_choice",
-           "record_calibration"]
+           "calibrated_training_choice", "record_calibration"]
 
 def calibration_path() -> Path:
     """Where the calibration is kept (see the module docs)."""
@@ -71,8 +72,15 @@ def calibrated_inference_choice(threads: int | None = None) -> bool | None:
     return _recorded(threads, "inference_choice", ("onednn_packed", "mkl"))
 
 
+def calibrated_training_choice(threads: int | None = None) -> bool | None:
+    """The calibrated choice for training steps (``optimize_for_training``, ``crossformers train``): True = oneDNN,
+    False = MKL, None = not calibrated here (or a record from before training steps were timed)."""
+    return _recorded(threads, "train_choice", ("onednn", "mkl"))
+
+
 def record_calibration(threads: int, record: dict[str, Any]) -> Path:
-    """Store ``record`` (with ``choice`` "onednn" | "mkl" and ``inference_choice`` "onednn_packed" | "mkl") for this
+    """Store ``record`` (with ``choice`` "onednn" | "mkl", ``inference_choice`` "onednn_packed" | "mkl" and
+    optionally ``train_choice`` "onednn" | "mkl") for this
     machine and ``threads`` in :func:`calibration_path` (atomically, other machines' and thread counts' records kept);
     returns the path. The measurement is :func:`crossformers.profiling.calibrate_linear`."""
     path = calibration_path()

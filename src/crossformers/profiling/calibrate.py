@@ -6,7 +6,10 @@ random weights, batch 1, eval, ``torch.inference_mode``) is timed in four forms,
 order, median per form:
 
 * as created with MKL linear layers, and with oneDNN linear layers (the choice for new models and training);
-* ``optimize_for_inference`` with MKL, and with oneDNN and packed weights (the choice for ``optimize_for_inference``).
+* ``optimize_for_inference`` with MKL, and with oneDNN and packed weights (the choice for ``optimize_for_inference``);
+* a training step (train mode, batch :data:`TRAIN_BATCH`, forward and backward of a cross-entropy loss, after
+  ``optimize_for_training``'s other paths) with MKL and with oneDNN linear layers (the choice for
+  ``optimize_for_training`` and ``crossformers train``).
 
 For each pair the families' time ratios (oneDNN / MKL) are combined by their geometric mean, and oneDNN is recorded
 only if it is at least 3 % faster (:data:`MARGIN`; a tie keeps PyTorch's own MKL path). The record
@@ -24,18 +27,20 @@ from typing import Any
 
 import torch
 
-from ..inference.optimize import optimize_for_inference
+from ..inference.optimize import optimize_for_inference, optimize_for_training
 from ..layers.linear import onednn_available, set_onednn_linear
 from ..layers.linear_calibration import calibration_path, machine_key, record_calibration
 from .errors import ProfilingError
 from .measure import num_threads, time_alternating
 
-__all__ = ["calibrate_linear", "CALIBRATION_MODELS", "MARGIN"]
+__all__ = ["calibrate_linear", "CALIBRATION_MODELS", "MARGIN", "TRAIN_BATCH"]
 
 #: one model per family, the ones whose products docs/profiling.md measured
 CALIBRATION_MODELS = ("crossvit_9_240", "crossformer_tiny", "fcaformer_l1")
 #: oneDNN is recorded only if its geometric-mean time ratio to MKL is below this
 MARGIN = 0.97
+#: images per timed training step (small enough for a quick calibration, large enough that products dominate)
+TRAIN_BATCH = 8
 
 
 def _forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dict[str, torch.nn.Module], torch.Tensor]:
@@ -49,12 +54,31 @@ def _forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dict[str, to
     return {"mkl": base, "onednn": onednn, "opt_mkl": opt_mkl, "opt_onednn_packed": opt_onednn}, x
 
 
+def _train_steps(name: str, model_kwargs: dict[str, Any] | None, batch: int) -> dict[str, Any]:
+    """One training step (forward, cross-entropy, backward; no optimizer, whose update is the same on both paths)
+    per linear path, as zero-argument callables."""
+    import crossformers
+
+    base = crossformers.create_model(name, onednn_linear=False, **(model_kwargs or {})).train()
+    x = torch.randn(batch, *base.pretrained_cfg["input_size"])
+    y = torch.randint(0, base.num_classes, (batch,))
+
+    def step(model: torch.nn.Module) -> None:
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    models = {k: optimize_for_training(copy.deepcopy(base), onednn_linear=k == "train_onednn")
+              for k in ("train_mkl", "train_onednn")}
+    return {k: (lambda m=m: step(m)) for k, m in models.items()}
+
+
 def _geomean(values: list[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
 def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple[str, ...] = CALIBRATION_MODELS,
-                     model_kwargs: dict[str, dict[str, Any]] | None = None, write: bool = True) -> dict[str, Any]:
+                     model_kwargs: dict[str, dict[str, Any]] | None = None, write: bool = True,
+                     train_rounds: int = 5, train_batch: int = TRAIN_BATCH) -> dict[str, Any]:
     """Time the linear paths on whole models (see the module docs) and record the faster ones for this machine.
 
     Args:
@@ -62,11 +86,16 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         rounds: alternating rounds per model (after 2 untimed calls of each form).
         models: model names (default :data:`CALIBRATION_MODELS`); ``model_kwargs`` per name (e.g. small test models).
         write: record the result (False: measure only).
+        train_rounds: alternating rounds of training steps per model (after 1 untimed step of each path); 0 skips
+            the training measurement (no ``train_choice`` is recorded: training then follows ``choice``).
+        train_batch: images per training step.
 
     Returns:
         ``{"choice": "onednn" | "mkl", "ratio", "inference_choice": "onednn_packed" | "mkl", "packed_ratio",
-        "threads", "models": {name: {"mkl_ms", "onednn_ms", "opt_mkl_ms", "opt_onednn_packed_ms", "ratio",
-        "packed_ratio"}}, "machine", "path", "measured"}`` (times: batch-1 medians in ms; ratios oneDNN / MKL).
+        "train_choice": "onednn" | "mkl", "train_ratio", "threads", "models": {name: {"mkl_ms", "onednn_ms",
+        "opt_mkl_ms", "opt_onednn_packed_ms", "ratio", "packed_ratio", "train_mkl_ms", "train_onednn_ms",
+        "train_ratio"}}, "machine", "path", "measured"}`` (times: medians in ms, batch 1 for inference and
+        ``train_batch`` per training step; ratios oneDNN / MKL).
 
     Raises:
         ProfilingError: this PyTorch build has no oneDNN linear op (nothing to choose).
@@ -81,11 +110,21 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
             med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
             per_model[name] = {**med, "ratio": med["onednn_ms"] / med["mkl_ms"],
                                "packed_ratio": med["opt_onednn_packed_ms"] / med["opt_mkl_ms"]}
+    if train_rounds > 0:
+        with num_threads(threads):
+            for name in models:
+                steps = _train_steps(name, (model_kwargs or {}).get(name), train_batch)
+                times = time_alternating(steps, train_rounds, warmup=1)
+                med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
+                per_model[name].update(med, train_ratio=med["train_onednn_ms"] / med["train_mkl_ms"])
     ratio = _geomean([m["ratio"] for m in per_model.values()])
     packed = _geomean([m["packed_ratio"] for m in per_model.values()])
     record = {"choice": "onednn" if ratio < MARGIN else "mkl", "ratio": ratio,
               "inference_choice": "onednn_packed" if packed < MARGIN else "mkl", "packed_ratio": packed,
               "models": per_model, "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    if train_rounds > 0:
+        trained = _geomean([m["train_ratio"] for m in per_model.values()])
+        record.update(train_choice="onednn" if trained < MARGIN else "mkl", train_ratio=trained)
     if write:
         record_calibration(used, record)
     return {**record, "threads": used, "machine": machine_key(), "path": str(calibration_path())}

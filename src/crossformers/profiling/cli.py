@@ -76,8 +76,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--breakdown-depth", type=positive_int, default=2, metavar="D",
                    help="module name levels in the breakdown (default 2)")
     p.add_argument("--calibrate-linear", action="store_true", help=(
-        "time MKL against oneDNN on the models' linear products with --threads threads and record the faster as this "
-        "machine's default for new models (run it on a quiet machine; no MODEL needed)"))
+        "time MKL against oneDNN on whole models (batch-1 inference as created and optimized, and a training step) "
+        "with --threads threads and record the faster paths as this machine's defaults for new models, "
+        "optimize_for_inference and training (about 45 s; run it on a quiet machine; no MODEL needed)"))
     p.add_argument("--onnx", action="append", metavar="FILE", help=(
         "also time this ONNX export of the MODEL in onnxruntime (CPU, same threads and repeats), beside ours; once "
         "per MODEL, in their order (write it with `crossformers export MODEL --output FILE`)"))
@@ -119,17 +120,21 @@ def _validate(names: list[str]) -> None:
 
 def _calibrate(threads: int | None) -> int:
     """``profile --calibrate-linear``: measure, record, print each model and the choices."""
-    from .calibrate import calibrate_linear
+    from .calibrate import TRAIN_BATCH, calibrate_linear
 
     r = calibrate_linear(threads=threads)
     for name, m in r["models"].items():
         print(f"{name:<18} batch 1: MKL {m['mkl_ms']:6.1f} ms, oneDNN {m['onednn_ms']:6.1f} ms ({m['ratio']:.2f}); "
               f"optimized: MKL {m['opt_mkl_ms']:6.1f} ms, packed oneDNN {m['opt_onednn_packed_ms']:6.1f} ms "
               f"({m['packed_ratio']:.2f})")
+        if "train_ratio" in m:
+            print(f"{'':<18} training step of {TRAIN_BATCH}: MKL {m['train_mkl_ms']:6.0f} ms, oneDNN "
+                  f"{m['train_onednn_ms']:6.0f} ms ({m['train_ratio']:.2f})")
     name = {"onednn": "oneDNN", "onednn_packed": "packed oneDNN", "mkl": "MKL"}
-    print(f"geometric means oneDNN / MKL: {r['ratio']:.2f} as created, {r['packed_ratio']:.2f} optimized, with "
-          f"{r['threads']} thread(s): new models use {name[r['choice']]} linear layers, optimize_for_inference "
-          f"{name[r['inference_choice']]}, on this machine ({r['machine']})")
+    print(f"geometric means oneDNN / MKL: {r['ratio']:.2f} as created, {r['packed_ratio']:.2f} optimized, "
+          f"{r['train_ratio']:.2f} training, with {r['threads']} thread(s): new models use {name[r['choice']]} linear "
+          f"layers, optimize_for_inference {name[r['inference_choice']]}, training {name[r['train_choice']]}, on "
+          f"this machine ({r['machine']})")
     print(f"recorded in {r['path']} (CROSSFORMERS_ONEDNN_LINEAR=0/1 still overrides it)")
     return 0
 
