@@ -47,6 +47,7 @@ from torch import nn
 from ..engine.loading import load_model, model_in_chans
 from ..errors import CrossformersError
 from ..layers.bias_cache import InferenceCache
+from ..utils.onnx_session import open_session
 from .shapes import SizeRule, dynamic_size_rule
 
 __all__ = ["ExportError", "ExportReport", "Check", "SizeGuard", "export_model", "FORMATS", "PRECISIONS",
@@ -343,14 +344,9 @@ class _Runner:
     def __init__(self, fmt: str, path: Path):
         self.fmt = fmt
         if fmt == "onnx":
-            try:
-                import onnxruntime as ort  # optional dependency (the export extra): needed only to verify
-            except ImportError:
-                raise ExportError("verifying an ONNX export needs onnxruntime: pip install onnxruntime (or pass "
-                                  "verify=False / --no-verify)") from None
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 4  # refused inputs are expected in the checks: no console noise
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            # refused inputs are expected in the checks: no console noise
+            self.session = open_session(path, ExportError, "verifying an ONNX export (or pass verify=False / "
+                                        "--no-verify)", quiet=True)
             self.name = self.session.get_inputs()[0].name
         else:
             self.module = torch.export.load(str(path)).module()

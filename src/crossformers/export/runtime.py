@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.onnx_session import open_session
 from .core import ExportError
 
 __all__ = ["OnnxClassifier", "run_onnx"]
@@ -45,17 +46,7 @@ class OnnxClassifier:
     """
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None):
-        if not os.path.isfile(path):
-            raise ExportError(f"ONNX file not found: {path}")
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ExportError("running an ONNX export needs onnxruntime: pip install onnxruntime") from None
-        try:
-            self.session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - any loader error becomes one message
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ExportError(f"onnxruntime cannot load {path}: {first}") from None
+        self.session = open_session(path, ExportError, "running an ONNX export", providers=providers)
         self.path = str(path)
         self.input_name = self.session.get_inputs()[0].name
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)

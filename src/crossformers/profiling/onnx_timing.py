@@ -13,29 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from ..utils.onnx_session import open_session
 from .errors import ProfilingError
 from .measure import summarize_ms, time_calls
 
 __all__ = ["time_onnx"]
-
-
-def _session(path: str | os.PathLike, threads: int):
-    if not os.path.isfile(path):
-        raise ProfilingError(f"ONNX file not found: {path} (write one with `crossformers export MODEL --output "
-                             f"{path}`)")
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ProfilingError("timing an ONNX file needs onnxruntime: pip install onnxruntime") from None
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - any loader error becomes one message
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ProfilingError(f"onnxruntime cannot load {path}: {first}") from None
 
 
 def time_onnx(path: str | os.PathLike, shape: tuple[int, int, int, int], threads: int, warmup: int = 5,
@@ -55,7 +37,7 @@ def time_onnx(path: str | os.PathLike, shape: tuple[int, int, int, int], threads
         ProfilingError: missing file or onnxruntime, a file onnxruntime cannot load, or an input shape the file does
             not take (its fixed dimensions named).
     """
-    sess = _session(path, threads)
+    sess = open_session(path, ProfilingError, "timing an ONNX file", threads=threads)
     inputs = sess.get_inputs()
     if len(inputs) != 1:
         raise ProfilingError(f"{path} has {len(inputs)} inputs; an image classifier export has one (B, C, H, W)")
