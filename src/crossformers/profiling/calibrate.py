@@ -2,11 +2,14 @@
 (``crossformers profile --calibrate-linear``).
 
 One model per family (``CALIBRATION_MODELS``: CrossViT-9, CrossFormer-T, FcaFormer-L1 at their default sizes,
-random weights, batch 1, eval, ``torch.inference_mode``) is timed in four forms, calls alternating in a shuffled
-order, median per form:
+random weights) is timed in six forms, calls alternating in a shuffled order, median per form. At batch 1, eval,
+``torch.inference_mode``:
 
-* as created with MKL linear layers, and with oneDNN linear layers (the choice for new models and training);
+* as created with MKL linear layers, and with oneDNN linear layers (the choice for new models);
 * ``optimize_for_inference`` with MKL, and with oneDNN and packed weights (the choice for ``optimize_for_inference``);
+
+and in training:
+
 * a training step (train mode, batch :data:`TRAIN_BATCH`, forward and backward of a cross-entropy loss, after
   ``optimize_for_training``'s other paths) with MKL and with oneDNN linear layers (the choice for
   ``optimize_for_training`` and ``crossformers train``).
