@@ -59,3 +59,23 @@ def test_weight_packing_switch_is_scoped():
     with onednn_weight_packing() as active:
         assert active and (op.pack_linear_weight, op.pack_linear) != before
     assert (op.pack_linear_weight, op.pack_linear) == before
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
+def test_a_model_with_packed_onednn_weights_compiles():
+    """optimize_for_inference then compile_for_inference (the eager paths first, as documented): the packed-weight
+    layers step aside while dynamo traces instead of breaking the graph, also under torch.inference_mode."""
+    from crossformers.inference import optimize_for_inference
+    from crossformers.layers import linear
+
+    model = _mlp()
+    x = torch.randn(2, 300, 64)  # above linear.MIN_MACS, so eager inference uses the packed weights
+    assert x.numel() * 256 >= linear.MIN_MACS
+    with torch.no_grad():
+        expected = model(x)
+    fast = optimize_for_inference(model, onednn_linear=True)
+    assert fast[0].pack_weights
+    compiled = compile_for_inference(fast, onednn=True)
+    with torch.inference_mode():
+        out = compiled(x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

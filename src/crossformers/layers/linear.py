@@ -210,7 +210,8 @@ class OneDNNLinear(nn.Linear):
         packing is off or does not apply: gradients recorded, a weight created under ``torch.inference_mode`` (no
         version counter to notice updates) or a product that :func:`fast_linear` would not send to oneDNN."""
         w = self.weight
-        if not self.pack_weights or torch.is_grad_enabled() or w.is_inference() or not _use_onednn(x, w):
+        # _use_onednn first: it steps aside while torch.compile traces, which cannot trace is_inference()
+        if not self.pack_weights or torch.is_grad_enabled() or not _use_onednn(x, w) or w.is_inference():
             return None
         key = (w.data_ptr(), w._version, w.shape)
         cached = self.__dict__.get("_packed")
