@@ -345,8 +345,8 @@ class _Runner:
         self.fmt = fmt
         if fmt == "onnx":
             # refused inputs are expected in the checks: no console noise
-            self.session = open_session(path, ExportError, "verifying an ONNX export (or pass verify=False / "
-                                        "--no-verify)", quiet=True)
+            self.session = open_session(path, ExportError, "verifying an ONNX export", quiet=True,
+                                        hint=" (or pass verify=False / --no-verify)")
             self.name = self.session.get_inputs()[0].name
         else:
             self.module = torch.export.load(str(path)).module()

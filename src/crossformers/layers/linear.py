@@ -28,6 +28,7 @@ and it is never saved, pickled or deep-copied.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,19 @@ def _forced_by_env() -> bool | None:
     return None if env is None else (env == "1" and onednn_available())
 
 
+def _decide(calibrated: str, fallback: Callable[[], bool]) -> bool:
+    """One decision of the linear path: ``CROSSFORMERS_ONEDNN_LINEAR`` if set; else the record that the function
+    ``calibrated`` of :mod:`crossformers.layers.linear_calibration` reads for this machine, if any; else
+    ``fallback()``. Always no without oneDNN."""
+    forced = _forced_by_env()
+    if forced is not None or not onednn_available():
+        return bool(forced)
+    from . import linear_calibration  # read only when a decision is asked for
+
+    measured = getattr(linear_calibration, calibrated)()
+    return fallback() if measured is None else measured
+
+
 def onednn_by_default() -> bool:
     """Whether :func:`crossformers.create_model` switches new models to the oneDNN linear path.
 
@@ -72,28 +86,14 @@ def onednn_by_default() -> bool:
     :func:`set_onednn_linear`. The switch never changes parameters or the state dict and
     only acts on fp32 CPU tensors, so CUDA, bf16/autocast, ``torch.compile`` and export are unaffected.
     """
-    forced = _forced_by_env()
-    if forced is not None or not onednn_available():
-        return bool(forced)
-    from .linear_calibration import calibrated_choice
-
-    measured = calibrated_choice()
-    if measured is not None:
-        return measured
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return _decide("calibrated_choice", lambda: torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
 
 
 def onednn_for_inference() -> bool:
     """Whether :func:`crossformers.inference.optimize_for_inference` switches to oneDNN with packed weights:
     ``CROSSFORMERS_ONEDNN_LINEAR`` if set, else this machine's calibration (packed oneDNN against MKL) if recorded,
     else yes (packed oneDNN beat MKL on the machines measured without one). Always no without oneDNN."""
-    forced = _forced_by_env()
-    if forced is not None or not onednn_available():
-        return bool(forced)
-    from .linear_calibration import calibrated_inference_choice
-
-    measured = calibrated_inference_choice()
-    return True if measured is None else measured
+    return _decide("calibrated_inference_choice", lambda: True)
 
 
 def onednn_for_training() -> bool:
@@ -104,13 +104,7 @@ def onednn_for_training() -> bool:
     The training choice is separate because it can differ from inference's: on the 2-core Intel Xeon with AMX,
     oneDNN made the batch-32 training steps of CrossViT-9 and CrossFormer-T about 1.17x and 1.07x slower than MKL
     (``docs/profiling.md``)."""
-    forced = _forced_by_env()
-    if forced is not None or not onednn_available():
-        return bool(forced)
-    from .linear_calibration import calibrated_training_choice
-
-    measured = calibrated_training_choice()
-    return onednn_by_default() if measured is None else measured
+    return _decide("calibrated_training_choice", onednn_by_default)
 
 
 def onednn_default_reason() -> str:

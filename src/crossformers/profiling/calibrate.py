@@ -106,16 +106,15 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
     if not onednn_available():
         raise ProfilingError("this PyTorch build has no oneDNN linear op: MKL is the only path, nothing to calibrate")
     per_model: dict[str, dict[str, float]] = {}
-    with num_threads(threads) as used, torch.inference_mode():
+    with num_threads(threads) as used:
         for name in models:
-            forms, x = _forms(name, (model_kwargs or {}).get(name))
-            times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
+            with torch.inference_mode():
+                forms, x = _forms(name, (model_kwargs or {}).get(name))
+                times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
             med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
             per_model[name] = {**med, "ratio": med["onednn_ms"] / med["mkl_ms"],
                                "packed_ratio": med["opt_onednn_packed_ms"] / med["opt_mkl_ms"]}
-    if train_rounds > 0:
-        with num_threads(threads):
-            for name in models:
+            if train_rounds > 0:
                 steps = _train_steps(name, (model_kwargs or {}).get(name), train_batch)
                 times = time_alternating(steps, train_rounds, warmup=1)
                 med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}

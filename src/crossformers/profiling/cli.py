@@ -127,9 +127,8 @@ def _calibrate(threads: int | None) -> int:
         print(f"{name:<18} batch 1: MKL {m['mkl_ms']:6.1f} ms, oneDNN {m['onednn_ms']:6.1f} ms ({m['ratio']:.2f}); "
               f"optimized: MKL {m['opt_mkl_ms']:6.1f} ms, packed oneDNN {m['opt_onednn_packed_ms']:6.1f} ms "
               f"({m['packed_ratio']:.2f})")
-        if "train_ratio" in m:
-            print(f"{'':<18} training step of {TRAIN_BATCH}: MKL {m['train_mkl_ms']:6.0f} ms, oneDNN "
-                  f"{m['train_onednn_ms']:6.0f} ms ({m['train_ratio']:.2f})")
+        print(f"{'':<18} training step of {TRAIN_BATCH}: MKL {m['train_mkl_ms']:6.0f} ms, oneDNN "
+              f"{m['train_onednn_ms']:6.0f} ms ({m['train_ratio']:.2f})")
     name = {"onednn": "oneDNN", "onednn_packed": "packed oneDNN", "mkl": "MKL"}
     print(f"geometric means oneDNN / MKL: {r['ratio']:.2f} as created, {r['packed_ratio']:.2f} optimized, "
           f"{r['train_ratio']:.2f} training, with {r['threads']} thread(s): new models use {name[r['choice']]} linear "

@@ -13,7 +13,7 @@ __all__ = ["open_session"]
 
 
 def open_session(path: str | os.PathLike, error: type[Exception], need: str, threads: int | None = None,
-                 providers: list[str] | None = None, quiet: bool = False) -> Any:
+                 providers: list[str] | None = None, quiet: bool = False, hint: str = "") -> Any:
     """An ``onnxruntime.InferenceSession`` on ``path``.
 
     Args:
@@ -24,6 +24,7 @@ def open_session(path: str | os.PathLike, error: type[Exception], need: str, thr
             defaults, all cores).
         providers: execution providers (default ``["CPUExecutionProvider"]``).
         quiet: silence onnxruntime's console log (for sessions fed inputs that are meant to be refused).
+        hint: appended to the missing-onnxruntime message (e.g. how to do without it).
 
     Returns:
         The session.
@@ -37,7 +38,7 @@ def open_session(path: str | os.PathLike, error: type[Exception], need: str, thr
     try:
         import onnxruntime as ort
     except ImportError:
-        raise error(f"{need} needs onnxruntime: pip install onnxruntime") from None
+        raise error(f"{need} needs onnxruntime: pip install onnxruntime{hint}") from None
     opts = ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
