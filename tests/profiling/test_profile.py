@@ -43,6 +43,7 @@ def test_profile_fields_of_a_small_model():
     assert r.peak_mem_mib > 0 and r.peak_mem_batch_mib >= r.peak_mem_mib * 0.9 and "subprocess" in r.mem_method
     assert r.achieved_gflops == pytest.approx(2 * r.macs / (r.latency_ms / 1e3) / 1e9)
     assert r.matmul_peak_gflops > 0 and r.peak_fraction == pytest.approx(r.achieved_gflops / r.matmul_peak_gflops)
+    assert r.matmul_peak_kernel in ("native", "onednn")
     assert r.published_top1 is None  # no published accuracy for the nano variant
     assert r.breakdown[""] == r.macs and "stages.2" in r.breakdown
     text = format_breakdown(r, depth=2)
@@ -249,3 +250,33 @@ def test_profile_times_an_onnx_export_beside_ours(tmp_path, capsys):
         profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, onnx=tmp_path / "no.onnx", **FAST)
     assert main(["profile", "fcaformer_nano", "crossformer_tiny", "--onnx", str(path)]) == 2
     assert "--onnx given 1 time(s) for 2 model(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native_ms,onednn_ms,winner", [(2.0, 1.0, "onednn"), (1.0, 4.0, "native")])
+def test_matmul_peak_takes_the_faster_library(monkeypatch, native_ms, onednn_ms, winner):
+    from crossformers.layers.linear import onednn_available
+    from crossformers.profiling import measure
+
+    if not onednn_available():
+        pytest.skip("this PyTorch build has no oneDNN")
+    times = iter([[native_ms], [onednn_ms]])  # matmul_peak times torch.mm first, then oneDNN's product
+    monkeypatch.setattr(measure, "time_calls", lambda fn, device, warmup, repeats: (fn(), next(times))[1])
+    monkeypatch.setattr(measure, "_PEAK_CACHE", {})
+    gflops, kernel = measure.matmul_peak(1, n=100)
+    assert kernel == winner and gflops == pytest.approx(2 * 100 ** 3 / (min(native_ms, onednn_ms) / 1e3) / 1e9)
+
+
+def test_matmul_peak_kernels_and_errors():
+    from crossformers.layers.linear import onednn_available
+    from crossformers.profiling.measure import matmul_peak
+
+    native, k_native = matmul_peak(1, n=256, repeats=3, kernel="native")
+    assert native > 0 and k_native == "native"
+    if onednn_available():
+        onednn, k_onednn = matmul_peak(1, n=256, repeats=3, kernel="onednn")
+        assert onednn > 0 and k_onednn == "onednn"
+    assert matmul_peak(1, dtype=torch.bfloat16, n=256, repeats=2)[1] == "native"  # oneDNN's peak is fp32 only
+    with pytest.raises(ProfilingError, match="use one of best, native, onednn"):
+        matmul_peak(1, n=64, kernel="mkl")
+    with pytest.raises(ProfilingError, match="use kernel='native'"):
+        matmul_peak(1, dtype=torch.bfloat16, n=64, kernel="onednn")

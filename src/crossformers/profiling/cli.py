@@ -42,7 +42,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "Profile models: parameters, MACs (FLOPs/2, explicit attention, per image), batch-1 latency (median and p90 "
         "after warm-up, ms), throughput at batch N (img/s), peak memory (MiB: peak RSS of inference in a fresh "
         "process minus its RSS after imports on CPU; max allocated on CUDA), achieved GFLOP/s and its fraction of the "
-        "measured matmul peak (torch.mm 2048x2048, same threads). Timings on a shared machine are noisy: compare "
+        "measured matmul peak (2048x2048 product, same threads; fp32 on the CPU: the faster of MKL and oneDNN). Timings on a shared machine are noisy: compare "
         "models side by side (benchmarks/)."))
     p.add_argument("models", metavar="MODEL", nargs="*",
                    help="crossformers model names (or timm:<name>); shell patterns such as 'fcaformer_l*' expand")

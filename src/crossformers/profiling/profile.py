@@ -40,12 +40,14 @@ from ..utils.macs import count_macs
 from .errors import ProfilingError
 from .measure import (
     cuda_peak_mib,
-    matmul_peak_gflops,
     num_threads,
     rss_increase_inprocess,
     rss_peak_subprocess,
     summarize_ms,
     time_calls,
+)
+from .measure import (
+    matmul_peak as measure_matmul_peak,
 )
 from .onnx_timing import time_onnx
 from .published import family_of, published
@@ -87,6 +89,7 @@ class ProfileResult:
     mem_method: str = ""
     achieved_gflops: float | None = None
     matmul_peak_gflops: float | None = None
+    matmul_peak_kernel: str | None = None
     peak_fraction: float | None = None
     published_top1: float | None = None
     compile_s: float | None = None
@@ -280,7 +283,8 @@ def profile_model(
         latency: measure latency/throughput (False: params and MACs only).
         memory: measure peak memory (a subprocess on CPU for models given by name).
         breakdown: keep the per-module MAC breakdown in the result.
-        matmul_peak: measure the matmul peak (cached per process) for ``peak_fraction``.
+        matmul_peak: measure the matmul peak (:func:`~crossformers.profiling.measure.matmul_peak`: for fp32 on the
+            CPU the better of MKL's and oneDNN's 2048x2048 product; cached per process) for ``peak_fraction``.
         model_kwargs: constructor arguments for models given by name.
         precision: ``'fp32'``, or ``'bf16'`` / ``'int8'`` through :func:`crossformers.inference.to_precision`
             (applied after the other options; ``dtype`` must stay fp32; int8 always compiles, bf16 with ``compile``;
@@ -396,8 +400,9 @@ def profile_model(
         finally:
             if not isinstance(name_or_model, str) and model is name_or_model:
                 model.train(was_training)
-        if latency and matmul_peak and label in DTYPES:  # the fp32 / bf16 torch.mm peak (no int8 reference)
-            result.matmul_peak_gflops = matmul_peak_gflops(used_threads, dev, DTYPES[label])
+        if latency and matmul_peak and label in DTYPES:  # the fp32 / bf16 product peak (no int8 reference)
+            result.matmul_peak_gflops, result.matmul_peak_kernel = measure_matmul_peak(used_threads, dev,
+                                                                                       DTYPES[label])
         if result.latency_ms:
             result.achieved_gflops = 2.0 * macs / (result.latency_ms / 1e3) / 1e9
             if result.matmul_peak_gflops:

@@ -57,7 +57,9 @@ def _settings(results: Sequence[ProfileResult]) -> str:
     opts = [o for o, on in (("compiled", r.compiled), ("fused", r.fused), ("oneDNN linear", r.onednn_linear),
                             ("packed weights", r.packed_weights),
                             ("channels-last", r.channels_last)) if on]
-    peak = f", matmul peak {r.matmul_peak_gflops:.1f} GFLOP/s" if r.matmul_peak_gflops else ""
+    via = {"native": "torch.mm", "onednn": "oneDNN"}.get(r.matmul_peak_kernel or "", "")
+    peak = (f", matmul peak {r.matmul_peak_gflops:.1f} GFLOP/s{f' ({via})' if via else ''}"
+            if r.matmul_peak_gflops else "")
     tput = f"throughput at N={r.batch_size}" if r.batch_size else "no throughput"
     return (f"{r.device}, {r.threads} thread(s), {r.dtype}, {tput}{', ' + ', '.join(opts) if opts else ''}{peak}; "
             f"MACs = FLOPs/2 per image; peak MiB = {r.mem_method or 'not measured'}")
