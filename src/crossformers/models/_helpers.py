@@ -18,6 +18,7 @@ from torch import nn
 from ..checkpoint import head_keys, load_checkpoint, read_state_dict
 from ..errors import InputSizeError, PretrainedUnavailableError
 from ..hub import WEIGHTS_ENV, WEIGHTS_FILE, read_local_dir_weights, weights_folder_file
+from ..layers.conv import fp32_depthwise_autocast
 from ..layers.linear import onednn_by_default, set_onednn_linear
 from .dense_checkpoint import load_dense_weights
 
@@ -144,7 +145,9 @@ def build_family_model(
     or when ``new_head=True`` (the caller gave ``num_classes``).
 
     ``onednn_linear`` (default :func:`crossformers.layers.linear.onednn_by_default`) switches the linear layers to
-    the oneDNN path; parameters and state dict are unchanged.
+    the oneDNN path; parameters and state dict are unchanged. Depthwise convolutions become
+    :class:`~crossformers.layers.conv.AutocastDepthwiseConv2d` (fp32 while training under CPU bf16 autocast, where
+    their bf16 backward is several times slower; the plain convolution everywhere else).
 
     ``device`` / ``dtype`` (timm's factory arguments, e.g. ``create_model(name, device="meta")``) place and cast the
     parameters and floating-point buffers: the model is constructed under ``torch.device(device)`` and cast to
@@ -186,6 +189,7 @@ def build_family_model(
 
     def construct(**kw):
         model = _placed(cls, device, dtype, **kw)
+        fp32_depthwise_autocast(model)
         if onednn:
             set_onednn_linear(model, True)
         if weights is not None:
