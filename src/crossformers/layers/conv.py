@@ -17,6 +17,7 @@ switches a model's depthwise ``nn.Conv2d`` modules to it by changing their class
 from __future__ import annotations
 
 import torch
+from timm.layers import register_notrace_module
 from torch import nn
 
 __all__ = ["AutocastDepthwiseConv2d", "fp32_depthwise_autocast", "is_depthwise"]
@@ -27,6 +28,7 @@ def is_depthwise(conv: nn.Module) -> bool:
     return isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels
 
 
+@register_notrace_module  # branches on autocast and grad mode: an FX leaf
 class AutocastDepthwiseConv2d(nn.Conv2d):
     """Depthwise ``nn.Conv2d`` computed in fp32 during CPU bf16-autocast training (see the module docs).
 
