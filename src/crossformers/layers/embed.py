@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import register_notrace_function
+from timm.layers import register_notrace_function, register_notrace_module
 from torch import nn
 
-__all__ = ["CrossScaleEmbedding", "cel_channels", "conv_output_size", "pad_to_multiple"]
+__all__ = ["CrossScaleEmbedding", "cel_channels", "conv_output_size", "pad_to_multiple", "WideKernelConv2d",
+           "WIDE_KERNEL_FACTOR"]
+
+#: CEL kernels at least this many strides wide are :class:`WideKernelConv2d` (weight gradient through space-to-depth)
+WIDE_KERNEL_FACTOR = 4
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -33,6 +37,84 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph))
     return x
+
+
+def _space_to_depth(x: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """(B, C, H, W) zero-padded by ``padding`` on every side, cropped to multiples of ``stride`` and unshuffled:
+    (B, C * stride^2, (H + 2p) // stride, (W + 2p) // stride), channel ``c * stride^2 + ry * stride + rx`` holding
+    the pixels at row offset ``ry`` and column offset ``rx`` of each stride x stride cell."""
+    x = F.pad(x, (padding,) * 4)
+    h, w = x.shape[-2:]
+    return F.pixel_unshuffle(x[..., : h - h % stride, : w - w % stride], stride)
+
+
+class _WideKernelConv(torch.autograd.Function):
+    """Conv2d (stride s, padding p, kernel k a multiple of s) whose weight gradient is computed as a stride-1
+    convolution of kernel k / s over the space-to-depth input (:func:`_space_to_depth`). The two are the same sums
+    in another order: output pixel i covers input rows s*i - p + ky, and with ky = s*qy + ry that is row i + qy of
+    unshuffled channel ry. The forward pass is the plain convolution."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride: int, padding: int):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        return F.conv2d(x, weight, bias, stride=stride, padding=padding)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        s, p = ctx.stride, ctx.padding
+        o, c, k, _ = weight.shape
+        q = k // s
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.ops.aten.convolution_backward(grad, x, weight, None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                                                     [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            w2 = weight.reshape(o, c, q, s, q, s).permute(0, 1, 3, 5, 2, 4).reshape(o, c * s * s, q, q)
+            gw2 = torch.ops.aten.convolution_backward(grad, _space_to_depth(x, s, p), w2, None, [1, 1], [0, 0], [1, 1],
+                                                      False, [0, 0], 1, [False, True, False])[1]
+            gw = gw2.reshape(o, c, s, s, q, q).permute(0, 1, 4, 2, 5, 3).reshape(o, c, k, k)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3))
+        return gx, gw, gb, None, None
+
+
+@register_notrace_module  # branches on the input's device and dtype: an FX leaf
+class WideKernelConv2d(nn.Conv2d):
+    """``nn.Conv2d`` for CEL kernels at least :data:`WIDE_KERNEL_FACTOR` strides wide (the stem's 16x16 and 32x32
+    kernels at stride 4) whose weight gradient, in CPU fp32 training, goes through space-to-depth.
+
+    PyTorch's CPU weight gradient of such wide, strided kernels is slow: for the 32x32 stride-4 stem kernel at batch
+    8 (2-core Intel Xeon, torch 2.14.1) forward + backward took 69 ms, against 17 ms with this gradient (16x16: 15 ->
+    6 ms; narrower kernels gain nothing, ``docs/profiling.md``). The forward pass is the plain convolution; the
+    weight gradient equals the plain one within float rounding (its sums run in another order). Without gradients,
+    under autocast, on CUDA, while ``torch.compile`` / ``torch.jit.trace`` trace, and for other dtypes it is the
+    plain ``nn.Conv2d``. Parameters and state dict are those of ``nn.Conv2d``.
+
+    Input (B, C, H, W); output (B, O, H', W').
+
+    Raises:
+        ValueError: at construction, for a kernel that is not square, not a multiple of the stride, or a
+            convolution with groups, dilation or non-zero padding modes.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        k, st, pad = self.kernel_size, self.stride, self.padding
+        if (k[0] != k[1] or st[0] != st[1] or k[0] % st[0] or not isinstance(pad, tuple) or pad[0] != pad[1]
+                or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros"):
+            raise ValueError(f"WideKernelConv2d needs a square kernel that is a multiple of an equal stride, equal "
+                             f"padding, no groups or dilation (got kernel {k}, stride {st}, padding {pad}, groups "
+                             f"{self.groups}, dilation {self.dilation}): use nn.Conv2d")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or not torch.is_grad_enabled()
+                or not self.weight.requires_grad or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
+                or torch.compiler.is_compiling()):
+            return super().forward(x)
+        return _WideKernelConv.apply(x, self.weight, self.bias, self.stride[0], self.padding[0])
 
 
 class CrossScaleEmbedding(nn.Module):
@@ -65,7 +147,8 @@ class CrossScaleEmbedding(nn.Module):
         self.input_fmt = input_fmt
         self.pad_to_stride = pad_to_stride
         self.projs = nn.ModuleList([
-            nn.Conv2d(in_chs, dim, kernel_size=k, stride=stride, padding=(k - stride) // 2)
+            (WideKernelConv2d if k % stride == 0 and k >= WIDE_KERNEL_FACTOR * stride else nn.Conv2d)(
+                in_chs, dim, kernel_size=k, stride=stride, padding=(k - stride) // 2)
             for k, dim in zip(kernel_sizes, cel_channels(out_dim, len(kernel_sizes)), strict=True)
         ])
         self.norm = norm_layer(in_chs if norm_first else out_dim) if norm_layer is not None else nn.Identity()

@@ -1,0 +1,87 @@
+"""The cross-scale embedding's wide-kernel convolution: space-to-depth weight gradient (layers/embed.py)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from crossformers.layers.embed import WIDE_KERNEL_FACTOR, CrossScaleEmbedding, WideKernelConv2d
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> None:
+    """Equal within float rounding of sums taken in another order: max |a - b| <= rel * max |b|."""
+    assert (a - b).abs().max() <= rel * b.abs().max(), ((a - b).abs().max(), b.abs().max())
+
+
+def _pair(c_in: int, c_out: int, k: int, s: int, bias: bool = True):
+    torch.manual_seed(0)
+    wide = WideKernelConv2d(c_in, c_out, k, stride=s, padding=(k - s) // 2, bias=bias)
+    plain = nn.Conv2d(c_in, c_out, k, stride=s, padding=(k - s) // 2, bias=bias)
+    plain.load_state_dict(wide.state_dict())
+    return wide, plain
+
+
+@pytest.mark.parametrize("k,s,size,bias", [(32, 4, (64, 64), True), (16, 4, (50, 37), True), (8, 2, (21, 30), False),
+                                          (12, 3, (40, 41), True)])
+def test_gradients_equal_the_plain_convolution(k, s, size, bias):
+    wide, plain = _pair(3, 5, k, s, bias)
+    x = torch.randn(2, 3, *size)
+    xw, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yw, yp = wide(xw), plain(xp)
+    torch.testing.assert_close(yw, yp, rtol=0, atol=0)  # the forward pass is the plain convolution
+    g = torch.randn_like(yp)
+    yw.backward(g)
+    yp.backward(g)
+    _close(wide.weight.grad, plain.weight.grad)
+    _close(xw.grad, xp.grad)
+    if bias:
+        _close(wide.bias.grad, plain.bias.grad)
+
+
+def test_weight_gradient_without_input_gradient():
+    wide, plain = _pair(3, 4, 32, 4)
+    x = torch.randn(1, 3, 48, 48)  # an image: no gradient of its own
+    wide(x).square().sum().backward()
+    plain(x).square().sum().backward()
+    _close(wide.weight.grad, plain.weight.grad)
+
+
+def test_space_to_depth_path_is_taken_only_in_fp32_training(monkeypatch):
+    from crossformers.layers import embed
+
+    calls = []
+    original = embed._WideKernelConv.apply
+    monkeypatch.setattr(embed._WideKernelConv, "apply", lambda *a: calls.append(1) or original(*a))
+    wide, _ = _pair(3, 4, 16, 4)
+    x = torch.randn(1, 3, 32, 32)
+    wide(x)
+    assert calls == [1]
+    with torch.no_grad():
+        wide(x)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert wide(x).dtype == torch.bfloat16
+    wide.weight.requires_grad_(False)
+    wide(x)
+    assert calls == [1]
+
+
+def test_cel_uses_it_for_wide_kernels_only_and_keeps_the_state_dict():
+    cel = CrossScaleEmbedding(3, 64, (4, 8, 16, 32), stride=4)
+    assert [type(p) for p in cel.projs] == [nn.Conv2d, nn.Conv2d, WideKernelConv2d, WideKernelConv2d]
+    assert all(p.kernel_size[0] >= WIDE_KERNEL_FACTOR * 4 for p in cel.projs if type(p) is WideKernelConv2d)
+    merge = CrossScaleEmbedding(64, 128, (2, 4), stride=2, norm_layer=nn.LayerNorm, norm_first=True,
+                                input_fmt="NHWC")
+    assert all(type(p) is nn.Conv2d for p in merge.projs)
+    plain = copy.deepcopy(cel)
+    for p in plain.projs:
+        p.__class__ = nn.Conv2d
+    assert cel.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_bad_configuration_names_the_fix():
+    with pytest.raises(ValueError, match="use nn.Conv2d"):
+        WideKernelConv2d(3, 4, 10, stride=4)
+    with pytest.raises(ValueError, match="use nn.Conv2d"):
+        WideKernelConv2d(4, 4, 16, stride=4, groups=2)
