@@ -71,9 +71,6 @@ def test_cel_uses_it_for_wide_kernels_only_and_keeps_the_state_dict():
     cel = CrossScaleEmbedding(3, 64, (4, 8, 16, 32), stride=4)
     assert [type(p) for p in cel.projs] == [nn.Conv2d, nn.Conv2d, WideKernelConv2d, WideKernelConv2d]
     assert all(p.kernel_size[0] >= WIDE_KERNEL_FACTOR * 4 for p in cel.projs if type(p) is WideKernelConv2d)
-    merge = CrossScaleEmbedding(64, 128, (2, 4), stride=2, norm_layer=nn.LayerNorm, norm_first=True,
-                                input_fmt="NHWC")
-    assert all(type(p) is nn.Conv2d for p in merge.projs)
     plain = copy.deepcopy(cel)
     for p in plain.projs:
         p.__class__ = nn.Conv2d
@@ -85,3 +82,46 @@ def test_bad_configuration_names_the_fix():
         WideKernelConv2d(3, 4, 10, stride=4)
     with pytest.raises(ValueError, match="use nn.Conv2d"):
         WideKernelConv2d(4, 4, 16, stride=4, groups=2)
+
+
+def test_token_map_conv_caches_a_channels_last_weight_in_inference():
+    from crossformers.layers.embed import TokenMapConv2d
+
+    torch.manual_seed(0)
+    conv = TokenMapConv2d(16, 8, 4, stride=2, padding=1)
+    plain = nn.Conv2d(16, 8, 4, stride=2, padding=1)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 12, 12, 16).permute(0, 3, 1, 2)  # a token map seen as NCHW
+    with torch.no_grad():
+        y = conv(x)
+        torch.testing.assert_close(y, plain(x), rtol=0, atol=0)
+        cached = conv.__dict__["_channels_last_weight"][1]
+        assert cached.is_contiguous(memory_format=torch.channels_last)
+        conv(x)
+        assert conv.__dict__["_channels_last_weight"][1] is cached  # reused
+        conv.weight.mul_(2)  # an in-place update: the cache is rebuilt
+        plain.weight.mul_(2)
+        torch.testing.assert_close(conv(x), plain(x), rtol=0, atol=0)
+        assert conv.__dict__["_channels_last_weight"][1] is not cached
+    assert "_channels_last_weight" not in copy.deepcopy(conv).__dict__
+    conv.train()
+    assert "_channels_last_weight" not in conv.__dict__
+    out = conv(x)  # with gradients: the plain convolution, no cache
+    assert "_channels_last_weight" not in conv.__dict__ and out.requires_grad
+    with torch.no_grad():
+        conv(x.contiguous())  # a contiguous NCHW input needs no channels-last weight
+    assert "_channels_last_weight" not in conv.__dict__
+
+
+def test_patch_merging_uses_token_map_convolutions():
+    from crossformers.layers.embed import TokenMapConv2d
+
+    merge = CrossScaleEmbedding(64, 128, (2, 4), stride=2, norm_layer=nn.LayerNorm, norm_first=True,
+                                input_fmt="NHWC")
+    assert all(type(p) is TokenMapConv2d for p in merge.projs)
+    x = torch.randn(1, 8, 8, 64)
+    plain = copy.deepcopy(merge)
+    for p in plain.projs:
+        p.__class__ = nn.Conv2d
+    with torch.no_grad():
+        torch.testing.assert_close(merge(x), plain(x), rtol=0, atol=0)

@@ -12,6 +12,7 @@ from timm.layers import register_notrace_function, register_notrace_module
 from torch import nn
 
 __all__ = ["CrossScaleEmbedding", "cel_channels", "conv_output_size", "pad_to_multiple", "WideKernelConv2d",
+           "TokenMapConv2d",
            "WIDE_KERNEL_FACTOR"]
 
 #: CEL kernels at least this many strides wide are :class:`WideKernelConv2d` (weight gradient through space-to-depth)
@@ -117,6 +118,58 @@ class WideKernelConv2d(nn.Conv2d):
         return _WideKernelConv.apply(x, self.weight, self.bias, self.stride[0], self.padding[0])
 
 
+def _plain_call() -> bool:
+    """True while a compiler, exporter, tracer or dispatch mode (FLOP counter, fake tensors) runs the model: the
+    layers here then take their plain path, so those tools see ordinary ops."""
+    return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting() or torch._C._len_torch_dispatch_stack() > 0)
+
+
+@register_notrace_module  # keeps a cache and branches on grad mode: an FX leaf
+class TokenMapConv2d(nn.Conv2d):
+    """``nn.Conv2d`` for a channels-last token map (a (B, H, W, C) tensor seen as (B, C, H, W) through
+    ``permute(0, 3, 1, 2)``): CrossFormer's patch merging.
+
+    On such input PyTorch's CPU convolution converts its weight to channels-last on every call (a full copy of the
+    weight: 1 ms per call for CrossFormer-T's last 256 -> 256 4x4 merge on a 2-core Intel Xeon). In inference
+    (no gradient recorded, fp32 or bf16 CPU tensors) this layer keeps that channels-last copy and reuses it until
+    the weight changes (its storage or version counter), which made CrossFormer-T / S batch-1 inference 3-4 % faster
+    with bit-identical outputs (``docs/profiling.md``). The copy costs the weight's size again in memory; ``train()``
+    frees it and it is never saved. Parameters and state dict are those of ``nn.Conv2d``; training, CUDA,
+    contiguous inputs, and compilers/exporters/tracers take the plain convolution.
+
+    Input (B, C, H, W) (any strides); output (B, O, H', W').
+    """
+
+    def _cached_weight(self, x: torch.Tensor) -> torch.Tensor | None:
+        w = self.weight
+        if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4 or _plain_call()
+                or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous() or w.is_inference()):
+            return None
+        key = (w.data_ptr(), w._version, w.dtype)
+        cached = self.__dict__.get("_channels_last_weight")
+        if cached is None or cached[0] != key:
+            cached = (key, w.detach().contiguous(memory_format=torch.channels_last))
+            self.__dict__["_channels_last_weight"] = cached
+        return cached[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self._cached_weight(x)
+        if weight is None:
+            return super().forward(x)
+        return self._conv_forward(x, weight, self.bias)
+
+    def train(self, mode: bool = True) -> TokenMapConv2d:
+        if mode:
+            self.__dict__.pop("_channels_last_weight", None)
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        state.pop("_channels_last_weight", None)  # a derived copy: never pickled or deep-copied
+        return state
+
+
 class CrossScaleEmbedding(nn.Module):
     """CEL: parallel convolutions of kernel sizes ``kernel_sizes`` and one stride, concatenated (paper Sec. 3.1).
 
@@ -147,11 +200,19 @@ class CrossScaleEmbedding(nn.Module):
         self.input_fmt = input_fmt
         self.pad_to_stride = pad_to_stride
         self.projs = nn.ModuleList([
-            (WideKernelConv2d if k % stride == 0 and k >= WIDE_KERNEL_FACTOR * stride else nn.Conv2d)(
-                in_chs, dim, kernel_size=k, stride=stride, padding=(k - stride) // 2)
+            self._conv_class(k, stride, input_fmt)(in_chs, dim, kernel_size=k, stride=stride,
+                                                   padding=(k - stride) // 2)
             for k, dim in zip(kernel_sizes, cel_channels(out_dim, len(kernel_sizes)), strict=True)
         ])
         self.norm = norm_layer(in_chs if norm_first else out_dim) if norm_layer is not None else nn.Identity()
+
+    @staticmethod
+    def _conv_class(kernel: int, stride: int, input_fmt: str) -> type[nn.Conv2d]:
+        """The convolution of one scale: :class:`TokenMapConv2d` on token maps (NHWC input),
+        :class:`WideKernelConv2d` for kernels of at least :data:`WIDE_KERNEL_FACTOR` strides, else ``nn.Conv2d``."""
+        if input_fmt == "NHWC":
+            return TokenMapConv2d
+        return WideKernelConv2d if kernel % stride == 0 and kernel >= WIDE_KERNEL_FACTOR * stride else nn.Conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm_first:
