@@ -163,3 +163,39 @@ def test_training_takes_the_calibrated_training_linear_path(tiny_config, tmp_pat
     train(cfg, progress=False)
     kernel = "onednn" if train_choice == "onednn" else "native"
     assert f"({kernel} linear layers)" in caplog.text
+
+
+@pytest.mark.parametrize("setting", [None, False, True])
+def test_channels_last_follows_the_model_protocol_unless_set(tiny_config, tmp_path, monkeypatch, caplog, setting):
+    """channels_last=None: on the CPU, models declaring prefers_channels_last (FcaFormer) train channels-last, others
+    not; True / False force it. The saved weights are ordinary contiguous tensors either way."""
+    train_module = importlib.import_module("crossformers.engine.train")  # the module, not the function
+    seen = {}
+    original = train_module.set_channels_last
+
+    def spy(model, enable=True):
+        seen["convs"] = model
+        return original(model, enable)
+
+    monkeypatch.setattr(train_module, "set_channels_last", spy)
+    caplog.set_level("INFO", logger="crossformers")
+    cfg = tiny_config(model="fcaformer_nano", max_steps=1, limit_val=16, channels_last=setting)
+    train(cfg, progress=False)
+    on = setting is not False  # fcaformer_nano prefers channels-last, so None means on
+    assert ("channels-last" in caplog.text) is on and ("convs" in seen) is on
+    if on:
+        convs = [m for m in seen["convs"].modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+        assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    weights = load_file(f"{cfg.output}/last/model.safetensors")
+    assert weights and all(t.is_contiguous() for t in weights.values())
+    caplog.clear()
+    seen.clear()
+    train(tiny_config(name="vit", max_steps=1, limit_val=16, channels_last=None), progress=False)
+    assert "convs" not in seen and "channels-last" not in caplog.text  # test_vit does not prefer it
+
+
+def test_channels_last_must_be_a_bool_or_none(tiny_config):
+    from crossformers.engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="channels_last must be true, false or null"):
+        tiny_config(channels_last="yes").validate()

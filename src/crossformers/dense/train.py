@@ -192,6 +192,10 @@ class DenseTrainer(_Trainer):
                               f"({info.world_size} process(es)); {why}: use --batch-size {need * info.world_size} or "
                               "more")
 
+    def _default_channels_last(self, model) -> bool:
+        """Off unless ``--channels-last`` asks for it: not measured for detectors and segmenters."""
+        return False
+
     def _build_model_and_data(self):
         cfg = self.cfg
         train_ds, val_ds, classes = self.task.datasets(cfg)

@@ -43,6 +43,8 @@ class TrainConfig:
         pretrained: fine-tune from a checkpoint: one of our checkpoint/run directories, or an official / state-dict
             file (``.pth``, ``.safetensors``). A classifier of another class count is replaced by a new head.
         grad_checkpointing: recompute activations in the backward pass (saves memory, costs time).
+        channels_last: channels-last memory for the convolutions (True / False); ``None`` = where measured faster:
+            on the CPU, for models that declare ``prefers_channels_last`` (FcaFormer: training steps 0.83-0.93x).
 
     Data:
         data: ``'fashion-mnist'`` or an image-folder root with ``train/`` and ``val/``.
@@ -108,6 +110,7 @@ class TrainConfig:
     drop_path_rate: float = 0.0
     pretrained: str | None = None
     grad_checkpointing: bool = False
+    channels_last: bool | None = None
     # data
     data: str = "fashion-mnist"
     limit_train: int | None = None
@@ -291,6 +294,8 @@ class TrainConfig:
         need(isinstance(self.output, str) and bool(self.output), f"output must be a directory path, got {self.output!r}")
         for name in ("amp", "grad_checkpointing", "check_images"):
             need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
+        need(self.channels_last is None or isinstance(self.channels_last, bool),
+             f"channels_last must be true, false or null (auto), got {self.channels_last!r}")
         for name in ("pretrained", "resume", "auto_augment"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, str) and bool(v)), f"{name} must be a non-empty string or None, got {v!r}")

@@ -45,6 +45,7 @@ from ..data import (
 )
 from ..errors import CheckpointError, CrossformersError
 from ..layers.linear import onednn_for_training
+from ..models._base import prefers_channels_last, set_channels_last
 from .checkpoint_io import (
     META_FILE,
     MODEL_FILE,
@@ -326,6 +327,10 @@ class _Trainer:
             # the linear path measured faster for training steps here (calibration), which can differ from the
             # inference choice new models get; fp32 CPU products only, so AMP and CUDA are unaffected
             model.linear_kernel = "onednn" if onednn_for_training() else "native"
+        self.channels_last = (self._default_channels_last(model) if cfg.channels_last is None
+                              else cfg.channels_last)
+        if self.channels_last:
+            set_channels_last(model, True)
         if cfg.grad_checkpointing:
             if not callable(getattr(model, "set_grad_checkpointing", None)):
                 raise ConfigError(f"model {cfg.model} does not support --grad-checkpointing")
@@ -605,6 +610,19 @@ class _Trainer:
             self.run_folder.commit(items, label)
         barrier(self.info)
 
+    def _layout_note(self) -> str:
+        """`` (native linear layers, channels-last)`` for the start-up log line: the linear path and memory format."""
+        parts = [f"{self.model.linear_kernel} linear layers"] if hasattr(self.model, "linear_kernel") else []
+        parts += ["channels-last"] if self.channels_last else []
+        return f" ({', '.join(parts)})" if parts else ""
+
+    def _default_channels_last(self, model: nn.Module) -> bool:
+        """``channels_last=None``: on the CPU, channels-last memory for models that declare it faster
+        (``prefers_channels_last``, the family protocol: FcaFormer). Measured on a 2-core Intel Xeon: training steps
+        0.93x (fcaformer_nano, batch 128 at 56 px, fp32 and bf16 autocast) and 0.83-0.88x (FcaFormer-L1, batch 32)
+        of the default layout's time. Elsewhere (CUDA, other families) not measured: off."""
+        return self.device.type == "cpu" and prefers_channels_last(model)
+
     @torch.no_grad()
     def _validate(self, model: nn.Module) -> dict[str, float]:
         was_training = model.training
@@ -660,8 +678,7 @@ class _Trainer:
                      "%d images per process per step; device %s%s; output %s", cfg.model, n_params / 1e6,
                      len(self.classes), tuple(self.pre["input_size"]), self.steps_per_epoch, cfg.epochs,
                      info.world_size, self.batch, self.device,
-                     f" ({self.model.linear_kernel} linear layers)" if hasattr(self.model, "linear_kernel") else "",
-                     self.out)
+                     self._layout_note(), self.out)
         if self.rng_to_restore is not None and self.start_batch == 0:
             restore_rng_state(self.rng_to_restore)
         last_row: dict[str, Any] = dict(self.history.rows[-1]) if self.history.rows else {}

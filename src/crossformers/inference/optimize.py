@@ -7,18 +7,10 @@ from torch import nn
 
 from ..layers.bias_cache import set_bias_cache
 from ..layers.linear import onednn_for_inference, onednn_for_training, set_onednn_linear, set_packed_weights
-from ..models._base import set_channels_last, set_fused_attn
+from ..models._base import prefers_channels_last, set_channels_last, set_fused_attn
 from .folding import fuse
 
 __all__ = ["optimize_for_inference", "optimize_for_training", "prefers_channels_last"]
-
-
-def prefers_channels_last(model: nn.Module) -> bool:
-    """Whether channels-last memory speeds ``model`` up: any module of it declares ``prefers_channels_last = True``
-    (the family protocol; measured, docs/profiling.md: the hybrid FcaFormer with its conv stem, ConvNeXt stages and
-    depthwise convolutions on token maps; not CrossFormer, whose maps are channels-last tokens already, nor
-    CrossViT, with one patch convolution)."""
-    return any(getattr(m, "prefers_channels_last", False) is True for m in model.modules())
 
 
 def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: bool | None = None,

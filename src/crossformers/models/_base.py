@@ -17,7 +17,7 @@ from ..layers.bias_cache import clear_caches, set_bias_cache, tensor_versions
 from ..layers.linear import LinearKernelMixin
 from ._helpers import check_input
 
-__all__ = ["HierarchicalModel", "OfficialLayoutHint", "DenseBackboneHead", "set_fused_attn", "clear_caches", "set_bias_cache", "set_channels_last",
+__all__ = ["HierarchicalModel", "OfficialLayoutHint", "DenseBackboneHead", "set_fused_attn", "clear_caches", "set_bias_cache", "set_channels_last", "prefers_channels_last",
            "tensor_versions"]
 
 
@@ -27,6 +27,14 @@ def set_fused_attn(model: nn.Module, enable: bool = True) -> None:
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = enable
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Whether channels-last memory speeds ``model`` up: any module of it declares ``prefers_channels_last = True``
+    (the family protocol; measured, docs/profiling.md: the hybrid FcaFormer with its conv stem, ConvNeXt stages and
+    depthwise convolutions on token maps; not CrossFormer, whose maps are channels-last tokens already, nor
+    CrossViT, with one patch convolution)."""
+    return any(getattr(m, "prefers_channels_last", False) is True for m in model.modules())
 
 
 def set_channels_last(model: nn.Module, enable: bool = True) -> nn.Module:
