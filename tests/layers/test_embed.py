@@ -88,29 +88,39 @@ def test_token_map_conv_caches_a_channels_last_weight_in_inference():
     from crossformers.layers.embed import TokenMapConv2d
 
     torch.manual_seed(0)
-    conv = TokenMapConv2d(16, 8, 4, stride=2, padding=1)
+    conv = TokenMapConv2d(16, 8, 4, stride=2, padding=1).eval()
     plain = nn.Conv2d(16, 8, 4, stride=2, padding=1)
     plain.load_state_dict(conv.state_dict())
+    assert conv.state_dict().keys() == plain.state_dict().keys()  # the cache adds no keys
     x = torch.randn(2, 12, 12, 16).permute(0, 3, 1, 2)  # a token map seen as NCHW
+
+    def cached():
+        entries = list(conv.weight_cache._store.values())
+        assert len(entries) <= 1
+        return entries[0] if entries else None
+
     with torch.no_grad():
         y = conv(x)
         torch.testing.assert_close(y, plain(x), rtol=0, atol=0)
-        cached = conv.__dict__["_channels_last_weight"][1]
-        assert cached.is_contiguous(memory_format=torch.channels_last)
+        first = cached()
+        assert first is not None and first.is_contiguous(memory_format=torch.channels_last)
         conv(x)
-        assert conv.__dict__["_channels_last_weight"][1] is cached  # reused
-        conv.weight.mul_(2)  # an in-place update: the cache is rebuilt
+        assert cached() is first  # reused
+        conv.weight.mul_(2)  # an in-place update: the cache misses and copies again
         plain.weight.mul_(2)
         torch.testing.assert_close(conv(x), plain(x), rtol=0, atol=0)
-        assert conv.__dict__["_channels_last_weight"][1] is not cached
-    assert "_channels_last_weight" not in copy.deepcopy(conv).__dict__
+        assert any(v is not first for v in conv.weight_cache._store.values())
+    assert len(copy.deepcopy(conv).weight_cache) == 0
     conv.train()
-    assert "_channels_last_weight" not in conv.__dict__
-    out = conv(x)  # with gradients: the plain convolution, no cache
-    assert "_channels_last_weight" not in conv.__dict__ and out.requires_grad
+    assert len(conv.weight_cache) == 0
+    out = conv(x)  # training with gradients: the plain convolution, nothing cached, the weight gets its gradient
+    assert len(conv.weight_cache) == 0 and out.requires_grad
+    out.sum().backward()
+    assert conv.weight.grad is not None
+    conv.eval()
     with torch.no_grad():
         conv(x.contiguous())  # a contiguous NCHW input needs no channels-last weight
-    assert "_channels_last_weight" not in conv.__dict__
+    assert len(conv.weight_cache) == 0
 
 
 def test_patch_merging_uses_token_map_convolutions():

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module
 from torch import nn
 
+from .bias_cache import InferenceCache
+from .tracing import tool_is_running
+
 __all__ = ["CrossScaleEmbedding", "cel_channels", "conv_output_size", "pad_to_multiple", "WideKernelConv2d",
            "TokenMapConv2d",
            "WIDE_KERNEL_FACTOR"]
@@ -91,8 +94,8 @@ class WideKernelConv2d(nn.Conv2d):
     8 (2-core Intel Xeon, torch 2.14.1) forward + backward took 69 ms, against 17 ms with this gradient (16x16: 15 ->
     6 ms; narrower kernels gain nothing, ``docs/profiling.md``). The forward pass is the plain convolution; the
     weight gradient equals the plain one within float rounding (its sums run in another order). Without gradients,
-    under autocast, on CUDA, while ``torch.compile`` / ``torch.jit.trace`` trace, and for other dtypes it is the
-    plain ``nn.Conv2d``. Parameters and state dict are those of ``nn.Conv2d``.
+    under autocast, on CUDA, while a tool runs the model (:func:`~crossformers.layers.tracing.tool_is_running`:
+    compilers, exporters, tracers, dispatch modes), and for other dtypes it is the plain ``nn.Conv2d``. Parameters and state dict are those of ``nn.Conv2d``.
 
     Input (B, C, H, W); output (B, O, H', W').
 
@@ -112,17 +115,9 @@ class WideKernelConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type != "cpu" or x.dtype != torch.float32 or not torch.is_grad_enabled()
-                or not self.weight.requires_grad or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
-                or torch.compiler.is_compiling()):
+                or not self.weight.requires_grad or torch.is_autocast_enabled("cpu") or tool_is_running()):
             return super().forward(x)
         return _WideKernelConv.apply(x, self.weight, self.bias, self.stride[0], self.padding[0])
-
-
-def _plain_call() -> bool:
-    """True while a compiler, exporter, tracer or dispatch mode (FLOP counter, fake tensors) runs the model: the
-    layers here then take their plain path, so those tools see ordinary ops."""
-    return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting() or torch._C._len_torch_dispatch_stack() > 0)
 
 
 @register_notrace_module  # keeps a cache and branches on grad mode: an FX leaf
@@ -132,42 +127,29 @@ class TokenMapConv2d(nn.Conv2d):
 
     On such input PyTorch's CPU convolution converts its weight to channels-last on every call (a full copy of the
     weight: 1 ms per call for CrossFormer-T's last 256 -> 256 4x4 merge on a 2-core Intel Xeon). In inference
-    (no gradient recorded, fp32 or bf16 CPU tensors) this layer keeps that channels-last copy and reuses it until
-    the weight changes (its storage or version counter), which made CrossFormer-T / S batch-1 inference 3-4 % faster
-    with bit-identical outputs (``docs/profiling.md``). The copy costs the weight's size again in memory; ``train()``
-    frees it and it is never saved. Parameters and state dict are those of ``nn.Conv2d``; training, CUDA,
-    contiguous inputs, and compilers/exporters/tracers take the plain convolution.
+    (eval mode, no gradient recorded, CPU tensors) this layer keeps that channels-last copy in its
+    :class:`~crossformers.layers.bias_cache.InferenceCache` and reuses it until the weight changes (its storage or
+    version counter), which made CrossFormer-T / S batch-1 inference 3-4 % faster with bit-identical outputs
+    (``docs/profiling.md``). The copy costs the weight's size again in memory; ``train()``, ``load_state_dict`` and
+    ``set_bias_cache`` drop it and it is never saved or pickled. Parameters and state dict are those of
+    ``nn.Conv2d``; training, CUDA, contiguous inputs, and tools running the model (compilers, exporters, tracers)
+    take the plain convolution.
 
     Input (B, C, H, W) (any strides); output (B, O, H', W').
     """
 
-    def _cached_weight(self, x: torch.Tensor) -> torch.Tensor | None:
-        w = self.weight
-        if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4 or _plain_call()
-                or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous() or w.is_inference()):
-            return None
-        key = (w.data_ptr(), w._version, w.dtype)
-        cached = self.__dict__.get("_channels_last_weight")
-        if cached is None or cached[0] != key:
-            cached = (key, w.detach().contiguous(memory_format=torch.channels_last))
-            self.__dict__["_channels_last_weight"] = cached
-        return cached[1]
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight_cache = InferenceCache()  # the project's inference cache: no state-dict keys, never pickled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self._cached_weight(x)
-        if weight is None:
-            return super().forward(x)
+        w = self.weight
+        if (x.device.type != "cpu" or x.dim() != 4 or x.is_contiguous() or not self.weight_cache.usable()
+                or not x.is_contiguous(memory_format=torch.channels_last) or tool_is_running()):
+            return super().forward(x)  # training / gradients: the plain convolution (the copy must not be detached)
+        weight = self.weight_cache.get("channels_last", [w],
+                                       lambda: w.detach().contiguous(memory_format=torch.channels_last))
         return self._conv_forward(x, weight, self.bias)
-
-    def train(self, mode: bool = True) -> TokenMapConv2d:
-        if mode:
-            self.__dict__.pop("_channels_last_weight", None)
-        return super().train(mode)
-
-    def __getstate__(self) -> dict:
-        state = dict(super().__getstate__())
-        state.pop("_channels_last_weight", None)  # a derived copy: never pickled or deep-copied
-        return state
 
 
 class CrossScaleEmbedding(nn.Module):

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp, register_notrace_function, register_notrace_module
 from torch import nn
 
+from .tracing import tool_is_running
+
 __all__ = ["MIN_MACS", "LINEAR_KERNELS", "onednn_available", "onednn_by_default", "onednn_default_reason",
            "onednn_for_inference", "onednn_for_training", "fast_linear", "OneDNNLinear",
            "OneDNNMlp", "set_onednn_linear", "set_packed_weights", "uses_onednn_linear", "linear_kernel",
@@ -157,10 +159,8 @@ class _OneDNNLinearFn(torch.autograd.Function):
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    if torch.compiler.is_exporting() or torch._C._len_torch_dispatch_stack() > 0:
-        return False  # under a dispatch mode (FlopCounterMode, fake tensors, ...) tools see the ordinary aten.linear
+    if tool_is_running():
+        return False  # compilers, exporters and dispatch modes (FlopCounterMode, ...) see the ordinary aten.linear
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu" or weight.device.type != "cpu":
         return False
     if x.dim() < 2 or torch.is_autocast_enabled("cpu"):

@@ -46,9 +46,7 @@ from .measure import (
     summarize_ms,
     time_calls,
 )
-from .measure import (
-    matmul_peak as measure_matmul_peak,
-)
+from .measure import matmul_peak as measure_matmul_peak
 from .onnx_timing import time_onnx
 from .published import family_of, published
 
