@@ -42,7 +42,7 @@ def bench(name: str, batch: int, side: int, rounds: int) -> dict:
     """Median step times (ms) of fp32 and amp for one model, and their paired ratio."""
     torch.manual_seed(0)
     base = crossformers.create_model(name, num_classes=10, img_size=side).train()
-    base.linear_kernel = "onednn" if onednn_for_training() else "native"
+    base.linear_kernel = "onednn" if onednn_for_training(base) else "native"
     chans = base.pretrained_cfg["input_size"][0]
     x = torch.randn(batch, chans, side, side)
     y = torch.randint(0, 10, (batch,))

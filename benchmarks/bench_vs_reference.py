@@ -187,13 +187,20 @@ def library_versions() -> dict[str, str | bool]:
     config = torch.__config__.show()
     onednn = next((ln.strip().lstrip("- ") for ln in config.splitlines() if "MKL-DNN" in ln or "oneDNN" in ln), "")
     from crossformers.layers.linear import onednn_by_default, onednn_default_reason, onednn_for_inference
+    from crossformers.profiling.calibrate import CALIBRATION_MODELS
+
+    def per_family(choose, yes: str) -> str:  # each family's choice (they can differ once calibrated)
+        choices = {name: yes if choose(name) else "MKL" for name in CALIBRATION_MODELS}
+        if len(set(choices.values())) == 1:
+            return next(iter(choices.values()))
+        return ", ".join(f"{v} for {k.split('_')[0]}'s family" for k, v in choices.items())
 
     return {"mkl": torch.backends.mkl.is_available(), "onednn": onednn,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-            "ours_linear": f"{'oneDNN' if onednn_by_default() else 'MKL'} ({onednn_default_reason()})",
+            "ours_linear": f"{per_family(onednn_by_default, 'oneDNN')} ({onednn_default_reason()})",
             "reference_linear": "MKL (nn.Linear)",
-            "ours_fast_linear": "packed oneDNN" if onednn_for_inference() else "MKL"}
+            "ours_fast_linear": per_family(onednn_for_inference, "packed oneDNN")}
 
 
 def _uptime() -> str:

@@ -310,5 +310,52 @@ def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, tmp
         threads=threads, rounds=1, models=(name,), model_kwargs={name: kw}, train_rounds=1, train_batch=2))
     assert main(["profile", "--calibrate-linear", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert f"recorded in {path}" in out and "new models use" in out and name in out and "training step of" in out
+    assert f"recorded in {path}" in out and "other modules use" in out and "training step of" in out
+    assert f"models of {name}'s family: new models" in out  # each family's own choices
     assert json.loads(path.read_text())[cal.machine_key()]["1"]["inference_choice"] in ("mkl", "onednn_packed")
+
+
+def test_each_family_follows_its_own_calibrated_ratio(monkeypatch, tmp_path):
+    """A CPU can favour oneDNN for one family and MKL for another (the AMD EPYC Zen 4 of docs/profiling.md): where
+    the record holds the family's own calibration model, its ratios decide creation, optimize_for_inference and
+    training; a module of no family, and a family whose model was not timed, take the combined choice."""
+    import json
+
+    from crossformers.inference import optimize_for_inference
+    from crossformers.layers import linear_calibration as cal
+
+    if not onednn.onednn_available():
+        pytest.skip("no oneDNN in this build")
+    path = tmp_path / "linear_kernel.json"
+    monkeypatch.setenv("CROSSFORMERS_LINEAR_CALIBRATION", str(path))
+    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR", raising=False)
+    fast, slow = {"ratio": 0.8, "packed_ratio": 0.9, "train_ratio": 0.85}, {"ratio": 1.1, "packed_ratio": 1.02,
+                                                                            "train_ratio": 1.2}
+    record = {"choice": "mkl", "inference_choice": "mkl", "train_choice": "mkl",  # combined: MKL everywhere
+              "models": {"crossformer_tiny": fast, "crossvit_9_240": slow}}
+    path.write_text(json.dumps({cal.machine_key(): {str(torch.get_num_threads()): record}}))
+    assert cal.calibrated_models() == {"crossformer_tiny", "crossvit_9_240"}
+
+    cf_name, cf_kw = SMALL["crossformer"]
+    vit_name, vit_kw = SMALL["crossvit"]
+    fca_name, fca_kw = SMALL["fcaformer"]
+    cf = crossformers.create_model(cf_name, **cf_kw)  # CrossFormer++ follows crossformer_tiny's ratios
+    assert onednn.calibration_model_of(cf) == "crossformer_tiny" and _uses(cf)
+    assert onednn.onednn_for_inference(cf) and onednn.onednn_for_training(cf)
+    assert _uses(optimize_for_inference(crossformers.create_model(cf_name, onednn_linear=False, **cf_kw)))
+    assert _uses(optimize_for_training(crossformers.create_model(cf_name, onednn_linear=False, **cf_kw)))
+    assert onednn.onednn_default_reason(cf).endswith("as crossformer_tiny measured")
+    vit = crossformers.create_model(vit_name, **vit_kw)
+    assert not _uses(vit) and not _uses(optimize_for_inference(vit)) and not onednn.onednn_for_training(vit)
+    fca = crossformers.create_model(fca_name, **fca_kw)  # not timed: the combined choice
+    assert onednn.calibration_model_of(fca) == "fcaformer_l1" and not _uses(fca)
+    assert not onednn.onednn_by_default() and not onednn.onednn_by_default(torch.nn.Linear(4, 4))
+    assert onednn.onednn_by_default(type(cf)) and onednn.onednn_by_default("crossformer_tiny")
+
+    record["models"]["crossformer_tiny"] = {**fast, "train_ratio": 0.99}  # a tie in training keeps MKL (MARGIN)
+    record["models"]["crossvit_9_240"] = {"ratio": 0.5}  # an older record without the training time
+    path.write_text(json.dumps({cal.machine_key(): {str(torch.get_num_threads()): record}}))
+    assert onednn.onednn_by_default(cf) and not onednn.onednn_for_training(cf)
+    assert onednn.onednn_by_default(vit) and not onednn.onednn_for_inference(vit) and not onednn.onednn_for_training(vit)
+    monkeypatch.setenv("CROSSFORMERS_ONEDNN_LINEAR", "0")  # the variable still wins over every family
+    assert not onednn.onednn_by_default(cf) and not _uses(crossformers.create_model(cf_name, **cf_kw))

@@ -326,7 +326,7 @@ class _Trainer:
         if self.device.type == "cpu" and hasattr(model, "linear_kernel"):
             # the linear path measured faster for training steps here (calibration), which can differ from the
             # inference choice new models get; fp32 CPU products only, so AMP and CUDA are unaffected
-            model.linear_kernel = "onednn" if onednn_for_training() else "native"
+            model.linear_kernel = "onednn" if onednn_for_training(model) else "native"
         self.channels_last = (self._default_channels_last(model) if cfg.channels_last is None
                               else cfg.channels_last)
         if self.channels_last:

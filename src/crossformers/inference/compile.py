@@ -102,7 +102,8 @@ def compile_for_inference(model: nn.Module, dynamic: bool = False, fullgraph: bo
             like (e.g. :func:`crossformers.inference.fuse`); oneDNN linear layers step aside while tracing.
         dynamic: passed to ``torch.compile`` (False: one specialised graph per input shape).
         fullgraph: passed to ``torch.compile`` (every family compiles without graph breaks).
-        onednn: pack linear weights for oneDNN instead of MKL; None = :func:`onednn_by_default` (AVX-512 CPUs).
+        onednn: pack linear weights for oneDNN instead of MKL; None = :func:`onednn_by_default` for the model's
+            family (this machine's calibration, else AVX-512 CPUs).
             Has no effect on CUDA, where inductor's own lowering is used.
 
     Returns:
@@ -111,4 +112,4 @@ def compile_for_inference(model: nn.Module, dynamic: bool = False, fullgraph: bo
     """
     model.eval()
     compiled = torch.compile(model, dynamic=dynamic, fullgraph=fullgraph)
-    return CompiledForInference(model, compiled, onednn_by_default() if onednn is None else onednn)
+    return CompiledForInference(model, compiled, onednn_by_default(model) if onednn is None else onednn)

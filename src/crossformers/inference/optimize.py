@@ -40,7 +40,7 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: b
     if not inplace:
         model = copy.deepcopy(model)
     if onednn_linear is None:
-        onednn_linear = onednn_for_inference()
+        onednn_linear = onednn_for_inference(model)
     model.eval()
     set_fused_attn(model, True)
     set_bias_cache(model, True)
@@ -66,7 +66,7 @@ def optimize_for_training(model: nn.Module, onednn_linear: bool | None = None,
         channels_last: True/False, or None for :func:`prefers_channels_last`.
     """
     if onednn_linear is None:
-        onednn_linear = onednn_for_training()
+        onednn_linear = onednn_for_training(model)
     set_onednn_linear(model, onednn_linear)
     if channels_last is None:
         channels_last = prefers_channels_last(model)

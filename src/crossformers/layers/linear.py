@@ -37,7 +37,8 @@ from torch import nn
 
 from .tracing import tool_is_running
 
-__all__ = ["MIN_MACS", "LINEAR_KERNELS", "onednn_available", "onednn_by_default", "onednn_default_reason",
+__all__ = ["MIN_MACS", "LINEAR_KERNELS", "onednn_available", "calibration_model_of", "onednn_by_default",
+           "onednn_default_reason",
            "onednn_for_inference", "onednn_for_training", "fast_linear", "OneDNNLinear",
            "OneDNNMlp", "set_onednn_linear", "set_packed_weights", "uses_onednn_linear", "linear_kernel",
            "LinearKernelMixin"]
@@ -65,61 +66,85 @@ def _forced_by_env() -> bool | None:
     return None if env is None else (env == "1" and onednn_available())
 
 
-def _decide(calibrated: str, fallback: Callable[[], bool]) -> bool:
+def calibration_model_of(model: nn.Module | type | str | None) -> str | None:
+    """The calibration model that stands for ``model``'s family: a name is returned as it is; a model class gives its
+    ``linear_calibration_model`` attribute (the family protocol, :mod:`crossformers.models.protocol`); a module that
+    of the first of its modules that declares one (wrappers such as feature extractors find their backbone's); else
+    None."""
+    if model is None or isinstance(model, str):
+        return model
+    if isinstance(model, type):
+        name = getattr(model, "linear_calibration_model", None)
+        return name if isinstance(name, str) else None
+    for m in model.modules():
+        name = getattr(type(m), "linear_calibration_model", None)
+        if isinstance(name, str):
+            return name
+    return None
+
+
+def _decide(calibrated: str, fallback: Callable[[], bool], model: nn.Module | type | str | None = None) -> bool:
     """One decision of the linear path: ``CROSSFORMERS_ONEDNN_LINEAR`` if set; else the record that the function
-    ``calibrated`` of :mod:`crossformers.layers.linear_calibration` reads for this machine, if any; else
-    ``fallback()``. Always no without oneDNN."""
+    ``calibrated`` of :mod:`crossformers.layers.linear_calibration` reads for this machine (``model``'s family's own
+    measurement where there is one), if any; else ``fallback()``. Always no without oneDNN."""
     forced = _forced_by_env()
     if forced is not None or not onednn_available():
         return bool(forced)
     from . import linear_calibration  # read only when a decision is asked for
 
-    measured = getattr(linear_calibration, calibrated)()
+    measured = getattr(linear_calibration, calibrated)(model=calibration_model_of(model))
     return fallback() if measured is None else measured
 
 
-def onednn_by_default() -> bool:
+def onednn_by_default(model: nn.Module | type | str | None = None) -> bool:
     """Whether :func:`crossformers.create_model` switches new models to the oneDNN linear path.
 
     In order: the environment variable ``CROSSFORMERS_ONEDNN_LINEAR`` (``0`` = MKL, ``1`` = oneDNN on any CPU); the
     measured choice for this machine and thread count, if ``crossformers profile --calibrate-linear`` recorded one
-    (:mod:`crossformers.layers.linear_calibration`); else yes on CPUs with AVX-512 (where the gain was first
+    (:mod:`crossformers.layers.linear_calibration`; for ``model``'s family where its own calibration model was
+    timed: a model, a model class's ``linear_calibration_model`` name, or None for the combined choice); else yes on
+    CPUs with AVX-512 (where the gain was first
     measured, on an AMD EPYC). Always no without oneDNN. Per model: ``create_model(..., onednn_linear=False)`` or
     :func:`set_onednn_linear`. The switch never changes parameters or the state dict and
     only acts on fp32 CPU tensors, so CUDA, bf16/autocast, ``torch.compile`` and export are unaffected.
     """
-    return _decide("calibrated_choice", lambda: torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+    return _decide("calibrated_choice", lambda: torch.backends.cpu.get_cpu_capability().startswith("AVX512"), model)
 
 
-def onednn_for_inference() -> bool:
+def onednn_for_inference(model: nn.Module | type | str | None = None) -> bool:
     """Whether :func:`crossformers.inference.optimize_for_inference` switches to oneDNN with packed weights:
-    ``CROSSFORMERS_ONEDNN_LINEAR`` if set, else this machine's calibration (packed oneDNN against MKL) if recorded,
-    else yes (packed oneDNN beat MKL on the machines measured without one). Always no without oneDNN."""
-    return _decide("calibrated_inference_choice", lambda: True)
+    ``CROSSFORMERS_ONEDNN_LINEAR`` if set, else this machine's calibration (packed oneDNN against MKL; ``model``'s
+    family's as in :func:`onednn_by_default`) if recorded, else yes (packed oneDNN beat MKL on the machines measured
+    without one). Always no without oneDNN."""
+    return _decide("calibrated_inference_choice", lambda: True, model)
 
 
-def onednn_for_training() -> bool:
+def onednn_for_training(model: nn.Module | type | str | None = None) -> bool:
     """Whether :func:`crossformers.inference.optimize_for_training` and ``crossformers train`` use oneDNN linear
     layers: ``CROSSFORMERS_ONEDNN_LINEAR`` if set, else this machine's calibrated training step (oneDNN against MKL,
-    forward and backward) if recorded, else :func:`onednn_by_default`. Always no without oneDNN.
+    forward and backward; ``model``'s family's as in :func:`onednn_by_default`) if recorded, else
+    :func:`onednn_by_default`. Always no without oneDNN.
 
     The training choice is separate because it can differ from inference's: on the 2-core Intel Xeon with AMX,
     oneDNN made the batch-32 training steps of CrossViT-9 and CrossFormer-T about 1.17x and 1.07x slower than MKL
     (``docs/profiling.md``)."""
-    return _decide("calibrated_training_choice", onednn_by_default)
+    return _decide("calibrated_training_choice", lambda: onednn_by_default(model), model)
 
 
-def onednn_default_reason() -> str:
-    """Why :func:`onednn_by_default` decides as it does here, in words (for benchmark tables and logs)."""
+def onednn_default_reason(model: nn.Module | type | str | None = None) -> str:
+    """Why :func:`onednn_by_default` decides as it does here (for ``model``'s family, as there), in words (for
+    benchmark tables and logs)."""
     env = _env_setting()
     if env is not None:
         return f"CROSSFORMERS_ONEDNN_LINEAR={env}"
     if not onednn_available():
         return "no oneDNN in this build"
-    from .linear_calibration import calibrated_choice, calibration_path
+    from .linear_calibration import calibrated_choice, calibrated_models, calibration_path
 
     if calibrated_choice() is not None:
-        return f"calibrated for {torch.get_num_threads()} thread(s) in {calibration_path()}"
+        family = calibration_model_of(model)
+        timed = f", as {family} measured" if family in calibrated_models() else ""
+        return f"calibrated for {torch.get_num_threads()} thread(s) in {calibration_path()}{timed}"
     return "AVX-512 rule (not calibrated on this machine)"
 
 

@@ -9,7 +9,15 @@ both paths, for the current thread count, and records the winners in a per-machi
 :func:`crossformers.layers.linear.onednn_by_default`, :func:`~crossformers.layers.linear.onednn_for_inference` and
 :func:`~crossformers.layers.linear.onednn_for_training` then follow it on that machine (same CPU model, PyTorch
 version and thread count), so new models, ``optimize_for_inference``, ``optimize_for_training`` and
-``crossformers train`` take the measured path. Without a calibration the AVX-512 rule stays. Measure on a quiet machine: on shared cores the timings follow the
+``crossformers train`` take the measured path. Without a calibration the AVX-512 rule stays.
+
+The choice is per family where the record has it: a model names the calibration model that stands for its family
+(the class attribute ``linear_calibration_model``, part of the family protocol, e.g. ``"crossformer_tiny"`` for
+CrossFormer and CrossFormer++), and that model's own time ratio decides (oneDNN only if it is at least 3 % faster,
+:data:`MARGIN`). One CPU can favour oneDNN for one family and MKL for another: on a 2-core AMD EPYC (Zen 4) oneDNN
+ran CrossFormer-T 0.91x MKL's time and FcaFormer-L1 1.06x (``docs/profiling.md``). Modules that name no
+calibration model, and records without per-model times, take the combined choice (geometric mean over the
+families). Measure on a quiet machine: on shared cores the timings follow the
 neighbours' load (``docs/profiling.md``), which is why this is an explicit step and not done at start-up.
 
 The file (JSON, written atomically) is ``$CROSSFORMERS_LINEAR_CALIBRATION`` if set, else
@@ -27,8 +35,13 @@ import torch
 from ..fileio import atomic_write_text
 from ..utils.cpu import cpu_model_name
 
-__all__ = ["calibration_path", "machine_key", "calibrated_choice", "calibrated_inference_choice",
-           "calibrated_training_choice", "record_calibration"]
+__all__ = ["MARGIN", "calibration_path", "machine_key", "calibrated_choice", "calibrated_inference_choice",
+           "calibrated_training_choice", "calibrated_models", "record_calibration"]
+
+#: oneDNN is chosen only if its time ratio to MKL (one family's, or the geometric mean) is below this
+MARGIN = 0.97
+#: the per-model ratio that decides each choice (keys of a record's ``models`` entries)
+_MODEL_RATIO = {"choice": "ratio", "inference_choice": "packed_ratio", "train_choice": "train_ratio"}
 
 def calibration_path() -> Path:
     """Where the calibration is kept (see the module docs)."""
@@ -52,30 +65,48 @@ def _read(path: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _recorded(threads: int | None, key: str, values: tuple[str, str]) -> bool | None:
+def _record(threads: int | None) -> dict[str, Any] | None:
     entry = _read(calibration_path()).get(machine_key(), {})
     record = entry.get(str(int(threads or torch.get_num_threads()))) if isinstance(entry, dict) else None
-    if isinstance(record, dict) and record.get(key) in values:
-        return record[key] == values[0]
-    return None
+    return record if isinstance(record, dict) else None
 
 
-def calibrated_choice(threads: int | None = None) -> bool | None:
+def calibrated_models(threads: int | None = None) -> set[str]:
+    """Names of the models (one per family) whose times this machine's record for ``threads`` holds."""
+    models = (_record(threads) or {}).get("models")
+    return {k for k, v in models.items() if isinstance(v, dict)} if isinstance(models, dict) else set()
+
+
+def _recorded(threads: int | None, key: str, values: tuple[str, str], model: str | None) -> bool | None:
+    record = _record(threads)
+    if record is None or record.get(key) not in values:
+        return None
+    per_model = record.get("models")
+    timed = per_model.get(model) if model and isinstance(per_model, dict) else None
+    ratio = timed.get(_MODEL_RATIO[key]) if isinstance(timed, dict) else None
+    if isinstance(ratio, (int, float)) and ratio > 0:
+        return ratio < MARGIN  # the family's own measurement
+    return record[key] == values[0]
+
+
+def calibrated_choice(threads: int | None = None, model: str | None = None) -> bool | None:
     """The calibrated choice for new models on this machine and ``threads`` (default: torch's current count): True =
-    oneDNN, False = MKL, None = not calibrated here (or an unreadable file)."""
-    return _recorded(threads, "choice", ("onednn", "mkl"))
+    oneDNN, False = MKL, None = not calibrated here (or an unreadable file). ``model``: the calibration model of the
+    family asking (its ``linear_calibration_model``); its own ratio decides if it was timed."""
+    return _recorded(threads, "choice", ("onednn", "mkl"), model)
 
 
-def calibrated_inference_choice(threads: int | None = None) -> bool | None:
+def calibrated_inference_choice(threads: int | None = None, model: str | None = None) -> bool | None:
     """The calibrated choice for ``optimize_for_inference`` (packed oneDNN weights against MKL): True = oneDNN
-    packed, False = MKL, None = not calibrated here."""
-    return _recorded(threads, "inference_choice", ("onednn_packed", "mkl"))
+    packed, False = MKL, None = not calibrated here. ``model`` as in :func:`calibrated_choice`."""
+    return _recorded(threads, "inference_choice", ("onednn_packed", "mkl"), model)
 
 
-def calibrated_training_choice(threads: int | None = None) -> bool | None:
+def calibrated_training_choice(threads: int | None = None, model: str | None = None) -> bool | None:
     """The calibrated choice for training steps (``optimize_for_training``, ``crossformers train``): True = oneDNN,
-    False = MKL, None = not calibrated here (or a record from before training steps were timed)."""
-    return _recorded(threads, "train_choice", ("onednn", "mkl"))
+    False = MKL, None = not calibrated here (or a record from before training steps were timed). ``model`` as in
+    :func:`calibrated_choice` (a record without its training time: the combined choice)."""
+    return _recorded(threads, "train_choice", ("onednn", "mkl"), model)
 
 
 def record_calibration(threads: int, record: dict[str, Any]) -> Path:

@@ -158,7 +158,7 @@ def build_family_model(
     checkpoint_file = kwargs.pop("checkpoint_file", None)
     new_head = bool(kwargs.pop("new_head", False))
     onednn = kwargs.pop("onednn_linear", None)
-    onednn = onednn_by_default() if onednn is None else bool(onednn)
+    onednn = onednn_by_default(cls) if onednn is None else bool(onednn)
     given_cfg = kwargs.get("pretrained_cfg")
     tag = given_cfg if isinstance(given_cfg, str) else None  # timm passes the tag of 'name.tag' here
     weights_variant = f"{variant}.{tag}" if tag and "." not in variant else variant

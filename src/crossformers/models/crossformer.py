@@ -358,6 +358,8 @@ class CrossFormer(HierarchicalModel):
     # ---- the family protocol (crossformers.models.protocol)
     family = "crossformer"
     prefers_channels_last = False  # maps are channels-last tokens already; the stem convolutions gain nothing
+    #: the model whose linear-path calibration stands for the family (crossformers.layers.linear_calibration)
+    linear_calibration_model = "crossformer_tiny"
 
     def block_infos(self) -> list[BlockInfo]:
         """Every SDA/LDA block in execution order (CrossFormer Sec. 3.2)."""
@@ -741,6 +743,7 @@ class DenseCrossFormer(DenseBackboneHead, HierarchicalModel):
     convert_state_dict = CrossFormer.convert_state_dict
     family = CrossFormer.family
     prefers_channels_last = CrossFormer.prefers_channels_last
+    linear_calibration_model = CrossFormer.linear_calibration_model
     block_infos = CrossFormer.block_infos
     input_modules = CrossFormer.input_modules
     token_lattice = CrossFormer.token_lattice

@@ -430,6 +430,8 @@ class _FcaCommon:
     """timm API and protocol pieces common to the hybrid and plain FcaFormer."""
 
     family = "fcaformer"
+    #: the model whose linear-path calibration stands for the family (crossformers.layers.linear_calibration)
+    linear_calibration_model = "fcaformer_l1"
 
     def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """An official checkpoint's state dict in our layout (:func:`checkpoint_filter_fn`; ours passes unchanged)."""

@@ -20,6 +20,9 @@ Methods (all optional; see :class:`FamilyModel` for the signatures):
 * ``cam_target_layers()`` — module names that class activation maps use by default.
 * ``default_out_indices()`` — feature indices a dense backbone returns by default.
 * ``prefers_channels_last`` — class attribute: channels-last memory speeds the model up (measured).
+* ``linear_calibration_model`` — class attribute: the name of the model whose timings in this machine's linear-path
+  calibration decide MKL or oneDNN for the family (:mod:`crossformers.layers.linear_calibration`; one of
+  :data:`crossformers.profiling.calibrate.CALIBRATION_MODELS` for the built-in families).
 * ``fuse()`` on any submodule — fold inference-time affine layers into the layer before them, in place
   (:func:`crossformers.inference.fuse` calls it on every module that has it, as timm's ``reparameterize_model``).
 * ``convert_state_dict(state_dict)`` — the family's checkpoint filter (official layouts -> ours); the family also

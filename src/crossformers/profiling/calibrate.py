@@ -14,8 +14,10 @@ and in training:
   ``optimize_for_training``'s other paths) with MKL and with oneDNN linear layers (the choice for
   ``optimize_for_training`` and ``crossformers train``).
 
-For each pair the families' time ratios (oneDNN / MKL) are combined by their geometric mean, and oneDNN is recorded
-only if it is at least 3 % faster (:data:`MARGIN`; a tie keeps PyTorch's own MKL path). The record
+Each family's time ratios (oneDNN / MKL) are kept, and each pair's ratios are also combined by their geometric
+mean; oneDNN is chosen only where it is at least 3 % faster (:data:`MARGIN`; a tie keeps PyTorch's own MKL path).
+A model whose family was timed follows its family's ratio, any other module the combined one
+(:mod:`crossformers.layers.linear_calibration`). The record
 (:func:`crossformers.layers.linear_calibration.record_calibration`) is per CPU model, PyTorch version and thread
 count. Whole models are timed, not single products: the products alone favoured packed oneDNN on the Intel Xeon
 where the model with it was slower (``docs/profiling.md``).
@@ -32,7 +34,7 @@ import torch
 
 from ..inference.optimize import optimize_for_inference, optimize_for_training
 from ..layers.linear import onednn_available, set_onednn_linear
-from ..layers.linear_calibration import calibration_path, machine_key, record_calibration
+from ..layers.linear_calibration import MARGIN, calibration_path, machine_key, record_calibration
 from .errors import ProfilingError
 from .measure import num_threads, time_alternating
 
@@ -40,8 +42,6 @@ __all__ = ["calibrate_linear", "CALIBRATION_MODELS", "MARGIN", "TRAIN_BATCH"]
 
 #: one model per family, the ones whose products docs/profiling.md measured
 CALIBRATION_MODELS = ("crossvit_9_240", "crossformer_tiny", "fcaformer_l1")
-#: oneDNN is recorded only if its geometric-mean time ratio to MKL is below this
-MARGIN = 0.97
 #: images per timed training step (small enough for a quick calibration, large enough that products dominate)
 TRAIN_BATCH = 8
 

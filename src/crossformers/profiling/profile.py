@@ -326,7 +326,7 @@ def profile_model(
     if batch_size is not None and batch_size < 0:
         raise ProfilingError(f"batch_size must be >= 0, got {batch_size}")
     if optimize:  # the linear path optimize_for_inference would take here (calibrated, else packed oneDNN)
-        fuse, onednn_linear = True, onednn_for_inference() if onednn_linear is None else onednn_linear
+        fuse, onednn_linear = True, onednn_for_inference(model) if onednn_linear is None else onednn_linear
         channels_last = channels_last or prefers_channels_last(model)
     chans, default_size = default_input_size(model)
     size = _size2(img_size) if img_size is not None else default_size
