@@ -160,6 +160,36 @@ def test_fusion_semantics():
     assert not torch.allclose(mod(xs, grids)[0][:, 0], mod(changed, grids)[0][:, 0])
 
 
+def test_cross_attention_shortcut_matches_the_papers_products(monkeypatch):
+    """The fused path folds the keys and values of all tokens into the CLS query (layers.attention.
+    single_query_attention); the explicit path (attention maps, MAC counts) projects every token as the paper's
+    Eq. 8-9. Same outputs and gradients; with attention dropout in training the projected path is taken."""
+    from crossformers.models import crossvit
+
+    torch.manual_seed(0)
+    fast = crossformers.create_model("crossvit_9_240", **SMALL).eval()
+    paper = crossformers.create_model("crossvit_9_240", **SMALL).eval()
+    paper.load_state_dict(fast.state_dict())
+    paper.set_fused_attn(False)
+    x = torch.randn(2, 3, 48, 48)
+    torch.testing.assert_close(fast(x), paper(x), atol=1e-5, rtol=1e-5)
+    fast(x).square().sum().backward()
+    paper(x).square().sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), paper.parameters(), strict=True):
+        assert a.grad is not None, name  # every parameter keeps a gradient (DDP needs them all)
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+    calls = []
+    real = crossvit.single_query_attention
+    monkeypatch.setattr(crossvit, "single_query_attention", lambda *a: calls.append(1) or real(*a))
+    fast(x)
+    assert calls  # taken in eval
+    calls.clear()
+    dropping = crossformers.create_model("crossvit_9_240", attn_drop_rate=0.1, **SMALL).train()
+    dropping(x)
+    assert not calls  # dropout on the probabilities: the projected path
+
+
 def test_fusion_cost_ordering():
     """Same dims: all-attention (quadratic) > pairwise > cross-attention (linear) > class token."""
     args = dict(SMALL, img_size=96, img_scale=(1.0, 80 / 96), embed_dim=(32, 64), num_heads=(2, 4))

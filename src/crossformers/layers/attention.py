@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import nn
 
-__all__ = ["dot_product_attention", "explicit_attention", "AttentionProbs", "ScaledDotProduct", "Attention"]
+__all__ = ["dot_product_attention", "explicit_attention", "single_query_attention", "AttentionProbs",
+           "ScaledDotProduct", "Attention"]
 
 
 def explicit_attention(
@@ -79,6 +80,42 @@ def dot_product_attention(
             return out.reshape(*lead, *out.shape[-3:])
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p if training else 0.0)
     return explicit_attention(q, k, v, bias, dropout_p, training)[0]
+
+
+def single_query_attention(q: torch.Tensor, x: torch.Tensor, wk: nn.Linear, wv: nn.Linear,
+                           num_heads: int) -> torch.Tensor:
+    """Multi-head attention of one query over tokens ``x`` whose keys and values are linear maps of ``x``, with the
+    key and value products folded into the query side (the same function as projecting every token, rearranged).
+
+    For head h with query q_h (scaled by d^-1/2), keys k_n = W_k,h x_n + b_k,h and values v_n = W_v,h x_n + b_v,h:
+    q_h . k_n = (W_k,h^T q_h) . x_n + q_h . b_k,h, and sum_n p_n v_n = W_v,h (sum_n p_n x_n) + b_v,h because the
+    probabilities p sum to 1. So instead of 2 N D^2 multiply-adds for the N keys and values of width D, this costs
+    2 D^2 + 2 N D (heads x head_dim = D): for CrossViT's cross-attention (Sec. 3.3, Eq. 8-9: the CLS token is the
+    only query) about head_dim times fewer. The rearranged sums round differently from the projected ones (float
+    rounding only); every parameter keeps its gradient.
+
+    Args:
+        q: the query, already projected: (B, 1, D) or (B, D).
+        x: the tokens the keys and values come from (B, N, D).
+        wk, wv: the key and value projections (``nn.Linear(D, D)``, bias optional).
+        num_heads: heads (divides D).
+
+    Returns:
+        The attended values (B, 1, D), heads concatenated (before the output projection). No dropout on the
+        probabilities: use the projected path (:func:`dot_product_attention`) when attention dropout is active.
+    """
+    B, N, D = x.shape
+    h, d = num_heads, D // num_heads
+    qh = q.reshape(B, h, d) * d ** -0.5
+    u = torch.einsum("bhd,hdc->bhc", qh, wk.weight.reshape(h, d, D))  # W_k,h^T q_h: the query in token space
+    logits = u @ x.transpose(1, 2)  # (B, h, N)
+    if wk.bias is not None:  # the same for every token (softmax ignores it), kept so that the graph is the model's
+        logits = logits + (qh * wk.bias.reshape(h, d)).sum(-1, keepdim=True)
+    z = logits.softmax(dim=-1) @ x  # (B, h, D): probability-weighted tokens
+    out = torch.einsum("bhc,hdc->bhd", z, wv.weight.reshape(h, d, D))
+    if wv.bias is not None:
+        out = out + wv.bias.reshape(h, d)
+    return out.reshape(B, 1, D)
 
 
 def _flatten_bias(bias: torch.Tensor, lead: torch.Size) -> torch.Tensor:

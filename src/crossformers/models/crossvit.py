@@ -66,7 +66,7 @@ from torch import nn
 
 from ..checkpoint import check_family, register_checkpoint_markers
 from ..factory import register_name
-from ..layers.attention import Attention, ScaledDotProduct
+from ..layers.attention import Attention, ScaledDotProduct, single_query_attention
 from ..layers.embed import conv_output_size
 from ..layers.geometry import Lattice, conv_chain
 from ..layers.linear import LinearKernelMixin
@@ -200,6 +200,12 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         h, d = self.num_heads, C // self.num_heads
+        if self.sdpa.fused_attn and not (self.training and self.sdpa.attn_drop > 0):
+            # the keys and values of all N tokens folded into the one query: 2 C^2 + 2 N C multiply-adds instead of
+            # 2 N C^2 (layers.attention.single_query_attention); the explicit path below computes the paper's
+            # products (attention maps, MAC counts)
+            out = single_query_attention(self.wq(x[:, :1]), x, self.wk, self.wv, h)
+            return self.proj_drop(self.proj(out))
         q = self.wq(x[:, :1]).reshape(B, 1, h, d).transpose(1, 2)
         k = self.wk(x).reshape(B, N, h, d).transpose(1, 2)
         v = self.wv(x).reshape(B, N, h, d).transpose(1, 2)
