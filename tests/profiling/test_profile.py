@@ -51,6 +51,19 @@ def test_profile_fields_of_a_small_model():
     assert "fcaformer_nano" in format_table([r])
 
 
+def test_table_footer_names_options_that_differ_by_row():
+    """Each family can take its own calibrated linear path: the footer lists what all rows share and names the rows
+    of an option only some have."""
+    import dataclasses
+
+    r = profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, **FAST)
+    a = dataclasses.replace(r, model="a", fused=True, onednn_linear=True, packed_weights=True)
+    b = dataclasses.replace(r, model="b", fused=True, onednn_linear=False, packed_weights=False)
+    footer = format_table([a, b]).splitlines()[-1]
+    assert "fused" in footer and "oneDNN linear for a" in footer and "packed weights for a" in footer
+    assert "oneDNN linear for" not in format_table([a, a]).splitlines()[-1]
+
+
 def test_profile_a_module_with_options():
     model = crossformers.create_model("fcaformer_nano").train()
     r = profile_model(model, img_size=(40, 32), batch_size=0, fuse=True, channels_last=True, memory=True,

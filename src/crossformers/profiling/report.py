@@ -54,9 +54,14 @@ def _settings(results: Sequence[ProfileResult]) -> str:
     if not results:
         return ""
     r = results[0]
-    opts = [o for o, on in (("compiled", r.compiled), ("fused", r.fused), ("oneDNN linear", r.onednn_linear),
-                            ("packed weights", r.packed_weights),
-                            ("channels-last", r.channels_last)) if on]
+    opts = []
+    for label, attr in (("compiled", "compiled"), ("fused", "fused"), ("oneDNN linear", "onednn_linear"),
+                        ("packed weights", "packed_weights"), ("channels-last", "channels_last")):
+        on = [x.model for x in results if getattr(x, attr)]
+        if len(on) == len(results):
+            opts.append(label)
+        elif on:  # differs by row (e.g. each family's calibrated linear path)
+            opts.append(f"{label} for {', '.join(on)}")
     via = {"native": "torch.mm", "onednn": "oneDNN"}.get(r.matmul_peak_kernel or "", "")
     peak = (f", matmul peak {r.matmul_peak_gflops:.1f} GFLOP/s{f' ({via})' if via else ''}"
             if r.matmul_peak_gflops else "")
