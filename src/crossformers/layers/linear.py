@@ -68,9 +68,9 @@ def _forced_by_env() -> bool | None:
 
 def calibration_model_of(model: nn.Module | type | str | None) -> str | None:
     """The calibration model that stands for ``model``'s family: a name is returned as it is; a model class gives its
-    ``linear_calibration_model`` attribute (the family protocol, :mod:`crossformers.models.protocol`); a module that
-    of the first of its modules that declares one (wrappers such as feature extractors find their backbone's); else
-    None."""
+    ``linear_calibration_model`` attribute (the family protocol, :mod:`crossformers.models.protocol`); a module gives
+    that of the first of its modules whose class declares one (wrappers such as feature extractors find their
+    backbone's); else None."""
     if model is None or isinstance(model, str):
         return model
     if isinstance(model, type):

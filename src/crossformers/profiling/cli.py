@@ -120,7 +120,8 @@ def _validate(names: list[str]) -> None:
 
 def _calibrate(threads: int | None) -> int:
     """``profile --calibrate-linear``: measure, record, print each model and the choices."""
-    from .calibrate import MARGIN, TRAIN_BATCH, calibrate_linear
+    from ..layers.linear_calibration import calibrated_choice, calibrated_inference_choice, calibrated_training_choice
+    from .calibrate import TRAIN_BATCH, calibrate_linear
 
     r = calibrate_linear(threads=threads)
     for name, m in r["models"].items():
@@ -134,10 +135,11 @@ def _calibrate(threads: int | None) -> int:
           f"{r['train_ratio']:.2f} training, with {r['threads']} thread(s): other modules use {name[r['choice']]} "
           f"linear layers, optimize_for_inference {name[r['inference_choice']]}, training {name[r['train_choice']]}, "
           f"on this machine ({r['machine']})")
-    for family, m in r["models"].items():  # each family follows its own ratios (MARGIN: oneDNN at least 3 % faster)
-        pick = [("oneDNN" if m[key] < MARGIN else "MKL") for key in ("ratio", "packed_ratio", "train_ratio")]
-        print(f"models of {family}'s family: new models {pick[0]}, optimize_for_inference "
-              f"{'packed oneDNN' if pick[1] == 'oneDNN' else 'MKL'}, training {pick[2]}")
+    for family in r["models"]:  # what each family now takes: the recorded decision, as the library reads it
+        new, packed, train = (choose(r["threads"], model=family) for choose in
+                              (calibrated_choice, calibrated_inference_choice, calibrated_training_choice))
+        print(f"models of {family}'s family: new models {'oneDNN' if new else 'MKL'}, optimize_for_inference "
+              f"{'packed oneDNN' if packed else 'MKL'}, training {'oneDNN' if train else 'MKL'}")
     print(f"recorded in {r['path']} (CROSSFORMERS_ONEDNN_LINEAR=0/1 still overrides it)")
     return 0
 
