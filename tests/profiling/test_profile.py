@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -243,22 +244,40 @@ def test_cpu_flags_are_the_kernel_relevant_ones_this_cpu_reports():
         assert flags == [f for f in CPU_FLAGS if f in listed]
 
 
-def test_profile_times_an_onnx_export_beside_ours(tmp_path, capsys):
-    """`profile MODEL --onnx FILE`: the exported file is timed in onnxruntime with the same input, threads and
-    repeats, and the table gains the ORT median and the ours / ORT ratio; a file of another size is refused."""
+def test_profile_times_an_onnx_export_beside_ours(tmp_path, capsys, monkeypatch):
+    """`profile MODEL --onnx FILE`: the exported file is timed in onnxruntime with the same input and threads,
+    alternately with ours, and the table gains the ORT median and the paired ours / ORT ratio (the median of the
+    per-round ratios); a file of another size is refused before anything is timed."""
     pytest.importorskip("onnxruntime")
     from crossformers.export import export_model
+    from crossformers.profiling import profile as profile_module
 
     path = tmp_path / "nano.onnx"
     export_model("fcaformer_nano", output=path, img_size=(32, 32))
+    seen = {}
+    alternating = profile_module.time_alternating
+
+    def spy(calls, rounds, **kw):
+        seen.update(names=sorted(calls), rounds=rounds, times=alternating(calls, rounds, **kw))
+        return seen["times"]
+
+    monkeypatch.setattr(profile_module, "time_alternating", spy)
     r = profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, onnx=path, **FAST)
-    assert r.onnx_file == str(path) and 0 < r.onnx_latency_ms <= r.onnx_latency_p90_ms
+    assert seen["names"] == ["onnx", "ours"] and seen["rounds"] == FAST["repeats"]
+    ours, ort = seen["times"]["ours"], seen["times"]["onnx"]
+    assert r.latency_samples_ms == ours and r.latency_ms == statistics.median(ours)
+    assert r.onnx_file == str(path) and r.onnx_latency_ms == statistics.median(ort) <= r.onnx_latency_p90_ms
+    assert r.onnx_ratio_paired == statistics.median(a / b for a, b in zip(ours, ort, strict=True))
     table = format_table([r])
-    assert "ORT b1 med (ms)" in table and "ours / ORT" in table
-    assert f"{r.latency_ms / r.onnx_latency_ms:.2f}" in table
+    assert "ORT b1 med (ms)" in table and "ours / ORT (paired)" in table
+    assert f"{r.onnx_ratio_paired:.2f}" in table
+    old = ProfileResult.from_dict({**r.to_dict(), "onnx_ratio_paired": None})  # a result written before pairing
+    assert f"{old.latency_ms / old.onnx_latency_ms:.2f}" in format_table([old])
+    seen.clear()
     assert "ORT" not in format_table([profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, **FAST)])
     with pytest.raises(ProfilingError, match=r"takes input \[1, 1, 32, 32\], not \[1, 1, 48, 48\]"):
         profile_model("fcaformer_nano", img_size=48, batch_size=0, memory=False, onnx=path, **FAST)
+    assert not seen  # refused before any timing
     with pytest.raises(ProfilingError, match="ONNX file not found"):
         profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, onnx=tmp_path / "no.onnx", **FAST)
     assert main(["profile", "fcaformer_nano", "crossformer_tiny", "--onnx", str(path)]) == 2

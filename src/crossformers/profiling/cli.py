@@ -80,8 +80,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "with --threads threads and record the faster paths as this machine's defaults for new models, "
         "optimize_for_inference and training (about 45 s; run it on a quiet machine; no MODEL needed)"))
     p.add_argument("--onnx", action="append", metavar="FILE", help=(
-        "also time this ONNX export of the MODEL in onnxruntime (CPU, same threads and repeats), beside ours; once "
-        "per MODEL, in their order (write it with `crossformers export MODEL --output FILE`)"))
+        "also time this ONNX export of the MODEL in onnxruntime (CPU, same threads), alternately with ours, and "
+        "report the paired ratio; once per MODEL, in their order (write it with `crossformers export MODEL --output "
+        "FILE`)"))
     p.add_argument("--model-kwargs", type=json_object, metavar="JSON", help="extra constructor arguments (JSON)")
     p.add_argument("--json", metavar="PATH", help="write the results (and machine info) as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the results as CSV")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -44,10 +45,11 @@ from .measure import (
     rss_increase_inprocess,
     rss_peak_subprocess,
     summarize_ms,
+    time_alternating,
     time_calls,
 )
 from .measure import matmul_peak as measure_matmul_peak
-from .onnx_timing import time_onnx
+from .onnx_timing import onnx_runner
 from .published import family_of, published
 
 __all__ = ["ProfileResult", "profile_model", "build_model_for_profile", "prepare_model", "resolve_dtype",
@@ -97,6 +99,7 @@ class ProfileResult:
     onnx_file: str | None = None
     onnx_latency_ms: float | None = None
     onnx_latency_p90_ms: float | None = None
+    onnx_ratio_paired: float | None = None
     latency_samples_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -288,8 +291,11 @@ def profile_model(
             (applied after the other options; ``dtype`` must stay fp32; int8 always compiles, bf16 with ``compile``;
             the memory measurement is skipped; the result's ``dtype`` is the precision).
         onnx: an ONNX export of the model (``crossformers export``): also timed at batch 1 in onnxruntime with the
-            same threads, warm-up and repeats (:func:`~crossformers.profiling.onnx_timing.time_onnx`; CPU only),
-            into ``onnx_latency_ms`` / ``onnx_latency_p90_ms``.
+            same threads (:func:`~crossformers.profiling.onnx_timing.onnx_runner`; CPU only), alternately with ours
+            (:func:`~crossformers.profiling.measure.time_alternating`: ``warmup`` untimed calls of each, then
+            ``repeats`` rounds in a shuffled order; ``min_time_s`` does not apply), into ``onnx_latency_ms`` /
+            ``onnx_latency_p90_ms`` and ``onnx_ratio_paired`` (the median over rounds of ours / onnxruntime: the
+            side-by-side ratio, robust to a shared machine's drift).
 
     Returns:
         A :class:`ProfileResult`.
@@ -366,6 +372,8 @@ def profile_model(
         if reduced:  # bf16 / int8 products go through their own kernels (see to_precision), not OneDNNLinear
             result.onednn_linear = result.packed_weights = False
         x1 = _make_input(1, chans, size, dev, torch_dtype, channels_last)
+        # opened before anything is timed, so that a file of another size or a missing onnxruntime fails at once
+        ort_run = onnx_runner(onnx, (1, chans, *size), used_threads)[0] if latency and onnx is not None else None
         try:
             with torch.inference_mode():
                 if compile:
@@ -378,17 +386,21 @@ def profile_model(
                 elif memory and not isinstance(name_or_model, str):
                     result.peak_mem_mib = rss_increase_inprocess(lambda: run(x1))
                     result.mem_method = "in-process RSS high-water increase (activations; weights excluded)"
-                if latency:
+                if latency and ort_run is not None:  # side by side: drift on the machine hits both alike
+                    both = time_alternating({"ours": lambda: run(x1), "onnx": ort_run}, rounds=repeats,
+                                            warmup=warmup)
+                    times = both["ours"]
+                    ort = summarize_ms(both["onnx"])
+                    result.onnx_file, result.onnx_latency_ms, result.onnx_latency_p90_ms = (
+                        str(onnx), ort["median"], ort["p90"])
+                    result.onnx_ratio_paired = statistics.median(a / b for a, b in zip(times, both["onnx"], strict=True))
+                elif latency:
                     times = time_calls(lambda: run(x1), dev, warmup=warmup, repeats=repeats, min_time_s=min_time_s)
+                if latency:
                     stats = summarize_ms(times)
                     result.latency_ms, result.latency_p90_ms, result.latency_min_ms = (
                         stats["median"], stats["p90"], stats["min"])
                     result.latency_samples_ms = times
-                if latency and onnx is not None:
-                    ort = time_onnx(onnx, (1, chans, *size), used_threads, warmup=warmup, repeats=repeats,
-                                    min_time_s=min_time_s)
-                    result.onnx_file, result.onnx_latency_ms, result.onnx_latency_p90_ms = (
-                        str(onnx), ort["median"], ort["p90"])
                 if latency and batch_size:
                     xn = _make_input(int(batch_size), chans, size, dev, torch_dtype, channels_last)
                     if memory and dev.type == "cuda" and batch_size > 1:
