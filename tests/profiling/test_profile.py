@@ -258,16 +258,23 @@ def test_profile_times_an_onnx_export_beside_ours(tmp_path, capsys, monkeypatch)
     alternating = profile_module.time_alternating
 
     def spy(calls, rounds, **kw):
-        seen.update(names=sorted(calls), rounds=rounds, times=alternating(calls, rounds, **kw))
+        seen.update(names=sorted(calls), rounds=rounds, kw=kw, times=alternating(calls, rounds, **kw))
         return seen["times"]
 
+    monkeypatch.setattr(profile_module, "ONNX_PAUSE_S", 0.01)
     monkeypatch.setattr(profile_module, "time_alternating", spy)
-    r = profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, onnx=path, **FAST)
-    assert seen["names"] == ["onnx", "ours"] and seen["rounds"] == FAST["repeats"]
+    r = profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, onnx=path, **dict(FAST, repeats=7))
+    # 7 timed calls of each, rounded up to whole blocks: 2 rounds of ONNX_BLOCK, each after a pause
+    block = profile_module.ONNX_BLOCK
+    assert seen["names"] == ["onnx", "ours"] and seen["rounds"] == -(-7 // block)
+    assert seen["kw"]["block"] == block and seen["kw"]["pause_s"] == 0.01
     ours, ort = seen["times"]["ours"], seen["times"]["onnx"]
+    assert len(ours) == len(ort) == seen["rounds"] * block
     assert r.latency_samples_ms == ours and r.latency_ms == statistics.median(ours)
     assert r.onnx_file == str(path) and r.onnx_latency_ms == statistics.median(ort) <= r.onnx_latency_p90_ms
-    assert r.onnx_ratio_paired == statistics.median(a / b for a, b in zip(ours, ort, strict=True))
+    per_round = [statistics.median(ours[i:i + block]) / statistics.median(ort[i:i + block])
+                 for i in range(0, len(ours), block)]
+    assert r.onnx_ratio_paired == pytest.approx(statistics.median(per_round))
     table = format_table([r])
     assert "ORT b1 med (ms)" in table and "ours / ORT (paired)" in table
     assert f"{r.onnx_ratio_paired:.2f}" in table
@@ -282,6 +289,41 @@ def test_profile_times_an_onnx_export_beside_ours(tmp_path, capsys, monkeypatch)
         profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, onnx=tmp_path / "no.onnx", **FAST)
     assert main(["profile", "fcaformer_nano", "crossformer_tiny", "--onnx", str(path)]) == 2
     assert "--onnx given 1 time(s) for 2 model(s)" in capsys.readouterr().err
+
+
+def test_time_alternating_blocks_pauses_and_the_paired_ratio(monkeypatch):
+    """Blocks of timed calls per round, each after a pause and one untimed settling call, in a shuffled order; the
+    paired ratio is the median over rounds of the block medians' ratio."""
+    from crossformers.profiling import measure
+
+    counts = {"a": 0, "b": 0}
+    log = []
+    monkeypatch.setattr(measure.time, "sleep", lambda s: log.append(("pause", s)))
+
+    def call(name):
+        def fn():
+            counts[name] += 1
+            log.append(name)
+        return fn
+
+    times = measure.time_alternating({"a": call("a"), "b": call("b")}, rounds=3, warmup=1, block=4, pause_s=0.25)
+    assert [len(t) for t in times.values()] == [12, 12]
+    assert counts == {"a": 1 + 3 * 5, "b": 1 + 3 * 5}  # warm-up, then per round 1 settling + 4 timed calls
+    rounds = log[2:]  # after the two warm-up calls: pause, 5 calls of one, pause, 5 calls of the other, ...
+    assert len(rounds) == 3 * 2 * 6
+    for i in range(0, len(rounds), 6):
+        assert rounds[i] == ("pause", 0.25) and len(set(rounds[i + 1:i + 6])) == 1
+    log.clear()
+    plain = measure.time_alternating({"a": call("a"), "b": call("b")}, rounds=2, warmup=0)  # block 1, no pause
+    assert [len(t) for t in plain.values()] == [2, 2] and sorted(log) == ["a", "a", "b", "b"]
+    a = [2.0, 2.0, 9.0, 4.0, 4.0, 4.0]
+    b = [1.0, 1.0, 1.0, 4.0, 4.0, 0.1]
+    assert measure.paired_ratio(a, b, block=3) == pytest.approx(statistics.median([2.0 / 1.0, 4.0 / 4.0]))
+    assert measure.paired_ratio([3.0, 1.0], [1.0, 2.0]) == pytest.approx(statistics.median([3.0, 0.5]))
+    with pytest.raises(ValueError, match="whole rounds of 4"):
+        measure.paired_ratio(a, b, block=4)
+    with pytest.raises(ValueError, match="got 6 and 2"):
+        measure.paired_ratio(a, b[:2])
 
 
 @pytest.mark.parametrize("native_ms,onednn_ms,winner", [(2.0, 1.0, "onednn"), (1.0, 4.0, "native")])

@@ -25,7 +25,7 @@ from .errors import ProfilingError
 
 __all__ = [
     "num_threads", "time_calls", "summarize_ms", "matmul_peak", "matmul_peak_gflops", "PEAK_KERNELS", "rss_peak_subprocess", "rss_increase_inprocess",
-    "cuda_peak_mib", "machine_info", "cpu_name", "cpu_flags", "CPU_FLAGS", "time_alternating",
+    "cuda_peak_mib", "machine_info", "cpu_name", "cpu_flags", "CPU_FLAGS", "time_alternating", "paired_ratio",
 ]
 
 _MIB = 1024.0 * 1024.0
@@ -80,11 +80,27 @@ def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int = 5, rep
     return times
 
 
-def time_alternating(calls: dict[str, Callable[[], Any]], rounds: int, seed: int = 0, warmup: int = 2
-                     ) -> dict[str, list[float]]:
+def time_alternating(calls: dict[str, Callable[[], Any]], rounds: int, seed: int = 0, warmup: int = 2,
+                     block: int = 1, pause_s: float = 0.0) -> dict[str, list[float]]:
     """Per-call times (ms) of several calls measured side by side: ``warmup`` untimed calls of each, then ``rounds``
-    rounds in which every call runs once, in an order shuffled per round (so drift on a shared machine hits all
-    alike). Returns name -> ``rounds`` times."""
+    rounds in which every call runs in turn, in an order shuffled per round (so drift on a shared machine hits all
+    alike).
+
+    Args:
+        calls: name -> the call to time.
+        rounds: rounds (at least one).
+        seed: seed of the shuffled orders.
+        warmup: untimed calls of each before the first round.
+        block: timed calls of each per round, back to back. With ``block > 1`` each block starts with one untimed
+            call, which pays for what the call before it left behind (caches filled with another model's weights).
+        pause_s: seconds to sleep before each block, so that the thread pools of the call before it have gone idle.
+            Runtimes that spin-wait after a call (onnxruntime's workers, OpenMP's threads) otherwise take the cores
+            from the next call: on a 2-core AMD EPYC, CrossFormer-T ran 92 ms right after an onnxruntime call and
+            47 ms with a 0.1 s pause and a settling call (``docs/profiling.md``).
+
+    Returns:
+        name -> ``rounds * block`` times, round by round (:func:`paired_ratio` compares two of them).
+    """
     import random
 
     rng = random.Random(seed)
@@ -96,10 +112,29 @@ def time_alternating(calls: dict[str, Callable[[], Any]], rounds: int, seed: int
         order = list(calls)
         rng.shuffle(order)
         for name in order:
-            t0 = time.perf_counter()
-            calls[name]()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            if pause_s > 0:
+                time.sleep(pause_s)
+            if block > 1:
+                calls[name]()
+            for _ in range(max(1, block)):
+                t0 = time.perf_counter()
+                calls[name]()
+                times[name].append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def paired_ratio(a: list[float], b: list[float], block: int = 1) -> float:
+    """The median over rounds of a / b, each round's time the median of its ``block`` calls: the side-by-side ratio
+    of two series from :func:`time_alternating` (robust to drift that slows whole rounds).
+
+    Raises:
+        ValueError: series of different lengths, or not whole rounds of ``block``.
+    """
+    block = max(1, block)
+    if len(a) != len(b) or not a or len(a) % block:
+        raise ValueError(f"paired_ratio needs two series of whole rounds of {block} call(s), got {len(a)} and {len(b)}")
+    rounds = [(a[i:i + block], b[i:i + block]) for i in range(0, len(a), block)]
+    return statistics.median(statistics.median(x) / statistics.median(y) for x, y in rounds)
 
 
 def summarize_ms(times: list[float]) -> dict[str, float]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -42,6 +41,7 @@ from .errors import ProfilingError
 from .measure import (
     cuda_peak_mib,
     num_threads,
+    paired_ratio,
     rss_increase_inprocess,
     rss_peak_subprocess,
     summarize_ms,
@@ -53,7 +53,12 @@ from .onnx_timing import onnx_runner
 from .published import family_of, published
 
 __all__ = ["ProfileResult", "profile_model", "build_model_for_profile", "prepare_model", "resolve_dtype",
-           "default_input_size", "DTYPES"]
+           "default_input_size", "DTYPES", "ONNX_BLOCK", "ONNX_PAUSE_S"]
+
+#: ``--onnx``: timed calls of each runtime per round, and the pause (s) before each block. The two runtimes' thread
+#: pools spin-wait after a call; called right after each other they slow each other down (time_alternating)
+ONNX_BLOCK = 5
+ONNX_PAUSE_S = 0.1
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16"}
@@ -292,10 +297,11 @@ def profile_model(
             the memory measurement is skipped; the result's ``dtype`` is the precision).
         onnx: an ONNX export of the model (``crossformers export``): also timed at batch 1 in onnxruntime with the
             same threads (:func:`~crossformers.profiling.onnx_timing.onnx_runner`; CPU only), alternately with ours
-            (:func:`~crossformers.profiling.measure.time_alternating`: ``warmup`` untimed calls of each, then
-            ``repeats`` rounds in a shuffled order; ``min_time_s`` does not apply), into ``onnx_latency_ms`` /
-            ``onnx_latency_p90_ms`` and ``onnx_ratio_paired`` (the median over rounds of ours / onnxruntime: the
-            side-by-side ratio, robust to a shared machine's drift).
+            (:func:`~crossformers.profiling.measure.time_alternating`: ``warmup`` untimed calls of each, then rounds
+            of :data:`ONNX_BLOCK` calls of each in a shuffled order, each block after a :data:`ONNX_PAUSE_S` pause
+            and one untimed call, ``repeats`` timed calls in all, rounded up to whole blocks; ``min_time_s`` does not
+            apply), into ``onnx_latency_ms`` / ``onnx_latency_p90_ms`` and ``onnx_ratio_paired`` (the median over
+            rounds of ours / onnxruntime: the side-by-side ratio, robust to a shared machine's drift).
 
     Returns:
         A :class:`ProfileResult`.
@@ -387,13 +393,14 @@ def profile_model(
                     result.peak_mem_mib = rss_increase_inprocess(lambda: run(x1))
                     result.mem_method = "in-process RSS high-water increase (activations; weights excluded)"
                 if latency and ort_run is not None:  # side by side: drift on the machine hits both alike
-                    both = time_alternating({"ours": lambda: run(x1), "onnx": ort_run}, rounds=repeats,
-                                            warmup=warmup)
+                    both = time_alternating({"ours": lambda: run(x1), "onnx": ort_run},
+                                            rounds=-(-max(1, repeats) // ONNX_BLOCK), warmup=warmup,
+                                            block=ONNX_BLOCK, pause_s=ONNX_PAUSE_S)
                     times = both["ours"]
                     ort = summarize_ms(both["onnx"])
                     result.onnx_file, result.onnx_latency_ms, result.onnx_latency_p90_ms = (
                         str(onnx), ort["median"], ort["p90"])
-                    result.onnx_ratio_paired = statistics.median(a / b for a, b in zip(times, both["onnx"], strict=True))
+                    result.onnx_ratio_paired = paired_ratio(times, both["onnx"], ONNX_BLOCK)
                 elif latency:
                     times = time_calls(lambda: run(x1), dev, warmup=warmup, repeats=repeats, min_time_s=min_time_s)
                 if latency:
