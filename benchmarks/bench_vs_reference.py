@@ -186,7 +186,12 @@ def library_versions() -> dict[str, str | bool]:
     """MKL / oneDNN as this torch build reports them, and the CPU capability ATen dispatches to."""
     config = torch.__config__.show()
     onednn = next((ln.strip().lstrip("- ") for ln in config.splitlines() if "MKL-DNN" in ln or "oneDNN" in ln), "")
-    from crossformers.layers.linear import onednn_by_default, onednn_default_reason, onednn_for_inference
+    from crossformers.layers.linear import (
+        onednn_by_default,
+        onednn_default_reason,
+        onednn_for_compile,
+        onednn_for_inference,
+    )
     from crossformers.profiling.calibrate import CALIBRATION_MODELS
 
     def per_family(choose, yes: str) -> str:  # each family's choice (they can differ once calibrated)
@@ -200,7 +205,8 @@ def library_versions() -> dict[str, str | bool]:
             "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
             "ours_linear": f"{per_family(onednn_by_default, 'oneDNN')} ({onednn_default_reason()})",
             "reference_linear": "MKL (nn.Linear)",
-            "ours_fast_linear": per_family(onednn_for_inference, "packed oneDNN")}
+            "ours_fast_linear": per_family(onednn_for_inference, "packed oneDNN"),
+            "ours_compiled_linear": per_family(onednn_for_compile, "packed oneDNN")}
 
 
 def _uptime() -> str:
@@ -220,7 +226,8 @@ def linear_path(side: str, model: nn.Module | None = None) -> str:
         packed = ", packed weights" if side == "ours_fast" else ""
         return f"oneDNN fp32 (OneDNNLinear{packed})" if kind == "onednn" else "aten.linear fp32 (MKL sgemm)"
     if side == "ours_compiled":
-        return "inductor, frozen weights packed for oneDNN fp32"
+        packing = "oneDNN" if getattr(model, "onednn", True) else "MKL"  # CompiledForInference.onednn
+        return f"inductor, frozen weights packed for {packing} fp32"
     amx = "AMX" if "amx_bf16" in cpu_flags() else "AVX512-BF16" if "avx512_bf16" in cpu_flags() else "emulated"
     if side == "ours_bf16":
         return f"bf16 weights, aten.linear -> oneDNN bf16 ({amx})"
@@ -326,7 +333,7 @@ def bench_latency(name: str, official: dict[str, Path], rounds: int, compiled: b
         extra["prepare_s"][label] = time.perf_counter() - t0  # incl. the first (compiling) call
         extra["rel_diff"][label] = ((out - expected).abs().max() / expected.abs().max()).item()
         extra["top1_agree"][label] = (out.argmax(-1) == expected.argmax(-1)).float().mean().item()
-        extra["linear_path"][label] = linear_path(label)
+        extra["linear_path"][label] = linear_path(label, model)
         models[label] = model
 
     if compiled:
@@ -504,7 +511,9 @@ def markdown(doc: dict) -> str:
                 f"{doc['libraries']['cpu_capability']}" if doc.get("libraries") else ""),
              *([f"- linear layers: ours as created {doc['libraries']['ours_linear']}; reference "
                 f"{doc['libraries']['reference_linear']}; `ours fast` "
-                f"{doc['libraries'].get('ours_fast_linear', 'packed oneDNN')}"]
+                f"{doc['libraries'].get('ours_fast_linear', 'packed oneDNN')}"
+                + (f"; compiled: weights packed for {doc['libraries']['ours_compiled_linear']}"
+                   if doc['libraries'].get('ours_compiled_linear') else "")]
                if (doc.get("libraries") or {}).get("ours_linear") else []),
              f"- threads: {doc['threads']}; load average before/after: {doc['load_before']} / {doc['load_after']}"
              + (f"; `uptime` before: {doc['uptime']}" if doc.get("uptime") else ""),

@@ -306,13 +306,92 @@ def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, tmp
     path.unlink()
     monkeypatch.setattr(calibrate, "CALIBRATION_MODELS", (name,))
     real = calibrate.calibrate_linear
-    monkeypatch.setattr(calibrate, "calibrate_linear", lambda threads=None: real(
-        threads=threads, rounds=1, models=(name,), model_kwargs={name: kw}, train_rounds=1, train_batch=2))
+    monkeypatch.setattr(calibrate, "calibrate_linear", lambda threads=None, compile_rounds=0: real(
+        threads=threads, rounds=1, models=(name,), model_kwargs={name: kw}, train_rounds=1, train_batch=2,
+        compile_rounds=compile_rounds))
     assert main(["profile", "--calibrate-linear", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert f"recorded in {path}" in out and "other modules use" in out and "training step of" in out
     assert f"models of {name}'s family: new models" in out  # each family's own choices
     assert json.loads(path.read_text())[cal.machine_key()]["1"]["inference_choice"] in ("mkl", "onednn_packed")
+
+
+def test_compile_for_inference_follows_its_own_calibrated_packing(monkeypatch, tmp_path, capsys):
+    """Compiled models have their own calibration (`profile --calibrate-linear --compile`): inductor's packed products
+    are other kernels than the eager ones, and their winner can differ (the AMD EPYC Zen 4 of docs/profiling.md).
+    compile_for_inference packs for the family's recorded winner, a family not timed takes the combined compiled
+    choice, a record without compiled times keeps the eager default, and the environment variable still wins."""
+    import json
+
+    from crossformers.cli import main
+    from crossformers.inference import compile_for_inference
+    from crossformers.layers import linear_calibration as cal
+    from crossformers.profiling import calibrate
+
+    if not onednn.onednn_available():
+        pytest.skip("no oneDNN in this build")
+    path = tmp_path / "linear_kernel.json"
+    monkeypatch.setenv("CROSSFORMERS_LINEAR_CALIBRATION", str(path))
+    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR", raising=False)
+    cf_name, cf_kw = SMALL["crossformer"]
+    fca_name, fca_kw = SMALL["fcaformer"]
+    cf = crossformers.create_model(cf_name, onednn_linear=False, **cf_kw)
+    fca = crossformers.create_model(fca_name, onednn_linear=False, **fca_kw)
+
+    def write(record):
+        path.write_text(json.dumps({cal.machine_key(): {str(torch.get_num_threads()): record}}))
+
+    eager_only = {"choice": "mkl", "inference_choice": "mkl", "models": {"crossformer_tiny": {"ratio": 1.1}}}
+    write(eager_only)  # no compiled times: compile follows the eager choice, as before such records existed
+    assert cal.calibrated_compile_choice() is None and not onednn.onednn_by_default(cf)
+    assert not onednn.onednn_for_compile(cf) and not compile_for_inference(cf).onednn
+    record = {**eager_only, "compile_choice": "mkl",
+              "models": {"crossformer_tiny": {"ratio": 1.1, "compile_ratio": 0.76}}}
+    write(record)  # eager MKL, compiled oneDNN: each path its own winner
+    assert not onednn.onednn_by_default(cf) and onednn.onednn_for_compile(cf) and compile_for_inference(cf).onednn
+    assert not onednn.onednn_for_compile(fca) and not compile_for_inference(fca).onednn  # not timed: combined
+    write({**record, "compile_choice": "onednn_packed",
+           "models": {"crossformer_tiny": {"ratio": 1.1, "compile_ratio": 0.98}}})  # a tie keeps MKL (MARGIN)
+    assert onednn.onednn_for_compile(fca) and not onednn.onednn_for_compile(cf)
+    assert compile_for_inference(cf, onednn=True).onednn  # an explicit choice wins
+    monkeypatch.setenv("CROSSFORMERS_ONEDNN_LINEAR", "0")
+    assert not onednn.onednn_for_compile(fca) and not compile_for_inference(fca).onednn
+    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR")
+
+    # the measurement: each model compiled with both packings, then timed alternately (compile_for_inference is
+    # stubbed here; tests/profiling/test_compile_inference.py compiles both packings for real)
+    packings = []
+
+    def fake_compile(model, onednn=None, **kw):
+        packings.append(onednn)
+        return model.eval()
+
+    monkeypatch.setattr(calibrate, "compile_for_inference", fake_compile)
+    r = calibrate.calibrate_linear(threads=1, rounds=1, models=(cf_name,), model_kwargs={cf_name: cf_kw},
+                                   train_rounds=0, compile_rounds=2, write=False)
+    m = r["models"][cf_name]
+    assert sorted(packings) == [False, True]
+    assert m["compile_ratio"] == pytest.approx(m["compile_onednn_packed_ms"] / m["compile_mkl_ms"])
+    assert r["compile_ratio"] == pytest.approx(m["compile_ratio"])  # the geometric mean of one
+    assert (r["compile_choice"] == "onednn_packed") == cal.onednn_wins(r["compile_ratio"])
+    packings.clear()
+    plain = calibrate.calibrate_linear(threads=1, rounds=1, models=(cf_name,), model_kwargs={cf_name: cf_kw},
+                                       train_rounds=0, write=False)
+    assert not packings and "compile_choice" not in plain and "compile_ratio" not in plain["models"][cf_name]
+
+    real = calibrate.calibrate_linear
+    monkeypatch.setattr(calibrate, "calibrate_linear", lambda threads=None, compile_rounds=0: real(
+        threads=threads, rounds=1, models=(cf_name,), model_kwargs={cf_name: cf_kw}, train_rounds=1, train_batch=2,
+        compile_rounds=min(compile_rounds, 2)))
+    path.unlink()
+    assert main(["profile", "--calibrate-linear", "--compile", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled, batch 1: weights packed for MKL" in out and "compile_for_inference" in out
+    recorded = json.loads(path.read_text())[cal.machine_key()]["1"]
+    assert recorded["compile_choice"] in ("mkl", "onednn_packed") and "compile_ratio" in recorded["models"][cf_name]
+    assert main(["profile", "--calibrate-linear", "--threads", "1"]) == 0  # without --compile: no compiled times
+    assert "compiled, batch 1" not in capsys.readouterr().out
+    assert "compile_choice" not in json.loads(path.read_text())[cal.machine_key()]["1"]
 
 
 def test_each_family_follows_its_own_calibrated_ratio(monkeypatch, tmp_path):

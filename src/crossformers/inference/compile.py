@@ -3,8 +3,9 @@
 Plain ``torch.compile`` on the CPU lowers fp32 linear layers to MKL's sgemm, which on AMD CPUs runs MKL's AVX2 code:
 on the Zen 5 machine of ``docs/profiling.md`` compiled models were 1.2-1.5x *slower* than our eager models, whose
 linear layers call oneDNN's AVX-512 kernels. :func:`compile_for_inference` compiles with inductor's weight freezing
-(parameters become constants, so every linear weight is packed once at compile time) and, where oneDNN is our
-default linear path (:func:`crossformers.layers.linear.onednn_by_default`), makes inductor pack those weights for
+(parameters become constants, so every linear weight is packed once at compile time) and, where oneDNN packing
+is the faster on this machine (:func:`crossformers.layers.linear.onednn_for_compile`: measured by ``crossformers
+profile --calibrate-linear --compile``, else the model's eager default), makes inductor pack those weights for
 oneDNN (``mkldnn::_reorder_linear_weight`` + ``mkldnn::_linear_pointwise``, the lowering inductor itself uses for
 bf16 and ahead-of-time compilation) instead of MKL. Everything else (fusion of norms, residual adds and activations,
 attention) is inductor's. Measured against ``optimize_for_inference`` eager: 0.62-0.83x the latency
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..layers.linear import onednn_by_default
+from ..layers.linear import onednn_for_compile
 
 __all__ = ["compile_for_inference", "CompiledForInference"]
 
@@ -102,8 +103,8 @@ def compile_for_inference(model: nn.Module, dynamic: bool = False, fullgraph: bo
             like (e.g. :func:`crossformers.inference.fuse`); oneDNN linear layers step aside while tracing.
         dynamic: passed to ``torch.compile`` (False: one specialised graph per input shape).
         fullgraph: passed to ``torch.compile`` (every family compiles without graph breaks).
-        onednn: pack linear weights for oneDNN instead of MKL; None = :func:`onednn_by_default` for the model's
-            family (this machine's calibration, else AVX-512 CPUs).
+        onednn: pack linear weights for oneDNN instead of MKL; None = :func:`onednn_for_compile` for the model's
+            family (this machine's calibration of compiled models, else the eager default).
             Has no effect on CUDA, where inductor's own lowering is used.
 
     Returns:
@@ -112,4 +113,4 @@ def compile_for_inference(model: nn.Module, dynamic: bool = False, fullgraph: bo
     """
     model.eval()
     compiled = torch.compile(model, dynamic=dynamic, fullgraph=fullgraph)
-    return CompiledForInference(model, compiled, onednn_by_default(model) if onednn is None else onednn)
+    return CompiledForInference(model, compiled, onednn_for_compile(model) if onednn is None else onednn)

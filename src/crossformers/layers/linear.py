@@ -39,7 +39,7 @@ from .tracing import tool_is_running
 
 __all__ = ["MIN_MACS", "LINEAR_KERNELS", "onednn_available", "calibration_model_of", "onednn_by_default",
            "onednn_default_reason",
-           "onednn_for_inference", "onednn_for_training", "fast_linear", "OneDNNLinear",
+           "onednn_for_inference", "onednn_for_training", "onednn_for_compile", "fast_linear", "OneDNNLinear",
            "OneDNNMlp", "set_onednn_linear", "set_packed_weights", "uses_onednn_linear", "linear_kernel",
            "LinearKernelMixin"]
 
@@ -129,6 +129,19 @@ def onednn_for_training(model: nn.Module | type | str | None = None) -> bool:
     oneDNN made the batch-32 training steps of CrossViT-9 and CrossFormer-T about 1.17x and 1.07x slower than MKL
     (``docs/profiling.md``)."""
     return _decide("calibrated_training_choice", lambda: onednn_by_default(model), model)
+
+
+def onednn_for_compile(model: nn.Module | type | str | None = None) -> bool:
+    """Whether :func:`crossformers.inference.compile_for_inference` makes inductor pack the frozen linear weights for
+    oneDNN rather than MKL: ``CROSSFORMERS_ONEDNN_LINEAR`` if set, else this machine's calibrated compiled models
+    (``crossformers profile --calibrate-linear --compile``; ``model``'s family's as in :func:`onednn_by_default`) if
+    recorded, else :func:`onednn_by_default`. Always no without oneDNN.
+
+    The compiled choice is separate because inductor's packed products are not the eager kernels: on the 2-core AMD
+    EPYC Zen 4 of ``docs/profiling.md`` eager FcaFormer-L1 and CrossViT-9 were as fast on MKL as on oneDNN, but
+    compiled with oneDNN packing they took 0.76x and 0.91x the time of MKL packing; on the Intel Xeon with AMX, MKL
+    packing was the faster (CrossFormer-T 31-33 against 36 ms)."""
+    return _decide("calibrated_compile_choice", lambda: onednn_by_default(model), model)
 
 
 def onednn_default_reason(model: nn.Module | type | str | None = None) -> str:

@@ -35,13 +35,21 @@ import torch
 from ..fileio import atomic_write_text
 from ..utils.cpu import cpu_model_name
 
-__all__ = ["MARGIN", "calibration_path", "machine_key", "calibrated_choice", "calibrated_inference_choice",
-           "calibrated_training_choice", "calibrated_models", "record_calibration"]
+__all__ = ["MARGIN", "onednn_wins", "calibration_path", "machine_key", "calibrated_choice",
+           "calibrated_inference_choice", "calibrated_training_choice", "calibrated_compile_choice",
+           "calibrated_models", "record_calibration"]
 
 #: oneDNN is chosen only if its time ratio to MKL (one family's, or the geometric mean) is below this
 MARGIN = 0.97
 #: the per-model ratio that decides each choice (keys of a record's ``models`` entries)
-_MODEL_RATIO = {"choice": "ratio", "inference_choice": "packed_ratio", "train_choice": "train_ratio"}
+_MODEL_RATIO = {"choice": "ratio", "inference_choice": "packed_ratio", "train_choice": "train_ratio",
+                "compile_choice": "compile_ratio"}
+
+
+def onednn_wins(ratio: float) -> bool:
+    """The one rule of every choice: oneDNN only if its time / MKL's time is below :data:`MARGIN` (a tie keeps
+    PyTorch's own MKL path). Used both when a calibration is recorded and when a family's own ratio is read back."""
+    return ratio < MARGIN
 
 def calibration_path() -> Path:
     """Where the calibration is kept (see the module docs)."""
@@ -85,7 +93,7 @@ def _recorded(threads: int | None, key: str, values: tuple[str, str], model: str
     timed = per_model.get(model) if model and isinstance(per_model, dict) else None
     ratio = timed.get(_MODEL_RATIO[key]) if isinstance(timed, dict) else None
     if isinstance(ratio, (int, float)) and ratio > 0:
-        return ratio < MARGIN  # the family's own measurement
+        return onednn_wins(ratio)  # the family's own measurement
     return record[key] == values[0]
 
 
@@ -109,9 +117,20 @@ def calibrated_training_choice(threads: int | None = None, model: str | None = N
     return _recorded(threads, "train_choice", ("onednn", "mkl"), model)
 
 
+def calibrated_compile_choice(threads: int | None = None, model: str | None = None) -> bool | None:
+    """The calibrated weight packing for :func:`crossformers.inference.compile_for_inference` (inductor with
+    weights frozen and packed for oneDNN, against inductor's own MKL packing): True = oneDNN, False = MKL, None = not
+    measured here (``crossformers profile --calibrate-linear --compile``). ``model`` as in :func:`calibrated_choice`.
+
+    Compiled models get their own record because their products are other kernels than the eager ones: on the
+    2-core AMD EPYC Zen 4 of ``docs/profiling.md`` eager FcaFormer-L1 ran as fast on MKL as on oneDNN, while
+    compiled it took 0.76x the time with oneDNN packing."""
+    return _recorded(threads, "compile_choice", ("onednn_packed", "mkl"), model)
+
+
 def record_calibration(threads: int, record: dict[str, Any]) -> Path:
     """Store ``record`` (with ``choice`` "onednn" | "mkl", ``inference_choice`` "onednn_packed" | "mkl" and
-    optionally ``train_choice`` "onednn" | "mkl") for this
+    optionally ``train_choice`` "onednn" | "mkl" and ``compile_choice`` "onednn_packed" | "mkl") for this
     machine and ``threads`` in :func:`calibration_path` (atomically, other machines' and thread counts' records kept);
     returns the path. The measurement is :func:`crossformers.profiling.calibrate_linear`."""
     path = calibration_path()

@@ -12,10 +12,18 @@ and in training:
 
 * a training step (train mode, batch :data:`TRAIN_BATCH`, forward and backward of a cross-entropy loss, after
   ``optimize_for_training``'s other paths) with MKL and with oneDNN linear layers (the choice for
-  ``optimize_for_training`` and ``crossformers train``).
+  ``optimize_for_training`` and ``crossformers train``);
+
+and, when asked (``compile_rounds``, ``crossformers profile --calibrate-linear --compile``: a few minutes, as each
+model is compiled twice):
+
+* ``compile_for_inference`` with the frozen weights packed for MKL, and for oneDNN (the choice for
+  ``compile_for_inference``). Inductor's packed products are other kernels than the eager ones, and their winner is
+  not the eager winner on every CPU (``docs/profiling.md``).
 
 Each family's time ratios (oneDNN / MKL) are kept, and each pair's ratios are also combined by their geometric
-mean; oneDNN is chosen only where it is at least 3 % faster (:data:`MARGIN`; a tie keeps PyTorch's own MKL path).
+mean; oneDNN is chosen only where it is at least 3 % faster (:func:`~crossformers.layers.linear_calibration.
+onednn_wins`, :data:`MARGIN`; a tie keeps PyTorch's own MKL path).
 A model whose family was timed follows its family's ratio, any other module the combined one
 (:mod:`crossformers.layers.linear_calibration`). The record
 (:func:`crossformers.layers.linear_calibration.record_calibration`) is per CPU model, PyTorch version and thread
@@ -32,9 +40,10 @@ from typing import Any
 
 import torch
 
+from ..inference.compile import compile_for_inference
 from ..inference.optimize import optimize_for_inference, optimize_for_training
 from ..layers.linear import onednn_available, set_onednn_linear
-from ..layers.linear_calibration import MARGIN, calibration_path, machine_key, record_calibration
+from ..layers.linear_calibration import MARGIN, calibration_path, machine_key, onednn_wins, record_calibration
 from .errors import ProfilingError
 from .measure import num_threads, time_alternating
 
@@ -75,13 +84,27 @@ def _train_steps(name: str, model_kwargs: dict[str, Any] | None, batch: int) -> 
     return {k: (lambda m=m: step(m)) for k, m in models.items()}
 
 
+def _compiled_forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dict[str, Any], torch.Tensor]:
+    """``compile_for_inference`` of one model with its weights packed for MKL and for oneDNN, each already compiled
+    for a batch-1 input (the first call compiles), as zero-argument callables, and that input."""
+    import crossformers
+
+    base = crossformers.create_model(name, onednn_linear=False, **(model_kwargs or {})).eval()
+    x = torch.randn(1, *base.pretrained_cfg["input_size"])
+    forms = {k: compile_for_inference(copy.deepcopy(base), onednn=k == "compile_onednn_packed")
+             for k in ("compile_mkl", "compile_onednn_packed")}
+    for model in forms.values():
+        model(x)
+    return {k: (lambda m=m: m(x)) for k, m in forms.items()}, x
+
+
 def _geomean(values: list[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
 def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple[str, ...] = CALIBRATION_MODELS,
                      model_kwargs: dict[str, dict[str, Any]] | None = None, write: bool = True,
-                     train_rounds: int = 5, train_batch: int = TRAIN_BATCH) -> dict[str, Any]:
+                     train_rounds: int = 5, train_batch: int = TRAIN_BATCH, compile_rounds: int = 0) -> dict[str, Any]:
     """Time the linear paths on whole models (see the module docs) and record the faster ones for this machine.
 
     Args:
@@ -92,13 +115,18 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         train_rounds: alternating rounds of training steps per model (after 1 untimed step of each path); 0 skips
             the training measurement (no ``train_choice`` is recorded: training then follows ``choice``).
         train_batch: images per training step.
+        compile_rounds: alternating rounds of the two compiled forms per model (after compiling each, and 2
+            untimed calls); 0 (default) skips them (no ``compile_choice`` is recorded: ``compile_for_inference`` then
+            follows ``choice``).
 
     Returns:
         ``{"choice": "onednn" | "mkl", "ratio", "inference_choice": "onednn_packed" | "mkl", "packed_ratio",
-        "train_choice": "onednn" | "mkl", "train_ratio", "threads", "models": {name: {"mkl_ms", "onednn_ms",
-        "opt_mkl_ms", "opt_onednn_packed_ms", "ratio", "packed_ratio", "train_mkl_ms", "train_onednn_ms",
-        "train_ratio"}}, "machine", "path", "measured"}`` (times: medians in ms, batch 1 for inference and
-        ``train_batch`` per training step; ratios oneDNN / MKL).
+        "train_choice": "onednn" | "mkl", "train_ratio", "compile_choice": "onednn_packed" | "mkl",
+        "compile_ratio", "threads", "models": {name: {"mkl_ms", "onednn_ms", "opt_mkl_ms", "opt_onednn_packed_ms",
+        "ratio", "packed_ratio", "train_mkl_ms", "train_onednn_ms", "train_ratio", "compile_mkl_ms",
+        "compile_onednn_packed_ms", "compile_ratio"}}, "machine", "path", "measured"}`` (times: medians in ms,
+        batch 1 for inference and ``train_batch`` per training step; ratios oneDNN / MKL; the training and compiled
+        keys only when measured).
 
     Raises:
         ProfilingError: this PyTorch build has no oneDNN linear op (nothing to choose).
@@ -119,14 +147,22 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
                 times = time_alternating(steps, train_rounds, warmup=1)
                 med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
                 per_model[name].update(med, train_ratio=med["train_onednn_ms"] / med["train_mkl_ms"])
+            if compile_rounds > 0:
+                forms, _ = _compiled_forms(name, (model_kwargs or {}).get(name))
+                times = time_alternating(forms, compile_rounds)
+                med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
+                per_model[name].update(med, compile_ratio=med["compile_onednn_packed_ms"] / med["compile_mkl_ms"])
     ratio = _geomean([m["ratio"] for m in per_model.values()])
     packed = _geomean([m["packed_ratio"] for m in per_model.values()])
-    record = {"choice": "onednn" if ratio < MARGIN else "mkl", "ratio": ratio,
-              "inference_choice": "onednn_packed" if packed < MARGIN else "mkl", "packed_ratio": packed,
+    record = {"choice": "onednn" if onednn_wins(ratio) else "mkl", "ratio": ratio,
+              "inference_choice": "onednn_packed" if onednn_wins(packed) else "mkl", "packed_ratio": packed,
               "models": per_model, "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     if train_rounds > 0:
         trained = _geomean([m["train_ratio"] for m in per_model.values()])
-        record.update(train_choice="onednn" if trained < MARGIN else "mkl", train_ratio=trained)
+        record.update(train_choice="onednn" if onednn_wins(trained) else "mkl", train_ratio=trained)
+    if compile_rounds > 0:
+        compiled = _geomean([m["compile_ratio"] for m in per_model.values()])
+        record.update(compile_choice="onednn_packed" if onednn_wins(compiled) else "mkl", compile_ratio=compiled)
     if write:
         record_calibration(used, record)
     return {**record, "threads": used, "machine": machine_key(), "path": str(calibration_path())}

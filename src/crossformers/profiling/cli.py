@@ -58,7 +58,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "inference precision through crossformers.inference.to_precision: bf16 (folded, weights cast), int8 "
         "(dynamic PT2E quantization via torchao, compiled; x86 + C++ compiler); default fp32"))
     p.add_argument("--compile", action="store_true", help=(
-        "torch.compile (inductor) before timing: frozen weights, packed for oneDNN on AVX-512 CPUs"))
+        "torch.compile (inductor) before timing: frozen weights, packed for oneDNN or MKL as --calibrate-linear "
+        "--compile measured (else as the model's linear layers); with --calibrate-linear: also time compiled models "
+        "with both packings (a few minutes more)"))
     p.add_argument("--fuse", action="store_true", help="fold BatchNorms and layer scales into the layers before them")
     p.add_argument("--channels-last", action="store_true", help="run convolutions channels-last")
     p.add_argument("--onednn-linear", action=argparse.BooleanOptionalAction, default=None, help=(
@@ -78,7 +80,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate-linear", action="store_true", help=(
         "time MKL against oneDNN on whole models (batch-1 inference as created and optimized, and a training step) "
         "with --threads threads and record the faster paths as this machine's defaults for new models, "
-        "optimize_for_inference and training (about 45 s; run it on a quiet machine; no MODEL needed)"))
+        "optimize_for_inference and training (about 45 s; run it on a quiet machine; no MODEL needed); add "
+        "--compile to calibrate compile_for_inference's weight packing too"))
     p.add_argument("--onnx", action="append", metavar="FILE", help=(
         "also time this ONNX export of the MODEL in onnxruntime (CPU, same threads), alternately with ours, and "
         "report the paired ratio; once per MODEL, in their order (write it with `crossformers export MODEL --output "
@@ -119,28 +122,44 @@ def _validate(names: list[str]) -> None:
             timm_name(name)
 
 
-def _calibrate(threads: int | None) -> int:
-    """``profile --calibrate-linear``: measure, record, print each model and the choices."""
-    from ..layers.linear_calibration import calibrated_choice, calibrated_inference_choice, calibrated_training_choice
+#: alternating rounds of the two compiled forms per model in ``--calibrate-linear --compile``
+CALIBRATE_COMPILE_ROUNDS = 15
+
+
+def _calibrate(threads: int | None, compiled: bool = False) -> int:
+    """``profile --calibrate-linear [--compile]``: measure, record, print each model and the choices."""
+    from ..layers.linear_calibration import (
+        calibrated_choice,
+        calibrated_compile_choice,
+        calibrated_inference_choice,
+        calibrated_training_choice,
+    )
     from .calibrate import TRAIN_BATCH, calibrate_linear
 
-    r = calibrate_linear(threads=threads)
+    r = calibrate_linear(threads=threads, compile_rounds=CALIBRATE_COMPILE_ROUNDS if compiled else 0)
     for name, m in r["models"].items():
         print(f"{name:<18} batch 1: MKL {m['mkl_ms']:6.1f} ms, oneDNN {m['onednn_ms']:6.1f} ms ({m['ratio']:.2f}); "
               f"optimized: MKL {m['opt_mkl_ms']:6.1f} ms, packed oneDNN {m['opt_onednn_packed_ms']:6.1f} ms "
               f"({m['packed_ratio']:.2f})")
         print(f"{'':<18} training step of {TRAIN_BATCH}: MKL {m['train_mkl_ms']:6.0f} ms, oneDNN "
               f"{m['train_onednn_ms']:6.0f} ms ({m['train_ratio']:.2f})")
+        if "compile_ratio" in m:
+            print(f"{'':<18} compiled, batch 1: weights packed for MKL {m['compile_mkl_ms']:6.1f} ms, for oneDNN "
+                  f"{m['compile_onednn_packed_ms']:6.1f} ms ({m['compile_ratio']:.2f})")
     name = {"onednn": "oneDNN", "onednn_packed": "packed oneDNN", "mkl": "MKL"}
+    compiled_mean = f", {r['compile_ratio']:.2f} compiled" if "compile_ratio" in r else ""
+    compiled_choice = f", compile_for_inference {name[r['compile_choice']]}" if "compile_choice" in r else ""
     print(f"geometric means oneDNN / MKL: {r['ratio']:.2f} as created, {r['packed_ratio']:.2f} optimized, "
-          f"{r['train_ratio']:.2f} training, with {r['threads']} thread(s): other modules use {name[r['choice']]} "
-          f"linear layers, optimize_for_inference {name[r['inference_choice']]}, training {name[r['train_choice']]}, "
-          f"on this machine ({r['machine']})")
+          f"{r['train_ratio']:.2f} training{compiled_mean}, with {r['threads']} thread(s): other modules use "
+          f"{name[r['choice']]} linear layers, optimize_for_inference {name[r['inference_choice']]}, training "
+          f"{name[r['train_choice']]}{compiled_choice}, on this machine ({r['machine']})")
     for family in r["models"]:  # what each family now takes: the recorded decision, as the library reads it
-        new, packed, train = (choose(r["threads"], model=family) for choose in
-                              (calibrated_choice, calibrated_inference_choice, calibrated_training_choice))
+        new, packed, train, comp = (choose(r["threads"], model=family) for choose in
+                                    (calibrated_choice, calibrated_inference_choice, calibrated_training_choice,
+                                     calibrated_compile_choice))
         print(f"models of {family}'s family: new models {'oneDNN' if new else 'MKL'}, optimize_for_inference "
-              f"{'packed oneDNN' if packed else 'MKL'}, training {'oneDNN' if train else 'MKL'}")
+              f"{'packed oneDNN' if packed else 'MKL'}, training {'oneDNN' if train else 'MKL'}"
+              + ("" if comp is None else f", compile_for_inference {'packed oneDNN' if comp else 'MKL'}"))
     print(f"recorded in {r['path']} (CROSSFORMERS_ONEDNN_LINEAR=0/1 still overrides it)")
     return 0
 
@@ -148,7 +167,7 @@ def _calibrate(threads: int | None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run ``crossformers profile`` for parsed ``args``; returns the exit code."""
     if args.calibrate_linear:
-        return _calibrate(args.threads)
+        return _calibrate(args.threads, compiled=args.compile)
     if not args.models and not args.plot and not args.from_json:
         raise ProfilingError("name at least one MODEL (see `crossformers models`), or use --plot / --from-json")
     if args.img_size is not None and len(args.img_size) > 2:
