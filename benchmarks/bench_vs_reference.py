@@ -206,7 +206,7 @@ def library_versions() -> dict[str, str | bool]:
             "ours_linear": f"{per_family(onednn_by_default, 'oneDNN')} ({onednn_default_reason()})",
             "reference_linear": "MKL (nn.Linear)",
             "ours_fast_linear": per_family(onednn_for_inference, "packed oneDNN"),
-            "ours_compiled_linear": per_family(onednn_for_compile, "packed oneDNN")}
+            "ours_compiled_linear": per_family(onednn_for_compile, "oneDNN")}
 
 
 def _uptime() -> str:

@@ -21,8 +21,9 @@ model is compiled twice):
   ``compile_for_inference``). Inductor's packed products are other kernels than the eager ones, and their winner is
   not the eager winner on every CPU (``docs/profiling.md``).
 
-Each family's time ratios (oneDNN / MKL) are kept, and each pair's ratios are also combined by their geometric
-mean; oneDNN is chosen only where it is at least 3 % faster (:func:`~crossformers.layers.linear_calibration.
+Each family's time ratios (oneDNN / MKL; paired: the median over rounds of the two forms' ratio in that round, so
+that drift on a shared machine, which slows whole rounds, cancels) are kept, and each pair's ratios are also combined
+by their geometric mean; oneDNN is chosen only where it is at least 3 % faster (:func:`~crossformers.layers.linear_calibration.
 onednn_wins`, :data:`MARGIN`; a tie keeps PyTorch's own MKL path).
 A model whose family was timed follows its family's ratio, any other module the combined one
 (:mod:`crossformers.layers.linear_calibration`). The record
@@ -45,7 +46,7 @@ from ..inference.optimize import optimize_for_inference, optimize_for_training
 from ..layers.linear import onednn_available, set_onednn_linear
 from ..layers.linear_calibration import MARGIN, calibration_path, machine_key, onednn_wins, record_calibration
 from .errors import ProfilingError
-from .measure import num_threads, time_alternating
+from .measure import num_threads, paired_ratio, time_alternating
 
 __all__ = ["calibrate_linear", "CALIBRATION_MODELS", "MARGIN", "TRAIN_BATCH"]
 
@@ -98,6 +99,11 @@ def _compiled_forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dic
     return {k: (lambda m=m: m(x)) for k, m in forms.items()}, x
 
 
+def _medians(times: dict[str, list[float]]) -> dict[str, float]:
+    """``{"<form>_ms": median}`` of each timed form."""
+    return {f"{k}_ms": statistics.median(v) for k, v in times.items()}
+
+
 def _geomean(values: list[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
@@ -125,8 +131,8 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         "compile_ratio", "threads", "models": {name: {"mkl_ms", "onednn_ms", "opt_mkl_ms", "opt_onednn_packed_ms",
         "ratio", "packed_ratio", "train_mkl_ms", "train_onednn_ms", "train_ratio", "compile_mkl_ms",
         "compile_onednn_packed_ms", "compile_ratio"}}, "machine", "path", "measured"}`` (times: medians in ms,
-        batch 1 for inference and ``train_batch`` per training step; ratios oneDNN / MKL; the training and compiled
-        keys only when measured).
+        batch 1 for inference and ``train_batch`` per training step; ratios oneDNN / MKL, paired
+        (:func:`~crossformers.profiling.measure.paired_ratio`); the training and compiled keys only when measured).
 
     Raises:
         ProfilingError: this PyTorch build has no oneDNN linear op (nothing to choose).
@@ -139,19 +145,18 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
             with torch.inference_mode():
                 forms, x = _forms(name, (model_kwargs or {}).get(name))
                 times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
-            med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
-            per_model[name] = {**med, "ratio": med["onednn_ms"] / med["mkl_ms"],
-                               "packed_ratio": med["opt_onednn_packed_ms"] / med["opt_mkl_ms"]}
+            per_model[name] = {**_medians(times), "ratio": paired_ratio(times["onednn"], times["mkl"]),
+                               "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"])}
             if train_rounds > 0:
                 steps = _train_steps(name, (model_kwargs or {}).get(name), train_batch)
                 times = time_alternating(steps, train_rounds, warmup=1)
-                med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
-                per_model[name].update(med, train_ratio=med["train_onednn_ms"] / med["train_mkl_ms"])
+                per_model[name].update(_medians(times),
+                                       train_ratio=paired_ratio(times["train_onednn"], times["train_mkl"]))
             if compile_rounds > 0:
                 forms, _ = _compiled_forms(name, (model_kwargs or {}).get(name))
                 times = time_alternating(forms, compile_rounds)
-                med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
-                per_model[name].update(med, compile_ratio=med["compile_onednn_packed_ms"] / med["compile_mkl_ms"])
+                per_model[name].update(_medians(times), compile_ratio=paired_ratio(times["compile_onednn_packed"],
+                                                                                   times["compile_mkl"]))
     ratio = _geomean([m["ratio"] for m in per_model.values()])
     packed = _geomean([m["packed_ratio"] for m in per_model.values()])
     record = {"choice": "onednn" if onednn_wins(ratio) else "mkl", "ratio": ratio,
