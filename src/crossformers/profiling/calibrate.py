@@ -23,8 +23,8 @@ model is compiled twice):
 
 Each family's time ratios (oneDNN / MKL; paired: the median over rounds of the two forms' ratio in that round, so
 that drift on a shared machine, which slows whole rounds, cancels) are kept, and each pair's ratios are also combined
-by their geometric mean; oneDNN is chosen only where it is at least 3 % faster (:func:`~crossformers.layers.linear_calibration.
-onednn_wins`, :data:`MARGIN`; a tie keeps PyTorch's own MKL path).
+by their geometric mean; oneDNN is chosen only where it is at least 3 % faster (one rule,
+:func:`~crossformers.layers.linear_calibration.onednn_wins` with :data:`MARGIN`; a tie keeps PyTorch's own MKL path).
 A model whose family was timed follows its family's ratio, any other module the combined one
 (:mod:`crossformers.layers.linear_calibration`). The record
 (:func:`crossformers.layers.linear_calibration.record_calibration`) is per CPU model, PyTorch version and thread
@@ -85,9 +85,9 @@ def _train_steps(name: str, model_kwargs: dict[str, Any] | None, batch: int) -> 
     return {k: (lambda m=m: step(m)) for k, m in models.items()}
 
 
-def _compiled_forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dict[str, Any], torch.Tensor]:
+def _compiled_forms(name: str, model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     """``compile_for_inference`` of one model with its weights packed for MKL and for oneDNN, each already compiled
-    for a batch-1 input (the first call compiles), as zero-argument callables, and that input."""
+    for a batch-1 input (the first call compiles), as zero-argument callables on that input."""
     import crossformers
 
     base = crossformers.create_model(name, onednn_linear=False, **(model_kwargs or {})).eval()
@@ -96,7 +96,7 @@ def _compiled_forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dic
              for k in ("compile_mkl", "compile_onednn_packed")}
     for model in forms.values():
         model(x)
-    return {k: (lambda m=m: m(x)) for k, m in forms.items()}, x
+    return {k: (lambda m=m: m(x)) for k, m in forms.items()}
 
 
 def _medians(times: dict[str, list[float]]) -> dict[str, float]:
@@ -123,7 +123,7 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         train_batch: images per training step.
         compile_rounds: alternating rounds of the two compiled forms per model (after compiling each, and 2
             untimed calls); 0 (default) skips them (no ``compile_choice`` is recorded: ``compile_for_inference`` then
-            follows ``choice``).
+            follows the eager ``choice``).
 
     Returns:
         ``{"choice": "onednn" | "mkl", "ratio", "inference_choice": "onednn_packed" | "mkl", "packed_ratio",
@@ -153,8 +153,7 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
                 per_model[name].update(_medians(times),
                                        train_ratio=paired_ratio(times["train_onednn"], times["train_mkl"]))
             if compile_rounds > 0:
-                forms, _ = _compiled_forms(name, (model_kwargs or {}).get(name))
-                times = time_alternating(forms, compile_rounds)
+                times = time_alternating(_compiled_forms(name, (model_kwargs or {}).get(name)), compile_rounds)
                 per_model[name].update(_medians(times), compile_ratio=paired_ratio(times["compile_onednn_packed"],
                                                                                    times["compile_mkl"]))
     ratio = _geomean([m["ratio"] for m in per_model.values()])
