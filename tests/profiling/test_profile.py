@@ -216,6 +216,24 @@ def test_optimize_packs_onednn_weights_and_inductor_compiles_frozen():
         torch._dynamo.reset()
 
 
+def test_compiled_rows_name_the_packing_they_use(monkeypatch):
+    """--compile: the products are inductor's, with the weights packed for oneDNN or MKL as onednn_for_compile chose
+    (its own calibration, which can differ from the eager choice); the result's onednn_linear names that packing,
+    not the kernel of the eager modules. (compile_for_inference is replaced by a wrapper of the eager model here;
+    tests/profiling/test_compile_inference.py compiles both packings for real.)"""
+    from crossformers.inference.compile import CompiledForInference
+    from crossformers.profiling import profile as profile_module
+
+    monkeypatch.setattr(profile_module, "_check_compiler", lambda: None)
+    for packed in (True, False):
+        monkeypatch.setattr(profile_module, "compile_for_inference",
+                            lambda model, packed=packed, **kw: CompiledForInference(model, model, packed))
+        r = profile_model("crossvit_9_240", img_size=48, batch_size=0, compile=True, memory=False, matmul_peak=False,
+                          onednn_linear=not packed, model_kwargs=TINY_CROSSVIT, **FAST)
+        assert r.compiled and r.onednn_linear is packed and not r.packed_weights
+        assert ("oneDNN linear" in format_table([r])) is packed
+
+
 def test_profile_records_and_keeps_a_given_models_packed_weights():
     """A module profiled as given is measured as it is: packing switched on by its owner stays on and is recorded."""
     from crossformers.layers.linear import OneDNNLinear, set_onednn_linear, set_packed_weights

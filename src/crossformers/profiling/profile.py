@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..engine.loading import load_model, model_in_chans
-from ..inference.compile import compile_for_inference
+from ..inference.compile import CompiledForInference, compile_for_inference
 from ..inference.folding import fuse as fuse_model
 from ..inference.optimize import prefers_channels_last
 from ..inference.precision import check_precision, to_precision
@@ -208,8 +208,9 @@ def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, fu
                   pack_weights: bool = False) -> nn.Module:
     """Eval mode, optional BatchNorm/layer-scale folding, oneDNN linear layers on/off (None: as created), packed
     oneDNN weights switched on (``pack_weights``; False leaves the model's setting alone), channels-last,
-    device/dtype, optional ``torch.compile`` (inductor: :func:`~.compile.compile_for_inference`, frozen weights
-    packed for oneDNN on AVX-512 CPUs; another backend name: plain ``torch.compile``).
+    device/dtype, optional ``torch.compile`` (inductor: :func:`~crossformers.inference.compile_for_inference`,
+    frozen weights packed for oneDNN or MKL as :func:`~crossformers.layers.linear.onednn_for_compile` chooses on this
+    machine; another backend name: plain ``torch.compile``).
 
     Modifies ``model`` in place (the compiled wrapper, if any, is returned).
     """
@@ -228,7 +229,7 @@ def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, fu
         if backend == "inductor" and device.type == "cpu":
             _check_compiler()
         if backend == "inductor":
-            return compile_for_inference(model, dynamic=False, fullgraph=False)  # frozen, oneDNN-packed on CPU
+            return compile_for_inference(model, dynamic=False, fullgraph=False)  # frozen, packed as calibrated
         model = torch.compile(model, backend=backend, dynamic=False)
     return model
 
@@ -375,6 +376,8 @@ def profile_model(
         result.onednn_linear = any(uses_onednn_linear(m) for m in model.modules())
         result.packed_weights = not compile and any(
             getattr(m, "pack_weights", False) for m in model.modules() if uses_onednn_linear(m))
+        if isinstance(run, CompiledForInference):  # inductor's products, packed for oneDNN or MKL (onednn_for_compile)
+            result.onednn_linear = bool(run.onednn) and dev.type == "cpu"
         if reduced:  # bf16 / int8 products go through their own kernels (see to_precision), not OneDNNLinear
             result.onednn_linear = result.packed_weights = False
         x1 = _make_input(1, chans, size, dev, torch_dtype, channels_last)
