@@ -27,7 +27,7 @@ from timm.optim import create_optimizer_v2
 import crossformers
 from crossformers.layers.linear import onednn_for_training
 from crossformers.profiling import machine_info
-from crossformers.profiling.measure import cpu_flags, time_alternating
+from crossformers.profiling.measure import cpu_flags, paired_ratio, time_alternating
 
 #: name:batch:side; the first is the demo's model and batch (scripts/demo.sh), the others one per family at 224
 DEFAULT_MODELS = ("fcaformer_nano:128:56", "crossformer_tiny:16:224", "fcaformer_l1:16:224", "crossvit_9_240:16:240")
@@ -61,7 +61,7 @@ def bench(name: str, batch: int, side: int, rounds: int) -> dict:
 
     times = time_alternating({"fp32": stepper(False), "amp": stepper(True)}, rounds, warmup=1)
     med = {k: statistics.median(v) for k, v in times.items()}
-    paired = statistics.median(a / f for a, f in zip(times["amp"], times["fp32"], strict=True))
+    paired = paired_ratio(times["amp"], times["fp32"])
     return {"model": name, "batch": batch, "side": side, "linear_kernel": base.linear_kernel,
             "fp32_ms": med["fp32"], "amp_ms": med["amp"], "paired_ratio": paired,
             "fp32_img_s": batch / med["fp32"] * 1e3, "amp_img_s": batch / med["amp"] * 1e3, "samples_ms": times}

@@ -12,7 +12,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from crossformers.profiling.measure import time_alternating
+from crossformers.profiling.measure import paired_ratio, time_alternating
 
 SHAPES = [(197, 384, 1152), (197, 384, 1536), (197, 1536, 384), (3136, 64, 256), (784, 128, 512), (401, 192, 576),
           (32 * 197, 384, 1152)]
@@ -36,7 +36,7 @@ def main() -> None:
         parts = []
         for c, ts in times.items():
             med = statistics.median(ts) / 1e3  # s
-            paired = statistics.median(a / r for a, r in zip(ts, times["mkl"], strict=True))
+            paired = paired_ratio(ts, times["mkl"])
             parts.append(f"{c} {med * 1e3:.2f} ms ({2 * m * k * n / med / 1e9:.0f} GFLOP/s, paired/mkl {paired:.2f})")
         print(f"{m}x{k}x{n}: " + "  ".join(parts), flush=True)
 

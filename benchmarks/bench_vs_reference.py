@@ -59,7 +59,7 @@ import crossformers
 from crossformers.inference import precision_support, to_precision
 from crossformers.layers.linear import linear_kernel
 from crossformers.profiling import compile_for_inference, machine_info, optimize_for_inference, optimize_for_training
-from crossformers.profiling.measure import cpu_flags
+from crossformers.profiling.measure import cpu_flags, paired_ratio
 from crossformers.profiling.published import family_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,9 +267,8 @@ def alternate(calls: dict[str, Callable[[], object]], rounds: int, warmup: int =
 def summarize(times: dict[str, list[float]], ref: str) -> dict[str, dict[str, float]]:
     out = {}
     for n, ts in times.items():
-        paired = [a / b for a, b in zip(ts, times[ref], strict=True)]
         out[n] = {"median_s": statistics.median(ts), "min_s": min(ts), "ratio": statistics.median(ts) /
-                  statistics.median(times[ref]), "paired_ratio": statistics.median(paired)}
+                  statistics.median(times[ref]), "paired_ratio": paired_ratio(ts, times[ref])}
     return out
 
 

@@ -21,8 +21,7 @@ from .errors import ProfilingError
 __all__ = ["onnx_runner"]
 
 
-def onnx_runner(path: str | os.PathLike, shape: tuple[int, int, int, int], threads: int
-                ) -> tuple[Callable[[], Any], list[str]]:
+def onnx_runner(path: str | os.PathLike, shape: tuple[int, int, int, int], threads: int) -> Callable[[], Any]:
     """A call that runs the ONNX file ``path`` once in onnxruntime (CPU) on a fixed random input of ``shape``.
 
     Args:
@@ -31,7 +30,7 @@ def onnx_runner(path: str | os.PathLike, shape: tuple[int, int, int, int], threa
         threads: intra-op threads (the PyTorch measurement's).
 
     Returns:
-        (the call, onnxruntime's execution providers of the session).
+        The call (no arguments; returns onnxruntime's outputs).
 
     Raises:
         ProfilingError: missing file or onnxruntime, a file onnxruntime cannot load, or an input shape the file does
@@ -48,5 +47,5 @@ def onnx_runner(path: str | os.PathLike, shape: tuple[int, int, int, int], threa
                              f"export MODEL --img-size {shape[2]} {shape[3]}`) or profile at its size (--img-size)")
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     feed = {inputs[0].name: x}
-    return (lambda: sess.run(None, feed)), sess.get_providers()
+    return lambda: sess.run(None, feed)
 

@@ -382,7 +382,7 @@ def profile_model(
             result.onednn_linear = result.packed_weights = False
         x1 = _make_input(1, chans, size, dev, torch_dtype, channels_last)
         # opened before anything is timed, so that a file of another size or a missing onnxruntime fails at once
-        ort_run = onnx_runner(onnx, (1, chans, *size), used_threads)[0] if latency and onnx is not None else None
+        ort_run = onnx_runner(onnx, (1, chans, *size), used_threads) if latency and onnx is not None else None
         try:
             with torch.inference_mode():
                 if compile:
