@@ -15,6 +15,23 @@ from real_data import require_fashion_mnist
 os.environ["CROSSFORMERS_LINEAR_CALIBRATION"] = os.path.join(tempfile.mkdtemp(prefix="cf-nocal-"), "none.json")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def retain_memory_calls() -> list[bool]:
+    """The training commands call ``retain_freed_memory()`` (process-wide, not undone for blocks already mapped); the
+    tests run them in this process, so their calls are recorded here instead (tests/test_cli.py reads the list).
+    Commands run as subprocesses do the real thing."""
+    calls: list[bool] = []
+
+    def record(enable: bool = True) -> bool:
+        calls.append(enable)
+        return True
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("crossformers.cli.retain_freed_memory", record)
+        mp.setattr("crossformers.dense.cli.retain_freed_memory", record)
+        yield calls
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -179,6 +179,23 @@ def test_resume_through_cli_uses_saved_options(tmp_path, fmnist, capsys):
     assert json.loads((out / "config.json").read_text())["max_steps"] is None
 
 
+def test_training_keeps_freed_memory_unless_told_not_to(tmp_path, fmnist, capsys, retain_memory_calls):
+    """`crossformers train` calls retain_freed_memory() before training (recorded by conftest instead of changing this
+    process's allocator); --no-retain-freed-memory keeps glibc's defaults. So does `dense train` (parsing here; its
+    call is checked in tests/dense/test_dense_train.py)."""
+    before = len(retain_memory_calls)
+    code, _, err = _run(["train", *FAST, "--epochs", "1", "--max-steps", "1", "--output", tmp_path / "a"], capsys)
+    assert code == 0, err
+    assert retain_memory_calls[before:] == [True]
+    code, _, err = _run(["train", *FAST, "--epochs", "1", "--max-steps", "1", "--output", tmp_path / "b",
+                         "--no-retain-freed-memory"], capsys)
+    assert code == 0, err
+    assert retain_memory_calls[before:] == [True]  # no second call
+    parser = cli.build_parser()
+    assert parser.parse_args(["dense", "train"]).retain_freed_memory is True
+    assert parser.parse_args(["dense", "train", "--no-retain-freed-memory"]).retain_freed_memory is False
+
+
 def test_models_table(capsys):
     code, out, err = _run(["models", "--pattern", "fcaformer_nano"], capsys)
     assert code == 0, err

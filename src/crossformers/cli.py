@@ -34,7 +34,7 @@ import torch
 
 import crossformers
 from crossformers import __version__
-from crossformers.cli_types import json_object
+from crossformers.cli_types import add_retain_memory_flag, json_object
 from crossformers.cli_types import setup_logging as _setup_logging
 from crossformers.data import DataError
 from crossformers.dense import cli as dense_cli
@@ -57,6 +57,7 @@ from crossformers.engine.recipes import print_recipes
 from crossformers.engine.train import saved_run_options
 from crossformers.errors import CheckpointError, CrossformersError, UnknownModelError
 from crossformers.hub import is_local_dir
+from crossformers.inference.allocator import retain_freed_memory
 from crossformers.inference.precision import PRECISIONS, check_precision, to_precision
 
 __all__ = ["main", "build_parser"]
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, dest=field, default=argparse.SUPPRESS, **kwargs)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only on a terminal)")
+    add_retain_memory_flag(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint or model on a dataset split", description=(
@@ -309,6 +311,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     _setup_logging(logging.INFO if rank == 0 else logging.WARNING)
     cfg = train_config_from_args(args)
+    if args.retain_freed_memory:
+        retain_freed_memory()
     result = train(cfg, progress=args.progress)
     if rank == 0:
         out = Path(result["output"])

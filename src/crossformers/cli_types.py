@@ -73,3 +73,11 @@ def add_command_group(subparsers: argparse._SubParsersAction, name: str, dest: s
     group = p.add_subparsers(dest=dest, metavar=metavar, parser_class=type(p))
     group.required = True
     return group
+
+
+def add_retain_memory_flag(parser: argparse.ArgumentParser) -> None:
+    """``--retain-freed-memory`` / ``--no-retain-freed-memory`` (default on) for the training commands, whose
+    handlers call :func:`crossformers.inference.retain_freed_memory` when it is set."""
+    parser.add_argument("--retain-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep freed memory in the process for the next tensors (glibc: no fresh mappings, no "
+                             "trimming): faster steps, resident size stays at its peak (default: on)")

@@ -150,7 +150,7 @@ def test_bad_options_are_config_errors(coco_root, tmp_path):
         _cfg(coco_root, tmp_path / "x", sched="poly", lr_schedule_unit="epoch").validate()
 
 
-def test_cli_config_file_and_its_repeat(coco_root, tmp_path, capsys):
+def test_cli_config_file_and_its_repeat(coco_root, tmp_path, capsys, retain_memory_calls):
     """`dense train --config FILE.yaml` takes any dense option from the file (flags override it); the run writes
     RUN/config.yaml, and `--config RUN/config.yaml --output NEW` resolves to the same options."""
     import yaml
@@ -163,7 +163,9 @@ def test_cli_config_file_and_its_repeat(coco_root, tmp_path, capsys):
                                             data=str(coco_root), img_size=64, epochs=1, batch_size=2, limit_train=2,
                                             fpn_channels=32, device="cpu", sched="step", decay_rate=0.5)))
     run = tmp_path / "run"
+    before = len(retain_memory_calls)
     assert main(["dense", "train", "--config", str(cfg_file), "--batch-size", "1", "--output", str(run)]) == 0
+    assert retain_memory_calls[before:] == [True]  # the training command keeps freed memory (conftest records it)
     saved = load_config_file(run / "config.yaml", DenseTrainConfig)
     assert saved["sched"] == "step" and saved["decay_rate"] == 0.5 and saved["batch_size"] == 1  # the flag won
     assert "crossformers dense train --config config.yaml" in (run / "config.yaml").read_text()

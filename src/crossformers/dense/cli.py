@@ -20,12 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cli_types import add_command_group, setup_logging
+from ..cli_types import add_command_group, add_retain_memory_flag, setup_logging
 from ..engine.checkpoint_io import read_meta, resolve_checkpoint_dir
 from ..engine.config_file import log_merge_notes, merge_train_options
 from ..engine.errors import ConfigError
 from ..engine.train import saved_run_options
 from ..errors import CheckpointError
+from ..inference.allocator import retain_freed_memory
 from . import recipes as _recipes  # noqa: F401  (registers the dense recipes for --recipe and `recipes`)
 from .fashion_scenes import write_fashion_scenes
 from .tasks import list_tasks
@@ -113,6 +114,8 @@ def _cmd_train(args: argparse.Namespace, fields: Sequence[str]) -> int:
     rank = int(os.environ.get("RANK", "0"))
     setup_logging(logging.INFO if rank == 0 else logging.WARNING)
     cfg = dense_config_from_args(args, fields)
+    if args.retain_freed_memory:
+        retain_freed_memory()
     result = dense_train(cfg, progress=args.progress)
     if rank == 0:
         out = Path(result["output"])
@@ -202,6 +205,7 @@ def add_subcommands(sub: argparse._SubParsersAction,
     t.add_argument("--recipe", metavar="NAME", help="a paper's detection / segmentation recipe (`crossformers "
                                                     "recipes` lists them); --config and flags override its values")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
+    add_retain_memory_flag(t)
     t.set_defaults(func=lambda a: _cmd_train(a, fields))
 
     e = dsub.add_parser("eval", help="COCO AP or mIoU / mAcc / aAcc of a dense run on a split")

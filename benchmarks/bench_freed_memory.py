@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Training steps with glibc's default allocator settings against ``retain_freed_memory()``, each in fresh processes.
+
+``crossformers train`` calls :func:`crossformers.inference.retain_freed_memory` before training (no tensor is mapped
+afresh and freed memory stays in the process; ``--no-retain-freed-memory`` turns it off). The setting is
+process-wide and cannot be undone for blocks already mapped, so each measurement is a child process of its own: it
+builds the model, takes ``--steps`` training steps as the trainer does (train mode, timm's AdamW, cross-entropy, the
+engine's linear path, denormals flushed) and reports the median step time after the first, its peak resident size (``ru_maxrss``) and
+its minor page faults. The two settings alternate, in a shuffled order per pair of processes; the table gives the
+medians and the paired ratio retain / default (< 1: retaining is faster), with the CPU model and threads.
+
+    python benchmarks/bench_freed_memory.py --threads 2 --out docs/benchmarks --tag freed_memory_train
+    python benchmarks/bench_freed_memory.py --models crossformer_tiny:32:224 --pairs 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: name:batch:side, one per family at the papers' input sizes, and the demo's model and batch (scripts/demo.sh)
+DEFAULT_MODELS = ("crossformer_tiny:32:224", "fcaformer_l1:32:224", "crossvit_9_240:32:240", "fcaformer_nano:128:56")
+
+
+def _child(spec: dict) -> dict:
+    """One process: the setting, the model, ``steps`` training steps; step times (ms), peak RSS (MiB), minor faults."""
+    import torch
+    import torch.nn.functional as F
+    from timm.optim import create_optimizer_v2
+
+    import crossformers
+    from crossformers.inference import retain_freed_memory
+    from crossformers.layers.linear import onednn_for_training
+
+    torch.set_num_threads(spec["threads"])
+    torch.set_flush_denormal(True)  # as the trainer does on the CPU
+    active = retain_freed_memory() if spec["retain"] else False
+    model = crossformers.create_model(spec["model"], num_classes=10).train()
+    model.linear_kernel = "onednn" if onednn_for_training(model) else "native"
+    in_chans = model.pretrained_cfg.get("input_size", (3,))[0]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(spec["batch"], in_chans, spec["side"], spec["side"], generator=g)
+    y = torch.randint(0, 10, (spec["batch"],), generator=g)
+    opt = create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
+    times = []
+    for _ in range(spec["steps"]):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"active": active, "step_ms": times[1:], "median_ms": statistics.median(times[1:]),
+            "peak_rss_mib": usage.ru_maxrss / 1024, "minor_faults": usage.ru_minflt}
+
+
+def _run(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                          timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed for {spec}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME:BATCH:SIDE")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5, help="training steps per process, the first untimed (default 5)")
+    p.add_argument("--pairs", type=int, default=2, help="processes per setting and model (default 2)")
+    p.add_argument("--out", type=Path, help="write <tag>.md and <tag>.json here")
+    p.add_argument("--tag", default="freed_memory_train")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return
+
+    from crossformers.profiling import machine_info
+    from crossformers.profiling.measure import cpu_flags
+
+    rng = random.Random(0)
+    rows = []
+    for text in args.models:
+        name, batch, side = text.split(":")
+        runs: dict[str, list[dict]] = {"default": [], "retain": []}
+        for _ in range(args.pairs):
+            order = ["default", "retain"]
+            rng.shuffle(order)
+            for mode in order:
+                spec = {"model": name, "batch": int(batch), "side": int(side), "threads": args.threads,
+                        "steps": args.steps, "retain": mode == "retain"}
+                runs[mode].append(_run(spec))
+                print(f"{name} b{batch} {mode}: {runs[mode][-1]['median_ms']:.0f} ms/step, "
+                      f"{runs[mode][-1]['peak_rss_mib']:.0f} MiB", flush=True)
+        ratio = statistics.median(r["median_ms"] / d["median_ms"] for r, d in zip(runs["retain"], runs["default"], strict=True))
+        rows.append({"model": name, "batch": int(batch), "side": int(side), "runs": runs, "ratio_paired": ratio,
+                     "active": all(r["active"] for r in runs["retain"])})
+
+    info = machine_info()
+    flags = [f for f in cpu_flags() if f.startswith(("avx512f", "amx", "avx512_bf16"))]
+    lines = [f"# Training steps: glibc defaults against `retain_freed_memory()` ({info.get('cpu', '?')})", "",
+             f"CPU: {info.get('cpu', '?')} ({', '.join(flags) or 'no AVX-512'}), torch {info.get('torch', '?')}, "
+             f"{args.threads} threads. Command: `python benchmarks/{Path(__file__).name} "
+             f"{' '.join(sys.argv[1:])}`; each cell is the median over {args.pairs} fresh processes of the median of "
+             f"{args.steps - 1} timed steps.", "",
+             "| model | batch | input | default ms/step | retained ms/step | retained / default (paired) "
+             "| default peak MiB | retained peak MiB | minor faults default / retained |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        d, r = row["runs"]["default"], row["runs"]["retain"]
+
+        def med(runs: list[dict], key: str) -> float:
+            return statistics.median(x[key] for x in runs)
+
+        lines.append(f"| {row['model']} | {row['batch']} | {row['side']} | {med(d, 'median_ms'):.0f} | "
+                     f"{med(r, 'median_ms'):.0f} | {row['ratio_paired']:.2f} | {med(d, 'peak_rss_mib'):.0f} | "
+                     f"{med(r, 'peak_rss_mib'):.0f} | {med(d, 'minor_faults'):.0f} / {med(r, 'minor_faults'):.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.tag}.md").write_text(text)
+        (args.out / f"{args.tag}.json").write_text(json.dumps({"machine": info, "command": sys.argv, "rows": rows},
+                                                              indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
