@@ -411,6 +411,62 @@ def test_compile_for_inference_follows_its_own_calibrated_packing(monkeypatch, t
     assert "compile_choice" not in json.loads(path.read_text())[cal.machine_key()]["1"]
 
 
+def test_large_variants_follow_their_familys_large_calibration(monkeypatch, tmp_path):
+    """Each family is also timed optimized on one large variant (`large_models`); optimize_for_inference of a model
+    nearer that variant in parameter count (log scale) follows its ratio, a smaller one the calibration model's; a
+    record without the large variant, or without sizes, keeps the calibration model's ratio."""
+    import json
+
+    from crossformers.inference import optimize_for_inference
+    from crossformers.layers import linear_calibration as cal
+    from crossformers.profiling import calibrate
+
+    if not onednn.onednn_available():
+        pytest.skip("no oneDNN in this build")
+    path = tmp_path / "linear_kernel.json"
+    monkeypatch.setenv("CROSSFORMERS_LINEAR_CALIBRATION", str(path))
+    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR", raising=False)
+    name, kw = SMALL["crossformer"]
+    r = calibrate.calibrate_linear(threads=1, rounds=1, models=(name,), model_kwargs={name: kw}, train_rounds=0,
+                                   large_models={name: name}, large_rounds=2)  # the test model stands in for both
+    large = r["large_models"][name]
+    params = sum(p.numel() for p in crossformers.create_model(name, **kw).parameters())
+    assert large["model"] == name and large["params"] == params == r["models"][name]["params"]
+    assert large["opt_mkl_ms"] > 0 and large["opt_onednn_packed_ms"] > 0 and large["packed_ratio"] > 0
+    assert json.loads(path.read_text())[cal.machine_key()]["1"]["large_models"][name]["model"] == name
+    assert "large_models" not in calibrate.calibrate_linear(threads=1, rounds=1, models=(name,), write=False,
+                                                            model_kwargs={name: kw}, train_rounds=0, large_rounds=0)
+
+    family = onednn.calibration_model_of(crossformers.create_model(name, **kw))  # crossformer_tiny
+    record = {"choice": "mkl", "inference_choice": "mkl",
+              "models": {family: {"ratio": 1.0, "packed_ratio": 1.02, "params": 28_000_000}},
+              "large_models": {family: {"model": "crossformer_base", "packed_ratio": 0.85, "params": 52_000_000}}}
+
+    def write(rec):
+        path.write_text(json.dumps({cal.machine_key(): {str(torch.get_num_threads()): rec}}))
+
+    write(record)
+    assert not cal.calibrated_inference_choice(model=family)  # no size given: the calibration model's ratio
+    assert not cal.calibrated_inference_choice(model=family, params=30_000_000)
+    assert cal.calibrated_inference_choice(model=family, params=45_000_000)  # nearer 52M than 28M
+    def fresh():
+        return crossformers.create_model(name, onednn_linear=False, **kw)
+
+    small = fresh()  # a few thousand parameters: MKL
+    assert not onednn.onednn_for_inference(small) and not _uses(optimize_for_inference(fresh()))
+    record["models"][family]["params"] = 10  # now the test model is nearer the "large" size
+    record["large_models"][family]["params"] = params
+    write(record)
+    assert onednn.onednn_for_inference(small) and _uses(optimize_for_inference(fresh()))
+    assert not onednn.onednn_for_inference(family)  # a name has no size: the calibration model's ratio
+    del record["large_models"][family]["params"]  # an incomplete entry is ignored
+    write(record)
+    assert not onednn.onednn_for_inference(small)
+    del record["large_models"]
+    write(record)
+    assert not onednn.onednn_for_inference(small)
+
+
 def test_each_family_follows_its_own_calibrated_ratio(monkeypatch, tmp_path):
     """A CPU can favour oneDNN for one family and MKL for another (the AMD EPYC Zen 4 of docs/profiling.md): where
     the record holds the family's own calibration model, its ratios decide creation, optimize_for_inference and

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,16 +84,18 @@ def calibration_model_of(model: nn.Module | type | str | None) -> str | None:
     return None
 
 
-def _decide(calibrated: str, fallback: Callable[[], bool], model: nn.Module | type | str | None = None) -> bool:
+def _decide(calibrated: str, fallback: Callable[[], bool], model: nn.Module | type | str | None = None,
+            **details: Any) -> bool:
     """One decision of the linear path: ``CROSSFORMERS_ONEDNN_LINEAR`` if set; else the record that the function
     ``calibrated`` of :mod:`crossformers.layers.linear_calibration` reads for this machine (``model``'s family's own
-    measurement where there is one), if any; else ``fallback()``. Always no without oneDNN."""
+    measurement where there is one; ``details`` are passed on), if any; else ``fallback()``. Always no without
+    oneDNN."""
     forced = _forced_by_env()
     if forced is not None or not onednn_available():
         return bool(forced)
     from . import linear_calibration  # read only when a decision is asked for
 
-    measured = getattr(linear_calibration, calibrated)(model=calibration_model_of(model))
+    measured = getattr(linear_calibration, calibrated)(model=calibration_model_of(model), **details)
     return fallback() if measured is None else measured
 
 
@@ -114,9 +117,12 @@ def onednn_by_default(model: nn.Module | type | str | None = None) -> bool:
 def onednn_for_inference(model: nn.Module | type | str | None = None) -> bool:
     """Whether :func:`crossformers.inference.optimize_for_inference` switches to oneDNN with packed weights:
     ``CROSSFORMERS_ONEDNN_LINEAR`` if set, else this machine's calibration (packed oneDNN against MKL; ``model``'s
-    family's as in :func:`onednn_by_default`) if recorded, else yes (packed oneDNN beat MKL on the machines measured
-    without one). Always no without oneDNN."""
-    return _decide("calibrated_inference_choice", lambda: True, model)
+    family's as in :func:`onednn_by_default`; for a model instance, its family's large variant's where the model is
+    nearer to that one in parameter count, see
+    :func:`~crossformers.layers.linear_calibration.calibrated_inference_choice`) if recorded, else yes (packed oneDNN
+    beat MKL on the machines measured without one). Always no without oneDNN."""
+    params = sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None
+    return _decide("calibrated_inference_choice", lambda: True, model, params=params)
 
 
 def onednn_for_training(model: nn.Module | type | str | None = None) -> bool:

@@ -26,6 +26,7 @@ The file (JSON, written atomically) is ``$CROSSFORMERS_LINEAR_CALIBRATION`` if s
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,39 @@ def calibrated_choice(threads: int | None = None, model: str | None = None) -> b
     return _recorded(threads, "choice", ("onednn", "mkl"), model)
 
 
-def calibrated_inference_choice(threads: int | None = None, model: str | None = None) -> bool | None:
+def _nearer_large_model(threads: int | None, model: str | None, params: int | None) -> str | None:
+    """The name of the large variant timed for ``model``'s family (record key ``large_models``) when a model of
+    ``params`` parameters is nearer to it than to ``model`` on a log scale; else None."""
+    record = _record(threads)
+    if record is None or not model or not params or params <= 0:
+        return None
+    large = record.get("large_models")
+    large = large.get(model) if isinstance(large, dict) else None
+    small = record.get("models")
+    small = small.get(model) if isinstance(small, dict) else None
+    if not isinstance(large, dict) or not isinstance(small, dict):
+        return None
+    sizes = small.get("params"), large.get("params")
+    if not all(isinstance(n, int) and n > 0 for n in sizes) or not isinstance(large.get("packed_ratio"), (int, float)):
+        return None
+    nearer = abs(math.log(params / sizes[1])) < abs(math.log(params / sizes[0]))
+    return large.get("model") if nearer and isinstance(large.get("model"), str) else None
+
+
+def calibrated_inference_choice(threads: int | None = None, model: str | None = None,
+                                params: int | None = None) -> bool | None:
     """The calibrated choice for ``optimize_for_inference`` (packed oneDNN weights against MKL): True = oneDNN
-    packed, False = MKL, None = not calibrated here. ``model`` as in :func:`calibrated_choice`."""
+    packed, False = MKL, None = not calibrated here. ``model`` as in :func:`calibrated_choice`.
+
+    ``params``: the parameter count of the model being optimized. Each family is also timed on one large variant
+    (record key ``large_models``, :data:`crossformers.profiling.calibrate.LARGE_CALIBRATION_MODELS`), and a model
+    nearer to that variant's size than to the calibration model's (log scale) follows the large variant's ratio:
+    the products of a 9-14 GMAC variant favour packed oneDNN more than those of a 1-3 GMAC one (on the AMD EPYC Zen
+    4 of ``docs/profiling.md``, 0.85-0.89x MKL's time against 0.96-0.97x)."""
+    large = _nearer_large_model(threads, model, params)
+    if large is not None:
+        ratio = _record(threads)["large_models"][model]["packed_ratio"]
+        return onednn_wins(ratio)
     return _recorded(threads, "inference_choice", ("onednn_packed", "mkl"), model)
 
 

@@ -7,6 +7,9 @@ random weights) is timed in six forms, calls alternating in a shuffled order, me
 
 * as created with MKL linear layers, and with oneDNN linear layers (the choice for new models);
 * ``optimize_for_inference`` with MKL, and with oneDNN and packed weights (the choice for ``optimize_for_inference``);
+  these two forms also for one large variant per family (:data:`LARGE_CALIBRATION_MODELS`, record key
+  ``large_models``), whose ratio models nearer its size follow: on the AMD EPYC Zen 4 of ``docs/profiling.md`` packed
+  oneDNN took 0.96-0.97x MKL's time on CrossViT-9 and FcaFormer-L1 but 0.85-0.89x on their 9-21 GMAC variants;
 
 and in training:
 
@@ -48,23 +51,33 @@ from ..layers.linear_calibration import MARGIN, calibration_path, machine_key, o
 from .errors import ProfilingError
 from .measure import num_threads, paired_ratio, time_alternating
 
-__all__ = ["calibrate_linear", "CALIBRATION_MODELS", "MARGIN", "TRAIN_BATCH"]
+__all__ = ["calibrate_linear", "CALIBRATION_MODELS", "LARGE_CALIBRATION_MODELS", "MARGIN", "TRAIN_BATCH"]
 
 #: one model per family, the ones whose products docs/profiling.md measured
 CALIBRATION_MODELS = ("crossvit_9_240", "crossformer_tiny", "fcaformer_l1")
+#: one large variant per family (calibration model -> variant of 9-14 GMACs), timed optimized only
+LARGE_CALIBRATION_MODELS = {"crossvit_9_240": "crossvit_18_240", "crossformer_tiny": "crossformer_base",
+                            "fcaformer_l1": "fcaformer_l4"}
+#: alternating rounds of each large variant (each call takes 0.1-0.3 s on 2 cores)
+LARGE_ROUNDS = 7
 #: images per timed training step (small enough for a quick calibration, large enough that products dominate)
 TRAIN_BATCH = 8
 
 
-def _forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dict[str, torch.nn.Module], torch.Tensor]:
+def _forms(name: str, model_kwargs: dict[str, Any] | None,
+           optimized_only: bool = False) -> tuple[dict[str, torch.nn.Module], torch.Tensor, int]:
+    """The timed forms of one model (only the two optimized ones with ``optimized_only``), its input and its
+    parameter count."""
     import crossformers
 
     base = crossformers.create_model(name, onednn_linear=False, **(model_kwargs or {})).eval()
-    onednn = set_onednn_linear(copy.deepcopy(base), True)
-    opt_mkl = optimize_for_inference(copy.deepcopy(base), onednn_linear=False)
-    opt_onednn = optimize_for_inference(copy.deepcopy(base), onednn_linear=True, pack_weights=True)
+    params = sum(p.numel() for p in base.parameters())
     x = torch.randn(1, *base.pretrained_cfg["input_size"])
-    return {"mkl": base, "onednn": onednn, "opt_mkl": opt_mkl, "opt_onednn_packed": opt_onednn}, x
+    forms = {"opt_mkl": optimize_for_inference(copy.deepcopy(base), onednn_linear=False),
+             "opt_onednn_packed": optimize_for_inference(copy.deepcopy(base), onednn_linear=True, pack_weights=True)}
+    if not optimized_only:
+        forms.update(mkl=base, onednn=set_onednn_linear(copy.deepcopy(base), True))
+    return forms, x, params
 
 
 def _train_steps(name: str, model_kwargs: dict[str, Any] | None, batch: int) -> dict[str, Any]:
@@ -110,7 +123,8 @@ def _geomean(values: list[float]) -> float:
 
 def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple[str, ...] = CALIBRATION_MODELS,
                      model_kwargs: dict[str, dict[str, Any]] | None = None, write: bool = True,
-                     train_rounds: int = 5, train_batch: int = TRAIN_BATCH, compile_rounds: int = 0) -> dict[str, Any]:
+                     train_rounds: int = 5, train_batch: int = TRAIN_BATCH, compile_rounds: int = 0,
+                     large_models: dict[str, str] | None = None, large_rounds: int = LARGE_ROUNDS) -> dict[str, Any]:
     """Time the linear paths on whole models (see the module docs) and record the faster ones for this machine.
 
     Args:
@@ -124,13 +138,18 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         compile_rounds: alternating rounds of the two compiled forms per model (after compiling each, and 2
             untimed calls); 0 (default) skips them (no ``compile_choice`` is recorded: ``compile_for_inference`` then
             follows the eager ``choice``).
+        large_models: calibration model -> its family's large variant, timed optimized only (default: the entries
+            of :data:`LARGE_CALIBRATION_MODELS` for ``models``); ``model_kwargs`` apply to them by their names too.
+        large_rounds: alternating rounds per large variant; 0 skips them (no ``large_models`` recorded).
 
     Returns:
         ``{"choice": "onednn" | "mkl", "ratio", "inference_choice": "onednn_packed" | "mkl", "packed_ratio",
         "train_choice": "onednn" | "mkl", "train_ratio", "compile_choice": "onednn_packed" | "mkl",
         "compile_ratio", "threads", "models": {name: {"mkl_ms", "onednn_ms", "opt_mkl_ms", "opt_onednn_packed_ms",
         "ratio", "packed_ratio", "train_mkl_ms", "train_onednn_ms", "train_ratio", "compile_mkl_ms",
-        "compile_onednn_packed_ms", "compile_ratio"}}, "machine", "path", "measured"}`` (times: medians in ms,
+        "compile_onednn_packed_ms", "compile_ratio", "params"}}, "large_models": {calibration model: {"model",
+        "opt_mkl_ms", "opt_onednn_packed_ms", "packed_ratio", "params"}}, "machine", "path", "measured"}`` (times:
+        medians in ms,
         batch 1 for inference and ``train_batch`` per training step; ratios oneDNN / MKL, paired
         (:func:`~crossformers.profiling.measure.paired_ratio`); the training and compiled keys only when measured).
 
@@ -140,13 +159,16 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
     if not onednn_available():
         raise ProfilingError("this PyTorch build has no oneDNN linear op: MKL is the only path, nothing to calibrate")
     per_model: dict[str, dict[str, float]] = {}
+    per_large: dict[str, dict[str, Any]] = {}
     with num_threads(threads) as used:
         for name in models:
             with torch.inference_mode():
-                forms, x = _forms(name, (model_kwargs or {}).get(name))
+                forms, x, params = _forms(name, (model_kwargs or {}).get(name))
                 times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
+                del forms
             per_model[name] = {**_medians(times), "ratio": paired_ratio(times["onednn"], times["mkl"]),
-                               "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"])}
+                               "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"]),
+                               "params": params}
             if train_rounds > 0:
                 steps = _train_steps(name, (model_kwargs or {}).get(name), train_batch)
                 times = time_alternating(steps, train_rounds, warmup=1)
@@ -156,11 +178,21 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
                 times = time_alternating(_compiled_forms(name, (model_kwargs or {}).get(name)), compile_rounds)
                 per_model[name].update(_medians(times), compile_ratio=paired_ratio(times["compile_onednn_packed"],
                                                                                    times["compile_mkl"]))
+            large = (LARGE_CALIBRATION_MODELS if large_models is None else large_models).get(name)
+            if large and large_rounds > 0:
+                with torch.inference_mode():
+                    forms, x, params = _forms(large, (model_kwargs or {}).get(large), optimized_only=True)
+                    times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, large_rounds)
+                    del forms
+                per_large[name] = {"model": large, **_medians(times), "params": params,
+                                   "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"])}
     ratio = _geomean([m["ratio"] for m in per_model.values()])
     packed = _geomean([m["packed_ratio"] for m in per_model.values()])
     record = {"choice": "onednn" if onednn_wins(ratio) else "mkl", "ratio": ratio,
               "inference_choice": "onednn_packed" if onednn_wins(packed) else "mkl", "packed_ratio": packed,
               "models": per_model, "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    if per_large:
+        record["large_models"] = per_large
     if train_rounds > 0:
         trained = _geomean([m["train_ratio"] for m in per_model.values()])
         record.update(train_choice="onednn" if onednn_wins(trained) else "mkl", train_ratio=trained)

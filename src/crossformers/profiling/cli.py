@@ -146,6 +146,10 @@ def _calibrate(threads: int | None, compiled: bool = False) -> int:
         if "compile_ratio" in m:
             print(f"{'':<18} compiled, batch 1: weights packed for MKL {m['compile_mkl_ms']:6.1f} ms, for oneDNN "
                   f"{m['compile_onednn_packed_ms']:6.1f} ms ({m['compile_ratio']:.2f})")
+    for family, m in r.get("large_models", {}).items():
+        print(f"{m['model']:<18} optimized, batch 1: MKL {m['opt_mkl_ms']:6.1f} ms, packed oneDNN "
+              f"{m['opt_onednn_packed_ms']:6.1f} ms ({m['packed_ratio']:.2f}): optimize_for_inference of "
+              f"{family}'s family follows this ratio for models nearer this one in size")
     name = {"onednn": "oneDNN", "onednn_packed": "packed oneDNN", "mkl": "MKL"}
     compiled_mean = f", {r['compile_ratio']:.2f} compiled" if "compile_ratio" in r else ""
     compiled_choice = f", compile_for_inference {name[r['compile_choice']]}" if "compile_choice" in r else ""
