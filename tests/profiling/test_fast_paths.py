@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+from pathlib import Path
 
 import pytest
 import timm
@@ -239,7 +240,19 @@ def test_flop_counters_see_plain_linear_layers(force_onednn):
     assert counts[0] == counts[1] > 0
 
 
-def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, tmp_path, capsys):
+@pytest.fixture
+def calibration_file(monkeypatch, tmp_path) -> Path:
+    """A fresh calibration record path for this test (CROSSFORMERS_LINEAR_CALIBRATION), no forced linear path; skips
+    without oneDNN."""
+    if not onednn.onednn_available():
+        pytest.skip("no oneDNN in this build")
+    path = tmp_path / "linear_kernel.json"
+    monkeypatch.setenv("CROSSFORMERS_LINEAR_CALIBRATION", str(path))
+    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR", raising=False)
+    return path
+
+
+def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, capsys, calibration_file):
     """`profile --calibrate-linear` times whole models on MKL and oneDNN and records the faster paths for this
     machine and thread count; new models and optimize_for_inference then follow them (the environment variable still
     overrides); another machine's record is ignored."""
@@ -250,11 +263,7 @@ def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, tmp
     from crossformers.layers import linear_calibration as cal
     from crossformers.profiling import calibrate
 
-    if not onednn.onednn_available():
-        pytest.skip("no oneDNN in this build")
-    path = tmp_path / "linear_kernel.json"
-    monkeypatch.setenv("CROSSFORMERS_LINEAR_CALIBRATION", str(path))
-    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR", raising=False)
+    path = calibration_file
     rule = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     assert cal.calibrated_choice() is None and onednn.onednn_by_default() == rule  # nothing recorded: the rule
     assert onednn.onednn_for_inference() and onednn.onednn_default_reason().startswith("AVX-512 rule")
@@ -333,7 +342,7 @@ def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, tmp
     assert json.loads(path.read_text())[cal.machine_key()]["1"]["inference_choice"] in ("mkl", "onednn_packed")
 
 
-def test_compile_for_inference_follows_its_own_calibrated_packing(monkeypatch, tmp_path, capsys):
+def test_compile_for_inference_follows_its_own_calibrated_packing(monkeypatch, capsys, calibration_file):
     """Compiled models have their own calibration (`profile --calibrate-linear --compile`): inductor's packed products
     are other kernels than the eager ones, and their winner can differ (the AMD EPYC Zen 4 of docs/profiling.md).
     compile_for_inference packs for the family's recorded winner, a family not timed takes the combined compiled
@@ -345,11 +354,7 @@ def test_compile_for_inference_follows_its_own_calibrated_packing(monkeypatch, t
     from crossformers.layers import linear_calibration as cal
     from crossformers.profiling import calibrate
 
-    if not onednn.onednn_available():
-        pytest.skip("no oneDNN in this build")
-    path = tmp_path / "linear_kernel.json"
-    monkeypatch.setenv("CROSSFORMERS_LINEAR_CALIBRATION", str(path))
-    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR", raising=False)
+    path = calibration_file
     cf_name, cf_kw = SMALL["crossformer"]
     fca_name, fca_kw = SMALL["fcaformer"]
     cf = crossformers.create_model(cf_name, onednn_linear=False, **cf_kw)
@@ -411,7 +416,7 @@ def test_compile_for_inference_follows_its_own_calibrated_packing(monkeypatch, t
     assert "compile_choice" not in json.loads(path.read_text())[cal.machine_key()]["1"]
 
 
-def test_large_variants_follow_their_familys_large_calibration(monkeypatch, tmp_path):
+def test_large_variants_follow_their_familys_large_calibration(monkeypatch, calibration_file):
     """Each family is also timed optimized on one large variant (`large_models`); optimize_for_inference of a model
     nearer that variant in parameter count (log scale) follows its ratio, a smaller one the calibration model's; a
     record without the large variant, or without sizes, keeps the calibration model's ratio."""
@@ -421,11 +426,7 @@ def test_large_variants_follow_their_familys_large_calibration(monkeypatch, tmp_
     from crossformers.layers import linear_calibration as cal
     from crossformers.profiling import calibrate
 
-    if not onednn.onednn_available():
-        pytest.skip("no oneDNN in this build")
-    path = tmp_path / "linear_kernel.json"
-    monkeypatch.setenv("CROSSFORMERS_LINEAR_CALIBRATION", str(path))
-    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR", raising=False)
+    path = calibration_file
     name, kw = SMALL["crossformer"]
     r = calibrate.calibrate_linear(threads=1, rounds=1, models=(name,), model_kwargs={name: kw}, train_rounds=0,
                                    large_models={name: name}, large_rounds=2)  # the test model stands in for both
@@ -467,7 +468,7 @@ def test_large_variants_follow_their_familys_large_calibration(monkeypatch, tmp_
     assert not onednn.onednn_for_inference(small)
 
 
-def test_each_family_follows_its_own_calibrated_ratio(monkeypatch, tmp_path):
+def test_each_family_follows_its_own_calibrated_ratio(monkeypatch, calibration_file):
     """A CPU can favour oneDNN for one family and MKL for another (the AMD EPYC Zen 4 of docs/profiling.md): where
     the record holds the family's own calibration model, its ratios decide creation, optimize_for_inference and
     training; a module of no family, and a family whose model was not timed, take the combined choice."""
@@ -476,11 +477,7 @@ def test_each_family_follows_its_own_calibrated_ratio(monkeypatch, tmp_path):
     from crossformers.inference import optimize_for_inference
     from crossformers.layers import linear_calibration as cal
 
-    if not onednn.onednn_available():
-        pytest.skip("no oneDNN in this build")
-    path = tmp_path / "linear_kernel.json"
-    monkeypatch.setenv("CROSSFORMERS_LINEAR_CALIBRATION", str(path))
-    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR", raising=False)
+    path = calibration_file
     fast, slow = {"ratio": 0.8, "packed_ratio": 0.9, "train_ratio": 0.85}, {"ratio": 1.1, "packed_ratio": 1.02,
                                                                             "train_ratio": 1.2}
     record = {"choice": "mkl", "inference_choice": "mkl", "train_choice": "mkl",  # combined: MKL everywhere

@@ -80,7 +80,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate-linear", action="store_true", help=(
         "time MKL against oneDNN on whole models (batch-1 inference as created and optimized, and a training step) "
         "with --threads threads and record the faster paths as this machine's defaults for new models, "
-        "optimize_for_inference and training (about 45 s; run it on a quiet machine; no MODEL needed); add "
+        "optimize_for_inference (also on one large variant per family) and training (about 75 s; run it on a quiet "
+        "machine; no MODEL needed); add "
         "--compile to calibrate compile_for_inference's weight packing too"))
     p.add_argument("--onnx", action="append", metavar="FILE", help=(
         "also time this ONNX export of the MODEL in onnxruntime (CPU, same threads), alternately with ours, and "
