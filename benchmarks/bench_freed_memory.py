@@ -60,6 +60,11 @@ def _child(spec: dict) -> dict:
             "peak_rss_mib": usage.ru_maxrss / 1024, "minor_faults": usage.ru_minflt}
 
 
+def med(runs: list[dict], key: str) -> float:
+    """The median of ``key`` over the processes' results."""
+    return statistics.median(x[key] for x in runs)
+
+
 def _run(spec: dict) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                           timeout=3600)
@@ -104,9 +109,9 @@ def main() -> None:
                      "active": all(r["active"] for r in runs["retain"])})
 
     info = machine_info()
-    flags = [f for f in cpu_flags() if f.startswith(("avx512f", "amx", "avx512_bf16"))]
+    flags = cpu_flags()  # the flags that matter here (AVX-512, VNNI, BF16, AMX)
     lines = [f"# Training steps: glibc defaults against `retain_freed_memory()` ({info.get('cpu', '?')})", "",
-             f"CPU: {info.get('cpu', '?')} ({', '.join(flags) or 'no AVX-512'}), torch {info.get('torch', '?')}, "
+             f"CPU: {info.get('cpu', '?')} ({', '.join(flags) or 'no AVX2 / AVX-512 / AMX flags'}), torch {info.get('torch', '?')}, "
              f"{args.threads} threads. Command: `python benchmarks/{Path(__file__).name} "
              f"{' '.join(sys.argv[1:])}`; each cell is the median over {args.pairs} fresh processes of the median of "
              f"{args.steps - 1} timed steps.", "",
@@ -115,10 +120,6 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         d, r = row["runs"]["default"], row["runs"]["retain"]
-
-        def med(runs: list[dict], key: str) -> float:
-            return statistics.median(x[key] for x in runs)
-
         lines.append(f"| {row['model']} | {row['batch']} | {row['side']} | {med(d, 'median_ms'):.0f} | "
                      f"{med(r, 'median_ms'):.0f} | {row['ratio_paired']:.2f} | {med(d, 'peak_rss_mib'):.0f} | "
                      f"{med(r, 'peak_rss_mib'):.0f} | {med(d, 'minor_faults'):.0f} / {med(r, 'minor_faults'):.0f} |")

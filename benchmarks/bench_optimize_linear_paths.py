@@ -35,8 +35,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     info = machine_info()
-    flags = [f for f in cpu_flags() if f.startswith(("avx512f", "amx", "avx512_bf16"))]
-    print(f"CPU: {info.get('cpu', '?')} ({', '.join(flags) or 'no AVX-512'}), torch {info.get('torch', '?')}, "
+    flags = cpu_flags()  # the flags that matter here (AVX-512, VNNI, BF16, AMX)
+    print(f"CPU: {info.get('cpu', '?')} ({', '.join(flags) or 'no AVX2 / AVX-512 / AMX flags'}), torch {info.get('torch', '?')}, "
           f"{args.threads} threads; command: python benchmarks/bench_optimize_linear_paths.py {' '.join(sys.argv[1:])}")
     print("| model | GMACs | MKL ms | oneDNN packed ms | oneDNN packed / MKL (paired) | max abs logit diff |")
     print("|---|---|---|---|---|---|")

@@ -64,4 +64,5 @@ def retain_freed_memory(enable: bool = True) -> bool:
         warnings.warn("retain_freed_memory: this C library has no mallopt (not glibc); allocator unchanged. "
                       "Consider LD_PRELOAD of jemalloc or tcmalloc instead", RuntimeWarning, stacklevel=2)
         return False
+    # a list, not a generator: every parameter is set even if one fails
     return all([libc.mallopt(param, value) == 1 for param, value in (_RETAIN if enable else _DEFAULTS).items()])

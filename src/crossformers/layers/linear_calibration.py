@@ -105,9 +105,10 @@ def calibrated_choice(threads: int | None = None, model: str | None = None) -> b
     return _recorded(threads, "choice", ("onednn", "mkl"), model)
 
 
-def _nearer_large_model(threads: int | None, model: str | None, params: int | None) -> str | None:
-    """The name of the large variant timed for ``model``'s family (record key ``large_models``) when a model of
-    ``params`` parameters is nearer to it than to ``model`` on a log scale; else None."""
+def _large_variant_ratio(threads: int | None, model: str | None, params: int | None) -> float | None:
+    """The packed ratio of the large variant timed for ``model``'s family (record key ``large_models``) when a model
+    of ``params`` parameters is nearer to it than to ``model`` on a log scale; else None (also for an incomplete
+    record)."""
     record = _record(threads)
     if record is None or not model or not params or params <= 0:
         return None
@@ -117,11 +118,11 @@ def _nearer_large_model(threads: int | None, model: str | None, params: int | No
     small = small.get(model) if isinstance(small, dict) else None
     if not isinstance(large, dict) or not isinstance(small, dict):
         return None
-    sizes = small.get("params"), large.get("params")
-    if not all(isinstance(n, int) and n > 0 for n in sizes) or not isinstance(large.get("packed_ratio"), (int, float)):
+    sizes, ratio = (small.get("params"), large.get("params")), large.get("packed_ratio")
+    if not all(isinstance(n, int) and n > 0 for n in sizes) or not isinstance(ratio, (int, float)):
         return None
     nearer = abs(math.log(params / sizes[1])) < abs(math.log(params / sizes[0]))
-    return large.get("model") if nearer and isinstance(large.get("model"), str) else None
+    return ratio if nearer and isinstance(large.get("model"), str) else None
 
 
 def calibrated_inference_choice(threads: int | None = None, model: str | None = None,
@@ -134,9 +135,8 @@ def calibrated_inference_choice(threads: int | None = None, model: str | None = 
     nearer to that variant's size than to the calibration model's (log scale) follows the large variant's ratio:
     the products of a 9-14 GMAC variant favour packed oneDNN more than those of a 1-3 GMAC one (on the AMD EPYC Zen
     4 of ``docs/profiling.md``, 0.85-0.89x MKL's time against 0.96-0.97x)."""
-    large = _nearer_large_model(threads, model, params)
-    if large is not None:
-        ratio = _record(threads)["large_models"][model]["packed_ratio"]
+    ratio = _large_variant_ratio(threads, model, params)
+    if ratio is not None:
         return onednn_wins(ratio)
     return _recorded(threads, "inference_choice", ("onednn_packed", "mkl"), model)
 
