@@ -437,6 +437,16 @@ def test_large_variants_follow_their_familys_large_calibration(monkeypatch, cali
     assert json.loads(path.read_text())[cal.machine_key()]["1"]["large_models"][name]["model"] == name
     assert "large_models" not in calibrate.calibrate_linear(threads=1, rounds=1, models=(name,), write=False,
                                                             model_kwargs={name: kw}, train_rounds=0, large_rounds=0)
+    # by default the family's calibration model brings its own large variant (the protocol's
+    # linear_calibration_large_model); another model of the family (the test model above) brings none
+    assert "large_models" not in calibrate.calibrate_linear(threads=1, rounds=1, models=(name,), write=False,
+                                                            model_kwargs={name: kw}, train_rounds=0)
+    family_class = type(crossformers.create_model(name, **kw))
+    monkeypatch.setattr(family_class, "linear_calibration_model", name)
+    monkeypatch.setattr(family_class, "linear_calibration_large_model", name)
+    r = calibrate.calibrate_linear(threads=1, rounds=1, models=(name,), model_kwargs={name: kw}, train_rounds=0,
+                                   large_rounds=1, write=False)
+    assert r["large_models"][name]["model"] == name
 
     family = onednn.calibration_model_of(crossformers.create_model(name, **kw))  # crossformer_tiny
     record = {"choice": "mkl", "inference_choice": "mkl",
@@ -508,3 +518,14 @@ def test_each_family_follows_its_own_calibrated_ratio(monkeypatch, calibration_f
     assert onednn.onednn_by_default(vit) and not onednn.onednn_for_inference(vit) and not onednn.onednn_for_training(vit)
     monkeypatch.setenv("CROSSFORMERS_ONEDNN_LINEAR", "0")  # the variable still wins over every family
     assert not onednn.onednn_by_default(cf) and not _uses(crossformers.create_model(cf_name, **cf_kw))
+
+
+@pytest.mark.parametrize("small", ["crossvit_9_240", "crossformer_tiny", "fcaformer_l1"])
+def test_each_family_names_a_larger_variant_of_its_own_for_the_calibration(small):
+    """The family protocol's ``linear_calibration_large_model`` is a registered variant of the same family, with
+    several times the calibration model's parameters (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        model = crossformers.create_model(small)
+        large = crossformers.create_model(type(model).linear_calibration_large_model)
+    assert type(model).linear_calibration_model == small and large.family == model.family
+    assert sum(p.numel() for p in large.parameters()) > 1.5 * sum(p.numel() for p in model.parameters())

@@ -131,7 +131,7 @@ def calibrated_inference_choice(threads: int | None = None, model: str | None = 
     packed, False = MKL, None = not calibrated here. ``model`` as in :func:`calibrated_choice`.
 
     ``params``: the parameter count of the model being optimized. Each family is also timed on one large variant
-    (record key ``large_models``, :data:`crossformers.profiling.calibrate.LARGE_CALIBRATION_MODELS`), and a model
+    (record key ``large_models``; the family's ``linear_calibration_large_model``), and a model
     nearer to that variant's size than to the calibration model's (log scale) follows the large variant's ratio:
     the products of a 9-14 GMAC variant favour packed oneDNN more than those of a 1-3 GMAC one (on the AMD EPYC Zen
     4 of ``docs/profiling.md``, 0.85-0.89x MKL's time against 0.96-0.97x)."""

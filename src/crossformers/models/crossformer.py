@@ -360,6 +360,8 @@ class CrossFormer(HierarchicalModel):
     prefers_channels_last = False  # maps are channels-last tokens already; the stem convolutions gain nothing
     #: the model whose linear-path calibration stands for the family (crossformers.layers.linear_calibration)
     linear_calibration_model = "crossformer_tiny"
+    #: the family's large variant the calibration also times (CrossFormer-B, 9.2 GMACs)
+    linear_calibration_large_model = "crossformer_base"
 
     def block_infos(self) -> list[BlockInfo]:
         """Every SDA/LDA block in execution order (CrossFormer Sec. 3.2)."""
@@ -744,6 +746,7 @@ class DenseCrossFormer(DenseBackboneHead, HierarchicalModel):
     family = CrossFormer.family
     prefers_channels_last = CrossFormer.prefers_channels_last
     linear_calibration_model = CrossFormer.linear_calibration_model
+    linear_calibration_large_model = CrossFormer.linear_calibration_large_model
     block_infos = CrossFormer.block_infos
     input_modules = CrossFormer.input_modules
     token_lattice = CrossFormer.token_lattice

@@ -619,6 +619,8 @@ class CrossViT(OfficialLayoutHint, LinearKernelMixin, nn.Module):
     prefers_channels_last = False  # one patch convolution per branch: nothing to gain
     #: the model whose linear-path calibration stands for the family (crossformers.layers.linear_calibration)
     linear_calibration_model = "crossvit_9_240"
+    #: the family's large variant the calibration also times (CrossViT-18, 9.0 GMACs)
+    linear_calibration_large_model = "crossvit_18_240"
 
     def block_infos(self) -> list[BlockInfo]:
         """Per encoder: each branch's transformer blocks, then the fusion (its attention layers, or the fusion

@@ -432,6 +432,8 @@ class _FcaCommon:
     family = "fcaformer"
     #: the model whose linear-path calibration stands for the family (crossformers.layers.linear_calibration)
     linear_calibration_model = "fcaformer_l1"
+    #: the family's large variant the calibration also times (FcaFormer-L4, 14.5 GMACs)
+    linear_calibration_large_model = "fcaformer_l4"
 
     def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """An official checkpoint's state dict in our layout (:func:`checkpoint_filter_fn`; ours passes unchanged)."""

@@ -23,6 +23,9 @@ Methods (all optional; see :class:`FamilyModel` for the signatures):
 * ``linear_calibration_model`` — class attribute: the name of the model whose timings in this machine's linear-path
   calibration decide MKL or oneDNN for the family (:mod:`crossformers.layers.linear_calibration`; one of
   :data:`crossformers.profiling.calibrate.CALIBRATION_MODELS` for the built-in families).
+* ``linear_calibration_large_model`` — class attribute: one large variant of the family (9-15 GMACs) that the
+  calibration also times in its optimized forms; ``optimize_for_inference`` of a model nearer its size follows its
+  ratio (:func:`crossformers.layers.linear_calibration.calibrated_inference_choice`).
 * ``fuse()`` on any submodule — fold inference-time affine layers into the layer before them, in place
   (:func:`crossformers.inference.fuse` calls it on every module that has it, as timm's ``reparameterize_model``).
 * ``convert_state_dict(state_dict)`` — the family's checkpoint filter (official layouts -> ours); the family also

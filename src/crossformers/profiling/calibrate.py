@@ -7,8 +7,8 @@ random weights) is timed in six forms, calls alternating in a shuffled order, me
 
 * as created with MKL linear layers, and with oneDNN linear layers (the choice for new models);
 * ``optimize_for_inference`` with MKL, and with oneDNN and packed weights (the choice for ``optimize_for_inference``);
-  these two forms also for one large variant per family (:data:`LARGE_CALIBRATION_MODELS`, record key
-  ``large_models``), whose ratio models nearer its size follow: on the AMD EPYC Zen 4 of ``docs/profiling.md`` packed
+  these two forms also for one large variant per family (the family's ``linear_calibration_large_model``, a class
+  attribute of the family protocol; record key ``large_models``), whose ratio models nearer its size follow: on the AMD EPYC Zen 4 of ``docs/profiling.md`` packed
   oneDNN took 0.96-0.97x MKL's time on CrossViT-9 and FcaFormer-L1 but 0.85-0.89x on their 9-21 GMAC variants;
 
 and in training:
@@ -51,13 +51,10 @@ from ..layers.linear_calibration import MARGIN, calibration_path, machine_key, o
 from .errors import ProfilingError
 from .measure import num_threads, paired_ratio, time_alternating
 
-__all__ = ["calibrate_linear", "CALIBRATION_MODELS", "LARGE_CALIBRATION_MODELS", "MARGIN", "TRAIN_BATCH"]
+__all__ = ["calibrate_linear", "CALIBRATION_MODELS", "MARGIN", "TRAIN_BATCH"]
 
 #: one model per family, the ones whose products docs/profiling.md measured
 CALIBRATION_MODELS = ("crossvit_9_240", "crossformer_tiny", "fcaformer_l1")
-#: one large variant per family (calibration model -> variant of 9-14 GMACs), timed optimized only
-LARGE_CALIBRATION_MODELS = {"crossvit_9_240": "crossvit_18_240", "crossformer_tiny": "crossformer_base",
-                            "fcaformer_l1": "fcaformer_l4"}
 #: alternating rounds of each large variant (each call takes 0.1-0.3 s on 2 cores)
 LARGE_ROUNDS = 7
 #: images per timed training step (small enough for a quick calibration, large enough that products dominate)
@@ -65,9 +62,10 @@ TRAIN_BATCH = 8
 
 
 def _forms(name: str, model_kwargs: dict[str, Any] | None,
-           optimized_only: bool = False) -> tuple[dict[str, torch.nn.Module], torch.Tensor, int]:
-    """The timed forms of one model (only the two optimized ones with ``optimized_only``), its input and its
-    parameter count."""
+           optimized_only: bool = False) -> tuple[dict[str, torch.nn.Module], torch.Tensor, int, str | None]:
+    """The timed forms of one model (only the two optimized ones with ``optimized_only``), its input, its
+    parameter count and, when it is its family's calibration model (``linear_calibration_model``), the family's
+    large variant (``linear_calibration_large_model``; else None)."""
     import crossformers
 
     base = crossformers.create_model(name, onednn_linear=False, **(model_kwargs or {})).eval()
@@ -77,7 +75,9 @@ def _forms(name: str, model_kwargs: dict[str, Any] | None,
              "opt_onednn_packed": optimize_for_inference(copy.deepcopy(base), onednn_linear=True, pack_weights=True)}
     if not optimized_only:
         forms.update(mkl=base, onednn=set_onednn_linear(copy.deepcopy(base), True))
-    return forms, x, params
+    family = type(base)
+    is_calibration_model = getattr(family, "linear_calibration_model", None) == name
+    return forms, x, params, getattr(family, "linear_calibration_large_model", None) if is_calibration_model else None
 
 
 def _train_steps(name: str, model_kwargs: dict[str, Any] | None, batch: int) -> dict[str, Any]:
@@ -138,8 +138,9 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         compile_rounds: alternating rounds of the two compiled forms per model (after compiling each, and 2
             untimed calls); 0 (default) skips them (no ``compile_choice`` is recorded: ``compile_for_inference`` then
             follows the eager ``choice``).
-        large_models: calibration model -> its family's large variant, timed optimized only (default: the entries
-            of :data:`LARGE_CALIBRATION_MODELS` for ``models``); ``model_kwargs`` apply to them by their names too.
+        large_models: calibration model -> its family's large variant, timed optimized only (default: the family
+            protocol's ``linear_calibration_large_model`` for each of ``models`` that is its family's
+            ``linear_calibration_model``); ``model_kwargs`` apply to them by their names too.
         large_rounds: alternating rounds per large variant; 0 skips them (no ``large_models`` recorded).
 
     Returns:
@@ -163,7 +164,7 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
     with num_threads(threads) as used:
         for name in models:
             with torch.inference_mode():
-                forms, x, params = _forms(name, (model_kwargs or {}).get(name))
+                forms, x, params, family_large = _forms(name, (model_kwargs or {}).get(name))
                 times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
                 del forms
             per_model[name] = {**_medians(times), "ratio": paired_ratio(times["onednn"], times["mkl"]),
@@ -178,10 +179,10 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
                 times = time_alternating(_compiled_forms(name, (model_kwargs or {}).get(name)), compile_rounds)
                 per_model[name].update(_medians(times), compile_ratio=paired_ratio(times["compile_onednn_packed"],
                                                                                    times["compile_mkl"]))
-            large = (LARGE_CALIBRATION_MODELS if large_models is None else large_models).get(name)
+            large = family_large if large_models is None else large_models.get(name)
             if large and large_rounds > 0:
                 with torch.inference_mode():
-                    forms, x, params = _forms(large, (model_kwargs or {}).get(large), optimized_only=True)
+                    forms, x, params, _ = _forms(large, (model_kwargs or {}).get(large), optimized_only=True)
                     times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, large_rounds)
                     del forms
                 per_large[name] = {"model": large, **_medians(times), "params": params,
