@@ -89,7 +89,7 @@ def main() -> None:
              "",
              f"- command: `python benchmarks/bench_amp_training.py --threads {args.threads} --rounds {args.rounds} "
              f"--models {' '.join(args.models)}`",
-             f"- machine: {info['cpu']} ({info['logical_cpus']} logical CPUs), torch {info['torch']}, timm "
+             f"- machine: {info['cpu']} [{info['cpu_signature']}] ({info['logical_cpus']} logical CPUs), torch {info['torch']}, timm "
              f"{info['timm']}; bf16 flags: {', '.join(flags) or 'none (bf16 emulated)'}; {args.threads} thread(s)",
              "- step: forward (autocast for amp) + cross-entropy + backward + AdamW; random weights and inputs; "
              "the two forms alternate, median of the rounds; paired = median of per-round ratios amp / fp32",

@@ -19,10 +19,11 @@ import json
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _processes import machine_line, run_child
 
 #: name:batch:side, one per family at the papers' input sizes, and the demo's model and batch (scripts/demo.sh)
 DEFAULT_MODELS = ("crossformer_tiny:32:224", "fcaformer_l1:32:224", "crossvit_9_240:32:240", "fcaformer_nano:128:56")
@@ -65,14 +66,6 @@ def med(runs: list[dict], key: str) -> float:
     return statistics.median(x[key] for x in runs)
 
 
-def _run(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          timeout=3600)
-    if proc.returncode != 0:
-        raise SystemExit(f"child failed for {spec}:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME:BATCH:SIDE")
@@ -87,9 +80,6 @@ def main() -> None:
         print(json.dumps(_child(json.loads(args.child))))
         return
 
-    from crossformers.profiling import machine_info
-    from crossformers.profiling.measure import cpu_flags
-
     rng = random.Random(0)
     rows = []
     for text in args.models:
@@ -101,18 +91,16 @@ def main() -> None:
             for mode in order:
                 spec = {"model": name, "batch": int(batch), "side": int(side), "threads": args.threads,
                         "steps": args.steps, "retain": mode == "retain"}
-                runs[mode].append(_run(spec))
+                runs[mode].append(run_child(__file__, spec))
                 print(f"{name} b{batch} {mode}: {runs[mode][-1]['median_ms']:.0f} ms/step, "
                       f"{runs[mode][-1]['peak_rss_mib']:.0f} MiB", flush=True)
         ratio = statistics.median(r["median_ms"] / d["median_ms"] for r, d in zip(runs["retain"], runs["default"], strict=True))
         rows.append({"model": name, "batch": int(batch), "side": int(side), "runs": runs, "ratio_paired": ratio,
                      "active": all(r["active"] for r in runs["retain"])})
 
-    info = machine_info()
-    flags = cpu_flags()  # the flags that matter here (AVX-512, VNNI, BF16, AMX)
+    info, machine = machine_line(args.threads)
     lines = [f"# Training steps: glibc defaults against `retain_freed_memory()` ({info.get('cpu', '?')})", "",
-             f"CPU: {info.get('cpu', '?')} ({', '.join(flags) or 'no AVX2 / AVX-512 / AMX flags'}), torch {info.get('torch', '?')}, "
-             f"{args.threads} threads. Command: `python benchmarks/{Path(__file__).name} "
+             f"{machine}. Command: `python benchmarks/{Path(__file__).name} "
              f"{' '.join(sys.argv[1:])}`; each cell is the median over {args.pairs} fresh processes of the median of "
              f"{args.steps - 1} timed steps.", "",
              "| model | batch | input | default ms/step | retained ms/step | retained / default (paired) "

@@ -23,7 +23,7 @@ import crossformers
 from crossformers.engine.modeling import count_macs
 from crossformers.inference import optimize_for_inference
 from crossformers.profiling import machine_info
-from crossformers.profiling.measure import cpu_flags, paired_ratio, time_alternating
+from crossformers.profiling.measure import machine_label, paired_ratio, time_alternating
 
 
 def main() -> None:
@@ -35,8 +35,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     info = machine_info()
-    flags = cpu_flags()  # the flags that matter here (AVX-512, VNNI, BF16, AMX)
-    print(f"CPU: {info.get('cpu', '?')} ({', '.join(flags) or 'no AVX2 / AVX-512 / AMX flags'}), torch {info.get('torch', '?')}, "
+    print(f"CPU: {machine_label()}, torch {info.get('torch', '?')}, "
           f"{args.threads} threads; command: python benchmarks/bench_optimize_linear_paths.py {' '.join(sys.argv[1:])}")
     print("| model | GMACs | MKL ms | oneDNN packed ms | oneDNN packed / MKL (paired) | max abs logit diff |")
     print("|---|---|---|---|---|---|")

@@ -501,9 +501,10 @@ def _precision_sections(doc: dict) -> list[str]:
 
 def markdown(doc: dict) -> str:
     m = doc["machine"]
+    signature = f" [{m['cpu_signature']}]" if m.get("cpu_signature") else ""  # e.g. family 25 model 17 = Zen 4
     lines = [f"# Benchmark: crossformers vs. reference implementations ({doc['date']})", "",
              f"- command: `{doc['command']}`",
-             f"- machine: {m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m['torch']}, timm {m['timm']}, "
+             f"- machine: {m['cpu']}{signature} ({m['logical_cpus']} logical CPUs), torch {m['torch']}, timm {m['timm']}, "
              f"python {m['python']}",
              f"- CPU flags: {', '.join(doc.get('cpu_flags') or []) or 'n/a'}; "
              + (f"libraries: MKL {doc['libraries']['mkl']}, {doc['libraries']['onednn']}, ATen CPU capability "

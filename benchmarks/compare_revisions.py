@@ -25,7 +25,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from crossformers.profiling.measure import cpu_flags, cpu_name
+from crossformers.profiling.measure import machine_label
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("ours", "ours_fast")
@@ -81,12 +81,12 @@ def main() -> None:
             worst = max(worst, change)
             rows.append(dict(variant=v, side=s, base=b, head=h, change_pct=change,
                              base_runs=[r[v][s] for r in runs["base"]], head_runs=[r[v][s] for r in runs["head"]]))
-    doc = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), cpu=cpu_name(), base=base, head=head,
+    doc = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), cpu=machine_label(), base=base, head=head,
                command="python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
                repeats=args.repeats, rounds=args.rounds, threads=args.threads, tolerance_pct=args.tolerance,
                worst_change_pct=worst, kept=worst <= args.tolerance, rows=rows)
     lines = [f"# Speed before/after: {base} vs {head} ({doc['date']})", "",
-             f"- command: `{doc['command']}`", f"- CPU: {doc['cpu']} ({', '.join(cpu_flags()) or 'no AVX-512 / AMX flags'}); {args.threads} threads; batch 1, eager fp32",
+             f"- command: `{doc['command']}`", f"- CPU: {doc['cpu']}; {args.threads} threads; batch 1, eager fp32",
              f"- {args.repeats} alternating runs per revision, {args.rounds} latency rounds each; ratio = ours / the "
              "authors' code (paired median per run, mean over runs; < 1: ours faster); `ours fast` = "
              "`optimize_for_inference`", "",

@@ -262,6 +262,40 @@ def test_cpu_flags_are_the_kernel_relevant_ones_this_cpu_reports():
         assert flags == [f for f in CPU_FLAGS if f in listed]
 
 
+def test_every_table_names_the_machine_it_was_measured_on():
+    """The CPU's model name can be generic on a VM ("AMD EPYC"), so results also carry the vendor, family and model
+    numbers and the kernel-relevant flags (machine_label); the table's settings line names the machine, and rows
+    from other machines (or from files written before results named it) are told apart."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from crossformers.profiling.measure import cpu_flags, cpu_name, machine_info, machine_label
+    from crossformers.utils.cpu import cpu_signature
+
+    signature = cpu_signature()
+    info = Path("/proc/cpuinfo")
+    if info.is_file() and "cpu family" in info.read_text():
+        text = info.read_text()
+        family = re.search(r"^cpu family\s*:\s*(\d+)", text, re.M).group(1)
+        model = re.search(r"^model\s*:\s*(\d+)", text, re.M).group(1)
+        assert signature.endswith(f"family {family} model {model}")
+    label = machine_label()
+    assert label.startswith(cpu_name()) and (not signature or f"[{signature}]" in label)
+    assert all(flag in label for flag in cpu_flags())
+    assert machine_info()["cpu_signature"] == signature and machine_info()["cpu_flags"] == cpu_flags()
+
+    r = profile_model("fcaformer_nano", img_size=32, batch_size=0, memory=False, **FAST)
+    assert r.machine == label and format_table([r]).splitlines()[-1].endswith(f"on {label})")
+    assert ProfileResult.from_dict(r.to_dict()).machine == label
+    other = dataclasses.replace(r, model="b", machine="Intel Xeon [GenuineIntel family 6 model 143] (amx_bf16)")
+    old = ProfileResult.from_dict({k: v for k, v in r.to_dict().items() if k != "machine"} | {"model": "c"})
+    assert old.machine == ""  # files written before results named their machine still load
+    footer = format_table([r, other, old]).splitlines()[-1]
+    assert f"{label} (fcaformer_nano)" in footer and "(amx_bf16) (b)" in footer and "(c)" not in footer
+    assert "on " not in format_table([old]).splitlines()[-1].split(";")[-1]
+
+
 def test_profile_times_an_onnx_export_beside_ours(tmp_path, capsys, monkeypatch):
     """`profile MODEL --onnx FILE`: the exported file is timed in onnxruntime with the same input and threads,
     alternately with ours, and the table gains the ORT median and the paired ours / ORT ratio (the median of the

@@ -20,12 +20,12 @@ from typing import Any
 import timm
 import torch
 
-from ..utils.cpu import cpu_model_name
+from ..utils.cpu import cpu_model_name, cpu_signature
 from .errors import ProfilingError
 
 __all__ = [
     "num_threads", "time_calls", "summarize_ms", "matmul_peak", "matmul_peak_gflops", "PEAK_KERNELS", "rss_peak_subprocess", "rss_increase_inprocess",
-    "cuda_peak_mib", "machine_info", "cpu_name", "cpu_flags", "CPU_FLAGS", "time_alternating", "paired_ratio",
+    "cuda_peak_mib", "machine_info", "machine_label", "cpu_name", "cpu_flags", "CPU_FLAGS", "time_alternating", "paired_ratio",
 ]
 
 _MIB = 1024.0 * 1024.0
@@ -320,11 +320,25 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def machine_label(device: str | torch.device = "cpu") -> str:
+    """The line a timing names its machine by: for the CPU, the model name, its signature and :func:`cpu_flags`,
+    e.g. ``"AMD EPYC [AuthenticAMD family 25 model 17] (avx2, avx512f, avx512_vnni, avx512_bf16)"``; for CUDA,
+    the device name."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    signature = cpu_signature()
+    flags = cpu_flags()
+    return (f"{cpu_name()}{f' [{signature}]' if signature else ''} "
+            f"({', '.join(flags) if flags else 'no AVX2 / AVX-512 / AMX flags'})")
+
+
 def machine_info() -> dict[str, Any]:
-    """Machine and software versions for reports: CPU model, logical CPUs, torch/timm/python versions, CUDA device."""
+    """Machine and software versions for reports: CPU model, signature (vendor, family, model numbers) and
+    kernel-relevant flags, logical CPUs, torch/timm/python versions, CUDA device."""
     info: dict[str, Any] = {
-        "cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch": torch.__version__, "timm": timm.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": cpu_name(), "cpu_signature": cpu_signature(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
+        "platform": platform.platform(),
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)

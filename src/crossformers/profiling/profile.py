@@ -40,6 +40,7 @@ from ..utils.macs import count_macs
 from .errors import ProfilingError
 from .measure import (
     cuda_peak_mib,
+    machine_label,
     num_threads,
     paired_ratio,
     rss_increase_inprocess,
@@ -105,6 +106,7 @@ class ProfileResult:
     onnx_latency_ms: float | None = None
     onnx_latency_p90_ms: float | None = None
     onnx_ratio_paired: float | None = None
+    machine: str = ""  # measure.machine_label(): CPU model, signature and flags (or the CUDA device)
     latency_samples_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -354,7 +356,8 @@ def profile_model(
             model=name, family=family_of(name), img_size=size, in_chans=chans, batch_size=int(batch_size or 0),
             threads=used_threads, device=str(dev), dtype=label, compiled=bool(compile), fused=fuse,
             channels_last=channels_last, onednn_linear=bool(onednn_linear), params=params, macs=macs,
-            published_top1=pub.top1 if pub else None, breakdown=per_module if breakdown else None)
+            published_top1=pub.top1 if pub else None, breakdown=per_module if breakdown else None,
+            machine=machine_label(dev))
 
         sizes = [1] + ([int(batch_size)] if batch_size and batch_size > 1 else [])
         if memory and dev.type == "cpu" and isinstance(name_or_model, str):

@@ -51,7 +51,8 @@ def _cell(result: ProfileResult, attr: str, fmt: str) -> str:
 
 
 def _settings(results: Sequence[ProfileResult]) -> str:
-    """The settings common to a table's rows: device, threads, dtype, batch N, options, matmul peak, memory method."""
+    """The settings common to a table's rows: device, threads, dtype, batch N, options, matmul peak, memory method,
+    and the machine (CPU model, signature and flags; each where rows measured on other machines differ)."""
     if not results:
         return ""
     r = results[0]
@@ -68,7 +69,18 @@ def _settings(results: Sequence[ProfileResult]) -> str:
             if r.matmul_peak_gflops else "")
     tput = f"throughput at N={r.batch_size}" if r.batch_size else "no throughput"
     return (f"{r.device}, {r.threads} thread(s), {r.dtype}, {tput}{', ' + ', '.join(opts) if opts else ''}{peak}; "
-            f"MACs = FLOPs/2 per image; peak MiB = {r.mem_method or 'not measured'}")
+            f"MACs = FLOPs/2 per image; peak MiB = {r.mem_method or 'not measured'}{_machines(results)}")
+
+
+def _machines(results: Sequence[ProfileResult]) -> str:
+    """"; on <machine>" when every row was measured on one machine, else each machine with its rows (rows loaded
+    from files written before results named their machine name none)."""
+    machines = list(dict.fromkeys(x.machine for x in results if x.machine))
+    if not machines:
+        return ""
+    if len(machines) == 1 and all(x.machine for x in results):
+        return f"; on {machines[0]}"
+    return "; on " + "; ".join(f"{m} ({', '.join(x.model for x in results if x.machine == m)})" for m in machines)
 
 
 def _rows(results: Sequence[ProfileResult]) -> list[list[str]]:
