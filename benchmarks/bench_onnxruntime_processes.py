@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Our fastest PyTorch paths against onnxruntime on our own export, each runtime alone in fresh processes.
+
+``crossformers profile MODEL --onnx FILE`` times both runtimes in one process, in alternating blocks. On a 2-core VM
+that ratio moved by up to 20 % from run to run, mostly with onnxruntime's own time (docs/profiling.md): the two
+runtimes' thread pools share the cores. Here no process holds more than one runtime. Per model, the weights are
+drawn once (seed 0), exported to ONNX at the model's default input size (batch 1, fp32, static shapes), and then
+each pair of processes runs, in a shuffled order, our model (``--ours``: ``compile`` = ``compile_for_inference``,
+``optimize`` = ``optimize_for_inference``, both with this machine's calibrated linear path) and onnxruntime (CPU
+provider, all graph optimisations, the same intra-op threads). Each process makes untimed warm-up calls (ours
+compiles in the first), then ``--calls`` timed calls at batch 1; its time is their median. The table gives each
+side's median over the processes and the paired ratio (median over pairs of ours / onnxruntime; < 1: ours faster),
+with the CPU model and threads.
+
+    python benchmarks/bench_onnxruntime_processes.py --threads 2 --pairs 4 --out docs/benchmarks --tag onnxruntime_processes
+    python benchmarks/bench_onnxruntime_processes.py --models fcaformer_l1 --ours compile optimize
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _processes import machine_line, run_child
+
+DEFAULT_MODELS = ("crossformer_tiny", "fcaformer_l1", "crossvit_9_240")
+WARMUP = 5
+
+
+def _model(name: str):
+    """The model with the weights every process of this run uses (seed 0), in eval mode."""
+    import torch
+
+    import crossformers
+
+    torch.manual_seed(0)
+    return crossformers.create_model(name).eval()
+
+
+def _child(spec: dict) -> dict:
+    """One process, one runtime: warm-up calls, then ``calls`` timed calls (ms each); or the export."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    if spec["runtime"] == "export":
+        return _export(spec["model"], Path(spec["onnx"]))
+    if spec["runtime"] == "onnxruntime":
+        from crossformers.profiling.onnx_timing import onnx_runner
+
+        call = onnx_runner(spec["onnx"], tuple(spec["shape"]), spec["threads"])
+    else:
+        from crossformers.inference import compile_for_inference, optimize_for_inference
+
+        model = _model(spec["model"])
+        model = compile_for_inference(model) if spec["runtime"] == "compile" else optimize_for_inference(model)
+        x = torch.randn(*spec["shape"], generator=torch.Generator().manual_seed(0))
+
+        def call():
+            with torch.inference_mode():
+                return model(x)
+    for _ in range(WARMUP):
+        call()
+    times = []
+    for _ in range(spec["calls"]):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+
+
+def _export(name: str, path: Path) -> dict:
+    """Write our fp32 ONNX export of the run's weights (batch 1, default size) to ``path``; its input shape."""
+    from crossformers.export import export_model
+
+    model = _model(name)
+    export_model(model, output=path, verify=False)
+    return {"shape": [1, *model.pretrained_cfg["input_size"]]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--ours", nargs="+", choices=("compile", "optimize"), default=["compile"],
+                   help="our paths to time (default: compile)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--calls", type=int, default=30, help="timed calls per process (default 30)")
+    p.add_argument("--pairs", type=int, default=4, help="processes per runtime and model (default 4)")
+    p.add_argument("--out", type=Path, help="write <tag>.md and <tag>.json here")
+    p.add_argument("--tag", default="onnxruntime_processes")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return
+
+    rng = random.Random(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            onnx = Path(tmp) / f"{name}.onnx"  # exported in a child too: this process never loads a runtime
+            shape = run_child(__file__, {"runtime": "export", "model": name, "onnx": str(onnx),
+                                         "threads": args.threads})["shape"]
+            sides = [*args.ours, "onnxruntime"]
+            runs: dict[str, list[dict]] = {side: [] for side in sides}
+            for _ in range(args.pairs):
+                order = list(sides)
+                rng.shuffle(order)
+                for side in order:
+                    spec = {"runtime": side, "model": name, "onnx": str(onnx), "shape": shape,
+                            "threads": args.threads, "calls": args.calls}
+                    runs[side].append(run_child(__file__, spec))
+                    print(f"{name} {side}: {runs[side][-1]['median_ms']:.1f} ms", flush=True)
+            ratios = {side: statistics.median(o["median_ms"] / r["median_ms"]
+                                              for o, r in zip(runs[side], runs["onnxruntime"], strict=True))
+                      for side in args.ours}
+            spans = {side: (min(o["median_ms"] / r["median_ms"] for o, r in zip(runs[side], runs["onnxruntime"],
+                                                                                   strict=True)),
+                            max(o["median_ms"] / r["median_ms"] for o, r in zip(runs[side], runs["onnxruntime"],
+                                                                                   strict=True)))
+                     for side in args.ours}
+            rows.append({"model": name, "shape": shape, "runs": runs, "ratio_paired": ratios, "ratio_span": spans})
+
+    info, machine = machine_line(args.threads)
+    lines = [f"# Ours against onnxruntime, each runtime alone in fresh processes ({info.get('cpu', '?')})", "",
+             f"{machine}. Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`; each time is "
+             f"the median over {args.pairs} processes of the median of {args.calls} batch-1 calls; ratios paired "
+             "by process pair (median, and the range over pairs).", "",
+             "| model | input | onnxruntime ms | " + " | ".join(f"ours {s} ms | ours {s} / onnxruntime"
+                                                            for s in args.ours) + " |",
+             "|---|---|---|" + "---|---|" * len(args.ours)]
+    for row in rows:
+        med = {s: statistics.median(r["median_ms"] for r in runs) for s, runs in row["runs"].items()}
+        cells = [f"{med[s]:.1f} | {row['ratio_paired'][s]:.2f} ({row['ratio_span'][s][0]:.2f}-"
+                 f"{row['ratio_span'][s][1]:.2f})" for s in args.ours]
+        lines.append(f"| {row['model']} | {row['shape'][2]} | {med['onnxruntime']:.1f} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.tag}.md").write_text(text)
+        (args.out / f"{args.tag}.json").write_text(json.dumps({"machine": info, "command": sys.argv, "rows": rows},
+                                                              indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
