@@ -6,11 +6,12 @@ seconds; the generated code shows which library the products call.
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import pytest
 import torch
 from torch import nn
-from torch._inductor.utils import run_and_get_code
+from torch._inductor.utils import run_and_get_cpp_code
 
 from crossformers.inference.compile import compile_for_inference, onednn_weight_packing
 from crossformers.layers.linear import onednn_available
@@ -32,23 +33,59 @@ def _mlp() -> nn.Module:
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
-def test_compiled_linear_layers_call_onednn_with_packed_weights_and_match_eager():
+@pytest.mark.parametrize("ahead_of_time", [True, False])
+def test_compiled_linear_layers_call_onednn_with_packed_weights_and_match_eager(ahead_of_time):
+    """With oneDNN packing the default is AOTInductor (one package per input shape, no dynamo); the dynamo path packs
+    for oneDNN through the switch. Both generate C++ that calls oneDNN's packed linear kernel."""
     model = _mlp()
     x = torch.randn(2, 50, 64)
     with torch.no_grad():
         expected = model(x)
-    compiled = compile_for_inference(model, onednn=True)
-    out, (code, *_) = run_and_get_code(compiled, x)
-    assert "mkldnn._linear_pointwise" in code and "_mkl_linear" not in code
+    compiled = compile_for_inference(model, onednn=True, ahead_of_time=ahead_of_time)
+    assert compiled.ahead_of_time is ahead_of_time
+    out, code = run_and_get_cpp_code(compiled, x)
+    assert "_linear_pointwise" in code and "_reorder_linear_weight" in code and "mkl_linear" not in code
+    assert ("AOTInductorModel" in code) is ahead_of_time  # the ahead-of-time package, or dynamo's C++ wrapper
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert not out.requires_grad and compiled.module is model and not model.training
+    assert len(compiled._packages) == int(ahead_of_time)
+    # another shape compiles again; a channels-last (non-contiguous) input of a known shape gives the same result
+    y = torch.randn(3, 20, 64)
+    torch.testing.assert_close(compiled(y), model(y).detach(), atol=1e-5, rtol=1e-5)
+    assert len(compiled._packages) == 2 * int(ahead_of_time)
+    strided = x.transpose(0, 1).contiguous().transpose(0, 1)
+    torch.testing.assert_close(compiled(strided), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not torch._C.has_mkl, reason="inductor's own fp32 lowering is MKL's packed sgemm")
 def test_without_the_switch_inductor_keeps_its_mkl_lowering():
+    """MKL packing exists only on the dynamo path: the default then is dynamo, and AOTInductor (which packs for
+    oneDNN) is refused with MKL asked for explicitly."""
     compiled = compile_for_inference(_mlp(), onednn=False)
-    _, (code, *_) = run_and_get_code(compiled, torch.randn(2, 50, 64))
-    assert "_mkl_linear" in code and "mkldnn._linear_pointwise" not in code
+    assert not compiled.ahead_of_time
+    _, code = run_and_get_cpp_code(compiled, torch.randn(2, 50, 64))
+    assert "mkl_linear" in code and "_linear_pointwise" not in code
+    with pytest.raises(ValueError, match="ahead_of_time=True packs the linear weights for oneDNN"):
+        compile_for_inference(_mlp(), onednn=False, ahead_of_time=True)
+    assert compile_for_inference(_mlp(), ahead_of_time=True).onednn  # unspecified packing: oneDNN
+    assert not compile_for_inference(_mlp(), onednn=True, dynamic=True).ahead_of_time  # packages are per shape
+
+
+def test_a_module_torch_export_cannot_trace_takes_the_dynamo_path_with_a_warning():
+    class Untraceable(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.export refuses it, dynamo breaks the graph
+                return x * 2
+            return x - 1
+
+    compiled = compile_for_inference(Untraceable(), onednn=True, ahead_of_time=True, fullgraph=False)
+    x = torch.ones(2, 3)
+    with pytest.warns(RuntimeWarning, match="torch.export could not trace Untraceable"):
+        out = compiled(x)
+    torch.testing.assert_close(out, x * 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second attempt: this shape stays on the dynamo path
+        torch.testing.assert_close(compiled(-x), -x - 1)
 
 
 def test_weight_packing_switch_is_scoped():

@@ -529,3 +529,27 @@ def test_each_family_names_a_larger_variant_of_its_own_for_the_calibration(small
         large = crossformers.create_model(type(model).linear_calibration_large_model)
     assert type(model).linear_calibration_model == small and large.family == model.family
     assert sum(p.numel() for p in large.parameters()) > 1.5 * sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.skipif(not onednn.onednn_available(), reason="this PyTorch build has no oneDNN")
+@pytest.mark.parametrize("family", ["crossformer", pytest.param("crossvit", marks=pytest.mark.slow),
+                                    pytest.param("fcaformer", marks=pytest.mark.slow)])
+def test_each_family_compiles_ahead_of_time_and_matches_eager(family):
+    """compile_for_inference with oneDNN packing exports the model and compiles it with AOTInductor (one package per
+    input shape): the family's graph (CrossFormer's position-bias tables, CrossViT's two branches, FcaFormer's
+    channels-last stages) exports whole and gives the eager logits (shapes: test_compile_inference.py)."""
+    import shutil
+
+    from crossformers.inference import compile_for_inference
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("inductor on CPU needs a C++ compiler")
+    name, kw = SMALL[family]
+    model = _randomize(crossformers.create_model(name, **kw)).eval()
+    side = kw["img_size"]
+    compiled = compile_for_inference(model, onednn=True)
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(compiled(x), expected, atol=1e-4, rtol=1e-4)
+    assert compiled.ahead_of_time and [run is not None for run in compiled._packages.values()] == [True]
