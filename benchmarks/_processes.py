@@ -2,9 +2,12 @@
 published table starts with."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 
 def run_child(script: str, spec: dict, timeout_s: float = 3600) -> dict:
@@ -27,3 +30,29 @@ def machine_line(threads: int) -> tuple[dict, str]:
 
     info = machine_info()
     return info, f"CPU: {machine_label()}, torch {info.get('torch', '?')}, {threads} threads"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, tag: str) -> None:
+    """The options every fresh-process benchmark takes: --threads, --out, --tag and the hidden --child."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write <tag>.md and <tag>.json here")
+    parser.add_argument("--tag", default=tag)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+
+
+def serve_child(args: argparse.Namespace, child: Callable[[dict], dict]) -> bool:
+    """In a child process (``--child SPEC``): run ``child(spec)``, print its JSON result and return True."""
+    if not args.child:
+        return False
+    print(json.dumps(child(json.loads(args.child))))
+    return True
+
+
+def write_report(args: argparse.Namespace, text: str, info: dict, rows: list) -> None:
+    """Print the Markdown ``text`` and, with --out, write it and the rows (with the machine and command) as JSON."""
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.tag}.md").write_text(text)
+        (args.out / f"{args.tag}.json").write_text(json.dumps({"machine": info, "command": sys.argv, "rows": rows},
+                                                              indent=1) + "\n")

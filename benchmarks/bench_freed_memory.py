@@ -15,7 +15,6 @@ medians and the paired ratio retain / default (< 1: retaining is faster), with t
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import resource
 import statistics
@@ -23,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from _processes import machine_line, run_child
+from _processes import add_run_arguments, machine_line, run_child, serve_child, write_report
 
 #: name:batch:side, one per family at the papers' input sizes, and the demo's model and batch (scripts/demo.sh)
 DEFAULT_MODELS = ("crossformer_tiny:32:224", "fcaformer_l1:32:224", "crossvit_9_240:32:240", "fcaformer_nano:128:56")
@@ -69,15 +68,11 @@ def med(runs: list[dict], key: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME:BATCH:SIDE")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="training steps per process, the first untimed (default 5)")
     p.add_argument("--pairs", type=int, default=2, help="processes per setting and model (default 2)")
-    p.add_argument("--out", type=Path, help="write <tag>.md and <tag>.json here")
-    p.add_argument("--tag", default="freed_memory_train")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    add_run_arguments(p, "freed_memory_train")
     args = p.parse_args()
-    if args.child:
-        print(json.dumps(_child(json.loads(args.child))))
+    if serve_child(args, _child):
         return
 
     rng = random.Random(0)
@@ -111,13 +106,7 @@ def main() -> None:
         lines.append(f"| {row['model']} | {row['batch']} | {row['side']} | {med(d, 'median_ms'):.0f} | "
                      f"{med(r, 'median_ms'):.0f} | {row['ratio_paired']:.2f} | {med(d, 'peak_rss_mib'):.0f} | "
                      f"{med(r, 'peak_rss_mib'):.0f} | {med(d, 'minor_faults'):.0f} / {med(r, 'minor_faults'):.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.tag}.md").write_text(text)
-        (args.out / f"{args.tag}.json").write_text(json.dumps({"machine": info, "command": sys.argv, "rows": rows},
-                                                              indent=1) + "\n")
+    write_report(args, "\n".join(lines) + "\n", info, rows)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ with the CPU model and threads.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _processes import machine_line, run_child
+from _processes import add_run_arguments, machine_line, run_child, serve_child, write_report
 
 DEFAULT_MODELS = ("crossformer_tiny", "fcaformer_l1", "crossvit_9_240")
 WARMUP = 5
@@ -87,15 +86,11 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     p.add_argument("--ours", nargs="+", choices=("compile", "optimize"), default=["compile"],
                    help="our paths to time (default: compile)")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calls", type=int, default=30, help="timed calls per process (default 30)")
     p.add_argument("--pairs", type=int, default=4, help="processes per runtime and model (default 4)")
-    p.add_argument("--out", type=Path, help="write <tag>.md and <tag>.json here")
-    p.add_argument("--tag", default="onnxruntime_processes")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    add_run_arguments(p, "onnxruntime_processes")
     args = p.parse_args()
-    if args.child:
-        print(json.dumps(_child(json.loads(args.child))))
+    if serve_child(args, _child):
         return
 
     rng = random.Random(0)
@@ -138,13 +133,7 @@ def main() -> None:
         cells = [f"{med[s]:.1f} | {row['ratio_paired'][s]:.2f} ({row['ratio_span'][s][0]:.2f}-"
                  f"{row['ratio_span'][s][1]:.2f})" for s in args.ours]
         lines.append(f"| {row['model']} | {row['shape'][2]} | {med['onnxruntime']:.1f} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.tag}.md").write_text(text)
-        (args.out / f"{args.tag}.json").write_text(json.dumps({"machine": info, "command": sys.argv, "rows": rows},
-                                                              indent=1) + "\n")
+    write_report(args, "\n".join(lines) + "\n", info, rows)
 
 
 if __name__ == "__main__":

@@ -532,8 +532,8 @@ def test_each_family_names_a_larger_variant_of_its_own_for_the_calibration(small
 
 
 @pytest.mark.skipif(not onednn.onednn_available(), reason="this PyTorch build has no oneDNN")
-@pytest.mark.parametrize("family", ["crossformer", pytest.param("crossvit", marks=pytest.mark.slow),
-                                    pytest.param("fcaformer", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 15-35 s each; test_profile.py's compiled profiles take the same path on AVX-512 CPUs
+@pytest.mark.parametrize("family", ["crossformer", "crossvit", "fcaformer"])
 def test_each_family_compiles_ahead_of_time_and_matches_eager(family):
     """compile_for_inference with oneDNN packing exports the model and compiles it with AOTInductor (one package per
     input shape): the family's graph (CrossFormer's position-bias tables, CrossViT's two branches, FcaFormer's

@@ -83,7 +83,7 @@ class CompiledForInference(nn.Module):
     chosen): the first call of each input shape and dtype exports ``module`` (``torch.export``) and compiles it with
     AOTInductor (``freezing``; AOTInductor packs linear weights for oneDNN, as :func:`onednn_weight_packing` makes
     the dynamo path do), and later calls of that shape run the loaded package. No dynamo guards are evaluated per
-    call and the code around the kernels is C++: measured against dynamo's Python-wrapped graph, 0.90-0.93x the
+    call and the code around the kernels is C++: measured against dynamo's Python-wrapped graph, 0.90-0.94x the
     batch-1 latency of CrossFormer-T, FcaFormer-L1 and CrossViT-9 (``docs/profiling.md``). A module that
     ``torch.export`` cannot trace falls back to the dynamo path with a warning. Inputs are made contiguous first
     (the package assumes the traced layout).
