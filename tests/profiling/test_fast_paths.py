@@ -326,6 +326,11 @@ def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, cap
         assert _uses(optimize_for_training(made, onednn_linear=True))
     path.write_text(json.dumps({"another CPU | torch 0 | AVX2": {str(torch.get_num_threads()): {"choice": "mkl"}}}))
     assert cal.calibrated_choice() is None and onednn.onednn_by_default() == rule
+    # a CPU of the same model name but another microarchitecture (a VM names a Zen 4 and a Zen 5 "AMD EPYC" alike)
+    with monkeypatch.context() as other:
+        other.setattr(cal, "cpu_signature", lambda: "AuthenticAMD family 26 model 2")
+        path.write_text(json.dumps({cal.machine_key(): {str(torch.get_num_threads()): {"choice": "mkl"}}}))
+    assert cal.calibrated_choice() is None
     path.write_text("not json")
     assert cal.calibrated_choice() is None and cal.calibrated_inference_choice() is None  # unreadable: none
 

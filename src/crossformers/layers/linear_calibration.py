@@ -7,8 +7,8 @@ Which library computes ``nn.Linear`` faster depends on the CPU, not on its vendo
 unpacked oneDNN took 1.00-1.13x MKL's time (``docs/profiling.md``). The calibration times one model per family on
 both paths, for the current thread count, and records the winners in a per-machine file;
 :func:`crossformers.layers.linear.onednn_by_default`, :func:`~crossformers.layers.linear.onednn_for_inference` and
-:func:`~crossformers.layers.linear.onednn_for_training` then follow it on that machine (same CPU model, PyTorch
-version and thread count), so new models, ``optimize_for_inference``, ``optimize_for_training`` and
+:func:`~crossformers.layers.linear.onednn_for_training` then follow it on that machine (same CPU model name, family and model numbers,
+PyTorch version and thread count), so new models, ``optimize_for_inference``, ``optimize_for_training`` and
 ``crossformers train`` take the measured path. Without a calibration the AVX-512 rule stays.
 
 The choice is per family where the record has it: a model names the calibration model that stands for its family
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from ..fileio import atomic_write_text
-from ..utils.cpu import cpu_model_name
+from ..utils.cpu import cpu_model_name, cpu_signature
 
 __all__ = ["MARGIN", "onednn_wins", "calibration_path", "machine_key", "calibrated_choice",
            "calibrated_inference_choice", "calibrated_training_choice", "calibrated_compile_choice",
@@ -62,8 +62,12 @@ def calibration_path() -> Path:
 
 
 def machine_key() -> str:
-    """``"<CPU model> | torch <version> | <ATen CPU capability>"``: what a calibration is valid for."""
-    return f"{cpu_model_name()} | torch {torch.__version__} | {torch.backends.cpu.get_cpu_capability()}"
+    """``"<CPU model> [<vendor> family <n> model <n>] | torch <version> | <ATen CPU capability>"``: what a calibration
+    is valid for. The family and model numbers tell apart CPUs that a VM names alike (a Zen 4 and a Zen 5 EPYC both
+    report "AMD EPYC"), whose linear paths need not favour the same library."""
+    signature = cpu_signature()
+    cpu = f"{cpu_model_name()} [{signature}]" if signature else cpu_model_name()
+    return f"{cpu} | torch {torch.__version__} | {torch.backends.cpu.get_cpu_capability()}"
 
 
 def _read(path: Path) -> dict[str, Any]:
