@@ -143,15 +143,16 @@ def test_bf16_wrapper_keeps_the_model_interface():
 @needs_int8
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="needs a C++ compiler")
 def test_compiled_int8_runs_onednn_int8_kernels_within_tolerance():
-    from torch._inductor.utils import run_and_get_code
+    from torch._inductor.utils import run_and_get_cpp_code
 
     torch._dynamo.reset()
     model, x, _ = fixture_model("crossvit_ibm_tiny")
     with torch.no_grad():
         expected = model(x)
     q = to_precision(model, "int8")
-    out, (code, *_) = run_and_get_code(q, x)
+    out, code = run_and_get_cpp_code(q, x)
     assert "qlinear" in code  # oneDNN's quantized linear, not fp32 products on dequantized weights
+    assert "AOTInductorModel" in code  # compiled ahead of time (compile_for_inference)
     assert _drift(out, expected) <= TOLERANCE["int8"]
     assert torch.equal(out.argmax(-1), expected.argmax(-1))
     torch._dynamo.reset()
