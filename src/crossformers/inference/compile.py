@@ -116,19 +116,21 @@ class CompiledForInference(nn.Module):
                     return run(x.contiguous())
         from torch._inductor import config  # private, heavy: loaded only when compiling
 
-        packing = onednn_weight_packing() if self.onednn else contextlib.nullcontext()
         # freezing is read outside torch.compile's per-call options, hence a config patch around each call; the FX
         # graph cache is off because its key does not see the oneDNN swap
-        with packing, config.patch(freezing=True, fx_graph_cache=False, cpp_wrapper=x.device.type == "cpu"), \
-                torch.no_grad():
+        cpu = x.device.type == "cpu"
+        with self._packing(), config.patch(freezing=True, fx_graph_cache=False, cpp_wrapper=cpu), torch.no_grad():
             return self._compiled[0](x)
+
+    def _packing(self) -> contextlib.AbstractContextManager:
+        """:func:`onednn_weight_packing` when ``onednn`` is set, else nothing (inductor's own lowering)."""
+        return onednn_weight_packing() if self.onednn else contextlib.nullcontext()
 
     def _compile_ahead_of_time(self, x: torch.Tensor) -> Callable[[torch.Tensor], Any] | None:
         """Export ``module`` on an input like ``x`` and compile it with AOTInductor; None (and a warning) when the
         module cannot be exported, so that calls of this shape take the dynamo path."""
         from torch._inductor import aoti_compile_and_package, aoti_load_package, config
 
-        packing = onednn_weight_packing() if self.onednn else contextlib.nullcontext()
         # export refuses inference tensors and inference mode: trace on a fresh example under no_grad
         with torch.inference_mode(False), torch.no_grad():
             example = torch.randn(x.shape, dtype=x.dtype)
@@ -139,7 +141,7 @@ class CompiledForInference(nn.Module):
                               f"{str(e).splitlines()[0] if str(e) else ''}): compiling it with torch.compile instead",
                               RuntimeWarning, stacklevel=3)
                 return None
-            with packing, config.patch(fx_graph_cache=False), tempfile.TemporaryDirectory() as folder:
+            with self._packing(), config.patch(fx_graph_cache=False), tempfile.TemporaryDirectory() as folder:
                 path = aoti_compile_and_package(program, package_path=os.path.join(folder, "model.pt2"),
                                                 inductor_configs={"freezing": True})
                 return aoti_load_package(path)  # loaded into memory: the file may go

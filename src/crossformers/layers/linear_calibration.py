@@ -7,9 +7,9 @@ Which library computes ``nn.Linear`` faster depends on the CPU, not on its vendo
 unpacked oneDNN took 1.00-1.13x MKL's time (``docs/profiling.md``). The calibration times one model per family on
 both paths, for the current thread count, and records the winners in a per-machine file;
 :func:`crossformers.layers.linear.onednn_by_default`, :func:`~crossformers.layers.linear.onednn_for_inference` and
-:func:`~crossformers.layers.linear.onednn_for_training` then follow it on that machine (same CPU model name, family and model numbers,
-PyTorch version and thread count), so new models, ``optimize_for_inference``, ``optimize_for_training`` and
-``crossformers train`` take the measured path. Without a calibration the AVX-512 rule stays.
+:func:`~crossformers.layers.linear.onednn_for_training` then follow it on that machine (same CPU model name,
+family and model numbers, PyTorch version and thread count), so new models, ``optimize_for_inference``,
+``optimize_for_training`` and ``crossformers train`` take the measured path. Without a calibration the AVX-512 rule stays.
 
 The choice is per family where the record has it: a model names the calibration model that stands for its family
 (the class attribute ``linear_calibration_model``, part of the family protocol, e.g. ``"crossformer_tiny"`` for

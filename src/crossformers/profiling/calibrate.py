@@ -8,8 +8,9 @@ random weights) is timed in six forms, calls alternating in a shuffled order, me
 * as created with MKL linear layers, and with oneDNN linear layers (the choice for new models);
 * ``optimize_for_inference`` with MKL, and with oneDNN and packed weights (the choice for ``optimize_for_inference``);
   these two forms also for one large variant per family (the family's ``linear_calibration_large_model``, a class
-  attribute of the family protocol; record key ``large_models``), whose ratio models nearer its size follow: on the AMD EPYC Zen 4 of ``docs/profiling.md`` packed
-  oneDNN took 0.96-0.97x MKL's time on CrossViT-9 and FcaFormer-L1 but 0.85-0.89x on their 9-21 GMAC variants;
+  attribute of the family protocol; record key ``large_models``), whose ratio models nearer its size follow: on the
+  AMD EPYC Zen 4 of ``docs/profiling.md`` packed oneDNN took 0.96-0.97x MKL's time on CrossViT-9 and FcaFormer-L1
+  but 0.85-0.89x on their 9-21 GMAC variants;
 
 and in training:
 
@@ -78,6 +79,16 @@ def _forms(name: str, model_kwargs: dict[str, Any] | None,
     family = type(base)
     is_calibration_model = getattr(family, "linear_calibration_model", None) == name
     return forms, x, params, getattr(family, "linear_calibration_large_model", None) if is_calibration_model else None
+
+
+def _time_forms(name: str, model_kwargs: dict[str, Any] | None, rounds: int,
+                optimized_only: bool = False) -> tuple[dict[str, list[float]], int, str | None]:
+    """:func:`_forms` of one model timed alternately for ``rounds`` rounds (batch 1, inference mode): the per-call
+    times (ms) of each form, the parameter count and the family's large variant (as :func:`_forms`)."""
+    with torch.inference_mode():
+        forms, x, params, family_large = _forms(name, model_kwargs, optimized_only)
+        times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
+    return times, params, family_large
 
 
 def _train_steps(name: str, model_kwargs: dict[str, Any] | None, batch: int) -> dict[str, Any]:
@@ -150,8 +161,7 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         "ratio", "packed_ratio", "train_mkl_ms", "train_onednn_ms", "train_ratio", "compile_mkl_ms",
         "compile_onednn_packed_ms", "compile_ratio", "params"}}, "large_models": {calibration model: {"model",
         "opt_mkl_ms", "opt_onednn_packed_ms", "packed_ratio", "params"}}, "machine", "path", "measured"}`` (times:
-        medians in ms,
-        batch 1 for inference and ``train_batch`` per training step; ratios oneDNN / MKL, paired
+        medians in ms, batch 1 for inference and ``train_batch`` per training step; ratios oneDNN / MKL, paired
         (:func:`~crossformers.profiling.measure.paired_ratio`); the training and compiled keys only when measured).
 
     Raises:
@@ -163,10 +173,7 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
     per_large: dict[str, dict[str, Any]] = {}
     with num_threads(threads) as used:
         for name in models:
-            with torch.inference_mode():
-                forms, x, params, family_large = _forms(name, (model_kwargs or {}).get(name))
-                times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
-                del forms
+            times, params, family_large = _time_forms(name, (model_kwargs or {}).get(name), rounds)
             per_model[name] = {**_medians(times), "ratio": paired_ratio(times["onednn"], times["mkl"]),
                                "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"]),
                                "params": params}
@@ -181,10 +188,8 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
                                                                                    times["compile_mkl"]))
             large = family_large if large_models is None else large_models.get(name)
             if large and large_rounds > 0:
-                with torch.inference_mode():
-                    forms, x, params, _ = _forms(large, (model_kwargs or {}).get(large), optimized_only=True)
-                    times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, large_rounds)
-                    del forms
+                times, params, _ = _time_forms(large, (model_kwargs or {}).get(large), large_rounds,
+                                               optimized_only=True)
                 per_large[name] = {"model": large, **_medians(times), "params": params,
                                    "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"])}
     ratio = _geomean([m["ratio"] for m in per_model.values()])

@@ -20,7 +20,7 @@ from typing import Any
 import timm
 import torch
 
-from ..utils.cpu import cpu_model_name, cpu_signature
+from ..utils.cpu import cpu_model_name, cpu_signature, cpuinfo_field
 from .errors import ProfilingError
 
 __all__ = [
@@ -309,15 +309,8 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_t
 
 def cpu_flags() -> list[str]:
     """Which of :data:`CPU_FLAGS` this CPU has, in that order (from /proc/cpuinfo; [] where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [flag for flag in CPU_FLAGS if flag in have]
-    except OSError:
-        pass
-    return []
+    have = set((cpuinfo_field("flags") or "").split())
+    return [flag for flag in CPU_FLAGS if flag in have]
 
 
 def machine_label(device: str | torch.device = "cpu") -> str:
