@@ -61,3 +61,50 @@ def test_precision_drift_covers_the_full_size_classifiers_and_measures_bf16():
     assert row["precision"] == "bf16" and row["input"] == [3, 240, 240]
     assert 0 < row["rel_drift"] < 5e-2 and row["max_abs_fp32"] > 0.1  # order-one logits, bf16-sized drift
     assert 0 <= row["clear_agree"] <= row["clear"] <= 2
+
+
+def _load_benchmark(name: str):
+    bench = SCRIPTS.parent / "benchmarks"
+    import sys
+
+    sys.path.insert(0, str(bench))  # the benchmarks import their sibling helpers (_processes)
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module
+
+
+def test_onednn_primitive_flops_follow_the_verbose_problem_descriptors():
+    mod = _load_benchmark("onednn_primitives")
+    assert mod.problem_flops("inner_product", "mb197ic256oc768") == 2 * 197 * 256 * 768
+    # depthwise: each output channel sees ic / g = 1 input channel
+    assert mod.problem_flops("convolution", "g64mb1_ic64oc64_ih56oh56kh7sh1dh0ph3_iw56ow56kw7sw1dw0pw3") == \
+        2 * 64 * 56 * 56 * 7 * 7
+    assert mod.problem_flops("convolution", "mb2_ic3oc32_ih224oh112kh3sh2dh0ph1_iw224ow112kw3sw2dw0pw1") == \
+        2 * 2 * 32 * 112 * 112 * 3 * 9
+    assert mod.problem_flops("matmul", "4x197x64:4x64x197") == 2 * 4 * 197 * 64 * 197
+    assert mod.problem_flops("reorder", "256x3x16x16") is None
+
+
+def test_onednn_verbose_lines_are_aggregated_per_problem_and_post_op():
+    mod = _load_benchmark("onednn_primitives")
+    head = "onednn_verbose,v1,primitive,exec,cpu,inner_product,brg_matmul:avx512_core,forward_inference,"
+    mds = "src:f32::blocked:ab::f0 wei:f32::blocked:AB16b64a::f0 dst:f32::blocked:ab::f0,"
+    lines = [
+        "onednn_verbose,v1,info,oneDNN v3.12.0",
+        head + mds + "attr-scratchpad:user,,mb197ic256oc768,0.5\n",
+        head + mds + "attr-scratchpad:user,,mb197ic256oc768,0.3\n",
+        head + mds + "attr-scratchpad:user attr-post-ops:eltwise_gelu_erf,,mb197ic256oc768,0.4\n",
+        "onednn_verbose,v1,primitive,create:cache_hit,cpu,inner_product,brg_matmul:avx512_core,forward_inference,"
+        + mds + "attr-scratchpad:user,,mb197ic256oc768,0.01\n",
+    ]
+    rows = mod.parse_verbose(lines, calls=2)
+    by_detail = {r["detail"]: r for r in rows}
+    assert set(by_detail) == {"avx512_core", "eltwise_gelu_erf"}  # creation lines are not executions
+    plain = by_detail["avx512_core"]
+    assert plain["per_call"] == 1 and abs(plain["ms_per_call"] - 0.4) < 1e-12 and abs(plain["us_each"] - 400) < 1e-9
+    assert abs(plain["gflops"] - 2 * 197 * 256 * 768 / 0.4e-3 / 1e9) < 1e-6
+    assert rows[0] is plain  # sorted by time per forward call
