@@ -6,8 +6,12 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+#: untimed calls before the timed ones (the first call of a compiled model compiles)
+WARMUP = 5
 
 
 def run_child(script: str, spec: dict, timeout_s: float = 3600) -> dict:
@@ -21,6 +25,28 @@ def run_child(script: str, spec: dict, timeout_s: float = 3600) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"child failed for {spec}:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def seeded_model(name: str):
+    """Our model ``name`` with the weights every process of a run uses (seed 0), in eval mode."""
+    import torch
+
+    import crossformers
+
+    torch.manual_seed(0)
+    return crossformers.create_model(name).eval()
+
+
+def time_calls(call: Callable[[], object], calls: int, warmup: int = WARMUP) -> list[float]:
+    """``warmup`` untimed calls of ``call``, then the wall time of each of ``calls`` more, in ms."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def machine_line(threads: int) -> tuple[dict, str]:

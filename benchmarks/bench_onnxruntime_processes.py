@@ -22,23 +22,11 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _processes import add_run_arguments, machine_line, run_child, serve_child, write_report
+from _processes import add_run_arguments, machine_line, run_child, seeded_model, serve_child, time_calls, write_report
 
 DEFAULT_MODELS = ("crossformer_tiny", "fcaformer_l1", "crossvit_9_240")
-WARMUP = 5
-
-
-def _model(name: str):
-    """The model with the weights every process of this run uses (seed 0), in eval mode."""
-    import torch
-
-    import crossformers
-
-    torch.manual_seed(0)
-    return crossformers.create_model(name).eval()
 
 
 def _child(spec: dict) -> dict:
@@ -55,20 +43,14 @@ def _child(spec: dict) -> dict:
     else:
         from crossformers.inference import compile_for_inference, optimize_for_inference
 
-        model = _model(spec["model"])
+        model = seeded_model(spec["model"])
         model = compile_for_inference(model) if spec["runtime"] == "compile" else optimize_for_inference(model)
         x = torch.randn(*spec["shape"], generator=torch.Generator().manual_seed(0))
 
         def call():
             with torch.inference_mode():
                 return model(x)
-    for _ in range(WARMUP):
-        call()
-    times = []
-    for _ in range(spec["calls"]):
-        t0 = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t0) * 1e3)
+    times = time_calls(call, spec["calls"])
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
@@ -76,7 +58,7 @@ def _export(name: str, path: Path) -> dict:
     """Write our fp32 ONNX export of the run's weights (batch 1, default size) to ``path``; its input shape."""
     from crossformers.export import export_model
 
-    model = _model(name)
+    model = seeded_model(name)
     export_model(model, output=path, verify=False)
     return {"shape": [1, *model.pretrained_cfg["input_size"]]}
 

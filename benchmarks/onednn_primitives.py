@@ -26,12 +26,9 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _processes import add_run_arguments, machine_line, run_child, serve_child, write_report
-
-WARMUP = 5
+from _processes import add_run_arguments, machine_line, run_child, seeded_model, serve_child, time_calls, write_report
 
 
 def problem_flops(kind: str, problem: str) -> float | None:
@@ -46,8 +43,8 @@ def problem_flops(kind: str, problem: str) -> float | None:
     19870208.0
     """
     if kind == "inner_product":
-        m = re.fullmatch(r"mb(\d+)ic(\d+)(?:ih\d+(?:iw\d+)?)?oc(\d+)", problem)
-        return None if m is None else 2.0 * math.prod(int(v) for v in m.groups())
+        m = re.fullmatch(r"mb(\d+)ic(\d+)(?:ih(\d+))?(?:iw(\d+))?oc(\d+)", problem)
+        return None if m is None else 2.0 * math.prod(int(v) for v in m.groups() if v is not None)
     if kind in ("convolution", "deconvolution"):
         def dim(name: str, default: int = 1) -> int:
             found = re.search(rf"(?<![a-z]){name}(\d+)", problem)
@@ -77,7 +74,7 @@ def parse_verbose(lines: list[str], calls: int) -> list[dict]:
             continue
         at = fields.index("exec")
         kind, impl = fields[at + 2], fields[at + 3]
-        post_ops = "+".join(re.findall(r"attr-post-ops:([^,\s]+)", line)) or ""
+        post_ops = "+".join(re.findall(r"attr-post-ops:([^,\s]+)", line))
         acc[(kind, fields[-2], post_ops or impl.split(":")[-1])].append(float(fields[-1]))
     rows = []
     for (kind, problem, detail), times in acc.items():
@@ -93,12 +90,10 @@ def _child(spec: dict) -> dict:
     """One process: build, warm up, time ``calls`` calls, then capture oneDNN's verbose output of ``calls`` more."""
     import torch
 
-    import crossformers
     from crossformers.inference import compile_for_inference, optimize_for_inference
 
     torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    model = crossformers.create_model(spec["model"]).eval()
+    model = seeded_model(spec["model"])
     shape = (1, *model.pretrained_cfg["input_size"])
     if spec["path"] == "compile":
         model = compile_for_inference(model)
@@ -106,13 +101,7 @@ def _child(spec: dict) -> dict:
         model = optimize_for_inference(model)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        for _ in range(WARMUP):
-            model(x)
-        walls = []
-        for _ in range(spec["calls"]):
-            t0 = time.perf_counter()
-            model(x)
-            walls.append((time.perf_counter() - t0) * 1e3)
+        walls = time_calls(lambda: model(x), spec["calls"])
         with tempfile.TemporaryFile("w+") as log:  # oneDNN prints to the process's stdout: send it to a file
             sys.stdout.flush()
             saved = os.dup(1)

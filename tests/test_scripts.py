@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,16 @@ import torch
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def _load(name: str, folder: Path = SCRIPTS):
+    """The script ``folder/name.py`` as a module; its folder is importable while it loads (the benchmarks import
+    their sibling helpers, ``_processes``)."""
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
     return module
 
 
@@ -63,23 +70,13 @@ def test_precision_drift_covers_the_full_size_classifiers_and_measures_bf16():
     assert 0 <= row["clear_agree"] <= row["clear"] <= 2
 
 
-def _load_benchmark(name: str):
-    bench = SCRIPTS.parent / "benchmarks"
-    import sys
-
-    sys.path.insert(0, str(bench))  # the benchmarks import their sibling helpers (_processes)
-    try:
-        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(bench))
-    return module
+BENCHMARKS = SCRIPTS.parent / "benchmarks"
 
 
 def test_onednn_primitive_flops_follow_the_verbose_problem_descriptors():
-    mod = _load_benchmark("onednn_primitives")
+    mod = _load("onednn_primitives", BENCHMARKS)
     assert mod.problem_flops("inner_product", "mb197ic256oc768") == 2 * 197 * 256 * 768
+    assert mod.problem_flops("inner_product", "mb2ic64ih7iw7oc10") == 2 * 2 * 64 * 7 * 7 * 10  # spatial input
     # depthwise: each output channel sees ic / g = 1 input channel
     assert mod.problem_flops("convolution", "g64mb1_ic64oc64_ih56oh56kh7sh1dh0ph3_iw56ow56kw7sw1dw0pw3") == \
         2 * 64 * 56 * 56 * 7 * 7
@@ -90,7 +87,7 @@ def test_onednn_primitive_flops_follow_the_verbose_problem_descriptors():
 
 
 def test_onednn_verbose_lines_are_aggregated_per_problem_and_post_op():
-    mod = _load_benchmark("onednn_primitives")
+    mod = _load("onednn_primitives", BENCHMARKS)
     head = "onednn_verbose,v1,primitive,exec,cpu,inner_product,brg_matmul:avx512_core,forward_inference,"
     mds = "src:f32::blocked:ab::f0 wei:f32::blocked:AB16b64a::f0 dst:f32::blocked:ab::f0,"
     lines = [
