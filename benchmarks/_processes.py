@@ -6,12 +6,8 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-
-#: untimed calls before the timed ones (the first call of a compiled model compiles)
-WARMUP = 5
 
 
 def run_child(script: str, spec: dict, timeout_s: float = 3600) -> dict:
@@ -35,18 +31,6 @@ def seeded_model(name: str):
 
     torch.manual_seed(0)
     return crossformers.create_model(name).eval()
-
-
-def time_calls(call: Callable[[], object], calls: int, warmup: int = WARMUP) -> list[float]:
-    """``warmup`` untimed calls of ``call``, then the wall time of each of ``calls`` more, in ms."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def machine_line(threads: int) -> tuple[dict, str]:

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _processes import add_run_arguments, machine_line, run_child, seeded_model, serve_child, time_calls, write_report
+from _processes import add_run_arguments, machine_line, run_child, seeded_model, serve_child, write_report
 
 DEFAULT_MODELS = ("crossformer_tiny", "fcaformer_l1", "crossvit_9_240")
 
@@ -32,6 +32,8 @@ DEFAULT_MODELS = ("crossformer_tiny", "fcaformer_l1", "crossvit_9_240")
 def _child(spec: dict) -> dict:
     """One process, one runtime: warm-up calls, then ``calls`` timed calls (ms each); or the export."""
     import torch
+
+    from crossformers.profiling.measure import time_calls
 
     torch.set_num_threads(spec["threads"])
     if spec["runtime"] == "export":
@@ -50,7 +52,7 @@ def _child(spec: dict) -> dict:
         def call():
             with torch.inference_mode():
                 return model(x)
-    times = time_calls(call, spec["calls"])
+    times = time_calls(call, torch.device("cpu"), repeats=spec["calls"])
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 

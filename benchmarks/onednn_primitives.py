@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _processes import add_run_arguments, machine_line, run_child, seeded_model, serve_child, time_calls, write_report
+from _processes import add_run_arguments, machine_line, run_child, seeded_model, serve_child, write_report
 
 
 def problem_flops(kind: str, problem: str) -> float | None:
@@ -91,6 +91,7 @@ def _child(spec: dict) -> dict:
     import torch
 
     from crossformers.inference import compile_for_inference, optimize_for_inference
+    from crossformers.profiling.measure import time_calls
 
     torch.set_num_threads(spec["threads"])
     model = seeded_model(spec["model"])
@@ -101,7 +102,7 @@ def _child(spec: dict) -> dict:
         model = optimize_for_inference(model)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        walls = time_calls(lambda: model(x), spec["calls"])
+        walls = time_calls(lambda: model(x), x.device, repeats=spec["calls"])
         with tempfile.TemporaryFile("w+") as log:  # oneDNN prints to the process's stdout: send it to a file
             sys.stdout.flush()
             saved = os.dup(1)
