@@ -1,4 +1,5 @@
-"""FcaFormer's inference bias cache: when it fills, and that train(), new weights and in-place updates invalidate it."""
+"""The inference bias caches (FcaFormer, CrossFormer): when they fill, that train(), new weights and in-place updates
+invalidate them, and their frozen form for compiling ahead of time."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,7 @@ from profiling_cases import one_thread  # noqa: F401  (autouse fixture)
 
 import crossformers
 from crossformers.models.fcaformer import FcaBlock
+from crossformers.layers.bias_cache import frozen_caches
 from crossformers.profiling import set_bias_cache
 
 HYBRID = dict(img_size=64, embed_dim=(16, 32, 48, 64), depths=(1, 1, 3, 2), num_heads=(0, 0, 2, 4), num_classes=5)
@@ -122,3 +124,50 @@ def test_cache_switch():
     with torch.no_grad():
         torch.testing.assert_close(model(x), y, rtol=0, atol=1e-6)
     assert any(cached(model))
+
+
+def _small_crossformer() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return crossformers.create_model("crossformer_tiny", img_size=64, embed_dim=16, depths=(1, 2, 1, 1),
+                                     num_heads=(1, 2, 2, 4), group_size=(4, 4, 4, 2), num_classes=5).eval()
+
+
+@pytest.mark.parametrize("name", ["fcaformer_l1", "crossformer"])
+def test_frozen_caches_serve_the_stored_bias_as_buffers_until_the_block_ends(name):
+    """Inside frozen_caches the bias of the last inference call is a non-persistent buffer of its cache, served by
+    key whatever the parameters' versions (so traced as a constant); the block's end restores version checks."""
+    model = _small_crossformer() if name == "crossformer" else build(name)
+    x = torch.randn(1, 3, 64, 64)
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        before = model(x)
+        bias_params = [p for n, p in model.named_parameters() if ".pos." in n or n.endswith(("rel_pos.table",
+                                                                                             "cross_bias"))]
+        assert bias_params
+        with frozen_caches(model):
+            frozen = [n for n, _ in model.named_buffers() if ".frozen_" in n]
+            assert frozen and set(model.state_dict()) == keys  # non-persistent: checkpoints are unchanged
+            for p in bias_params:
+                p.add_(torch.randn_like(p))  # would invalidate every entry outside the block
+            torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+        assert not [n for n, _ in model.named_buffers() if ".frozen_" in n]
+        assert (model(x) - before).abs().max() > 1e-4  # the changed parameters count again
+
+
+def test_export_inside_frozen_caches_records_the_bias_as_constants():
+    """The exported graph of a CrossFormer no longer computes the dynamic position bias (an MLP per block) and
+    gives the eager output."""
+    model = _small_crossformer()
+    x = torch.randn(1, 3, 64, 64)
+
+    def linear_nodes(program) -> int:
+        return sum(n.op == "call_function" and "linear" in str(n.target) for n in program.graph.nodes)
+
+    with torch.no_grad():
+        expected = model(x)
+        plain = torch.export.export(model, (x,))
+        with frozen_caches(model):
+            frozen = torch.export.export(model, (x,))
+    assert any(".frozen_" in name for name in frozen.graph_signature.buffers)
+    assert linear_nodes(frozen) < linear_nodes(plain)
+    torch.testing.assert_close(frozen.module()(x), expected, rtol=0, atol=1e-6)

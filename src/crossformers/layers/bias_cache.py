@@ -12,14 +12,16 @@ have no version counter).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+import contextlib
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
-__all__ = ["InferenceCache", "tensor_versions", "clear_caches", "set_bias_cache"]
+__all__ = ["InferenceCache", "tensor_versions", "clear_caches", "set_bias_cache", "frozen_caches"]
 
 
 def tensor_versions(tensors: Iterable[torch.Tensor]) -> tuple[tuple[int, int], ...] | None:
@@ -44,6 +46,7 @@ class InferenceCache(nn.Module):
         super().__init__()
         self.enabled = True
         self._store: dict[Hashable, Any] = {}
+        self._frozen: dict[Hashable, tuple[list[str | None], list[Any], Any]] | None = None
 
     def usable(self) -> bool:
         """Whether a value computed now may be kept: inference (eval mode, no gradients), not compiling/tracing."""
@@ -52,7 +55,11 @@ class InferenceCache(nn.Module):
 
     def get(self, key: Hashable, tensors: Iterable[torch.Tensor], compute: Callable[[], Any]) -> Any:
         """The cached value for ``key`` and the current versions of ``tensors``, computing it with ``compute()``
-        on a miss; outside inference (see :meth:`usable`) ``compute()`` every time."""
+        on a miss; outside inference (see :meth:`usable`) ``compute()`` every time. Inside :func:`frozen_caches`
+        a stored value is returned as this module's buffers whatever the versions (also while tracing)."""
+        if self._frozen is not None and key in self._frozen:
+            names, leaves, spec = self._frozen[key]
+            return tree_unflatten([leaf if n is None else getattr(self, n) for n, leaf in zip(names, leaves)], spec)
         if not self.usable():
             return compute()
         versions = tensor_versions(tensors)
@@ -68,6 +75,29 @@ class InferenceCache(nn.Module):
     def clear(self) -> None:
         """Drop every entry."""
         self._store.clear()
+
+    def freeze(self) -> None:
+        """Expose every entry as non-persistent buffers of this module and serve :meth:`get` from them by key alone
+        (see :func:`frozen_caches`)."""
+        self._frozen = {}
+        for i, ((key, _versions), value) in enumerate(self._store.items()):
+            leaves, spec = tree_flatten(value)
+            names: list[str | None] = []
+            for j, leaf in enumerate(leaves):
+                if isinstance(leaf, torch.Tensor):
+                    names.append(f"frozen_{i}_{j}")
+                    self.register_buffer(names[-1], leaf.detach(), persistent=False)
+                else:
+                    names.append(None)
+            self._frozen[key] = (names, leaves, spec)
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze`: drop the buffers, :meth:`get` checks versions again."""
+        for names, _leaves, _spec in (self._frozen or {}).values():
+            for n in names:
+                if n is not None:
+                    del self._buffers[n]
+        self._frozen = None
 
     def __len__(self) -> int:
         return len(self._store)
@@ -105,3 +135,20 @@ def set_bias_cache(model: nn.Module, enable: bool = True) -> None:
     for c in _caches(model):
         c.enabled = enable
         c.clear()
+
+
+@contextlib.contextmanager
+def frozen_caches(model: nn.Module) -> Iterator[None]:
+    """Within the block, every cached bias of ``model`` is a (non-persistent) buffer of its cache, returned whatever
+    the parameters' versions and also while tracing: ``torch.export`` then records the biases computed by the last
+    eager inference call as constants of the graph instead of the ops computing them from the parameters, and a
+    freezing compiler (AOTInductor) keeps them as they are. Only for compiling weights that will not change: run one
+    eager inference call on an input of the traced size first (an entry missing for a size is computed as usual)."""
+    caches = _caches(model)
+    for c in caches:
+        c.freeze()
+    try:
+        yield
+    finally:
+        for c in caches:
+            c.thaw()
