@@ -7,8 +7,8 @@ import torch
 from profiling_cases import one_thread  # noqa: F401  (autouse fixture)
 
 import crossformers
-from crossformers.models.fcaformer import FcaBlock
 from crossformers.layers.bias_cache import frozen_caches
+from crossformers.models.fcaformer import FcaBlock
 from crossformers.profiling import set_bias_cache
 
 HYBRID = dict(img_size=64, embed_dim=(16, 32, 48, 64), depths=(1, 1, 3, 2), num_heads=(0, 0, 2, 4), num_classes=5)

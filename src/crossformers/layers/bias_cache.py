@@ -59,7 +59,8 @@ class InferenceCache(nn.Module):
         a stored value is returned as this module's buffers whatever the versions (also while tracing)."""
         if self._frozen is not None and key in self._frozen:
             names, leaves, spec = self._frozen[key]
-            return tree_unflatten([leaf if n is None else getattr(self, n) for n, leaf in zip(names, leaves)], spec)
+            values = [leaf if n is None else getattr(self, n) for n, leaf in zip(names, leaves, strict=True)]
+            return tree_unflatten(values, spec)
         if not self.usable():
             return compute()
         versions = tensor_versions(tensors)
