@@ -132,6 +132,22 @@ def test_eval_and_predict_text_output(run_dir, fmnist, tmp_path, capsys):
     assert code == 0 and out.startswith(f"{tmp_path / 'grey.png'}: ") and out.count("(") == 2
 
 
+def test_eval_and_predict_keep_freed_memory_unless_told_not_to(run_dir, fmnist, tmp_path, capsys,
+                                                                retain_memory_calls):
+    """Inference commands call retain_freed_memory() first, as training does (recorded by conftest): glibc otherwise
+    page-faults freed activations back in every forward pass (docs/profiling.md)."""
+    Image.new("L", (28, 28), 128).save(tmp_path / "grey.png")
+    for command in (["eval", run_dir, "--data", fmnist, "--limit", "10", "--json"],
+                    ["predict", run_dir, tmp_path / "grey.png", "--topk", "1"]):
+        before = len(retain_memory_calls)
+        code, _, err = _run(command, capsys)
+        assert code == 0, err
+        assert retain_memory_calls[before:] == [True]
+        code, _, err = _run([*command, "--no-retain-freed-memory"], capsys)
+        assert code == 0, err
+        assert retain_memory_calls[before:] == [True]  # no second call
+
+
 def test_eval_and_predict_in_reduced_precision(run_dir, fmnist, tmp_path, capsys, monkeypatch):
     code, out, err = _run(["eval", run_dir, "--data", fmnist, "--limit", "20", "--json", "--no-progress"], capsys)
     assert code == 0, err

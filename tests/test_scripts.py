@@ -105,3 +105,14 @@ def test_onednn_verbose_lines_are_aggregated_per_problem_and_post_op():
     assert plain["per_call"] == 1 and abs(plain["ms_per_call"] - 0.4) < 1e-12 and abs(plain["us_each"] - 400) < 1e-9
     assert abs(plain["gflops"] - 2 * 197 * 256 * 768 / 0.4e-3 / 1e9) < 1e-6
     assert rows[0] is plain  # sorted by time per forward call
+
+
+def test_freed_memory_benchmark_times_inference_calls_of_each_path():
+    mod = _load("bench_freed_memory", BENCHMARKS)
+    spec = {"model": "fcaformer_nano", "batch": 1, "side": 56, "steps": 3}
+    times, faults = mod._inference_calls({**spec, "inference": "created"})
+    assert len(times) == 3 and all(t > 0 for t in times) and faults >= 0
+    times, _ = mod._inference_calls({**spec, "inference": "optimize"})
+    assert len(times) == 3
+    with pytest.raises(KeyError):
+        mod._inference_calls({**spec, "inference": "fastest"})

@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "RUN/eval-SPLIT for our checkpoints, nothing for model names)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    add_retain_memory_flag(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes of image files", description=(
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_precision(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_retain_memory_flag(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("models", help="list registered models with params and GMACs", description=(
@@ -326,6 +328,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     _setup_logging()
+    if args.retain_freed_memory:
+        retain_freed_memory()
     if Path(args.model).is_dir() and dense_cli.is_dense_run(args.model):  # a detector / segmenter: AP or mIoU
         return dense_cli.run_eval(args, args.model)
     transform = _precision_transform(args)
@@ -361,6 +365,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     _setup_logging()
+    if args.retain_freed_memory:
+        retain_freed_memory()
     partial = None
     try:
         results = predict(args.checkpoint, args.images, topk=args.topk, use_ema=args.ema, device=args.device,

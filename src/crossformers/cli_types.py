@@ -76,8 +76,10 @@ def add_command_group(subparsers: argparse._SubParsersAction, name: str, dest: s
 
 
 def add_retain_memory_flag(parser: argparse.ArgumentParser) -> None:
-    """``--retain-freed-memory`` / ``--no-retain-freed-memory`` (default on) for the training commands, whose
-    handlers call :func:`crossformers.inference.retain_freed_memory` when it is set."""
+    """``--retain-freed-memory`` / ``--no-retain-freed-memory`` (default on) for the commands that run models many
+    times (train, eval, predict), whose handlers call :func:`crossformers.inference.retain_freed_memory` when it is
+    set."""
     parser.add_argument("--retain-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                         help="keep freed memory in the process for the next tensors (glibc: no fresh mappings, no "
-                             "trimming): faster steps, resident size stays at its peak (default: on)")
+                             "trimming): faster steps and forward passes, resident size stays at its peak "
+                             "(default: on)")
