@@ -17,7 +17,7 @@ os.environ["CROSSFORMERS_LINEAR_CALIBRATION"] = os.path.join(tempfile.mkdtemp(pr
 
 @pytest.fixture(scope="session", autouse=True)
 def retain_memory_calls() -> list[bool]:
-    """The training commands call ``retain_freed_memory()`` (process-wide, not undone for blocks already mapped); the
+    """The training and inference commands call ``retain_freed_memory()`` (process-wide, not undone for blocks already mapped); the
     tests run them in this process, so their calls are recorded here instead (tests/test_cli.py reads the list).
     Commands run as subprocesses do the real thing."""
     calls: list[bool] = []
@@ -29,6 +29,7 @@ def retain_memory_calls() -> list[bool]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("crossformers.cli.retain_freed_memory", record)
         mp.setattr("crossformers.dense.cli.retain_freed_memory", record)
+        mp.setattr("crossformers.profiling.cli.retain_freed_memory", record)
         yield calls
 
 

@@ -20,13 +20,15 @@ PROBE = r"""
 import json, sys
 from pathlib import Path
 import torch
-from crossformers.inference.allocator import retain_freed_memory
+from crossformers.inference.allocator import freed_memory_retained, retain_freed_memory
 
 def rss():
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
     return int(line.split()[1]) / 1024
 
+assert not freed_memory_retained()
 active = retain_freed_memory() if sys.argv[1] == "retain" else None
+assert freed_memory_retained() is bool(active)
 mib, count = int(sys.argv[2]), int(sys.argv[3])
 before = rss()
 blocks = [torch.ones(mib * 256 * 1024) for _ in range(count)]
@@ -68,3 +70,14 @@ def test_tensors_above_the_mmap_threshold_are_kept_too():
     assert retained["regrown"] < 100, retained
     default = _probe("default", mib=64, count=3)
     assert default["released"] > 180 and default["regrown"] > 180, default
+
+
+def test_the_setting_can_be_queried_and_turned_back():
+    probe = ("from crossformers.inference.allocator import freed_memory_retained, retain_freed_memory\n"
+             "done = retain_freed_memory(); on = freed_memory_retained(); retain_freed_memory(False)\n"
+             "print(done, on, freed_memory_retained())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    done, on, off = out.stdout.split()
+    if done != "True":
+        pytest.skip("not glibc: mallopt unavailable")
+    assert (on, off) == ("True", "False")

@@ -146,6 +146,24 @@ def test_cli_profile(tmp_path, capsys):
     assert table[0].startswith("| model | input | params (M) | GMACs |") and table[1].startswith("|---|")
     assert table[2].startswith("| fcaformer_nano | 32x32 |") and table[2].count("|") == table[0].count("|")
     assert "1 thread(s)" in table[-1] and "throughput at N=2" in table[-1]
+    assert "freed memory retained" not in table[-1]  # conftest records the call instead of making it
+
+
+def test_cli_profile_keeps_freed_memory_and_says_so(tmp_path, capsys, monkeypatch, retain_memory_calls):
+    """profile times as eval / predict / train run (retain_freed_memory() first, --no-retain-freed-memory not), and
+    its settings line says whether freed memory was retained while timing."""
+    monkeypatch.setattr("crossformers.profiling.profile.freed_memory_retained", lambda: True)
+    args = ["profile", "fcaformer_nano", "--img-size", "32", "--batch-size", "0", "--threads", "1", "--repeats", "2",
+            "--warmup", "1", "--no-memory"]
+    before = len(retain_memory_calls)
+    assert main(args) == 0
+    assert retain_memory_calls[before:] == [True]
+    assert "freed memory retained" in capsys.readouterr().out
+    assert main([*args, "--no-retain-freed-memory"]) == 0
+    assert retain_memory_calls[before:] == [True]
+
+
+def test_cli_profile_plot_from_json(tmp_path):
     png = tmp_path / "plot.png"
     write_json([_synthetic("fcaformer_l1", 40.0), _synthetic("crossformer_small", 120.0)], tmp_path / "saved.json")
     assert main(["profile", "--from-json", str(tmp_path / "saved.json"), "--plot", str(png)]) == 0

@@ -20,11 +20,12 @@ import sys
 import timm
 
 import crossformers
-from crossformers.cli_types import json_object, non_negative_int, positive_int
+from crossformers.cli_types import add_retain_memory_flag, json_object, non_negative_int, positive_int
 from crossformers.engine.config import TIMM_PREFIX
 from crossformers.errors import UnknownModelError
 from crossformers.factory import timm_name
 from crossformers.fileio import atomic_write_text
+from crossformers.inference.allocator import retain_freed_memory
 
 from .errors import ProfilingError
 from .plot import plot_accuracy
@@ -97,6 +98,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plot-models", default="*", metavar="PATTERN",
                    help="restrict the --plot models (shell pattern, default all)")
     p.add_argument("--from-json", metavar="PATH", help="load results written by --json instead of measuring")
+    add_retain_memory_flag(p)
     p.set_defaults(func=run)
 
 
@@ -175,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
         return _calibrate(args.threads, compiled=args.compile)
     if not args.models and not args.plot and not args.from_json:
         raise ProfilingError("name at least one MODEL (see `crossformers models`), or use --plot / --from-json")
+    if args.retain_freed_memory:  # as eval, predict and train run models (timed calls reuse freed memory)
+        retain_freed_memory()
     if args.img_size is not None and len(args.img_size) > 2:
         raise ProfilingError(f"--img-size takes H W (or one value for a square), got {len(args.img_size)} values")
     if args.precision != "fp32" and args.dtype != "fp32":

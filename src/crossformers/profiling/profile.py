@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..engine.loading import load_model, model_in_chans
+from ..inference.allocator import freed_memory_retained
 from ..inference.compile import CompiledForInference, compile_for_inference
 from ..inference.folding import fuse as fuse_model
 from ..inference.optimize import prefers_channels_last
@@ -107,6 +108,7 @@ class ProfileResult:
     onnx_latency_p90_ms: float | None = None
     onnx_ratio_paired: float | None = None
     machine: str = ""  # measure.machine_label(): CPU model, signature and flags (or the CUDA device)
+    freed_memory_retained: bool = False  # inference.retain_freed_memory() in effect while timing (glibc)
     latency_samples_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -357,7 +359,7 @@ def profile_model(
             threads=used_threads, device=str(dev), dtype=label, compiled=bool(compile), fused=fuse,
             channels_last=channels_last, onednn_linear=bool(onednn_linear), params=params, macs=macs,
             published_top1=pub.top1 if pub else None, breakdown=per_module if breakdown else None,
-            machine=machine_label(dev))
+            machine=machine_label(dev), freed_memory_retained=freed_memory_retained())
 
         sizes = [1] + ([int(batch_size)] if batch_size and batch_size > 1 else [])
         if memory and dev.type == "cpu" and isinstance(name_or_model, str):

@@ -58,7 +58,8 @@ def _settings(results: Sequence[ProfileResult]) -> str:
     r = results[0]
     opts = []
     for label, attr in (("compiled", "compiled"), ("fused", "fused"), ("oneDNN linear", "onednn_linear"),
-                        ("packed weights", "packed_weights"), ("channels-last", "channels_last")):
+                        ("packed weights", "packed_weights"), ("channels-last", "channels_last"),
+                        ("freed memory retained", "freed_memory_retained")):
         on = [x.model for x in results if getattr(x, attr)]
         if len(on) == len(results):
             opts.append(label)
