@@ -148,7 +148,7 @@ def main() -> None:
     lines = [f"# {what}: glibc defaults against `retain_freed_memory()` ({info.get('cpu', '?')})", "",
              f"{machine}. Command: `python benchmarks/{Path(__file__).name} "
              f"{' '.join(sys.argv[1:])}`; each cell is the median over {args.pairs} fresh processes of the median of "
-             f"{args.steps - 1} timed {unit}s; minor page faults are the whole process's.", "",
+             f"{args.steps - 1} timed {unit}s; minor faults count the whole process, faults per timed {unit} only the timed {unit}s.", "",
              f"| model | batch | input | default ms/{unit} | retained ms/{unit} | retained / default (paired) "
              "| default peak MiB | retained peak MiB | minor faults default / retained | "
              f"faults per timed {unit} default / retained |",

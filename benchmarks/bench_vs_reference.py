@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 import crossformers
-from crossformers.inference import precision_support, to_precision
+from crossformers.inference import precision_support, retain_freed_memory, to_precision
 from crossformers.layers.linear import linear_kernel
 from crossformers.profiling import compile_for_inference, machine_info, optimize_for_inference, optimize_for_training
 from crossformers.profiling.measure import cpu_flags, paired_ratio
@@ -515,7 +515,10 @@ def markdown(doc: dict) -> str:
                 + (f"; compiled: weights packed for {doc['libraries']['ours_compiled_linear']}"
                    if doc['libraries'].get('ours_compiled_linear') else "")]
                if (doc.get("libraries") or {}).get("ours_linear") else []),
-             f"- threads: {doc['threads']}; load average before/after: {doc['load_before']} / {doc['load_after']}"
+             f"- threads: {doc['threads']}"
+             + ("; freed memory retained in the process for both sides (`retain_freed_memory()`)"
+                if doc.get("freed_memory_retained") else "; glibc's default allocator settings for both sides")
+             + f"; load average before/after: {doc['load_before']} / {doc['load_after']}"
              + (f"; `uptime` before: {doc['uptime']}" if doc.get("uptime") else ""),
              "- ratio = ours / reference (< 1: ours faster); *paired* = median of per-round ratios (calls alternate, "
              "order permuted each round). `ours` = as created; `ours fast` = `optimize_for_inference` (latency) or "
@@ -594,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-train", action="store_true", help="skip the training-step benchmark")
     p.add_argument("--no-latency", action="store_true", help="skip the latency benchmark")
     p.add_argument("--no-train-memory", action="store_true", help="skip the training peak-memory measurement")
+    p.add_argument("--retain-freed-memory", action="store_true", help=(
+        "call crossformers.inference.retain_freed_memory() first: both sides then run with freed memory kept in the "
+        "process, as our CLI commands run models (default: glibc's defaults for both)"))
     p.add_argument("--memory-child", metavar="JSON", help=argparse.SUPPRESS)  # internal: one side in a fresh process
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"), help="output directory")
     p.add_argument("--tag", default="vs_reference", help="file name stem (default vs_reference)")
@@ -604,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    retained = retain_freed_memory() if args.retain_freed_memory else False
     official = find_official(args.official_root)
     for key, path in official.items():  # fail now on a missing dependency of the official code, not mid-run
         _import_file(path, f"_official_{key}_check")
@@ -615,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
            "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
            "machine": machine_info(), "cpu_flags": cpu_flags(), "libraries": library_versions(),
            "uptime": _uptime(), "threads": torch.get_num_threads(), "rounds": args.rounds,
-           "train_rounds": args.train_rounds, "train_batch": args.train_batch,
+           "train_rounds": args.train_rounds, "train_batch": args.train_batch, "freed_memory_retained": retained,
            "load_before": [round(v, 2) for v in os.getloadavg()], "load_after": None, "latency": [], "train": [],
            "skipped": []}
     out = Path(args.out)
