@@ -8,7 +8,8 @@ submodule and it drops its entries. Each entry is also keyed on the storage addr
 the tensors it was computed from, so moving them, loading new ones or updating them in place (an optimizer or EMA
 step) makes it miss. Nothing is cached in training mode, with gradients on, while compiling or while FX-tracing
 (the traced graph recomputes the bias), nor for inference tensors (created under ``torch.inference_mode()``, they
-have no version counter).
+have no version counter). The exception is :func:`frozen_caches`, used by ``compile_for_inference`` ahead of time:
+inside it the entries of the last inference call are buffers that a traced graph takes as constants.
 """
 from __future__ import annotations
 
