@@ -116,3 +116,38 @@ def test_a_model_with_packed_onednn_weights_compiles():
     with torch.inference_mode():
         out = compiled(x)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def _small_crossformer(bias_cache: bool) -> nn.Module:
+    import crossformers
+    from crossformers.inference import set_bias_cache
+
+    torch.manual_seed(0)
+    model = crossformers.create_model("crossformer_tiny", img_size=64, embed_dim=16, depths=(1, 2, 1, 1),
+                                      num_heads=(1, 2, 2, 4), group_size=(4, 4, 4, 2), num_classes=5).eval()
+    set_bias_cache(model, bias_cache)
+    return model
+
+
+def test_the_dynamo_path_takes_the_cached_biases_as_constants_without_recompiling():
+    """On the dynamo path the position biases filled by one eager call are constants of the graph: its code has no
+    position-bias products (fewer than with the caches off), the result is the eager one, and later calls of the
+    same shape reuse the graph (the cached tensors stay the same objects, so dynamo's guards hold)."""
+    from torch._dynamo.utils import counters
+
+    x = torch.randn(1, 3, 64, 64)
+    codes = {}
+    for cache in (False, True):
+        torch._dynamo.reset()
+        model = _small_crossformer(cache)
+        with torch.no_grad():
+            expected = model(x)
+        compiled = compile_for_inference(model, onednn=False, ahead_of_time=False)
+        out, code = run_and_get_cpp_code(compiled, x)
+        codes[cache] = code
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        graphs = counters["stats"]["unique_graphs"]
+        for _ in range(2):
+            torch.testing.assert_close(compiled(x), expected, atol=1e-5, rtol=1e-5)
+        assert counters["stats"]["unique_graphs"] == graphs  # no recompilation
+    assert codes[True].count("addmm") < codes[False].count("addmm")

@@ -14,10 +14,10 @@ attention) is inductor's. Measured against ``optimize_for_inference`` eager: 0.6
 With oneDNN packing, CPU inputs are compiled ahead of time (``torch.export`` + AOTInductor, one package per input
 shape), which packs for oneDNN by itself and runs without dynamo's per-call guards and Python wrapper code; with MKL
 packing, dynamo compiles with inductor's C++ wrapper. Together 0.90-0.94x the latency of the dynamo path with
-Python wrapper code (``docs/profiling.md``). The ahead-of-time graph takes the attention biases that depend only on
-the weights and the input size (CrossFormer's dynamic position bias, FcaFormer's relative-position and cross-token
-bias) as constants computed by one eager call (:func:`crossformers.layers.bias_cache.frozen_caches`) instead of
-rebuilding them in every call.
+Python wrapper code (``docs/profiling.md``). Both paths take the attention biases that depend only on the weights
+and the input size (CrossFormer's dynamic position bias, FcaFormer's relative-position and cross-token bias) as
+constants computed by one eager call per input shape (:func:`crossformers.layers.bias_cache.frozen_caches`) instead
+of rebuilding them in every call (0.95-0.99x the latency; not with ``dynamic=True``).
 
 On the dynamo path the oneDNN choice is made by swapping two methods of inductor's private ``CpuMkldnnDeviceOp``
 for the duration of each call of the returned module (where compilation happens); if a future PyTorch renames them,
@@ -96,19 +96,23 @@ class CompiledForInference(nn.Module):
 
     Otherwise (MKL packing, ``dynamic``, CUDA inputs): the ``torch.compile`` wrapper of ``module`` (dynamo
     recompiles for a new shape), inside :func:`onednn_weight_packing` when ``onednn`` is set; on the CPU with
-    inductor's C++ wrapper code (``cpp_wrapper``: 0.965x the Python wrapper's latency on FcaFormer-L1).
+    inductor's C++ wrapper code (``cpp_wrapper``: 0.965x the Python wrapper's latency on FcaFormer-L1). Unless
+    ``dynamic``, the bias caches are filled by one eager call per input shape and served as constants too.
 
     The weights are frozen at the first call of each input shape: after changing or loading weights, compile again.
     ``module`` stays reachable as ``.module`` (for ``state_dict``, ``count_macs`` and so on).
     """
 
-    def __init__(self, module: nn.Module, compiled: nn.Module, onednn: bool, ahead_of_time: bool = False):
+    def __init__(self, module: nn.Module, compiled: nn.Module, onednn: bool, ahead_of_time: bool = False,
+                 dynamic: bool = False):
         super().__init__()
         self.module = module
         self._compiled = [compiled]  # a list: not registered as a submodule (its parameters are ``module``'s)
         self.onednn = onednn
         self.ahead_of_time = ahead_of_time
+        self.dynamic = dynamic
         self._packages: dict[tuple, Callable[[torch.Tensor], Any] | None] = {}  # (shape, dtype) -> AOTI package
+        self._filled: set[tuple] = set()  # (shape, dtype, device) whose bias caches one eager call has filled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) images -> the wrapped model's output (e.g. (B, num_classes) logits)."""
@@ -125,8 +129,21 @@ class CompiledForInference(nn.Module):
         # freezing is read outside torch.compile's per-call options, hence a config patch around each call; the FX
         # graph cache is off because its key does not see the oneDNN swap
         cpu = x.device.type == "cpu"
-        with self._packing(), config.patch(freezing=True, fx_graph_cache=False, cpp_wrapper=cpu), torch.no_grad():
+        frozen = contextlib.nullcontext() if self.dynamic else self._frozen_biases(x)
+        with frozen, self._packing(), config.patch(freezing=True, fx_graph_cache=False, cpp_wrapper=cpu), \
+                torch.no_grad():
             return self._compiled[0](x)
+
+    def _frozen_biases(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
+        """:func:`frozen_caches` of ``module`` after one eager call of ``x``'s shape (once per shape, dtype and
+        device) has filled its bias caches: the graph dynamo compiles for that shape takes the biases as constants.
+        The cached tensors stay the same objects from call to call, so dynamo's guards on them hold."""
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key not in self._filled:
+            with torch.inference_mode(False), torch.no_grad():  # cached biases must not be inference tensors
+                self.module(torch.randn(x.shape, dtype=x.dtype, device=x.device))
+            self._filled.add(key)
+        return frozen_caches(self.module)
 
     def _packing(self) -> contextlib.AbstractContextManager:
         """:func:`onednn_weight_packing` when ``onednn`` is set, else nothing (inductor's own lowering)."""
@@ -192,4 +209,4 @@ def compile_for_inference(model: nn.Module, dynamic: bool = False, fullgraph: bo
     if ahead_of_time is None:
         ahead_of_time = onednn and not dynamic
     compiled = torch.compile(model, dynamic=dynamic, fullgraph=fullgraph)
-    return CompiledForInference(model, compiled, onednn, ahead_of_time=ahead_of_time)
+    return CompiledForInference(model, compiled, onednn, ahead_of_time=ahead_of_time, dynamic=dynamic)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 __all__ = ["InferenceCache", "tensor_versions", "clear_caches", "set_bias_cache", "frozen_caches"]
 
@@ -69,8 +69,8 @@ class InferenceCache(nn.Module):
             return compute()
         full = (key, versions)
         hit = self._store.get(full)
-        if hit is None:
-            hit = compute()
+        if hit is None:  # kept detached (no autograd here anyway): the same tensor objects every later call
+            hit = tree_map(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, compute())
             self._store[full] = hit
         return hit
 
@@ -88,7 +88,7 @@ class InferenceCache(nn.Module):
             for j, leaf in enumerate(leaves):
                 if isinstance(leaf, torch.Tensor):
                     names.append(f"frozen_{i}_{j}")
-                    self.register_buffer(names[-1], leaf.detach(), persistent=False)
+                    self.register_buffer(names[-1], leaf, persistent=False)
                 else:
                     names.append(None)
             self._frozen[key] = (names, leaves, spec)
