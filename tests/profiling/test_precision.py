@@ -66,6 +66,33 @@ def test_int8_dynamic_matches_fp32_on_parity_fixtures(case):
 
 
 @needs_int8
+def test_int8_graph_takes_the_cached_attention_biases_as_constants():
+    """The int8 graph is captured after one eager call, inside frozen_caches: CrossFormer's position-bias MLP is not
+    in it (fewer linear products than when the caches are off), and the result stays within int8's tolerance."""
+    import crossformers
+    from crossformers.inference import set_bias_cache
+
+    torch.manual_seed(0)
+    model = crossformers.create_model("crossformer_tiny", img_size=64, embed_dim=16, depths=(1, 2, 1, 1),
+                                      num_heads=(1, 2, 2, 4), group_size=(4, 4, 4, 2), num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    products, outputs = {}, {}
+    for cache in (False, True):
+        set_bias_cache(model, cache)
+        with torch.no_grad():
+            q = to_precision(model, "int8", compile=False)
+            outputs[cache] = q(x)
+        graph = q.modules_per_size[tuple(x.shape[1:])]
+        products[cache] = sum(n.op == "call_function" and "linear" in str(n.target) for n in graph.graph.nodes)
+    assert products[True] < products[False]
+    # the bias stays fp32 (not quantized with the MLP that computes it): no further from fp32 than before
+    assert _drift(outputs[True], expected) <= max(_drift(outputs[False], expected), 1e-6) * 1.5
+    assert _drift(outputs[True], expected) <= TOLERANCE["int8"]
+
+
+@needs_int8
 def test_int8_static_calibration_matches_fp32_and_checks_the_image_size():
     model, x, _ = fixture_model("fcaformer_tiny128")
     g = torch.Generator().manual_seed(1)
