@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from _processes import add_run_arguments, machine_line, run_child, serve_child, write_report
+from _processes import add_run_arguments, machine_line, run_child, seeded_model, serve_child, write_report
 
 #: name:batch:side, one per family at the papers' input sizes, and the demo's model and batch (scripts/demo.sh)
 DEFAULT_MODELS = ("crossformer_tiny:32:224", "fcaformer_l1:32:224", "crossvit_9_240:32:240", "fcaformer_nano:128:56")
@@ -54,29 +54,35 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def _timed_calls(fn, steps: int) -> tuple[list[float], int]:
+    """Times (ms) of ``steps`` calls of ``fn`` (the first, which compiles or touches fresh memory, is timed alone;
+    the rest by ``profiling.measure.time_calls``) and the minor page faults after the first."""
+    import torch
+
+    from crossformers.profiling.measure import time_calls
+
+    t0 = time.perf_counter()
+    fn()
+    first = (time.perf_counter() - t0) * 1e3
+    faults = _minor_faults()
+    times = time_calls(fn, torch.device("cpu"), warmup=0, repeats=steps - 1)
+    return [first, *times], _minor_faults() - faults
+
+
 def _inference_calls(spec: dict) -> tuple[list[float], int]:
     """``steps`` timed calls (ms) of the model on one batch, as created / optimized / compiled (``inference``), and
     the minor page faults after the first."""
     import torch
 
-    import crossformers
     from crossformers.inference import compile_for_inference, optimize_for_inference
 
-    torch.manual_seed(0)
-    model = crossformers.create_model(spec["model"]).eval()
+    model = seeded_model(spec["model"])
     run = {"created": lambda m: m, "optimize": optimize_for_inference,
            "compile": compile_for_inference}[spec["inference"]](model)
     in_chans = model.pretrained_cfg.get("input_size", (3,))[0]
     x = torch.randn(spec["batch"], in_chans, spec["side"], spec["side"], generator=torch.Generator().manual_seed(0))
-    times, faults = [], 0
     with torch.inference_mode():
-        for _ in range(spec["steps"]):
-            if len(times) == 1:
-                faults = _minor_faults()
-            t0 = time.perf_counter()
-            run(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times, _minor_faults() - faults
+        return _timed_calls(lambda: run(x), spec["steps"])
 
 
 def _training_steps(spec: dict) -> tuple[list[float], int]:
@@ -95,16 +101,13 @@ def _training_steps(spec: dict) -> tuple[list[float], int]:
     x = torch.randn(spec["batch"], in_chans, spec["side"], spec["side"], generator=g)
     y = torch.randint(0, 10, (spec["batch"],), generator=g)
     opt = create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
-    times, faults = [], 0
-    for _ in range(spec["steps"]):
-        if len(times) == 1:
-            faults = _minor_faults()
-        t0 = time.perf_counter()
+
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times, _minor_faults() - faults
+
+    return _timed_calls(step, spec["steps"])
 
 
 def med(runs: list[dict], key: str) -> float:

@@ -7,7 +7,7 @@ import torch
 from profiling_cases import one_thread  # noqa: F401  (autouse fixture)
 
 import crossformers
-from crossformers.layers.bias_cache import frozen_caches
+from crossformers.layers.bias_cache import fill_caches, frozen_caches
 from crossformers.models.fcaformer import FcaBlock
 from crossformers.profiling import set_bias_cache
 
@@ -171,3 +171,14 @@ def test_export_inside_frozen_caches_records_the_bias_as_constants():
     assert any(".frozen_" in name for name in frozen.graph_signature.buffers)
     assert linear_nodes(frozen) < linear_nodes(plain)
     torch.testing.assert_close(frozen.module()(x), expected, rtol=0, atol=1e-6)
+
+
+def test_fill_caches_stores_ordinary_tensors_even_from_inference_mode():
+    """fill_caches runs outside inference mode, so the cached biases can become buffers of a traced graph (an
+    inference tensor would have no version counter and could not be exported)."""
+    model = build("fcaformer_l1")
+    with torch.inference_mode():
+        fill_caches(model, torch.randn(1, 3, 64, 64))
+    assert all(n == 1 for n in cached(model))
+    stored = [t for b in blocks(model) for v in b.bias_cache._store.values() for t in v if t is not None]
+    assert stored and not any(t.is_inference() or t.requires_grad for t in stored)

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers.bias_cache import clear_caches, frozen_caches
+from ..layers.bias_cache import clear_caches, fill_caches, frozen_caches
 from ..layers.linear import onednn_for_compile
 
 __all__ = ["compile_for_inference", "CompiledForInference"]
@@ -140,8 +140,7 @@ class CompiledForInference(nn.Module):
         The cached tensors stay the same objects from call to call, so dynamo's guards on them hold."""
         key = (tuple(x.shape), x.dtype, x.device)
         if key not in self._filled:
-            with torch.inference_mode(False), torch.no_grad():  # cached biases must not be inference tensors
-                self.module(torch.randn(x.shape, dtype=x.dtype, device=x.device))
+            fill_caches(self.module, torch.randn(x.shape, dtype=x.dtype, device=x.device))
             self._filled.add(key)
         return frozen_caches(self.module)
 
@@ -157,10 +156,10 @@ class CompiledForInference(nn.Module):
         # export refuses inference tensors and inference mode: trace on a fresh example under no_grad
         with torch.inference_mode(False), torch.no_grad():
             example = torch.randn(x.shape, dtype=x.dtype)
-            # one eager call fills the attention-bias caches for this size; traced inside frozen_caches, the biases
-            # enter the graph as constants instead of being rebuilt from the parameters in every call
+            # filled for this size only (no other sizes' biases in the package) and traced inside frozen_caches, the
+            # biases enter the graph as constants instead of being rebuilt from the parameters in every call
             clear_caches(self.module)
-            self.module(example)
+            fill_caches(self.module, example)
             try:
                 with frozen_caches(self.module):
                     program = torch.export.export(self.module, (example,))

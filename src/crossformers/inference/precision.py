@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import PrecisionError
-from ..layers.bias_cache import frozen_caches
+from ..layers.bias_cache import fill_caches, frozen_caches
 from ..layers.linear import set_onednn_linear
 from .compile import compile_for_inference
 from .folding import fuse
@@ -177,15 +177,13 @@ def _quantize_int8(model: nn.Module, x: torch.Tensor, calibration: list | None, 
     set_onednn_linear(plain, False)  # torch.export must see aten.linear for the quantizer to annotate it
     x = x.float()
     x = x.expand(2, *x.shape[1:]).contiguous() if x.shape[0] < 2 else x  # batch 1 would be specialised
-    with torch.inference_mode(False), torch.no_grad():
-        # one eager call fills the attention-bias caches (their values do not depend on the batch): traced inside
-        # frozen_caches they are constants of the graph, not rebuilt from the tables in every call
-        plain(x.clone())
+    # the attention biases do not depend on the batch: filled once and traced inside frozen_caches, they are
+    # constants of the graph, not rebuilt from the tables in every call
+    fill_caches(plain, x)
     try:
-        with torch.no_grad():
-            with frozen_caches(plain):
-                graph = torch.export.export(plain, (x,), dynamic_shapes=({0: torch.export.Dim("batch", max=4096)},),
-                                            strict=False).module()
+        with torch.no_grad(), frozen_caches(plain):
+            graph = torch.export.export(plain, (x,), dynamic_shapes=({0: torch.export.Dim("batch", max=4096)},),
+                                        strict=False).module()
     except Exception as e:  # torch.export reports untraceable code in many exception types
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise PrecisionError(f"int8 needs a model torch.export can capture, and {type(model).__name__} failed "

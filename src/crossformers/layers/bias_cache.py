@@ -22,7 +22,7 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-__all__ = ["InferenceCache", "tensor_versions", "clear_caches", "set_bias_cache", "frozen_caches"]
+__all__ = ["InferenceCache", "tensor_versions", "clear_caches", "set_bias_cache", "fill_caches", "frozen_caches"]
 
 
 def tensor_versions(tensors: Iterable[torch.Tensor]) -> tuple[tuple[int, int], ...] | None:
@@ -139,13 +139,21 @@ def set_bias_cache(model: nn.Module, enable: bool = True) -> None:
         c.clear()
 
 
+def fill_caches(model: nn.Module, example: torch.Tensor) -> None:
+    """One eager inference call of ``model`` on ``example`` (e.g. (B, C, H, W) images), outside inference mode and
+    without gradients, so that every bias cache holds ordinary (not inference) tensors for that input's size: what
+    :func:`frozen_caches` serves when the model is traced next. The output is discarded."""
+    with torch.inference_mode(False), torch.no_grad():
+        model(example)
+
+
 @contextlib.contextmanager
 def frozen_caches(model: nn.Module) -> Iterator[None]:
     """Within the block, every cached bias of ``model`` is a (non-persistent) buffer of its cache, returned whatever
     the parameters' versions and also while tracing: ``torch.export`` then records the biases computed by the last
     eager inference call as constants of the graph instead of the ops computing them from the parameters, and a
-    freezing compiler (AOTInductor) keeps them as they are. Only for compiling weights that will not change: run one
-    eager inference call on an input of the traced size first (an entry missing for a size is computed as usual)."""
+    freezing compiler (AOTInductor) keeps them as they are. Only for compiling weights that will not change: call
+    :func:`fill_caches` on an input of the traced size first (an entry missing for a size is computed as usual)."""
     caches = _caches(model)
     for c in caches:
         c.freeze()
