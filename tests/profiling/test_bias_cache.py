@@ -7,7 +7,7 @@ import torch
 from profiling_cases import one_thread  # noqa: F401  (autouse fixture)
 
 import crossformers
-from crossformers.layers.bias_cache import fill_caches, frozen_caches
+from crossformers.layers.bias_cache import bias_caches, fill_caches, frozen_caches
 from crossformers.models.fcaformer import FcaBlock
 from crossformers.profiling import set_bias_cache
 
@@ -152,6 +152,36 @@ def test_frozen_caches_serve_the_stored_bias_as_buffers_until_the_block_ends(nam
             torch.testing.assert_close(model(x), before, rtol=0, atol=0)
         assert not [n for n, _ in model.named_buffers() if ".frozen_" in n]
         assert (model(x) - before).abs().max() > 1e-4  # the changed parameters count again
+
+
+def test_freezing_again_reuses_the_buffers_and_a_new_size_inside_the_block_is_dropped_after_it():
+    """Freezing per call (the dynamo path) exposes the same tensor objects each time, from a kept list of caches;
+    a size first seen inside the block is computed and cached as usual, and the block's end still removes every
+    frozen buffer; the next freeze exposes the new entries too."""
+    model = _small_crossformer()
+    caches = bias_caches(model)
+    assert caches and all(c in caches for c in model.modules() if type(c).__name__ == "InferenceCache")
+    x, y = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 96, 96)
+
+    def frozen_buffers() -> dict[str, torch.Tensor]:
+        return {n: b for n, b in model.named_buffers() if ".frozen_" in n}
+
+    with torch.no_grad():
+        expected_y = model(y)
+        for c in caches:
+            c.clear()
+        model(x)
+        with frozen_caches(model, caches):
+            first = frozen_buffers()
+        with frozen_caches(model, caches):
+            again = frozen_buffers()
+            assert first and first.keys() == again.keys()
+            assert all(first[n] is again[n] for n in first)
+            torch.testing.assert_close(model(y), expected_y, rtol=0, atol=0)  # missing: computed, then cached
+        assert not frozen_buffers()
+        with frozen_caches(model, caches):
+            assert len(frozen_buffers()) > len(first)  # the 96-px entries (some sizes share a key)
+        assert not frozen_buffers()
 
 
 def test_export_inside_frozen_caches_records_the_bias_as_constants():

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers.bias_cache import clear_caches, fill_caches, frozen_caches
+from ..layers.bias_cache import InferenceCache, bias_caches, clear_caches, fill_caches, frozen_caches
 from ..layers.linear import onednn_for_compile
 
 __all__ = ["compile_for_inference", "CompiledForInference"]
@@ -113,6 +113,7 @@ class CompiledForInference(nn.Module):
         self.dynamic = dynamic
         self._packages: dict[tuple, Callable[[torch.Tensor], Any] | None] = {}  # (shape, dtype) -> AOTI package
         self._filled: set[tuple] = set()  # (shape, dtype, device) whose bias caches one eager call has filled
+        self._caches: list[InferenceCache] | None = None  # module's bias caches, found once (frozen in every call)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) images -> the wrapped model's output (e.g. (B, num_classes) logits)."""
@@ -142,7 +143,8 @@ class CompiledForInference(nn.Module):
         if key not in self._filled:
             fill_caches(self.module, torch.randn(x.shape, dtype=x.dtype, device=x.device))
             self._filled.add(key)
-        return frozen_caches(self.module)
+            self._caches = bias_caches(self.module)
+        return frozen_caches(self.module, self._caches)
 
     def _packing(self) -> contextlib.AbstractContextManager:
         """:func:`onednn_weight_packing` when ``onednn`` is set, else nothing (inductor's own lowering)."""
