@@ -252,7 +252,8 @@ def calibration_file(monkeypatch, tmp_path) -> Path:
     return path
 
 
-def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, capsys, calibration_file):
+def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, capsys, calibration_file,
+                                                                 retain_memory_calls):
     """`profile --calibrate-linear` times whole models on MKL and oneDNN and records the faster paths for this
     machine and thread count; new models and optimize_for_inference then follow them (the environment variable still
     overrides); another machine's record is ignored."""
@@ -340,11 +341,17 @@ def test_a_recorded_calibration_decides_the_default_linear_path(monkeypatch, cap
     monkeypatch.setattr(calibrate, "calibrate_linear", lambda threads=None, compile_rounds=0: real(
         threads=threads, rounds=1, models=(name,), model_kwargs={name: kw}, train_rounds=1, train_batch=2,
         compile_rounds=compile_rounds))
+    calls = len(retain_memory_calls)
     assert main(["profile", "--calibrate-linear", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert f"recorded in {path}" in out and "other modules use" in out and "training step of" in out
     assert f"models of {name}'s family: new models" in out  # each family's own choices
-    assert json.loads(path.read_text())[cal.machine_key()]["1"]["inference_choice"] in ("mkl", "onednn_packed")
+    assert retain_memory_calls[calls:] == [True]  # timed in the allocator setting the commands run in
+    recorded = json.loads(path.read_text())[cal.machine_key()]["1"]
+    assert recorded["inference_choice"] in ("mkl", "onednn_packed")
+    assert isinstance(recorded["freed_memory_retained"], bool) and "; freed memory " in out
+    assert main(["profile", "--calibrate-linear", "--threads", "1", "--no-retain-freed-memory"]) == 0
+    assert retain_memory_calls[calls:] == [True]
 
 
 def test_compile_for_inference_follows_its_own_calibrated_packing(monkeypatch, capsys, calibration_file):

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from ..inference.allocator import freed_memory_retained
 from ..inference.compile import compile_for_inference
 from ..inference.optimize import optimize_for_inference, optimize_for_training
 from ..layers.linear import onednn_available, set_onednn_linear
@@ -160,7 +161,10 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         "compile_ratio", "threads", "models": {name: {"mkl_ms", "onednn_ms", "opt_mkl_ms", "opt_onednn_packed_ms",
         "ratio", "packed_ratio", "train_mkl_ms", "train_onednn_ms", "train_ratio", "compile_mkl_ms",
         "compile_onednn_packed_ms", "compile_ratio", "params"}}, "large_models": {calibration model: {"model",
-        "opt_mkl_ms", "opt_onednn_packed_ms", "packed_ratio", "params"}}, "machine", "path", "measured"}`` (times:
+        "opt_mkl_ms", "opt_onednn_packed_ms", "packed_ratio", "params"}}, "machine", "path", "measured",
+        "freed_memory_retained"}`` (the last: whether :func:`~crossformers.inference.retain_freed_memory` was in
+        effect while timing, as ``crossformers profile --calibrate-linear`` does unless ``--no-retain-freed-memory``;
+        times:
         medians in ms, batch 1 for inference and ``train_batch`` per training step; ratios oneDNN / MKL, paired
         (:func:`~crossformers.profiling.measure.paired_ratio`); the training and compiled keys only when measured).
 
@@ -196,7 +200,8 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
     packed = _geomean([m["packed_ratio"] for m in per_model.values()])
     record = {"choice": "onednn" if onednn_wins(ratio) else "mkl", "ratio": ratio,
               "inference_choice": "onednn_packed" if onednn_wins(packed) else "mkl", "packed_ratio": packed,
-              "models": per_model, "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+              "models": per_model, "measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "freed_memory_retained": freed_memory_retained()}
     if per_large:
         record["large_models"] = per_large
     if train_rounds > 0:

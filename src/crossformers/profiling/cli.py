@@ -159,7 +159,8 @@ def _calibrate(threads: int | None, compiled: bool = False) -> int:
     print(f"geometric means oneDNN / MKL: {r['ratio']:.2f} as created, {r['packed_ratio']:.2f} optimized, "
           f"{r['train_ratio']:.2f} training{compiled_mean}, with {r['threads']} thread(s): other modules use "
           f"{name[r['choice']]} linear layers, optimize_for_inference {name[r['inference_choice']]}, training "
-          f"{name[r['train_choice']]}{compiled_choice}, on this machine ({r['machine']})")
+          f"{name[r['train_choice']]}{compiled_choice}, on this machine ({r['machine']}; freed memory "
+          f"{'retained' if r['freed_memory_retained'] else 'returned to the system (glibc defaults)'})")
     for family in r["models"]:  # what each family now takes: the recorded decision, as the library reads it
         new, packed, train, comp = (choose(r["threads"], model=family) for choose in
                                     (calibrated_choice, calibrated_inference_choice, calibrated_training_choice,
@@ -173,12 +174,12 @@ def _calibrate(threads: int | None, compiled: bool = False) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``crossformers profile`` for parsed ``args``; returns the exit code."""
+    if not args.calibrate_linear and not args.models and not args.plot and not args.from_json:
+        raise ProfilingError("name at least one MODEL (see `crossformers models`), or use --plot / --from-json")
+    if args.retain_freed_memory:  # as eval, predict and train run models (timed calls reuse freed memory); the
+        retain_freed_memory()  # calibration too, so that it chooses for the setting the commands run in
     if args.calibrate_linear:
         return _calibrate(args.threads, compiled=args.compile)
-    if not args.models and not args.plot and not args.from_json:
-        raise ProfilingError("name at least one MODEL (see `crossformers models`), or use --plot / --from-json")
-    if args.retain_freed_memory:  # as eval, predict and train run models (timed calls reuse freed memory)
-        retain_freed_memory()
     if args.img_size is not None and len(args.img_size) > 2:
         raise ProfilingError(f"--img-size takes H W (or one value for a square), got {len(args.img_size)} values")
     if args.precision != "fp32" and args.dtype != "fp32":
