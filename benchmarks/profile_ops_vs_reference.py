@@ -2,7 +2,9 @@
 """Per-op ``torch.profiler`` table of batch-1 inference for one variant: the reference (see bench_vs_reference.py for
 how it is found), ours as created and ours with ``optimize_for_inference``, same weights and input. With
 ``--compile``: ours compiled with ``compile_for_inference`` as well. With ``--train B``: a training step at batch B
-instead (forward, cross-entropy, backward, AdamW step), reference and ours as created.
+instead (forward, cross-entropy, backward, AdamW step), reference, ours as created and ours with
+``optimize_for_training`` (as ``crossformers train`` runs it). ``--retain-freed-memory``: both sides with freed memory
+kept in the process (``retain_freed_memory()``, as the commands run).
 
 After the per-op tables, a summary gives each side's time per call (ms, profiler self times) by op class: matrix
 products (``addmm``/``mm``, oneDNN and MKL linear kernels), attention (fused SDPA, or ``bmm`` and softmax where it
@@ -84,8 +86,13 @@ def main() -> None:
     p.add_argument("--train", type=int, default=0, metavar="B",
                    help="profile training steps at batch B instead of batch-1 inference")
     p.add_argument("--compile", action="store_true", help="also profile ours with compile_for_inference")
+    p.add_argument("--retain-freed-memory", action="store_true", help=(
+        "call crossformers.inference.retain_freed_memory() first (both sides), as crossformers train, eval, predict "
+        "and profile do"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.retain_freed_memory:
+        print(f"freed memory retained: {bench.retain_freed_memory()}")
     pair = bench._pair(args.variant, bench.find_official(args.official_root))
     if pair is None:
         p.error(f"no reference for {args.variant}: pass --official-root")
@@ -108,7 +115,8 @@ def main() -> None:
     if args.train:
         x = torch.randn(args.train, 3, side, side)
         y = torch.randint(0, 10, (args.train,))
-        for label, model in (("reference", ref), ("ours", ours)):
+        fast = bench.optimize_for_training(copy.deepcopy(ours))
+        for label, model in (("reference", ref), ("ours", ours), ("ours_fast", fast)):
             run(label, bench._train_step_fn(model, x, y),
                 f"training step ({args.calls} steps, batch {args.train}, input {side}, {args.threads} threads)")
     else:
