@@ -88,6 +88,47 @@ def test_a_module_torch_export_cannot_trace_takes_the_dynamo_path_with_a_warning
         torch.testing.assert_close(compiled(-x), -x - 1)
 
 
+def test_ahead_of_time_specialises_the_first_batch_sizes_then_shares_one_package_with_a_free_batch(monkeypatch):
+    """The first SPECIALISED_BATCHES batch sizes of an image size get packages of their own, later ones share one
+    exported with a free batch (compiled once); another image size counts afresh; where the free batch cannot be
+    exported, each later batch size is specialised."""
+    from crossformers.inference import compile as compile_module
+
+    compiled = compile_for_inference(_mlp(), onednn=True, ahead_of_time=True)
+    built: list[tuple[tuple[int, ...], bool]] = []
+
+    def fake(x, any_batch=False):
+        built.append((tuple(x.shape), any_batch))
+        return lambda t, n=len(built): torch.full((t.shape[0], 1), float(n))
+
+    monkeypatch.setattr(compiled, "_compile_ahead_of_time", fake)
+    k = compile_module.SPECIALISED_BATCHES
+    sizes = list(range(1, k + 4))
+    outs = [compiled(torch.randn(b, 50, 64)) for b in sizes + sizes]  # each size twice: no compile the second time
+    assert built == [((b, 50, 64), False) for b in sizes[:k]] + [((k + 1, 50, 64), True)]
+    assert [o.shape[0] for o in outs] == sizes + sizes and len({o[0, 0].item() for o in outs}) == k + 1
+    compiled(torch.randn(9, 20, 64))
+    assert built[-1] == ((9, 20, 64), False)  # a new image size: specialised again
+
+    monkeypatch.setattr(compiled, "_compile_ahead_of_time",
+                        lambda x, any_batch=False: None if any_batch else fake(x))
+    for b in sizes:
+        compiled(torch.randn(b, 30, 64))
+    assert built[-3:] == [((b, 30, 64), False) for b in sizes[-3:]]  # no free batch: one package per size
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
+def test_a_package_with_a_free_batch_serves_every_batch_size():
+    model = _mlp()
+    compiled = compile_for_inference(model, onednn=True, ahead_of_time=True)
+    run = compiled._compile_ahead_of_time(torch.randn(4, 50, 64), any_batch=True)
+    assert run is not None
+    with torch.no_grad():
+        for b in (1, 2, 7):
+            x = torch.randn(b, 50, 64)
+            torch.testing.assert_close(run(x), model(x), atol=1e-5, rtol=1e-5)
+
+
 def test_weight_packing_switch_is_scoped():
     from torch._inductor.fx_passes import mkldnn_fusion
 
