@@ -43,8 +43,8 @@ __all__ = ["compile_for_inference", "CompiledForInference", "SPECIALISED_BATCHES
 
 #: ahead of time, the number of batch sizes per image size (and dtype) that get a package specialised to them; every
 #: further batch size of that image size shares one package whose batch dimension is free. Specialised packages are
-#: faster (a free batch took 1.045x / 1.053x the time at batch 1 and 1.007x / 1.011x at batch 8 for FcaFormer-L1 /
-#: CrossFormer-T on an AMD EPYC Zen 4, 2 threads), and each package takes tens of seconds to compile on 2 cores: an
+#: faster (a free batch took 1.046x / 1.052x the time at batch 1 and 1.018x / 1.010x at batch 8 for FcaFormer-L1 /
+#: CrossFormer-T on an AMD EPYC Zen 4, 2 threads; docs/benchmarks/free_batch_amd_zen4.md), and each package takes tens of seconds to compile on 2 cores: an
 #: evaluation's full batches and its smaller last batch are both specialised, and a stream of varying batch sizes
 #: compiles at most three packages instead of one per size.
 SPECIALISED_BATCHES = 2
