@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -116,3 +118,18 @@ def test_freed_memory_benchmark_times_inference_calls_of_each_path():
     assert len(times) == 3
     with pytest.raises(KeyError):
         mod._inference_calls({**spec, "inference": "fastest"})
+
+
+def test_machine_suite_prints_its_usage_and_runs_only_the_steps_asked_for(tmp_path):
+    suite = BENCHMARKS / "machine_suite.sh"
+    usage = subprocess.run(["bash", str(suite)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage: bash benchmarks/machine_suite.sh LABEL" in usage.stdout
+    assert "set -euo" not in usage.stdout
+    out = tmp_path / "out"
+    env = {**os.environ, "STEPS": "none", "PYTHON": "false"}  # no step chosen: nothing may run (false would fail)
+    done = subprocess.run(["bash", str(suite), "m", "a", "b", "c", str(out)], capture_output=True, text=True,
+                          env=env)
+    assert done.returncode == 0 and out.is_dir() and not list(out.iterdir())
+    env["STEPS"] = "6"  # a chosen step runs its command: here the failing PYTHON, so the suite stops with an error
+    assert subprocess.run(["bash", str(suite), "m", "a", "b", "c", str(out)], capture_output=True, text=True,
+                          env=env).returncode != 0
