@@ -58,6 +58,18 @@ def serve_child(args: argparse.Namespace, child: Callable[[dict], dict]) -> bool
     return True
 
 
+def parse_or_serve(parser: argparse.ArgumentParser, tag: str,
+                   child: Callable[[dict], dict]) -> tuple[argparse.Namespace, dict, str] | None:
+    """The opening of every fresh-process benchmark's ``main``: add the run options (:func:`add_run_arguments`, file
+    stem ``tag``) and parse the command line. In a child process (``--child SPEC``) run ``child`` and return None
+    (``main`` then returns); else return (args, ``machine_info()``, the machine line of :func:`machine_line`)."""
+    add_run_arguments(parser, tag)
+    args = parser.parse_args()
+    if serve_child(args, child):
+        return None
+    return (args, *machine_line(args.threads))
+
+
 def write_report(args: argparse.Namespace, text: str, info: dict, rows: list) -> None:
     """Print the Markdown ``text`` and, with --out, write it and the rows (with the machine and command) as JSON."""
     print(text)

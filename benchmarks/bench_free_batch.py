@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-from _processes import add_run_arguments, machine_line, run_child, seeded_model, serve_child, write_report
+from _processes import parse_or_serve, run_child, seeded_model, write_report
 
 
 def _child(spec: dict) -> dict:
@@ -68,11 +68,10 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--block", type=int, default=5, help="calls per side per round (default 5)")
-    add_run_arguments(p, "free_batch")
-    args = p.parse_args()
-    if serve_child(args, _child):
+    opened = parse_or_serve(p, "free_batch", _child)
+    if opened is None:
         return
-    info, machine = machine_line(args.threads)
+    args, info, machine = opened
     results = [run_child(__file__, {"model": m, "side": args.side, "batches": args.batches, "rounds": args.rounds,
                                     "block": args.block, "threads": args.threads}) for m in args.models]
     lines = [f"# Ahead-of-time packages: specialised batch vs free batch ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from _processes import add_run_arguments, machine_line, run_child, seeded_model, serve_child, write_report
+from _processes import parse_or_serve, run_child, seeded_model, write_report
 
 #: name:batch:side, one per family at the papers' input sizes, and the demo's model and batch (scripts/demo.sh)
 DEFAULT_MODELS = ("crossformer_tiny:32:224", "fcaformer_l1:32:224", "crossvit_9_240:32:240", "fcaformer_nano:128:56")
@@ -122,10 +122,10 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=2, help="processes per setting and model (default 2)")
     p.add_argument("--inference", choices=("created", "optimize", "compile"),
                    help="time inference calls of the model as created / optimized / compiled instead of training")
-    add_run_arguments(p, "freed_memory_train")
-    args = p.parse_args()
-    if serve_child(args, _child):
+    opened = parse_or_serve(p, "freed_memory_train", _child)
+    if opened is None:
         return
+    args, info, machine = opened
 
     rng = random.Random(0)
     unit = "call" if args.inference else "step"
@@ -146,7 +146,6 @@ def main() -> None:
         rows.append({"model": name, "batch": int(batch), "side": int(side), "runs": runs, "ratio_paired": ratio,
                      "active": all(r["active"] for r in runs["retain"])})
 
-    info, machine = machine_line(args.threads)
     what = f"Inference calls ({args.inference})" if args.inference else "Training steps"
     lines = [f"# {what}: glibc defaults against `retain_freed_memory()` ({info.get('cpu', '?')})", "",
              f"{machine}. Command: `python benchmarks/{Path(__file__).name} "

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _processes import add_run_arguments, machine_line, run_child, seeded_model, serve_child, write_report
+from _processes import parse_or_serve, run_child, seeded_model, write_report
 
 DEFAULT_MODELS = ("crossformer_tiny", "fcaformer_l1", "crossvit_9_240")
 
@@ -72,10 +72,10 @@ def main() -> None:
                    help="our paths to time (default: compile)")
     p.add_argument("--calls", type=int, default=30, help="timed calls per process (default 30)")
     p.add_argument("--pairs", type=int, default=4, help="processes per runtime and model (default 4)")
-    add_run_arguments(p, "onnxruntime_processes")
-    args = p.parse_args()
-    if serve_child(args, _child):
+    opened = parse_or_serve(p, "onnxruntime_processes", _child)
+    if opened is None:
         return
+    args, info, machine = opened
 
     rng = random.Random(0)
     rows = []
@@ -104,7 +104,6 @@ def main() -> None:
                      for side in args.ours}
             rows.append({"model": name, "shape": shape, "runs": runs, "ratio_paired": ratios, "ratio_span": spans})
 
-    info, machine = machine_line(args.threads)
     lines = [f"# Ours against onnxruntime, each runtime alone in fresh processes ({info.get('cpu', '?')})", "",
              f"{machine}. Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`; each time is "
              f"the median over {args.pairs} processes of the median of {args.calls} batch-1 calls; ratios paired "

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _processes import add_run_arguments, machine_line, run_child, seeded_model, serve_child, write_report
+from _processes import parse_or_serve, run_child, seeded_model, write_report
 
 
 def problem_flops(kind: str, problem: str) -> float | None:
@@ -126,11 +126,10 @@ def main() -> None:
                    help="which form of each model to run (default: compile)")
     p.add_argument("--calls", type=int, default=10, help="timed calls, and verbose calls (default 10)")
     p.add_argument("--top", type=int, default=12, help="primitives listed per model (default 12)")
-    add_run_arguments(p, "onednn_primitives")
-    args = p.parse_args()
-    if serve_child(args, _child):
+    opened = parse_or_serve(p, "onednn_primitives", _child)
+    if opened is None:
         return
-    info, machine = machine_line(args.threads)
+    args, info, machine = opened
     lines = [f"# oneDNN primitives per batch-1 call ({info.get('cpu', '?')})", "",
              f"{machine}. Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`. Wall: median "
              f"of {args.calls} calls without verbose output; primitives: oneDNN's own timing over {args.calls} "
