@@ -5,6 +5,7 @@ seconds; the generated code shows which library the products call.
 """
 from __future__ import annotations
 
+import copy
 import shutil
 import warnings
 
@@ -192,3 +193,58 @@ def test_the_dynamo_path_takes_the_cached_biases_as_constants_without_recompilin
             torch.testing.assert_close(compiled(x), expected, atol=1e-5, rtol=1e-5)
         assert counters["stats"]["unique_graphs"] == graphs  # no recompilation
     assert codes[True].count("addmm") < codes[False].count("addmm")
+
+
+def test_package_key_follows_the_graph_the_weights_and_the_input_spec():
+    from crossformers.inference.package_cache import package_key
+
+    model = _mlp().eval()
+    with torch.no_grad():
+        def key(m, x, **kw):
+            return package_key(torch.export.export(m, (x,), **kw), {"freezing": True})
+
+        x = torch.randn(2, 50, 64)
+        base = key(model, x)
+        assert base == key(copy.deepcopy(model), x) and len(base) == 64  # the same program: the same package
+        assert key(model, torch.randn(3, 50, 64)) != base  # another shape
+        assert key(model, x, dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},)) != base
+        changed = copy.deepcopy(model)
+        changed[0].weight[0, 0] += 1e-3
+        assert key(changed, x) != base  # other weights
+        other = copy.deepcopy(model)
+        other[1] = nn.ReLU()
+        assert key(other, x) != base  # another graph
+        assert package_key(torch.export.export(model, (x,)), {"freezing": False}) != base  # other options
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
+def test_packages_kept_in_a_cache_directory_are_loaded_instead_of_compiled(tmp_path, monkeypatch):
+    """A second compile_for_inference of the same model (a fresh process would be the same) loads the kept package;
+    changed weights compile and keep another; CROSSFORMERS_COMPILE_CACHE names the default directory."""
+    import torch._inductor as inductor
+
+    model = _mlp().eval()
+    x = torch.randn(2, 50, 64)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(compile_for_inference(model, onednn=True, cache_dir=tmp_path)(x), expected,
+                               atol=1e-5, rtol=1e-5)
+    kept = list(tmp_path.glob("*.pt2"))
+    assert len(kept) == 1 and not [p for p in tmp_path.iterdir() if p.is_dir()]  # no temporary folder left
+
+    real = inductor.aoti_compile_and_package
+    monkeypatch.setattr(inductor, "aoti_compile_and_package",
+                        lambda *a, **k: pytest.fail("a kept package was compiled again"))
+    monkeypatch.setenv("CROSSFORMERS_COMPILE_CACHE", str(tmp_path))
+    again = compile_for_inference(copy.deepcopy(model), onednn=True)
+    assert again.cache_dir == tmp_path
+    torch.testing.assert_close(again(x), expected, atol=1e-5, rtol=1e-5)
+
+    monkeypatch.setattr(inductor, "aoti_compile_and_package", real)
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed[2].bias.add_(1.0)
+        torch.testing.assert_close(compile_for_inference(changed, onednn=True)(x), changed(x), atol=1e-5, rtol=1e-5)
+    assert len(list(tmp_path.glob("*.pt2"))) == 2
+    monkeypatch.delenv("CROSSFORMERS_COMPILE_CACHE")
+    assert compile_for_inference(model, onednn=True).cache_dir is None

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..layers.bias_cache import InferenceCache, bias_caches, clear_caches, fill_caches, frozen_caches
 from ..layers.linear import onednn_for_compile
+from .package_cache import package_key, resolve_cache_dir
 
 __all__ = ["compile_for_inference", "CompiledForInference", "SPECIALISED_BATCHES"]
 
@@ -101,7 +102,8 @@ class CompiledForInference(nn.Module):
     the dynamo path do), and later calls of that shape run the loaded package. Packages are specialised to the
     first :data:`SPECIALISED_BATCHES` batch sizes of each image size (C, H, W); later batch sizes of it share one
     package exported with a free batch dimension (compiled once; a model whose export fixes the batch gets a
-    specialised package per batch size instead). The attention biases that depend
+    specialised package per batch size instead). With ``cache_dir`` (see :func:`compile_for_inference`) packages are
+    kept on disk and loaded instead of compiled when the same program comes again. The attention biases that depend
     only on the weights and the input size are filled by one eager call of that shape and traced as constants
     (:func:`~crossformers.layers.bias_cache.frozen_caches`; 0.95-0.99x the latency). No dynamo guards are evaluated per
     call and the code around the kernels is C++: measured against dynamo's Python-wrapped graph, 0.90-0.94x the
@@ -119,9 +121,10 @@ class CompiledForInference(nn.Module):
     """
 
     def __init__(self, module: nn.Module, compiled: nn.Module, onednn: bool, ahead_of_time: bool = False,
-                 dynamic: bool = False):
+                 dynamic: bool = False, cache_dir: str | os.PathLike | None = None):
         super().__init__()
         self.module = module
+        self.cache_dir = resolve_cache_dir(cache_dir)
         self._compiled = [compiled]  # a list: not registered as a submodule (its parameters are ``module``'s)
         self.onednn = onednn
         self.ahead_of_time = ahead_of_time
@@ -205,14 +208,31 @@ class CompiledForInference(nn.Module):
                               f"{str(e).splitlines()[0] if str(e) else ''}): compiling it with torch.compile instead",
                               RuntimeWarning, stacklevel=3)
                 return None
-            with self._packing(), config.patch(fx_graph_cache=False), tempfile.TemporaryDirectory() as folder:
+            options = {"freezing": True}
+            key = package_key(program, {**options, "onednn": self.onednn}) if self.cache_dir is not None else None
+            kept = None if key is None else self.cache_dir / f"{key}.pt2"
+            if kept is not None and kept.is_file():
+                try:
+                    return aoti_load_package(str(kept))
+                except Exception as e:  # noqa: BLE001 - a damaged or foreign file: compile afresh and replace it
+                    warnings.warn(f"could not load the cached package {kept} ({type(e).__name__}): compiling again",
+                                  RuntimeWarning, stacklevel=3)
+            if kept is not None:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+            # compiled beside its final place, so that the rename that publishes it is atomic
+            with self._packing(), config.patch(fx_graph_cache=False), \
+                    tempfile.TemporaryDirectory(dir=None if kept is None else kept.parent) as folder:
                 path = aoti_compile_and_package(program, package_path=os.path.join(folder, "model.pt2"),
-                                                inductor_configs={"freezing": True})
-                return aoti_load_package(path)  # loaded into memory: the file may go
+                                                inductor_configs=options)
+                if kept is not None:
+                    os.replace(path, kept)
+                    path = str(kept)
+                return aoti_load_package(path)  # loaded into memory: a temporary file may go
 
 
 def compile_for_inference(model: nn.Module, dynamic: bool = False, fullgraph: bool = True,
-                          onednn: bool | None = None, ahead_of_time: bool | None = None) -> CompiledForInference:
+                          onednn: bool | None = None, ahead_of_time: bool | None = None,
+                          cache_dir: str | os.PathLike | None = None) -> CompiledForInference:
     """Compile ``model`` for inference with inductor, weights frozen (and packed for oneDNN on the CPU).
 
     Args:
@@ -229,6 +249,11 @@ def compile_for_inference(model: nn.Module, dynamic: bool = False, fullgraph: bo
             where the weights are packed for oneDNN and not ``dynamic``.
             AOTInductor always packs for oneDNN, so ``ahead_of_time=True`` implies ``onednn`` (an explicit
             ``onednn=False`` with it is an error).
+        cache_dir: keep the ahead-of-time packages in this directory and load them from there when a later call (in
+            this or another process) exports the same program on the same machine and software
+            (:mod:`crossformers.inference.package_cache`: about a second instead of tens of seconds); None = the
+            directory named by ``CROSSFORMERS_COMPILE_CACHE``, or no cache when that is unset. Only a directory you
+            own: loading a package runs its code.
 
     Raises:
         ValueError: ``ahead_of_time=True`` with ``onednn=False``.
@@ -246,4 +271,5 @@ def compile_for_inference(model: nn.Module, dynamic: bool = False, fullgraph: bo
     if ahead_of_time is None:
         ahead_of_time = onednn and not dynamic
     compiled = torch.compile(model, dynamic=dynamic, fullgraph=fullgraph)
-    return CompiledForInference(model, compiled, onednn, ahead_of_time=ahead_of_time, dynamic=dynamic)
+    return CompiledForInference(model, compiled, onednn, ahead_of_time=ahead_of_time, dynamic=dynamic,
+                                cache_dir=cache_dir)
