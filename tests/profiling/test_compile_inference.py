@@ -220,7 +220,8 @@ def test_package_key_follows_the_graph_the_weights_and_the_input_spec():
 @pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
 def test_packages_kept_in_a_cache_directory_are_loaded_instead_of_compiled(tmp_path, monkeypatch):
     """A second compile_for_inference of the same model (a fresh process would be the same) loads the kept package;
-    changed weights compile and keep another; CROSSFORMERS_COMPILE_CACHE names the default directory."""
+    changed weights compile and keep another; a damaged file is compiled again and replaced;
+    CROSSFORMERS_COMPILE_CACHE names the default directory."""
     import torch._inductor as inductor
 
     model = _mlp().eval()
@@ -246,5 +247,10 @@ def test_packages_kept_in_a_cache_directory_are_loaded_instead_of_compiled(tmp_p
         changed[2].bias.add_(1.0)
         torch.testing.assert_close(compile_for_inference(changed, onednn=True)(x), changed(x), atol=1e-5, rtol=1e-5)
     assert len(list(tmp_path.glob("*.pt2"))) == 2
+    kept[0].write_bytes(b"not a package")  # damaged: compiled again, with a warning, and replaced
+    with pytest.warns(RuntimeWarning, match="could not load the cached package"):
+        torch.testing.assert_close(compile_for_inference(copy.deepcopy(model), onednn=True)(x), expected,
+                                   atol=1e-5, rtol=1e-5)
+    assert kept[0].stat().st_size > 1000
     monkeypatch.delenv("CROSSFORMERS_COMPILE_CACHE")
     assert compile_for_inference(model, onednn=True).cache_dir is None
