@@ -254,3 +254,22 @@ def test_packages_kept_in_a_cache_directory_are_loaded_instead_of_compiled(tmp_p
     assert kept[0].stat().st_size > 1000
     monkeypatch.delenv("CROSSFORMERS_COMPILE_CACHE")
     assert compile_for_inference(model, onednn=True).cache_dir is None
+
+
+@pytest.mark.skipif(not torch._C.has_mkl, reason="the dynamo path with inductor's MKL lowering")
+def test_the_dynamo_path_checks_only_tensor_guards_and_keeps_each_model_apart():
+    """Dynamo's guards on module attributes are skipped (tensor guards only), so each compile has a cache of its own:
+    two models of the same class give their own outputs, and a new input shape still compiles anew."""
+    from crossformers.inference.compile import tensor_guards_only
+
+    assert tensor_guards_only().get("isolate_recompiles") is True  # the pinned PyTorch has both
+    a, b = _mlp(), _mlp()
+    with torch.no_grad():
+        b[2].bias.add_(1.0)
+    ca = compile_for_inference(a, onednn=False, ahead_of_time=False)
+    cb = compile_for_inference(b, onednn=False, ahead_of_time=False)
+    x, y = torch.randn(2, 50, 64), torch.randn(3, 20, 64)
+    with torch.no_grad():
+        for t in (x, y, x):
+            torch.testing.assert_close(ca(t), a(t), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(cb(t), b(t), atol=1e-5, rtol=1e-5)
