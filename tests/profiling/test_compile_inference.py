@@ -221,7 +221,8 @@ def test_package_key_follows_the_graph_the_weights_and_the_input_spec():
 def test_packages_kept_in_a_cache_directory_are_loaded_instead_of_compiled(tmp_path, monkeypatch):
     """A second compile_for_inference of the same model (a fresh process would be the same) loads the kept package;
     changed weights compile and keep another; a damaged file is compiled again and replaced;
-    CROSSFORMERS_COMPILE_CACHE names the default directory."""
+    CROSSFORMERS_COMPILE_CACHE names the default directory; a cache that cannot be written is skipped with a
+    warning."""
     import torch._inductor as inductor
 
     model = _mlp().eval()
@@ -254,6 +255,11 @@ def test_packages_kept_in_a_cache_directory_are_loaded_instead_of_compiled(tmp_p
     assert kept[0].stat().st_size > 1000
     monkeypatch.delenv("CROSSFORMERS_COMPILE_CACHE")
     assert compile_for_inference(model, onednn=True).cache_dir is None
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    unwritable = compile_for_inference(copy.deepcopy(changed), onednn=True, cache_dir=blocked / "cache")
+    with pytest.warns(RuntimeWarning, match="cannot write the compile cache .*compiling without it"):
+        torch.testing.assert_close(unwritable(x), changed(x).detach(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not torch._C.has_mkl, reason="the dynamo path with inductor's MKL lowering")

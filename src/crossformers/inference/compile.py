@@ -190,8 +190,6 @@ class CompiledForInference(nn.Module):
         """Export ``module`` on an input like ``x`` and compile it with AOTInductor; None (and a warning) when the
         module cannot be exported, so that calls of this shape take the dynamo path. ``any_batch``: export with a
         free batch dimension (dim 0; None without a warning when the export cannot keep it free)."""
-        from torch._inductor import aoti_compile_and_package, aoti_load_package, config
-
         # export refuses inference tensors and inference mode: trace on a fresh example under no_grad
         with torch.inference_mode(False), torch.no_grad():
             # a free batch is traced at batch 2: export specialises dimensions of size 0 and 1
@@ -211,26 +209,40 @@ class CompiledForInference(nn.Module):
                               f"{str(e).splitlines()[0] if str(e) else ''}): compiling it with torch.compile instead",
                               RuntimeWarning, stacklevel=3)
                 return None
-            options = {"freezing": True}
-            key = package_key(program, {**options, "onednn": self.onednn}) if self.cache_dir is not None else None
-            kept = None if key is None else self.cache_dir / f"{key}.pt2"
-            if kept is not None and kept.is_file():
-                try:
-                    return aoti_load_package(str(kept))
-                except Exception as e:  # noqa: BLE001 - a damaged or foreign file: compile afresh and replace it
-                    warnings.warn(f"could not load the cached package {kept} ({type(e).__name__}): compiling again",
-                                  RuntimeWarning, stacklevel=3)
-            if kept is not None:
+            return self._package(program)
+
+    def _package(self, program: torch.export.ExportedProgram) -> Callable[[torch.Tensor], Any]:
+        """The loaded AOTInductor package of ``program``: from ``cache_dir`` when it is kept there, else compiled
+        (and kept there when there is a cache; a cache that cannot be written is skipped with a warning)."""
+        from torch._inductor import aoti_compile_and_package, aoti_load_package, config
+
+        options = {"freezing": True}
+        key = package_key(program, {**options, "onednn": self.onednn}) if self.cache_dir is not None else None
+        kept = None if key is None else self.cache_dir / f"{key}.pt2"
+        if kept is not None and kept.is_file():
+            try:
+                return aoti_load_package(str(kept))
+            except Exception as e:  # noqa: BLE001 - a damaged or foreign file: compile afresh and replace it
+                warnings.warn(f"could not load the cached package {kept} ({type(e).__name__}): compiling again",
+                              RuntimeWarning, stacklevel=4)
+        if kept is not None:
+            try:
                 kept.parent.mkdir(parents=True, exist_ok=True)
-            # compiled beside its final place, so that the rename that publishes it is atomic
-            with self._packing(), config.patch(fx_graph_cache=False), \
-                    tempfile.TemporaryDirectory(dir=None if kept is None else kept.parent) as folder:
-                path = aoti_compile_and_package(program, package_path=os.path.join(folder, "model.pt2"),
-                                                inductor_configs=options)
-                if kept is not None:
-                    os.replace(path, kept)
-                    path = str(kept)
-                return aoti_load_package(path)  # loaded into memory: a temporary file may go
+                folder = tempfile.TemporaryDirectory(dir=kept.parent)  # beside its place: the rename is atomic
+            except OSError as e:
+                warnings.warn(f"cannot write the compile cache {kept.parent} ({e.strerror or e}): compiling without "
+                              "it (set CROSSFORMERS_COMPILE_CACHE or cache_dir to a directory you can write)",
+                              RuntimeWarning, stacklevel=4)
+                kept = None
+        if kept is None:
+            folder = tempfile.TemporaryDirectory()
+        with self._packing(), config.patch(fx_graph_cache=False), folder as where:
+            path = aoti_compile_and_package(program, package_path=os.path.join(where, "model.pt2"),
+                                            inductor_configs=options)
+            if kept is not None:
+                os.replace(path, kept)
+                path = str(kept)
+            return aoti_load_package(path)  # loaded into memory: a temporary file may go
 
 
 def tensor_guards_only() -> dict[str, Any]:
