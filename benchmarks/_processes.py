@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def parse_or_serve(parser: argparse.ArgumentParser, tag: str,
     if serve_child(args, child):
         return None
     return (args, *machine_line(args.threads))
+
+
+def report_head(title: str, machine: str, *notes: str) -> list[str]:
+    """The opening lines of a Markdown report: ``# title (date, UTC)``, the command, the machine line and ``notes``
+    (each a ``- `` item), then a blank line."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return [f"# {title} ({when})", "", f"- command: `python {' '.join(sys.argv)}`", f"- {machine}",
+            *(f"- {n}" for n in notes), ""]
 
 
 def write_report(args: argparse.Namespace, text: str, info: dict, rows: list) -> None:

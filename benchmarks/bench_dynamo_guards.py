@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
-import time
 
-from _processes import parse_or_serve, run_child, seeded_model, write_report
+from _processes import parse_or_serve, report_head, run_child, seeded_model, write_report
 
 
 def _child(spec: dict) -> dict:
@@ -35,7 +33,7 @@ def _child(spec: dict) -> dict:
     retain_freed_memory()
     model = seeded_model(spec["model"])
     side = int(timm.models.get_pretrained_cfg(spec["model"]).input_size[-1]) if spec["side"] is None else spec["side"]
-    x = torch.randn(1, 3, side, side)
+    x = torch.randn(1, getattr(model, "in_chans", 3), side, side)
     default = copy.deepcopy(model)
     forms = {"default guards": CompiledForInference(default, torch.compile(default, fullgraph=True), onednn=False),
              "tensor guards": compile_for_inference(model, onednn=False, ahead_of_time=False)}
@@ -70,13 +68,13 @@ def main() -> None:
     args, info, machine = opened
     results = [run_child(__file__, {"model": m, "side": args.side, "rounds": args.rounds, "block": args.block,
                                     "profiled": args.profiled, "threads": args.threads}) for m in args.models]
-    lines = [f"# The dynamo path: default guards vs tensor guards only ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
-             "", f"- command: `python {' '.join(sys.argv)}`", f"- {machine}; freed memory retained; MKL weight packing",
-             f"- {args.rounds} alternating rounds of {args.block} batch-1 calls per side; ratio = tensor guards / "
-             "default guards, paired (< 1: skipping the other guards is faster); guard time: the profiler's "
-             f"\"TorchDynamo Cache Lookup\" over {args.profiled} calls", "",
-             "| model | input | default ms | tensor guards ms | ratio (paired) | guard ms per call, default / tensor | "
-             "max abs diff |", "|---|---|---|---|---|---|---|"]
+    lines = report_head(
+        "The dynamo path: default guards vs tensor guards only", f"{machine}; freed memory retained; MKL weight packing",
+        f"{args.rounds} alternating rounds of {args.block} batch-1 calls per side; ratio = tensor guards / default "
+        "guards, paired (< 1: skipping the other guards is faster); guard time: the profiler's \"TorchDynamo Cache "
+        f"Lookup\" over {args.profiled} calls")
+    lines += ["| model | input | default ms | tensor guards ms | ratio (paired) | guard ms per call, default / tensor | "
+              "max abs diff |", "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['side']} | {r['median_ms']['default guards']:.1f} | "
                      f"{r['median_ms']['tensor guards']:.1f} | {r['ratio']:.3f} | "

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
-from _processes import parse_or_serve, run_child, seeded_model, write_report
+from _processes import parse_or_serve, report_head, run_child, seeded_model, write_report
 
 
 def _child(spec: dict) -> dict:
@@ -31,13 +30,14 @@ def _child(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     retain_freed_memory()  # as crossformers eval / predict / profile run
-    compiled = compile_for_inference(seeded_model(spec["model"]), onednn=True, ahead_of_time=True)
-    side = spec["side"]
+    model = seeded_model(spec["model"])
+    compiled = compile_for_inference(model, onednn=True, ahead_of_time=True)
+    side, chans = spec["side"], getattr(model, "in_chans", 3)
     compile_s: dict[str, float] = {}
 
     def build(batch: int, any_batch: bool):
         t0 = time.perf_counter()
-        run = compiled._compile_ahead_of_time(torch.randn(batch, 3, side, side), any_batch=any_batch)
+        run = compiled._compile_ahead_of_time(torch.randn(batch, chans, side, side), any_batch=any_batch)
         compile_s["free" if any_batch else f"batch {batch}"] = time.perf_counter() - t0
         if run is None:
             raise SystemExit(f"{spec['model']}: torch.export failed")
@@ -47,7 +47,7 @@ def _child(spec: dict) -> dict:
     rows = []
     for batch in spec["batches"]:
         specialised = build(batch, False)
-        x = torch.randn(batch, 3, side, side)
+        x = torch.randn(batch, chans, side, side)
         with torch.no_grad():
             diff = (free(x) - specialised(x)).abs().max().item()
             times = time_alternating({"specialised": lambda s=specialised, x=x: s(x),
@@ -74,12 +74,12 @@ def main() -> None:
     args, info, machine = opened
     results = [run_child(__file__, {"model": m, "side": args.side, "batches": args.batches, "rounds": args.rounds,
                                     "block": args.block, "threads": args.threads}) for m in args.models]
-    lines = [f"# Ahead-of-time packages: specialised batch vs free batch ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
-             "", f"- command: `python {' '.join(sys.argv)}`", f"- {machine}; freed memory retained",
-             f"- {args.rounds} alternating rounds of {args.block} calls per side; ratio = free / specialised, paired "
-             "(> 1: the free batch is slower)", "",
-             "| model | batch | compile s (specialised / free) | specialised ms | free ms | ratio (paired) | max abs diff |",
-             "|---|---|---|---|---|---|---|"]
+    lines = report_head(
+        "Ahead-of-time packages: specialised batch vs free batch", f"{machine}; freed memory retained",
+        f"{args.rounds} alternating rounds of {args.block} calls per side; ratio = free / specialised, paired "
+        "(> 1: the free batch is slower)")
+    lines += ["| model | batch | compile s (specialised / free) | specialised ms | free ms | ratio (paired) | max abs diff |",
+              "|---|---|---|---|---|---|---|"]
     for r in results:
         for row in r["rows"]:
             own = r["compile_s"][f"batch {row['batch']}"]
