@@ -69,12 +69,13 @@ def main() -> None:
     results = [run_child(__file__, {"model": m, "side": args.side, "rounds": args.rounds, "block": args.block,
                                     "profiled": args.profiled, "threads": args.threads}) for m in args.models]
     lines = report_head(
-        "The dynamo path: default guards vs tensor guards only", f"{machine}; freed memory retained; MKL weight packing",
+        "The dynamo path: default guards vs tensor guards only",
+        f"{machine}; freed memory retained; MKL weight packing",
         f"{args.rounds} alternating rounds of {args.block} batch-1 calls per side; ratio = tensor guards / default "
         "guards, paired (< 1: skipping the other guards is faster); guard time: the profiler's \"TorchDynamo Cache "
         f"Lookup\" over {args.profiled} calls")
-    lines += ["| model | input | default ms | tensor guards ms | ratio (paired) | guard ms per call, default / tensor | "
-              "max abs diff |", "|---|---|---|---|---|---|---|"]
+    lines += ["| model | input | default ms | tensor guards ms | ratio (paired) | guard ms per call, default / "
+              "tensor | max abs diff |", "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['side']} | {r['median_ms']['default guards']:.1f} | "
                      f"{r['median_ms']['tensor guards']:.1f} | {r['ratio']:.3f} | "

@@ -78,7 +78,8 @@ def main() -> None:
         "Ahead-of-time packages: specialised batch vs free batch", f"{machine}; freed memory retained",
         f"{args.rounds} alternating rounds of {args.block} calls per side; ratio = free / specialised, paired "
         "(> 1: the free batch is slower)")
-    lines += ["| model | batch | compile s (specialised / free) | specialised ms | free ms | ratio (paired) | max abs diff |",
+    lines += ["| model | batch | compile s (specialised / free) | specialised ms | free ms | ratio (paired) | "
+              "max abs diff |",
               "|---|---|---|---|---|---|---|"]
     for r in results:
         for row in r["rows"]:

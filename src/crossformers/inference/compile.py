@@ -13,12 +13,13 @@ attention) is inductor's. Measured against ``optimize_for_inference`` eager: 0.6
 
 With oneDNN packing, CPU inputs are compiled ahead of time (``torch.export`` + AOTInductor; a package specialised to
 each of the first :data:`SPECIALISED_BATCHES` batch sizes of an image size, then one with a free batch dimension for
-every further batch size of it), which packs for oneDNN by itself and runs without dynamo's per-call guards and Python wrapper code; with MKL
-packing, dynamo compiles with inductor's C++ wrapper. Together 0.90-0.94x the latency of the dynamo path with
-Python wrapper code (``docs/profiling.md``). Both paths take the attention biases that depend only on the weights
-and the input size (CrossFormer's dynamic position bias, FcaFormer's relative-position and cross-token bias) as
-constants computed by one eager call per input shape (:func:`crossformers.layers.bias_cache.frozen_caches`) instead
-of rebuilding them in every call (0.95-0.99x the latency; not with ``dynamic=True``).
+every further batch size of it), which packs for oneDNN by itself and runs without dynamo's per-call guards and
+Python wrapper code; with MKL packing, dynamo compiles with inductor's C++ wrapper. Together 0.90-0.94x the
+latency of the dynamo path with Python wrapper code (``docs/profiling.md``). Both paths take the attention biases
+that depend only on the weights and the input size (CrossFormer's dynamic position bias, FcaFormer's
+relative-position and cross-token bias) as constants computed by one eager call per input shape
+(:func:`crossformers.layers.bias_cache.frozen_caches`) instead of rebuilding them in every call (0.95-0.99x the
+latency; not with ``dynamic=True``).
 
 On the dynamo path the oneDNN choice is made by swapping two methods of inductor's private ``CpuMkldnnDeviceOp``
 for the duration of each call of the returned module (where compilation happens); if a future PyTorch renames them,
@@ -46,9 +47,9 @@ __all__ = ["compile_for_inference", "CompiledForInference", "SPECIALISED_BATCHES
 #: ahead of time, the number of batch sizes per image size (and dtype) that get a package specialised to them; every
 #: further batch size of that image size shares one package whose batch dimension is free. Specialised packages are
 #: faster (a free batch took 1.046x / 1.052x the time at batch 1 and 1.018x / 1.010x at batch 8 for FcaFormer-L1 /
-#: CrossFormer-T on an AMD EPYC Zen 4, 2 threads; docs/benchmarks/free_batch_amd_zen4.md), and each package takes tens of seconds to compile on 2 cores: an
-#: evaluation's full batches and its smaller last batch are both specialised, and a stream of varying batch sizes
-#: compiles at most three packages instead of one per size.
+#: CrossFormer-T on an AMD EPYC Zen 4, 2 threads; docs/benchmarks/free_batch_amd_zen4.md), and each package takes
+#: tens of seconds to compile on 2 cores: an evaluation's full batches and its smaller last batch are both
+#: specialised, and a stream of varying batch sizes compiles at most three packages instead of one per size.
 SPECIALISED_BATCHES = 2
 
 #: largest batch a package with a free batch dimension accepts (torch.export needs a bound to reason with)

@@ -200,7 +200,8 @@ def _quantize_int8(model: nn.Module, x: torch.Tensor, calibration: list | None, 
     from torchao.quantization.pt2e import allow_exported_model_train_eval
 
     allow_exported_model_train_eval(quantized)  # compile_for_inference puts it in eval mode
-    # ahead of time (AOTInductor packages, see CompiledForInference): 0.86x the dynamo-compiled int8 FcaFormer-L1's time
+    # ahead of time (AOTInductor packages, see CompiledForInference): 0.86x the dynamo-compiled int8 FcaFormer-L1's
+    # time
     return quantized, compile_for_inference(quantized, onednn=True)
 
 
