@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from crossformers.engine import NonFiniteLossError, OutputExistsError, TrainConfig, load_trained, train
 from crossformers.engine.config_file import load_config_file
@@ -140,6 +141,20 @@ def test_finetune_new_head_with_layer_decay(trained_run, image_folder, tmp_path)
     # test_vit: stem, 6 blocks and the head are 8 layers scaled 0.75 ** (7 - layer), each with and without weight
     # decay (per-parameter values are checked in test_engine_known_answers.py)
     assert sorted(set(scales)) == sorted(round(0.75 ** k, 12) for k in range(8)) and len(scales) == 16
+    # the engine's AdamW runs PyTorch's fused kernel on the CPU, and the choice is saved for the resumed run
+    assert all(g["fused"] is True for g in state["optimizer"]["param_groups"])
+
+
+def test_fused_adamw_only_where_every_parameter_has_a_fused_kernel():
+    from crossformers.engine.train import fused_adamw_kwargs
+
+    assert fused_adamw_kwargs(nn.Linear(4, 2)) == {"fused": True}
+    assert fused_adamw_kwargs(nn.Linear(4, 2, device="meta")) == {}  # no fused kernel on the meta device
+    frozen = nn.Linear(4, 2)
+    frozen.requires_grad_(False)
+    assert fused_adamw_kwargs(frozen) == {}  # nothing to update
+    model = nn.Linear(4, 2)
+    torch.optim.AdamW(model.parameters(), **fused_adamw_kwargs(model))  # accepted by PyTorch as given
 
 
 
