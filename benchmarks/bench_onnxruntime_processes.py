@@ -8,11 +8,13 @@ drawn once (seed 0), exported to ONNX at the model's default input size (batch 1
 each pair of processes runs, in a shuffled order, our model (``--ours``: ``compile`` = ``compile_for_inference``,
 ``optimize`` = ``optimize_for_inference``, both with this machine's calibrated linear path) and onnxruntime (CPU
 provider, all graph optimisations, the same intra-op threads). Each process makes untimed warm-up calls (ours
-compiles in the first), then ``--calls`` timed calls at batch 1; its time is their median. The table gives each
+compiles in the first, or loads the package the first process of ours kept in a temporary compile cache, so that
+8 pairs take minutes, not 25 s of compiling per process), then ``--calls`` timed calls at batch 1; its time is
+their median. The table gives each
 side's median over the processes and the paired ratio (median over pairs of ours / onnxruntime; < 1: ours faster),
 with the CPU model and threads.
 
-    python benchmarks/bench_onnxruntime_processes.py --threads 2 --pairs 4 --out docs/benchmarks --tag onnxruntime_processes
+    python benchmarks/bench_onnxruntime_processes.py --threads 2 --out docs/benchmarks --tag onnxruntime_processes
     python benchmarks/bench_onnxruntime_processes.py --models fcaformer_l1 --ours compile optimize
 """
 from __future__ import annotations
@@ -46,7 +48,8 @@ def _child(spec: dict) -> dict:
         from crossformers.inference import compile_for_inference, optimize_for_inference
 
         model = seeded_model(spec["model"])
-        model = compile_for_inference(model) if spec["runtime"] == "compile" else optimize_for_inference(model)
+        model = (compile_for_inference(model, cache_dir=spec.get("cache_dir")) if spec["runtime"] == "compile"
+                 else optimize_for_inference(model))
         x = torch.randn(*spec["shape"], generator=torch.Generator().manual_seed(0))
 
         def call():
@@ -71,7 +74,10 @@ def main() -> None:
     p.add_argument("--ours", nargs="+", choices=("compile", "optimize"), default=["compile"],
                    help="our paths to time (default: compile)")
     p.add_argument("--calls", type=int, default=30, help="timed calls per process (default 30)")
-    p.add_argument("--pairs", type=int, default=4, help="processes per runtime and model (default 4)")
+    p.add_argument("--pairs", type=int, default=8, help="processes per runtime and model (default 8)")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="compile in every process of ours instead of keeping the first one's packages in a "
+                        "temporary compile cache (compile_for_inference's cache_dir) that later processes load")
     opened = parse_or_serve(p, "onnxruntime_processes", _child)
     if opened is None:
         return
@@ -91,7 +97,8 @@ def main() -> None:
                 rng.shuffle(order)
                 for side in order:
                     spec = {"runtime": side, "model": name, "onnx": str(onnx), "shape": shape,
-                            "threads": args.threads, "calls": args.calls}
+                            "threads": args.threads, "calls": args.calls,
+                            "cache_dir": None if args.no_compile_cache else str(Path(tmp) / "packages")}
                     runs[side].append(run_child(__file__, spec))
                     print(f"{name} {side}: {runs[side][-1]['median_ms']:.1f} ms", flush=True)
             ratios = {side: statistics.median(o["median_ms"] / r["median_ms"]
@@ -107,7 +114,9 @@ def main() -> None:
     lines = [f"# Ours against onnxruntime, each runtime alone in fresh processes ({info.get('cpu', '?')})", "",
              f"{machine}. Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`; each time is "
              f"the median over {args.pairs} processes of the median of {args.calls} batch-1 calls; ratios paired "
-             "by process pair (median, and the range over pairs).", "",
+             "by process pair (median, and the range over pairs)"
+             + ("." if args.no_compile_cache else "; our compiled packages are made by the first process and loaded "
+                "from a temporary compile cache by the others.") + "", "",
              "| model | input | onnxruntime ms | " + " | ".join(f"ours {s} ms | ours {s} / onnxruntime"
                                                             for s in args.ours) + " |",
              "|---|---|---|" + "---|---|" * len(args.ours)]
@@ -116,6 +125,11 @@ def main() -> None:
         cells = [f"{med[s]:.1f} | {row['ratio_paired'][s]:.2f} ({row['ratio_span'][s][0]:.2f}-"
                  f"{row['ratio_span'][s][1]:.2f})" for s in args.ours]
         lines.append(f"| {row['model']} | {row['shape'][2]} | {med['onnxruntime']:.1f} | " + " | ".join(cells) + " |")
+    # every process's time, in run order: on a shared VM whole processes can land in a slower state (docs/profiling.md)
+    lines += ["", "Each process's median, ms, in the order the processes ran:", ""]
+    for row in rows:
+        for side, runs in row["runs"].items():
+            lines.append(f"- {row['model']} {side}: " + ", ".join(f"{r['median_ms']:.1f}" for r in runs))
     write_report(args, "\n".join(lines) + "\n", info, rows)
 
 

@@ -50,7 +50,7 @@ if want 4; then
 fi
 if want 5; then
     "$py" "$here/bench_onnxruntime_processes.py" --models crossvit_9_240 crossformer_tiny fcaformer_l1 \
-        --ours compile optimize --pairs 4 --calls 30 --threads 2 --out "$out" --tag "${label}_onnxruntime"
+        --ours compile optimize --pairs 8 --calls 30 --threads 2 --out "$out" --tag "${label}_onnxruntime"
 fi
 if want 6; then
     "$py" "$here/bench_amp_training.py" --threads 2 --out "$out" --tag "${label}_amp_training"
