@@ -6,7 +6,9 @@ seconds; the generated code shows which library the products call.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import time
 import warnings
 
 import pytest
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 from torch._inductor.utils import run_and_get_cpp_code
 
+from crossformers.inference import package_cache
 from crossformers.inference.compile import compile_for_inference, onednn_weight_packing
 from crossformers.layers.linear import onednn_available
 
@@ -238,9 +241,11 @@ def test_packages_kept_in_a_cache_directory_are_loaded_instead_of_compiled(tmp_p
     monkeypatch.setattr(inductor, "aoti_compile_and_package",
                         lambda *a, **k: pytest.fail("a kept package was compiled again"))
     monkeypatch.setenv("CROSSFORMERS_COMPILE_CACHE", str(tmp_path))
+    os.utime(kept[0], (time.time() - 3600, time.time() - 3600))
     again = compile_for_inference(copy.deepcopy(model), onednn=True)
     assert again.cache_dir == tmp_path
     torch.testing.assert_close(again(x), expected, atol=1e-5, rtol=1e-5)
+    assert kept[0].stat().st_mtime > time.time() - 600  # loading marked it used
 
     monkeypatch.setattr(inductor, "aoti_compile_and_package", real)
     changed = copy.deepcopy(model)
@@ -248,7 +253,13 @@ def test_packages_kept_in_a_cache_directory_are_loaded_instead_of_compiled(tmp_p
         changed[2].bias.add_(1.0)
         torch.testing.assert_close(compile_for_inference(changed, onednn=True)(x), changed(x), atol=1e-5, rtol=1e-5)
     assert len(list(tmp_path.glob("*.pt2"))) == 2
-    kept[0].write_bytes(b"not a package")  # damaged: compiled again, with a warning, and replaced
+    with monkeypatch.context() as bound, torch.no_grad():  # a bound below one package: only the new one stays
+        bound.setattr(package_cache, "cache_limit_bytes", lambda: 1)
+        newer = copy.deepcopy(changed)
+        newer[2].bias.add_(1.0)
+        torch.testing.assert_close(compile_for_inference(newer, onednn=True)(x), newer(x), atol=1e-5, rtol=1e-5)
+    assert len(list(tmp_path.glob("*.pt2"))) == 1 and not kept[0].exists()
+    kept[0].write_bytes(b"not a package")  # damaged (here: in place of the evicted one): compiled again, replaced
     with pytest.warns(RuntimeWarning, match="could not load the cached package"):
         torch.testing.assert_close(compile_for_inference(copy.deepcopy(model), onednn=True)(x), expected,
                                    atol=1e-5, rtol=1e-5)
@@ -279,3 +290,33 @@ def test_the_dynamo_path_checks_only_tensor_guards_and_keeps_each_model_apart():
         for t in (x, y, x):
             torch.testing.assert_close(ca(t), a(t), atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(cb(t), b(t), atol=1e-5, rtol=1e-5)
+
+
+def test_the_compile_cache_keeps_the_most_recently_used_packages_within_its_bound(tmp_path, monkeypatch):
+    """Eviction deletes the least recently used packages (modification time) beyond the bound, never the package
+    just written and nothing but packages; the bound comes from CROSSFORMERS_COMPILE_CACHE_MAX_MB (0: none), and a
+    bad value is refused as soon as a cache is named, before any compiling."""
+    from crossformers.inference.package_cache import CompileCacheError, cache_limit_bytes, evict, resolve_cache_dir
+
+    now = time.time()
+    for age, name in enumerate(["new", "mid", "old", "oldest"]):
+        path = tmp_path / f"{name}.pt2"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (now - 60 * age, now - 60 * age))
+    (tmp_path / "notes.txt").write_bytes(b"x" * 1000)
+    assert evict(tmp_path, limit_bytes=250) == [tmp_path / "oldest.pt2", tmp_path / "old.pt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mid.pt2", "new.pt2", "notes.txt"]
+    assert evict(tmp_path, keep=tmp_path / "mid.pt2", limit_bytes=50) == [tmp_path / "new.pt2"]
+    assert (tmp_path / "mid.pt2").exists()  # the package just written stays, even above the bound
+
+    monkeypatch.delenv(package_cache.CACHE_MAX_ENV, raising=False)
+    assert cache_limit_bytes() == package_cache.DEFAULT_MAX_MB << 20
+    monkeypatch.setenv(package_cache.CACHE_MAX_ENV, "0")
+    assert cache_limit_bytes() is None and evict(tmp_path, limit_bytes=None) == []
+    monkeypatch.setenv(package_cache.CACHE_MAX_ENV, "12")
+    assert cache_limit_bytes() == 12 << 20
+    monkeypatch.setenv(package_cache.CACHE_MAX_ENV, "2 GB")
+    with pytest.raises(CompileCacheError, match=r"CROSSFORMERS_COMPILE_CACHE_MAX_MB='2 GB' is not a size in MiB"):
+        compile_for_inference(_mlp(), onednn=True, cache_dir=tmp_path)
+    monkeypatch.delenv(package_cache.CACHE_ENV, raising=False)
+    assert resolve_cache_dir(None) is None  # no cache: the bound is not read

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..layers.bias_cache import InferenceCache, bias_caches, clear_caches, fill_caches, frozen_caches
 from ..layers.linear import onednn_for_compile
-from .package_cache import package_key, resolve_cache_dir
+from .package_cache import evict, mark_used, package_key, resolve_cache_dir
 
 __all__ = ["compile_for_inference", "CompiledForInference", "SPECIALISED_BATCHES", "tensor_guards_only"]
 
@@ -222,7 +222,9 @@ class CompiledForInference(nn.Module):
         kept = None if key is None else self.cache_dir / f"{key}.pt2"
         if kept is not None and kept.is_file():
             try:
-                return aoti_load_package(str(kept))
+                loaded = aoti_load_package(str(kept))
+                mark_used(kept)
+                return loaded
             except Exception as e:  # noqa: BLE001 - a damaged or foreign file: compile afresh and replace it
                 warnings.warn(f"could not load the cached package {kept} ({type(e).__name__}): compiling again",
                               RuntimeWarning, stacklevel=4)
@@ -243,6 +245,7 @@ class CompiledForInference(nn.Module):
             if kept is not None:
                 os.replace(path, kept)
                 path = str(kept)
+                evict(kept.parent, keep=kept)
             return aoti_load_package(path)  # loaded into memory: a temporary file may go
 
 
@@ -283,10 +286,12 @@ def compile_for_inference(model: nn.Module, dynamic: bool = False, fullgraph: bo
             this or another process) exports the same program on the same machine and software
             (:mod:`crossformers.inference.package_cache`: about a second instead of tens of seconds); None = the
             directory named by ``CROSSFORMERS_COMPILE_CACHE``, or no cache when that is unset. Only a directory you
-            own: loading a package runs its code.
+            own: loading a package runs its code. The least recently used packages are deleted beyond
+            ``CROSSFORMERS_COMPILE_CACHE_MAX_MB`` MiB (default 5120; 0 keeps all).
 
     Raises:
         ValueError: ``ahead_of_time=True`` with ``onednn=False``.
+        CompileCacheError: a cache is used and ``CROSSFORMERS_COMPILE_CACHE_MAX_MB`` is not a size in MiB.
 
     Returns:
         A :class:`CompiledForInference`; the first call of each input shape compiles (tens of seconds on a 2-core

@@ -16,8 +16,11 @@ same machine and software loads the package (about a second) instead of compilin
 
 A package holds a shared library and the model's weights. Loading one runs its code, so point the cache only at a
 directory you own. Packages are written under a temporary name and renamed, so a crash never leaves a partial file.
-Nothing is evicted: a package is about the size of the model's weights, and deleting the directory reclaims the
-space.
+
+A package is about the size of the model's weights (111 MB for CrossFormer-T), so the cache is bounded: after a new
+package is written, the least recently used ones are deleted until the packages take at most
+``CROSSFORMERS_COMPILE_CACHE_MAX_MB`` MiB (default :data:`DEFAULT_MAX_MB`; ``0`` keeps everything). Loading a package
+marks it used (its modification time). The package just written is always kept, even when it alone is larger.
 """
 from __future__ import annotations
 
@@ -29,20 +32,38 @@ from typing import Any
 
 import torch
 
+from ..errors import CrossformersError
 from ..layers.linear_calibration import machine_key
 
-__all__ = ["CACHE_ENV", "resolve_cache_dir", "package_key"]
+__all__ = ["CACHE_ENV", "CACHE_MAX_ENV", "DEFAULT_MAX_MB", "CompileCacheError", "resolve_cache_dir", "package_key",
+           "cache_limit_bytes", "mark_used", "evict"]
 
 #: the environment variable naming the default cache directory (unset or empty: no cache)
 CACHE_ENV = "CROSSFORMERS_COMPILE_CACHE"
+#: the environment variable bounding the packages' total size, in MiB (0: no bound)
+CACHE_MAX_ENV = "CROSSFORMERS_COMPILE_CACHE_MAX_MB"
+#: the bound without that variable, in MiB: room for dozens of small models' packages or a few of the largest
+DEFAULT_MAX_MB = 5120
+
+
+class CompileCacheError(CrossformersError, ValueError):
+    """The compile cache's settings are unusable (e.g. a size bound that is not a number)."""
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path | None:
     """``cache_dir`` as a path, or the directory named by ``CROSSFORMERS_COMPILE_CACHE`` when it is None (None
-    when that is unset or empty: no cache)."""
+    when that is unset or empty: no cache).
+
+    Raises:
+        CompileCacheError: there is a cache and ``CROSSFORMERS_COMPILE_CACHE_MAX_MB`` is not a size (checked here,
+            before any compiling, rather than when the first package is written).
+    """
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_ENV, "").strip() or None
-    return None if cache_dir is None else Path(cache_dir).expanduser()
+    if cache_dir is None:
+        return None
+    cache_limit_bytes()
+    return Path(cache_dir).expanduser()
 
 
 def _version() -> str:
@@ -94,3 +115,65 @@ def package_key(program: torch.export.ExportedProgram, options: dict[str, Any]) 
         else:  # e.g. a script object of packed weights: its content cannot be hashed here
             return None
     return h.hexdigest()
+
+
+def cache_limit_bytes() -> int | None:
+    """The bound on the packages' total size in bytes (``CROSSFORMERS_COMPILE_CACHE_MAX_MB`` MiB, default
+    :data:`DEFAULT_MAX_MB`), or None for no bound (the variable is ``0``).
+
+    Raises:
+        CompileCacheError: the variable is not a whole number of MiB, or is negative.
+    """
+    text = os.environ.get(CACHE_MAX_ENV, "").strip()
+    try:
+        mib = DEFAULT_MAX_MB if not text else int(text)
+        if mib < 0:
+            raise ValueError
+    except ValueError:
+        raise CompileCacheError(f"{CACHE_MAX_ENV}={text!r} is not a size in MiB: set it to a whole number >= 0 "
+                         "(0 keeps every package)") from None
+    return None if mib == 0 else mib << 20
+
+
+def mark_used(path: str | os.PathLike) -> None:
+    """Record that the package at ``path`` was used now (its modification time), so that :func:`evict` keeps it over
+    packages used longer ago. A file that is gone or read-only is left as it is."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def evict(cache_dir: str | os.PathLike, keep: str | os.PathLike | None = None,
+          limit_bytes: int | None = None) -> list[Path]:
+    """Delete the least recently used packages (``*.pt2`` in ``cache_dir``) until the rest take at most
+    ``limit_bytes`` (default :func:`cache_limit_bytes`; None: delete nothing). ``keep`` (the package just written)
+    is never deleted. Files another process deletes meanwhile are skipped.
+
+    Returns:
+        The deleted paths, least recently used first.
+    """
+    if limit_bytes is None:
+        limit_bytes = cache_limit_bytes()
+    if limit_bytes is None:
+        return []
+    keep = None if keep is None else Path(keep).resolve()
+    packages = []
+    for path in Path(cache_dir).glob("*.pt2"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        packages.append((stat.st_mtime, stat.st_size, path))
+    packages.sort(key=lambda entry: entry[0], reverse=True)  # most recently used first
+    total, removed = 0, []
+    for _, size, path in packages:
+        total += size
+        if total > limit_bytes and path.resolve() != keep:
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+            total -= size
+    return removed[::-1]
