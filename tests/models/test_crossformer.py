@@ -143,30 +143,21 @@ def test_grouping_round_trip_and_lda_pattern():
         assert set(ys.tolist()) in ({0.0, 2.0}, {1.0, 3.0})
 
 
-def test_grouping_with_free_sizes_takes_the_shuffle_form_which_groups_alike():
-    """Under torch.export with free sizes the grouping goes through pixel (un)shuffles (a reshape of symbolic sizes
-    nests floor expressions block after block); that form groups exactly as the reshapes do (padded maps too), and an
-    exported stack of SDA / LDA round trips is exact at sizes other than the traced ones."""
-    from crossformers.layers import grouping
-
-    x = torch.randn(2, 12, 20, 5)
-    for g, i, lda in [(2, 2, True), (3, 2, True), (4, 1, False), (2, 1, False), (2, 3, True)]:
-        hp, wp = grouping.padded_size(12, 20, g, i, lda)
-        padded = torch.nn.functional.pad(x, (0, 0, 0, wp - 20, 0, hp - 12))
-        groups = group_tokens(x, g, i, lda)
-        assert torch.equal(grouping._group_by_unshuffle(padded, g, i, lda), groups)
-        assert torch.equal(grouping._ungroup_by_shuffle(groups, hp, wp, g, i, lda), padded)
+def test_grouping_exported_with_free_sizes_is_exact_at_other_sizes():
+    """Grouping with symbolic sizes (torch.export, dynamic height and width; an unpadded map keeps its own sizes
+    instead of the rounded-up expression): an exported stack of LDA / SDA round trips equals eager at sizes other
+    than the traced one."""
 
     class Stack(torch.nn.Module):
         def forward(self, t):
             h, w = t.shape[1:3]
-            for g, i, lda in [(2, 2, True), (4, 1, False), (2, 4, True)]:
+            for g, i, lda in [(2, 2, True), (4, 1, False)]:
                 t = ungroup_tokens(group_tokens(t, g, i, lda) + t.new_tensor(range(g * g))[:, None], h, w, g, i, lda)
             return t
 
-    rows, cols = torch.export.Dim("rows", min=1, max=32), torch.export.Dim("cols", min=1, max=32)  # traced at 2 and 3
-    program = torch.export.export(Stack(), (torch.randn(2, 32, 48, 3),), dynamic_shapes=({1: 16 * rows, 2: 16 * cols},))
-    assert "pixel_unshuffle" in str(program.graph) and "pixel_shuffle" in str(program.graph)  # the shuffle form
+    rows, cols = torch.export.Dim("rows", min=1, max=32), torch.export.Dim("cols", min=1, max=32)  # traced at 2, 3
+    program = torch.export.export(Stack(), (torch.randn(2, 32, 48, 3),),
+                                  dynamic_shapes=({1: 16 * rows, 2: 16 * cols},))
     for y in (torch.randn(2, 16, 16, 3), torch.randn(2, 64, 32, 3)):
         assert torch.equal(program.module()(y), Stack()(y))
 

@@ -51,11 +51,9 @@ def group_tokens(x: torch.Tensor, group_size: int, interval: int, lda: bool) -> 
         x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
     else:
         # no padding: keep the input's own sizes. Under torch.export with free sizes they are symbols, and the
-        # rounded-up form would be a nested floor expression that every later block nests again (a dynamic export
-        # of CrossFormer then spent minutes in sympy)
+        # rounded-up form is a floor expression that every later block nests again (measured: the dynamic export of
+        # crossformer_tiny 66 s instead of 77-80 s)
         Hp, Wp = H, W
-    if _symbolic(Hp, Wp):
-        return _group_by_unshuffle(x, group_size, interval, lda)
     G = group_size
     if lda:
         I = interval  # noqa: E741
@@ -75,54 +73,16 @@ def ungroup_tokens(x: torch.Tensor, height: int, width: int, group_size: int, in
     if not padded:
         Hp, Wp = height, width  # the caller's own (possibly symbolic) sizes, as in group_tokens
     G = group_size
-    if _symbolic(Hp, Wp):
-        x = _ungroup_by_shuffle(x, Hp, Wp, group_size, interval, lda)
-    elif lda:
+    if lda:
         I = interval  # noqa: E741
         Rh, Rw = Hp // (G * I), Wp // (G * I)
-        x = x.reshape(B, Rh, Rw, I, I, G, G, C).permute(0, 1, 5, 3, 2, 6, 4, 7).reshape(B, Hp, Wp, C)
+        x = x.reshape(B, Rh, Rw, I, I, G, G, C).permute(0, 1, 5, 3, 2, 6, 4, 7)
     else:
-        x = x.reshape(B, Hp // G, Wp // G, G, G, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
+        x = x.reshape(B, Hp // G, Wp // G, G, G, C).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(B, Hp, Wp, C)
     if padded:
         x = x[:, :height, :width]
     return x
-
-
-def _symbolic(*sizes) -> bool:
-    """Whether any size is a symbol (torch.export or torch.compile tracing with free sizes), not a number."""
-    return any(isinstance(size, torch.SymInt) for size in sizes)
-
-
-# The same groups through pixel (un)shuffles, for free sizes only. Splitting a symbolic size with reshape (H into
-# H/G x G) makes the tracer derive the inner factor by division, as a floor expression it cannot reduce to G, and every
-# later block nests those expressions again: a dynamic export of CrossFormer took minutes in sympy, growing
-# faster than linearly with depth. Pixel (un)shuffles only ever split the channel dimension, whose factors are
-# numbers. In eager mode this form takes 5-30x the time of the reshapes (two copies instead of one), so numbers take
-# the reshapes.
-def _group_by_unshuffle(x: torch.Tensor, group_size: int, interval: int, lda: bool) -> torch.Tensor:
-    """:func:`group_tokens` of a (B, Hp, Wp, C) map already padded to the group extent."""
-    G, C = group_size, x.shape[-1]
-    y = x.permute(0, 3, 1, 2)
-    if lda:
-        I = interval  # noqa: E741
-        # channels (C, i_h, i_w, g_h, g_w), spatial (region row, region col)
-        y = F.pixel_unshuffle(F.pixel_unshuffle(y, I), G).unflatten(1, (C, I, I, G, G))
-        return y.permute(0, 6, 7, 2, 3, 4, 5, 1).flatten(1, 4).flatten(2, 3)
-    y = F.pixel_unshuffle(y, G).unflatten(1, (C, G, G))  # channels (C, g_h, g_w), spatial (window row, col)
-    return y.permute(0, 4, 5, 2, 3, 1).flatten(1, 2).flatten(2, 3)
-
-
-def _ungroup_by_shuffle(x: torch.Tensor, Hp, Wp, group_size: int, interval: int, lda: bool) -> torch.Tensor:
-    """Inverse of :func:`_group_by_unshuffle`: (B, nG, G*G, C) -> the padded (B, Hp, Wp, C) map."""
-    G = group_size
-    if lda:
-        I = interval  # noqa: E741
-        y = x.unflatten(1, (Hp // (G * I), Wp // (G * I), I, I)).unflatten(5, (G, G))
-        y = F.pixel_shuffle(F.pixel_shuffle(y.permute(0, 7, 3, 4, 5, 6, 1, 2).flatten(1, 5), G), I)
-    else:
-        y = x.unflatten(1, (Hp // G, Wp // G)).unflatten(3, (G, G))
-        y = F.pixel_shuffle(y.permute(0, 5, 3, 4, 1, 2).flatten(1, 3), G)
-    return y.permute(0, 2, 3, 1)
 
 
 def padding_key_mask(height: int, width: int, group_size: int, interval: int, lda: bool,
