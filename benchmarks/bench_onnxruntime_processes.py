@@ -101,14 +101,11 @@ def main() -> None:
                             "cache_dir": None if args.no_compile_cache else str(Path(tmp) / "packages")}
                     runs[side].append(run_child(__file__, spec))
                     print(f"{name} {side}: {runs[side][-1]['median_ms']:.1f} ms", flush=True)
-            ratios = {side: statistics.median(o["median_ms"] / r["median_ms"]
-                                              for o, r in zip(runs[side], runs["onnxruntime"], strict=True))
-                      for side in args.ours}
-            spans = {side: (min(o["median_ms"] / r["median_ms"] for o, r in zip(runs[side], runs["onnxruntime"],
-                                                                                   strict=True)),
-                            max(o["median_ms"] / r["median_ms"] for o, r in zip(runs[side], runs["onnxruntime"],
-                                                                                   strict=True)))
-                     for side in args.ours}
+            pair_ratios = {side: [o["median_ms"] / r["median_ms"]
+                                  for o, r in zip(runs[side], runs["onnxruntime"], strict=True)]
+                           for side in args.ours}
+            ratios = {side: statistics.median(q) for side, q in pair_ratios.items()}
+            spans = {side: (min(q), max(q)) for side, q in pair_ratios.items()}
             rows.append({"model": name, "shape": shape, "runs": runs, "ratio_paired": ratios, "ratio_span": spans})
 
     lines = [f"# Ours against onnxruntime, each runtime alone in fresh processes ({info.get('cpu', '?')})", "",
@@ -116,7 +113,7 @@ def main() -> None:
              f"the median over {args.pairs} processes of the median of {args.calls} batch-1 calls; ratios paired "
              "by process pair (median, and the range over pairs)"
              + ("." if args.no_compile_cache else "; our compiled packages are made by the first process and loaded "
-                "from a temporary compile cache by the others.") + "", "",
+                "from a temporary compile cache by the others."), "",
              "| model | input | onnxruntime ms | " + " | ".join(f"ours {s} ms | ours {s} / onnxruntime"
                                                             for s in args.ours) + " |",
              "|---|---|---|" + "---|---|" * len(args.ours)]
