@@ -148,7 +148,8 @@ def evict(cache_dir: str | os.PathLike, keep: str | os.PathLike | None = None,
           limit_bytes: int | None = None) -> list[Path]:
     """Delete the least recently used packages (``*.pt2`` in ``cache_dir``) until the rest take at most
     ``limit_bytes`` (default :func:`cache_limit_bytes`; None: delete nothing). ``keep`` (the package just written)
-    is never deleted. Files another process deletes meanwhile are skipped.
+    is never deleted. Files another process deletes meanwhile are skipped; a file that cannot be deleted still
+    counts against the bound.
 
     Returns:
         The deleted paths, least recently used first.
@@ -173,7 +174,9 @@ def evict(cache_dir: str | os.PathLike, keep: str | os.PathLike | None = None,
             try:
                 path.unlink()
                 removed.append(path)
-            except OSError:
+            except FileNotFoundError:  # another process deleted it meanwhile
                 pass
+            except OSError:  # cannot be deleted: it still takes its space
+                continue
             total -= size
     return removed[::-1]
