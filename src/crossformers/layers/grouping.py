@@ -30,7 +30,7 @@ def padded_size(height: int, width: int, group_size: int, interval: int, lda: bo
 
     A size that is already a multiple comes back as the very value given. Under torch.export with free sizes that
     value is a symbol, and the rounded-up form would be a floor expression that every later block nests again
-    (measured: the dynamic export of crossformer_tiny took 66 s with the given sizes kept, 77-80 s without)."""
+    (measured: the dynamic export of crossformer_tiny took 66-69 s with the given sizes kept, 77-80 s without)."""
     e = group_extent(group_size, interval, lda)
 
     def rounded_up(size: int) -> int:
