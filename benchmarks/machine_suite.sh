@@ -6,7 +6,8 @@
 #   3. training steps against the authors' code (batch 32, freed memory retained on both sides, as `train` runs);
 #   4. bf16 / int8 against the authors' fp32 code, batch 1 and throughput at batch 32;
 #   5. ours against onnxruntime, each runtime in fresh processes of its own;
-#   6. bf16 autocast training steps against fp32 (`crossformers train --amp`).
+#   6. bf16 autocast training steps against fp32 (`crossformers train --amp`);
+#   7. the goals in one table, from the reports of steps 2-6 present in OUT (goal_summary.py -> <LABEL>_goals.md).
 # Every step runs with 2 threads. Expect about two hours on a 2-core machine.
 #
 # usage: bash benchmarks/machine_suite.sh LABEL CROSSFORMER_DIR FCAFORMER_DIR CROSSVIT_DIR [OUT]
@@ -18,11 +19,11 @@
 set -euo pipefail
 
 if [ $# -lt 4 ]; then
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 label=$1 crossformer=$2 fcaformer=$3 crossvit=$4 out=${5:-docs/benchmarks}
-steps=${STEPS:-1 2 3 4 5 6}
+steps=${STEPS:-1 2 3 4 5 6 7}
 here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-python}
 roots=(--official-root "$crossformer" --official-root "$fcaformer" --official-root "$crossvit")
@@ -54,4 +55,13 @@ if want 5; then
 fi
 if want 6; then
     "$py" "$here/bench_amp_training.py" --threads 2 --out "$out" --tag "${label}_amp_training"
+fi
+if want 7; then
+    reports=()
+    for what in latency train precision onnxruntime amp_training; do
+        [ -f "$out/${label}_${what}.json" ] && reports+=("$out/${label}_${what}.json")
+    done
+    if [ ${#reports[@]} -gt 0 ]; then
+        "$py" "$here/goal_summary.py" "${reports[@]}" --out "$out/${label}_goals.md"
+    fi
 fi

@@ -133,3 +133,57 @@ def test_machine_suite_prints_its_usage_and_runs_only_the_steps_asked_for(tmp_pa
     env["STEPS"] = "6"  # a chosen step runs its command: here the failing PYTHON, so the suite stops with an error
     assert subprocess.run(["bash", str(suite), "m", "a", "b", "c", str(out)], capture_output=True, text=True,
                           env=env).returncode != 0
+
+
+def _stats(**ratios: float) -> dict:
+    """A bench_vs_reference stats block: each side's paired ratio (and a median time of ratio seconds)."""
+    return {side: {"median_s": r, "min_s": r, "ratio": r, "paired_ratio": r} for side, r in {"reference": 1.0,
+                                                                                             **ratios}.items()}
+
+
+def test_goal_summary_reads_every_report_kind_and_counts_the_runs_that_meet_each_goal(tmp_path, capsys):
+    import json
+
+    gs = _load("goal_summary", BENCHMARKS)
+    machine = {"cpu": "Test CPU", "cpu_signature": "GenuineTest family 6 model 1", "logical_cpus": 2}
+    latency = {"machine": machine, "cpu_flags": ["avx512f"], "latency": [
+        {"variant": "a", "stats": _stats(ours=0.85, ours_fast=0.80, ours_compiled=0.60, ours_bf16=0.5,
+                                         ours_int8=0.19),
+         "throughput": {"batch": 32, "stats": _stats(ours_bf16=0.25)}},
+        {"variant": "b", "stats": _stats(ours=1.02, ours_fast=1.10)}], "train": []}
+    second = {"machine": machine, "latency": [{"variant": "a", "stats": _stats(ours=0.95, ours_fast=0.9)}],
+              "train": [{"variant": "a", "batch": 32, "stats": _stats(ours=0.9, ours_fast=0.79)}]}
+    ort = {"machine": {**machine, "cpu_flags": ["amx_tile"]}, "rows": [
+        {"model": "a", "ratio_paired": {"compile": 0.9, "optimize": 1.2}}]}
+    amp = {"machine": machine, "bf16_flags": [], "rows": [
+        {"model": "a", "side": 56, "batch": 8, "amp_ms": 1.0, "paired_ratio": 1.1}]}
+    paths = []
+    for name, doc in {"lat": latency, "second": second, "ort": ort, "amp": amp}.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(doc))
+    got: dict = {}
+    for doc in (latency, second, ort, amp):
+        for goal, name, x, how in gs.measures(doc):
+            got.setdefault((goal, name), []).append((x, how))
+    assert got[(gs.ONE_CALL, "a")] == [(0.60, "compiled"), (0.9, "fast")]  # per report, the better one-call path
+    assert got[(gs.TRAIN, "a")] == [(0.79, "optimize_for_training, batch 32")]
+    assert got[(gs.BF16_THROUGHPUT, "a")] == [(4.0, "bf16, batch 32")]  # reference time / ours: 1.0 / 0.25
+    assert got[(gs.FAST_VS_PLAIN, "b")][0][0] == pytest.approx(1.10 / 1.02)
+    assert got[(gs.ONNXRUNTIME, "a")] == [(0.9, "compile")]
+    text = gs.summary(paths)
+    rows = {tuple(c.strip() for c in line.split("|")[2:5:2]): line for line in text.splitlines()
+            if line.startswith("| ")}
+    assert "✓ 1/2" not in rows[(gs.AS_CREATED[1], "a")] and "~ 1/2" in rows[(gs.AS_CREATED[1], "a")]
+    assert "✗ 0/1" in rows[(gs.AS_CREATED[1], "b")] and "slower than the authors in 1" in rows[(gs.AS_CREATED[1], "b")]
+    assert "✗ 0/1" in rows[(gs.FAST_VS_PLAIN[1], "b")]  # the fast path lost: a failed goal, not noise
+    assert "✓ 1/1" in rows[(gs.INT8[1], "a")] and "✗ 0/1" in rows[(gs.AMP[1], "a (56 px)")]
+    assert "(no AMX)" not in text and "goal set for AMX" not in text  # one report recorded amx_tile
+    assert "GenuineTest family 6 model 1" in text
+    # a file of another kind: one error line naming it, exit code 2
+    (tmp_path / "other.json").write_text(json.dumps({"rows": [{"x": 1}]}))
+    assert gs.main([str(paths[0]), str(tmp_path / "other.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "other.json" in err and "bench_vs_reference.py" in err
+    assert gs.main([str(tmp_path / "missing.json")]) == 2 and "no such report" in capsys.readouterr().err
+    out = tmp_path / "goals.md"
+    assert gs.main([*map(str, paths), "--out", str(out)]) == 0 and out.read_text() == text
