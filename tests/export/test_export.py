@@ -217,6 +217,41 @@ def test_dynamic_onnx_hierarchical_small(tmp_path, family):
     assert _rejects(report) and all(not rule.contains(*c.shape[2:]) for c in _rejects(report))
 
 
+class _GridOffsets(torch.nn.Module):
+    """A classifier whose logits depend on H through ``repeat_interleave`` with a symbolic count (a model of a user's;
+    ours build their grids with ``expand``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(x.shape[2], device=x.device).repeat_interleave(x.shape[3])
+        return self.fc(x.mean((2, 3))) + rows.to(x.dtype).mean()
+
+
+def test_dynamic_onnx_decomposes_repeat_interleave_only_where_the_graph_has_it(tmp_path, monkeypatch):
+    """A graph with ``repeat_interleave`` of a symbolic count gets the decomposition pass before its ONNX translation
+    (without it onnxruntime refuses the file: an invalid Expand) and verifies at other sizes; our models' graphs have
+    no such node, so their exports skip that whole re-trace."""
+    import crossformers.export.core as core
+
+    calls = []
+    original = torch.export.ExportedProgram.run_decompositions
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", counted)
+    report = export_model(_GridOffsets().eval(), output=tmp_path / "grid.onnx", dynamic=True, img_size=64)
+    assert report.verified and report.dynamic_hw and len(_matches(report)) == 2, report.summary()
+    assert any(torch.ops.aten.repeat_interleave.self_int in (a[0] or {}) for a in calls if a)
+    with torch.no_grad():
+        ep = core._trace(_model("fcaformer"), torch.randn(2, 3, 64, 64), None)
+    assert not any(n.target is torch.ops.aten.repeat_interleave.self_int for n in ep.graph.nodes)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["crossformer", "crossformer_pp", "fcaformer"])
 def test_dynamic_onnx_hierarchical(tmp_path, family):

@@ -24,3 +24,14 @@ def test_resample_pos_embed_keeps_a_same_size_grid_and_resizes_others():
     torch.testing.assert_close(bigger[:, :1], pos[:, :1])  # prefix tokens are never resampled
     flat = torch.cat((pos[:, :1], torch.full((1, 24, 8), 0.5)), dim=1)
     torch.testing.assert_close(resample_pos_embed(flat, (4, 6), (7, 5))[:, 1:], torch.full((1, 35, 8), 0.5))
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (3, 5), (7, 7), (4, 1)])
+def test_grid_coords_are_the_row_major_rows_and_columns(height, width):
+    from crossformers.layers.position_bias import grid_coords
+
+    ys, xs = grid_coords(height, width)
+    assert ys.dtype == xs.dtype == torch.long and ys.shape == xs.shape == (height * width,)
+    assert torch.equal(ys, torch.arange(height).repeat_interleave(width))
+    assert torch.equal(xs, torch.arange(width).repeat(height))
+    assert torch.equal(ys * width + xs, torch.arange(height * width))  # row-major order

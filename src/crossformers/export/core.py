@@ -241,7 +241,7 @@ def _first_line(e: BaseException) -> str:
 def _repeat_interleave(x: torch.Tensor, repeats: int, dim: int | None = None,
                        output_size: int | None = None) -> torch.Tensor:
     """``x.repeat_interleave(repeats, dim)`` (an int count) as unsqueeze + expand + flatten: the ONNX translation of
-    ``aten.repeat_interleave.self_int`` with a symbolic count builds an invalid Expand (FcaFormer's offset index)."""
+    ``aten.repeat_interleave.self_int`` with a symbolic count builds an invalid Expand (e.g. in a model of the user's)."""
     if dim is None:
         x, dim = x.reshape(-1), 0
     dim = dim % x.dim()
@@ -281,7 +281,10 @@ def _write(ep: torch.export.ExportedProgram, x: torch.Tensor, fmt: str, path: Pa
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise ExportError(f"ONNX export needs {' and '.join(missing)}: pip install onnx onnxscript onnxruntime")
-    ep = ep.run_decompositions({torch.ops.aten.repeat_interleave.self_int: _repeat_interleave})
+    if any(n.target is torch.ops.aten.repeat_interleave.self_int for n in ep.graph.nodes):
+        # a whole re-trace (seconds to a minute with symbolic sizes), so only where the graph needs it: our models build
+        # their grids without repeat_interleave (layers.position_bias.grid_coords)
+        ep = ep.run_decompositions({torch.ops.aten.repeat_interleave.self_int: _repeat_interleave})
     kwargs: dict[str, Any] = dict(dynamo=True, input_names=["images"], output_names=["logits"], verbose=False)
     if opset is not None:
         kwargs["opset_version"] = int(opset)

@@ -23,7 +23,17 @@ from torch import nn
 from ..errors import CheckpointError
 
 __all__ = ["OffsetBiasTable", "DynamicPosBias", "resample_grid_table", "resample_pos_embed", "offset_index",
-           "infer_grid"]
+           "grid_coords", "infer_grid"]
+
+
+def grid_coords(height: int, width: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of every token of a (height, width) grid in row-major order: two long tensors (height * width,).
+
+    Written with ``expand`` rather than ``repeat_interleave``, so that an exported graph with symbolic sizes needs no
+    decomposition pass before its ONNX translation (whose ``repeat_interleave`` with a symbolic count is invalid)."""
+    ys = torch.arange(height, device=device).unsqueeze(1).expand(height, width).reshape(-1)
+    xs = torch.arange(width, device=device).unsqueeze(0).expand(height, width).reshape(-1)
+    return ys, xs
 
 
 def offset_index(height: int, width: int, table_width: int, device: torch.device | None = None) -> torch.Tensor:
@@ -33,8 +43,7 @@ def offset_index(height: int, width: int, table_width: int, device: torch.device
         Long tensor (N, N), N = height * width, with ``|dy| * table_width + |dx|`` for query i and key j
         (tokens in row-major order).
     """
-    ys = torch.arange(height, device=device).repeat_interleave(width)
-    xs = torch.arange(width, device=device).repeat(height)
+    ys, xs = grid_coords(height, width, device)
     dy = (ys[:, None] - ys[None, :]).abs()
     dx = (xs[:, None] - xs[None, :]).abs()
     return dy * table_width + dx
@@ -151,8 +160,7 @@ class DynamicPosBias(nn.Module):
     def forward(self, group_h: int, group_w: int) -> torch.Tensor:
         """Bias for a (group_h, group_w) group: (num_heads, N, N), N = group_h * group_w."""
         table = self.table(group_h, group_w)
-        ys = torch.arange(group_h, device=table.device).repeat_interleave(group_w)
-        xs = torch.arange(group_w, device=table.device).repeat(group_h)
+        ys, xs = grid_coords(group_h, group_w, table.device)
         idx = (ys[:, None] - ys[None, :] + group_h - 1) * (2 * group_w - 1) + (xs[:, None] - xs[None, :] + group_w - 1)
         return table[idx].permute(2, 0, 1)
 
