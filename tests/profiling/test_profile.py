@@ -76,11 +76,20 @@ def test_profile_a_module_with_options():
     assert r.peak_mem_mib is None or r.peak_mem_mib >= 0
 
 
-def test_bf16_and_compile_options():
+def test_bf16_and_compile_options(monkeypatch):
+    """dtype bf16; compile with a named backend is plain ``torch.compile`` with that backend (inductor alone goes
+    through compile_for_inference, which must not be reached here: it compiles C++ ahead of time)."""
+    from crossformers.profiling import profile as profile_module
+
     r = profile_model("fcaformer_nano", img_size=32, batch_size=0, dtype="bf16", memory=False, matmul_peak=False,
                       **FAST)
     assert r.dtype == "bf16" and r.latency_ms > 0
     torch._dynamo.reset()
+
+    def not_inductor(*args, **kwargs):
+        raise AssertionError("compile='aot_eager' went to inductor's compile_for_inference")
+
+    monkeypatch.setattr(profile_module, "compile_for_inference", not_inductor)
     r = profile_model("crossvit_9_240", img_size=48, batch_size=0, compile="aot_eager", memory=False,
                       matmul_peak=False, model_kwargs=dict(img_size=48, img_scale=(1.0, 32 / 48), embed_dim=(16, 32),
                                                            num_heads=(2, 2), num_classes=3), **FAST)

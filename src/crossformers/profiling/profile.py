@@ -373,7 +373,7 @@ def profile_model(
 
         reduced = precision != "fp32"
         run = prepare_model(model, dev, torch_dtype, fuse=fuse, channels_last=channels_last,
-                            compile=compile and not reduced, onednn_linear=onednn_linear, pack_weights=optimize)
+                            compile=False if reduced else compile, onednn_linear=onednn_linear, pack_weights=optimize)
         if reduced:
             run = to_precision(run, precision, compile=bool(compile) or precision == "int8")
             compile = result.compiled = bool(compile) or precision == "int8"
