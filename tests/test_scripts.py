@@ -130,7 +130,15 @@ def test_machine_suite_prints_its_usage_and_runs_only_the_steps_asked_for(tmp_pa
     done = subprocess.run(["bash", str(suite), "m", "a", "b", "c", str(out)], capture_output=True, text=True,
                           env=env)
     assert done.returncode == 0 and out.is_dir() and not list(out.iterdir())
-    env["STEPS"] = "6"  # a chosen step runs its command: here the failing PYTHON, so the suite stops with an error
+    env["STEPS"] = "7"  # the goal table from the reports present in OUT (none here: nothing is written)
+    assert subprocess.run(["bash", str(suite), "m", "a", "b", "c", str(out)], capture_output=True, text=True,
+                          env=env).returncode == 0 and not list(out.iterdir())
+    (out / "m_onnxruntime.json").write_text('{"machine": {}, "rows": [{"model": "x", "ratio_paired": {"compile": 0.9}}]}')
+    env["PYTHON"] = sys.executable
+    done = subprocess.run(["bash", str(suite), "m", "a", "b", "c", str(out)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "| 5 | our best path / onnxruntime" in (out / "m_goals.md").read_text()
+    env["STEPS"], env["PYTHON"] = "6", "false"  # a chosen step runs its command: the failing PYTHON stops the suite
     assert subprocess.run(["bash", str(suite), "m", "a", "b", "c", str(out)], capture_output=True, text=True,
                           env=env).returncode != 0
 
@@ -150,7 +158,7 @@ def test_goal_summary_reads_every_report_kind_and_counts_the_runs_that_meet_each
         {"variant": "a", "stats": _stats(ours=0.85, ours_fast=0.80, ours_compiled=0.60, ours_bf16=0.5,
                                          ours_int8=0.19),
          "throughput": {"batch": 32, "stats": _stats(ours_bf16=0.25)}},
-        {"variant": "b", "stats": _stats(ours=1.02, ours_fast=1.10)}], "train": []}
+        {"variant": "b", "stats": _stats(ours=1.02, ours_fast=1.10, ours_int8_static=0.25)}], "train": []}
     second = {"machine": machine, "latency": [{"variant": "a", "stats": _stats(ours=0.95, ours_fast=0.9)}],
               "train": [{"variant": "a", "batch": 32, "stats": _stats(ours=0.9, ours_fast=0.79)}]}
     ort = {"machine": {**machine, "cpu_flags": ["amx_tile"]}, "rows": [
@@ -170,6 +178,8 @@ def test_goal_summary_reads_every_report_kind_and_counts_the_runs_that_meet_each
     assert got[(gs.BF16_THROUGHPUT, "a")] == [(4.0, "bf16, batch 32")]  # reference time / ours: 1.0 / 0.25
     assert got[(gs.FAST_VS_PLAIN, "b")][0][0] == pytest.approx(1.10 / 1.02)
     assert got[(gs.ONNXRUNTIME, "a")] == [(0.9, "compile")]
+    assert got[(gs.INT8, "b")] == [(0.25, "int8_static")]  # every precision side bench_vs_reference.py knows
+    assert gs.INT8.value == 0.20 and gs.BF16.value == 0.30 and gs.ONE_CALL.value == 0.67  # issue 15's numbers
     text = gs.summary(paths)
     rows = {tuple(c.strip() for c in line.split("|")[2:5:2]): line for line in text.splitlines()
             if line.startswith("| ")}
