@@ -131,7 +131,7 @@ def cache_limit_bytes() -> int | None:
             raise ValueError
     except ValueError:
         raise CompileCacheError(f"{CACHE_MAX_ENV}={text!r} is not a size in MiB: set it to a whole number >= 0 "
-                         "(0 keeps every package)") from None
+                                "(0 keeps every package)") from None
     return None if mib == 0 else mib << 20
 
 
