@@ -247,9 +247,10 @@ def test_dynamic_onnx_decomposes_repeat_interleave_only_where_the_graph_has_it(t
     report = export_model(_GridOffsets().eval(), output=tmp_path / "grid.onnx", dynamic=True, img_size=64)
     assert report.verified and report.dynamic_hw and len(_matches(report)) == 2, report.summary()
     assert any(torch.ops.aten.repeat_interleave.self_int in (a[0] or {}) for a in calls if a)
-    with torch.no_grad():
-        ep = core._trace(_model("fcaformer"), torch.randn(2, 3, 64, 64), None)
-    assert not any(n.target is torch.ops.aten.repeat_interleave.self_int for n in ep.graph.nodes)
+    for family in ("crossformer", "fcaformer"):  # the dynamic position bias and the offset index
+        with torch.no_grad():
+            ep = core._trace(_model(family), torch.randn(2, 3, 64, 64), None)
+        assert not any(n.target is torch.ops.aten.repeat_interleave.self_int for n in ep.graph.nodes), family
 
 
 @pytest.mark.slow
