@@ -442,6 +442,18 @@ def train_peak_mib(name: str, official_root: list[str], which: str, batch: int, 
 
 # ------------------------------------------------------------------------------------------------ report
 
+def _linear_pair(result: dict) -> str:
+    """'oneDNN / packed oneDNN' and the like: the linear path of one variant's ``ours`` and ``ours_fast`` sides (a
+    variant's own size can choose another path than its family's calibration model, see linear_calibration)."""
+    paths = result.get("linear_path", {})
+
+    def short(side: str) -> str:
+        path = paths.get(side, "?")
+        return ("packed oneDNN" if "packed" in path else "oneDNN") if path.startswith("oneDNN") else \
+            "MKL" if "MKL" in path else path
+    return f"{short('ours')} / {short('ours_fast')}"
+
+
 def _fmt_ratio(r: float, goal: float | None) -> str:
     mark = "" if goal is None else (" ✓" if r <= goal else " ✗")
     return f"{r:.3f}{mark}"
@@ -513,7 +525,9 @@ def markdown(doc: dict) -> str:
                 f"{doc['libraries']['reference_linear']}; `ours fast` "
                 f"{doc['libraries'].get('ours_fast_linear', 'packed oneDNN')}"
                 + (f"; compiled: weights packed for {doc['libraries']['ours_compiled_linear']}"
-                   if doc['libraries'].get('ours_compiled_linear') else "")]
+                   if doc['libraries'].get('ours_compiled_linear') else "")
+                + " (each family's choice at its calibration model's size; variants nearer the family's calibrated "
+                "large variant in size follow that one's ratios: the latency table names each variant's path)"]
                if (doc.get("libraries") or {}).get("ours_linear") else []),
              f"- threads: {doc['threads']}"
              + ("; freed memory retained in the process for both sides (`retain_freed_memory()`)"
@@ -530,12 +544,12 @@ def markdown(doc: dict) -> str:
              "anything.", ""]
     if doc["latency"]:
         lines += [f"## Latency, batch 1, eager fp32 ({doc['rounds']} alternating rounds)", "",
-                  "| variant | reference | input | rel. logit diff | ref ms | ours ms | ratio (paired) | ours fast ms | "
-                  "ratio fast (paired) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| variant | reference | input | rel. logit diff | ours linear (as created / fast) | ref ms | ours ms | "
+                  "ratio (paired) | ours fast ms | ratio fast (paired) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in doc["latency"]:
             s = r["stats"]
             lines.append(
-                f"| {r['variant']} | {r['reference']} | {r['input']} | {r['max_abs_diff']:.1e} | "
+                f"| {r['variant']} | {r['reference']} | {r['input']} | {r['max_abs_diff']:.1e} | {_linear_pair(r)} | "
                 f"{s['reference']['median_s'] * 1e3:.1f} | {s['ours']['median_s'] * 1e3:.1f} | "
                 f"{_fmt_ratio(s['ours']['ratio'], GOALS['as_created'])} ({s['ours']['paired_ratio']:.3f}) | "
                 f"{s['ours_fast']['median_s'] * 1e3:.1f} | {_fmt_ratio(s['ours_fast']['ratio'], GOALS['one_call'])} "

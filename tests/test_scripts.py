@@ -197,3 +197,24 @@ def test_goal_summary_reads_every_report_kind_and_counts_the_runs_that_meet_each
     assert gs.main([str(tmp_path / "missing.json")]) == 2 and "no such report" in capsys.readouterr().err
     out = tmp_path / "goals.md"
     assert gs.main([*map(str, paths), "--out", str(out)]) == 0 and out.read_text() == text
+
+
+def test_bench_vs_reference_names_each_variants_own_linear_path():
+    """A variant's size can choose another linear path than its family's calibration model (linear_calibration's
+    large variants), so the latency table names each row's path, as the report recorded it."""
+    bench = _load("bench_vs_reference", BENCHMARKS)
+    doc = {"machine": {"cpu": "Test CPU", "logical_cpus": 2, "torch": "2", "timm": "1", "python": "3"},
+           "date": "today", "command": "bench", "threads": 2, "load_before": [0], "load_after": [0], "rounds": 3,
+           "latency": [
+               {"variant": v, "reference": "authors", "input": 224, "max_abs_diff": 1e-6,
+                "stats": _stats(ours=0.9, ours_fast=0.8), "linear_path": {
+                    "reference": bench.linear_path("reference"), "ours": path,
+                    "ours_fast": fast}}
+               for v, path, fast in (("small", "aten.linear fp32 (MKL sgemm)", "aten.linear fp32 (MKL sgemm)"),
+                                     ("large", "oneDNN fp32 (OneDNNLinear)", "oneDNN fp32 (OneDNNLinear, packed "
+                                                                             "weights)"))],
+           "train": [], "skipped": []}
+    rows = {line.split("|")[1].strip(): line for line in bench.markdown(doc).splitlines() if line.startswith("| ")}
+    assert "| MKL / MKL |" in rows["small"] and "| oneDNN / packed oneDNN |" in rows["large"]
+    del doc["latency"][0]["linear_path"]  # reports from before the paths were recorded
+    assert "| ? / ? |" in bench.markdown(doc)

@@ -429,9 +429,10 @@ def test_compile_for_inference_follows_its_own_calibrated_packing(monkeypatch, c
 
 
 def test_large_variants_follow_their_familys_large_calibration(monkeypatch, calibration_file):
-    """Each family is also timed optimized on one large variant (`large_models`); optimize_for_inference of a model
-    nearer that variant in parameter count (log scale) follows its ratio, a smaller one the calibration model's; a
-    record without the large variant, or without sizes, keeps the calibration model's ratio."""
+    """Each family is also timed on one large variant (`large_models`), as created and optimized; a new model and
+    optimize_for_inference of a model nearer that variant in parameter count (log scale) follow its ratios, a smaller
+    one the calibration model's; a record without the large variant, or without sizes, keeps the calibration model's
+    ratios, and one without the large variant's as-created ratio (older records) keeps it for new models."""
     import json
 
     from crossformers.inference import optimize_for_inference
@@ -446,6 +447,7 @@ def test_large_variants_follow_their_familys_large_calibration(monkeypatch, cali
     params = sum(p.numel() for p in crossformers.create_model(name, **kw).parameters())
     assert large["model"] == name and large["params"] == params == r["models"][name]["params"]
     assert large["opt_mkl_ms"] > 0 and large["opt_onednn_packed_ms"] > 0 and large["packed_ratio"] > 0
+    assert large["mkl_ms"] > 0 and large["onednn_ms"] > 0 and large["ratio"] > 0
     assert json.loads(path.read_text())[cal.machine_key()]["1"]["large_models"][name]["model"] == name
     assert "large_models" not in calibrate.calibrate_linear(threads=1, rounds=1, models=(name,), write=False,
                                                             model_kwargs={name: kw}, train_rounds=0, large_rounds=0)
@@ -463,7 +465,8 @@ def test_large_variants_follow_their_familys_large_calibration(monkeypatch, cali
     family = onednn.calibration_model_of(crossformers.create_model(name, **kw))  # crossformer_tiny
     record = {"choice": "mkl", "inference_choice": "mkl",
               "models": {family: {"ratio": 1.0, "packed_ratio": 1.02, "params": 28_000_000}},
-              "large_models": {family: {"model": "crossformer_base", "packed_ratio": 0.85, "params": 52_000_000}}}
+              "large_models": {family: {"model": "crossformer_base", "ratio": 0.88, "packed_ratio": 0.85,
+                                        "params": 52_000_000}}}
 
     def write(rec):
         path.write_text(json.dumps({cal.machine_key(): {str(torch.get_num_threads()): rec}}))
@@ -472,16 +475,25 @@ def test_large_variants_follow_their_familys_large_calibration(monkeypatch, cali
     assert not cal.calibrated_inference_choice(model=family)  # no size given: the calibration model's ratio
     assert not cal.calibrated_inference_choice(model=family, params=30_000_000)
     assert cal.calibrated_inference_choice(model=family, params=45_000_000)  # nearer 52M than 28M
+    assert not cal.calibrated_choice(model=family) and not cal.calibrated_choice(model=family, params=30_000_000)
+    assert cal.calibrated_choice(model=family, params=45_000_000)  # new models too: the large variant's own ratio
     def fresh():
         return crossformers.create_model(name, onednn_linear=False, **kw)
 
     small = fresh()  # a few thousand parameters: MKL
     assert not onednn.onednn_for_inference(small) and not _uses(optimize_for_inference(fresh()))
+    assert not onednn.onednn_by_default(small) and not _uses(crossformers.create_model(name, **kw))
     record["models"][family]["params"] = 10  # now the test model is nearer the "large" size
     record["large_models"][family]["params"] = params
     write(record)
     assert onednn.onednn_for_inference(small) and _uses(optimize_for_inference(fresh()))
+    assert onednn.onednn_by_default(small) and _uses(crossformers.create_model(name, **kw))  # created on oneDNN
+    assert not _uses(crossformers.create_model(name, onednn_linear=False, **kw))  # an explicit choice stays
     assert not onednn.onednn_for_inference(family)  # a name has no size: the calibration model's ratio
+    assert not onednn.onednn_by_default(family) and not onednn.onednn_by_default(type(small))
+    del record["large_models"][family]["ratio"]  # a record from before the as-created ratio was timed
+    write(record)
+    assert not _uses(crossformers.create_model(name, **kw)) and onednn.onednn_for_inference(small)
     del record["large_models"][family]["params"]  # an incomplete entry is ignored
     write(record)
     assert not onednn.onednn_for_inference(small)

@@ -105,13 +105,17 @@ def onednn_by_default(model: nn.Module | type | str | None = None) -> bool:
     In order: the environment variable ``CROSSFORMERS_ONEDNN_LINEAR`` (``0`` = MKL, ``1`` = oneDNN on any CPU); the
     measured choice for this machine and thread count, if ``crossformers profile --calibrate-linear`` recorded one
     (:mod:`crossformers.layers.linear_calibration`; for ``model``'s family where its own calibration model was
-    timed: a model, a model class's ``linear_calibration_model`` name, or None for the combined choice); else yes on
+    timed: a model, a model class's ``linear_calibration_model`` name, or None for the combined choice; for a model
+    instance nearer in parameter count to its family's timed large variant, that variant's as-created ratio, see
+    :func:`~crossformers.layers.linear_calibration.calibrated_choice`); else yes on
     CPUs with AVX-512 (where the gain was first
     measured, on an AMD EPYC). Always no without oneDNN. Per model: ``create_model(..., onednn_linear=False)`` or
     :func:`set_onednn_linear`. The switch never changes parameters or the state dict and
     only acts on fp32 CPU tensors, so CUDA, bf16/autocast, ``torch.compile`` and export are unaffected.
     """
-    return _decide("calibrated_choice", lambda: torch.backends.cpu.get_cpu_capability().startswith("AVX512"), model)
+    params = sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None
+    return _decide("calibrated_choice", lambda: torch.backends.cpu.get_cpu_capability().startswith("AVX512"), model,
+                   params=params)
 
 
 def onednn_for_inference(model: nn.Module | type | str | None = None) -> bool:

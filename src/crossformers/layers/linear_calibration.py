@@ -102,17 +102,28 @@ def _recorded(threads: int | None, key: str, values: tuple[str, str], model: str
     return record[key] == values[0]
 
 
-def calibrated_choice(threads: int | None = None, model: str | None = None) -> bool | None:
+def calibrated_choice(threads: int | None = None, model: str | None = None,
+                      params: int | None = None) -> bool | None:
     """The calibrated choice for new models on this machine and ``threads`` (default: torch's current count): True =
     oneDNN, False = MKL, None = not calibrated here (or an unreadable file). ``model``: the calibration model of the
-    family asking (its ``linear_calibration_model``); its own ratio decides if it was timed."""
+    family asking (its ``linear_calibration_model``); its own ratio decides if it was timed.
+
+    ``params``: the parameter count of the model being created. A model nearer in size to its family's timed large
+    variant (log scale) follows that variant's as-created ratio, as :func:`calibrated_inference_choice` does for
+    ``optimize_for_inference``: on the AMD EPYC Zen 4 of ``docs/profiling.md`` the calibration chose MKL for
+    CrossViT-9 (oneDNN 0.98x its time, inside the 3 % margin), which left CrossViT-B as created at 0.97x the authors'
+    time while its products ran faster on oneDNN."""
+    ratio = _large_variant_ratio(threads, model, params, "ratio")
+    if ratio is not None:
+        return onednn_wins(ratio)
     return _recorded(threads, "choice", ("onednn", "mkl"), model)
 
 
-def _large_variant_ratio(threads: int | None, model: str | None, params: int | None) -> float | None:
-    """The packed ratio of the large variant timed for ``model``'s family (record key ``large_models``) when a model
-    of ``params`` parameters is nearer to it than to ``model`` on a log scale; else None (also for an incomplete
-    record)."""
+def _large_variant_ratio(threads: int | None, model: str | None, params: int | None,
+                         key: str = "packed_ratio") -> float | None:
+    """The ratio ``key`` (``"packed_ratio"``: optimized; ``"ratio"``: as created) of the large variant timed for
+    ``model``'s family (record key ``large_models``) when a model of ``params`` parameters is nearer to it than to
+    ``model`` on a log scale; else None (also for an incomplete record, or one from before that ratio was timed)."""
     record = _record(threads)
     if record is None or not model or not params or params <= 0:
         return None
@@ -122,7 +133,7 @@ def _large_variant_ratio(threads: int | None, model: str | None, params: int | N
     small = small.get(model) if isinstance(small, dict) else None
     if not isinstance(large, dict) or not isinstance(small, dict):
         return None
-    sizes, ratio = (small.get("params"), large.get("params")), large.get("packed_ratio")
+    sizes, ratio = (small.get("params"), large.get("params")), large.get(key)
     if not all(isinstance(n, int) and n > 0 for n in sizes) or not isinstance(ratio, (int, float)):
         return None
     nearer = abs(math.log(params / sizes[1])) < abs(math.log(params / sizes[0]))

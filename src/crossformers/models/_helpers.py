@@ -158,7 +158,6 @@ def build_family_model(
     checkpoint_file = kwargs.pop("checkpoint_file", None)
     new_head = bool(kwargs.pop("new_head", False))
     onednn = kwargs.pop("onednn_linear", None)
-    onednn = onednn_by_default(cls) if onednn is None else bool(onednn)
     given_cfg = kwargs.get("pretrained_cfg")
     tag = given_cfg if isinstance(given_cfg, str) else None  # timm passes the tag of 'name.tag' here
     weights_variant = f"{variant}.{tag}" if tag and "." not in variant else variant
@@ -190,7 +189,8 @@ def build_family_model(
     def construct(**kw):
         model = _placed(cls, device, dtype, **kw)
         fp32_depthwise_autocast(model)
-        if onednn:
+        # decided on the built model: its size picks the family's small or large calibrated ratio
+        if onednn_by_default(model) if onednn is None else bool(onednn):
             set_onednn_linear(model, True)
         if weights is not None:
             _load_weights(model, weights, cfg, filter_fn, new_head, features_only, weights_name)

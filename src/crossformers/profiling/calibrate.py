@@ -7,10 +7,11 @@ random weights) is timed in six forms, calls alternating in a shuffled order, me
 
 * as created with MKL linear layers, and with oneDNN linear layers (the choice for new models);
 * ``optimize_for_inference`` with MKL, and with oneDNN and packed weights (the choice for ``optimize_for_inference``);
-  these two forms also for one large variant per family (the family's ``linear_calibration_large_model``, a class
-  attribute of the family protocol; record key ``large_models``), whose ratio models nearer its size follow: on the
-  AMD EPYC Zen 4 of ``docs/profiling.md`` packed oneDNN took 0.96-0.97x MKL's time on CrossViT-9 and FcaFormer-L1
-  but 0.85-0.89x on their 9-21 GMAC variants;
+
+these four forms also for one large variant per family (the family's ``linear_calibration_large_model``, a class
+attribute of the family protocol; record key ``large_models``), whose ratios models nearer its size follow, when
+created and when optimized: on the AMD EPYC Zen 4 of ``docs/profiling.md`` packed oneDNN took 0.96-0.97x MKL's time
+on CrossViT-9 and FcaFormer-L1 but 0.85-0.89x on their 9-21 GMAC variants;
 
 and in training:
 
@@ -63,9 +64,9 @@ LARGE_ROUNDS = 7
 TRAIN_BATCH = 8
 
 
-def _forms(name: str, model_kwargs: dict[str, Any] | None,
-           optimized_only: bool = False) -> tuple[dict[str, torch.nn.Module], torch.Tensor, int, str | None]:
-    """The timed forms of one model (only the two optimized ones with ``optimized_only``), its input, its
+def _forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dict[str, torch.nn.Module], torch.Tensor, int,
+                                                                     str | None]:
+    """The four timed forms of one model, its input, its
     parameter count and, when it is its family's calibration model (``linear_calibration_model``), the family's
     large variant (``linear_calibration_large_model``; else None)."""
     import crossformers
@@ -74,20 +75,19 @@ def _forms(name: str, model_kwargs: dict[str, Any] | None,
     params = sum(p.numel() for p in base.parameters())
     x = torch.randn(1, *base.pretrained_cfg["input_size"])
     forms = {"opt_mkl": optimize_for_inference(copy.deepcopy(base), onednn_linear=False),
-             "opt_onednn_packed": optimize_for_inference(copy.deepcopy(base), onednn_linear=True, pack_weights=True)}
-    if not optimized_only:
-        forms.update(mkl=base, onednn=set_onednn_linear(copy.deepcopy(base), True))
+             "opt_onednn_packed": optimize_for_inference(copy.deepcopy(base), onednn_linear=True, pack_weights=True),
+             "mkl": base, "onednn": set_onednn_linear(copy.deepcopy(base), True)}
     family = type(base)
     is_calibration_model = getattr(family, "linear_calibration_model", None) == name
     return forms, x, params, getattr(family, "linear_calibration_large_model", None) if is_calibration_model else None
 
 
-def _time_forms(name: str, model_kwargs: dict[str, Any] | None, rounds: int,
-                optimized_only: bool = False) -> tuple[dict[str, list[float]], int, str | None]:
+def _time_forms(name: str, model_kwargs: dict[str, Any] | None,
+                rounds: int) -> tuple[dict[str, list[float]], int, str | None]:
     """:func:`_forms` of one model timed alternately for ``rounds`` rounds (batch 1, inference mode): the per-call
     times (ms) of each form, the parameter count and the family's large variant (as :func:`_forms`)."""
     with torch.inference_mode():
-        forms, x, params, family_large = _forms(name, model_kwargs, optimized_only)
+        forms, x, params, family_large = _forms(name, model_kwargs)
         times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
     return times, params, family_large
 
@@ -150,7 +150,7 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         compile_rounds: alternating rounds of the two compiled forms per model (after compiling each, and 2
             untimed calls); 0 (default) skips them (no ``compile_choice`` is recorded: ``compile_for_inference`` then
             follows the eager ``choice``).
-        large_models: calibration model -> its family's large variant, timed optimized only (default: the family
+        large_models: calibration model -> its family's large variant, timed in the same four forms (default: the family
             protocol's ``linear_calibration_large_model`` for each of ``models`` that is its family's
             ``linear_calibration_model``); ``model_kwargs`` apply to them by their names too.
         large_rounds: alternating rounds per large variant; 0 skips them (no ``large_models`` recorded).
@@ -161,7 +161,7 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         "compile_ratio", "threads", "models": {name: {"mkl_ms", "onednn_ms", "opt_mkl_ms", "opt_onednn_packed_ms",
         "ratio", "packed_ratio", "train_mkl_ms", "train_onednn_ms", "train_ratio", "compile_mkl_ms",
         "compile_onednn_packed_ms", "compile_ratio", "params"}}, "large_models": {calibration model: {"model",
-        "opt_mkl_ms", "opt_onednn_packed_ms", "packed_ratio", "params"}}, "machine", "path", "measured",
+        "mkl_ms", "onednn_ms", "opt_mkl_ms", "opt_onednn_packed_ms", "ratio", "packed_ratio", "params"}}, "machine", "path", "measured",
         "freed_memory_retained"}`` (the last: whether :func:`~crossformers.inference.retain_freed_memory` was in
         effect while timing, as ``crossformers profile --calibrate-linear`` does unless ``--no-retain-freed-memory``;
         times:
@@ -192,9 +192,9 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
                                                                                    times["compile_mkl"]))
             large = family_large if large_models is None else large_models.get(name)
             if large and large_rounds > 0:
-                times, params, _ = _time_forms(large, (model_kwargs or {}).get(large), large_rounds,
-                                               optimized_only=True)
+                times, params, _ = _time_forms(large, (model_kwargs or {}).get(large), large_rounds)
                 per_large[name] = {"model": large, **_medians(times), "params": params,
+                                   "ratio": paired_ratio(times["onednn"], times["mkl"]),
                                    "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"])}
     ratio = _geomean([m["ratio"] for m in per_model.values()])
     packed = _geomean([m["packed_ratio"] for m in per_model.values()])

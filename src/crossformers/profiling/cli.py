@@ -150,9 +150,10 @@ def _calibrate(threads: int | None, compiled: bool = False) -> int:
             print(f"{'':<18} compiled, batch 1: weights packed for MKL {m['compile_mkl_ms']:6.1f} ms, for oneDNN "
                   f"{m['compile_onednn_packed_ms']:6.1f} ms ({m['compile_ratio']:.2f})")
     for family, m in r.get("large_models", {}).items():
-        print(f"{m['model']:<18} optimized, batch 1: MKL {m['opt_mkl_ms']:6.1f} ms, packed oneDNN "
-              f"{m['opt_onednn_packed_ms']:6.1f} ms ({m['packed_ratio']:.2f}): optimize_for_inference of "
-              f"{family}'s family follows this ratio for models nearer this one in size")
+        print(f"{m['model']:<18} batch 1: MKL {m['mkl_ms']:6.1f} ms, oneDNN {m['onednn_ms']:6.1f} ms "
+              f"({m['ratio']:.2f}); optimized: MKL {m['opt_mkl_ms']:6.1f} ms, packed oneDNN "
+              f"{m['opt_onednn_packed_ms']:6.1f} ms ({m['packed_ratio']:.2f}): new models and optimize_for_inference "
+              f"of {family}'s family follow these ratios for models nearer this one in size")
     name = {"onednn": "oneDNN", "onednn_packed": "packed oneDNN", "mkl": "MKL"}
     compiled_mean = f", {r['compile_ratio']:.2f} compiled" if "compile_ratio" in r else ""
     compiled_choice = f", compile_for_inference {name[r['compile_choice']]}" if "compile_choice" in r else ""
@@ -168,6 +169,12 @@ def _calibrate(threads: int | None, compiled: bool = False) -> int:
         print(f"models of {family}'s family: new models {'oneDNN' if new else 'MKL'}, optimize_for_inference "
               f"{'packed oneDNN' if packed else 'MKL'}, training {'oneDNN' if train else 'MKL'}"
               + ("" if comp is None else f", compile_for_inference {'packed oneDNN' if comp else 'MKL'}"))
+        large = r.get("large_models", {}).get(family)
+        if large:  # models nearer the large variant in size
+            new, packed = (choose(r["threads"], model=family, params=large["params"]) for choose in
+                           (calibrated_choice, calibrated_inference_choice))
+            print(f"{'':<18} nearer {large['model']} in size: new models {'oneDNN' if new else 'MKL'}, "
+                  f"optimize_for_inference {'packed oneDNN' if packed else 'MKL'}")
     print(f"recorded in {r['path']} (CROSSFORMERS_ONEDNN_LINEAR=0/1 still overrides it)")
     return 0
 
