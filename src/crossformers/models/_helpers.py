@@ -144,8 +144,9 @@ def build_family_model(
     explicitly for ``num_classes=0``, for feature extractors, and for a different class count when ``pretrained``
     or when ``new_head=True`` (the caller gave ``num_classes``).
 
-    ``onednn_linear`` (default :func:`crossformers.layers.linear.onednn_by_default`) switches the linear layers to
-    the oneDNN path; parameters and state dict are unchanged. Depthwise convolutions become
+    ``onednn_linear`` (default :func:`crossformers.layers.linear.onednn_by_default` of the built model: this
+    machine's calibrated choice for its family, at its size) switches the linear layers to the oneDNN path;
+    parameters and state dict are unchanged. Depthwise convolutions become
     :class:`~crossformers.layers.conv.AutocastDepthwiseConv2d` (fp32 while training under CPU bf16 autocast, where
     their bf16 backward is several times slower; the plain convolution everywhere else).
 
