@@ -84,6 +84,12 @@ def calibration_model_of(model: nn.Module | type | str | None) -> str | None:
     return None
 
 
+def _size(model: nn.Module | type | str | None) -> int | None:
+    """The parameter count of a model instance, which picks its family's small or large calibrated ratio; None for
+    a class, a name or nothing (they have no size)."""
+    return sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None
+
+
 def _decide(calibrated: str, fallback: Callable[[], bool], model: nn.Module | type | str | None = None,
             **details: Any) -> bool:
     """One decision of the linear path: ``CROSSFORMERS_ONEDNN_LINEAR`` if set; else the record that the function
@@ -113,9 +119,8 @@ def onednn_by_default(model: nn.Module | type | str | None = None) -> bool:
     :func:`set_onednn_linear`. The switch never changes parameters or the state dict and
     only acts on fp32 CPU tensors, so CUDA, bf16/autocast, ``torch.compile`` and export are unaffected.
     """
-    params = sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None
     return _decide("calibrated_choice", lambda: torch.backends.cpu.get_cpu_capability().startswith("AVX512"), model,
-                   params=params)
+                   params=_size(model))
 
 
 def onednn_for_inference(model: nn.Module | type | str | None = None) -> bool:
@@ -125,8 +130,7 @@ def onednn_for_inference(model: nn.Module | type | str | None = None) -> bool:
     nearer to that one in parameter count, see
     :func:`~crossformers.layers.linear_calibration.calibrated_inference_choice`) if recorded, else yes (packed oneDNN
     beat MKL on the machines measured without one). Always no without oneDNN."""
-    params = sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None
-    return _decide("calibrated_inference_choice", lambda: True, model, params=params)
+    return _decide("calibrated_inference_choice", lambda: True, model, params=_size(model))
 
 
 def onednn_for_training(model: nn.Module | type | str | None = None) -> bool:

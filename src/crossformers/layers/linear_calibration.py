@@ -119,8 +119,7 @@ def calibrated_choice(threads: int | None = None, model: str | None = None,
     return _recorded(threads, "choice", ("onednn", "mkl"), model)
 
 
-def _large_variant_ratio(threads: int | None, model: str | None, params: int | None,
-                         key: str = "packed_ratio") -> float | None:
+def _large_variant_ratio(threads: int | None, model: str | None, params: int | None, key: str) -> float | None:
     """The ratio ``key`` (``"packed_ratio"``: optimized; ``"ratio"``: as created) of the large variant timed for
     ``model``'s family (record key ``large_models``) when a model of ``params`` parameters is nearer to it than to
     ``model`` on a log scale; else None (also for an incomplete record, or one from before that ratio was timed)."""
@@ -150,7 +149,7 @@ def calibrated_inference_choice(threads: int | None = None, model: str | None = 
     nearer to that variant's size than to the calibration model's (log scale) follows the large variant's ratio:
     the products of a 9-14 GMAC variant favour packed oneDNN more than those of a 1-3 GMAC one (on the AMD EPYC Zen
     4 of ``docs/profiling.md``, 0.85-0.89x MKL's time against 0.96-0.97x)."""
-    ratio = _large_variant_ratio(threads, model, params)
+    ratio = _large_variant_ratio(threads, model, params, "packed_ratio")
     if ratio is not None:
         return onednn_wins(ratio)
     return _recorded(threads, "inference_choice", ("onednn_packed", "mkl"), model)

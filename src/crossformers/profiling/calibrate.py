@@ -150,8 +150,8 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         compile_rounds: alternating rounds of the two compiled forms per model (after compiling each, and 2
             untimed calls); 0 (default) skips them (no ``compile_choice`` is recorded: ``compile_for_inference`` then
             follows the eager ``choice``).
-        large_models: calibration model -> its family's large variant, timed in the same four forms (default: the family
-            protocol's ``linear_calibration_large_model`` for each of ``models`` that is its family's
+        large_models: calibration model -> its family's large variant, timed in the same four forms (default: the
+            family protocol's ``linear_calibration_large_model`` for each of ``models`` that is its family's
             ``linear_calibration_model``); ``model_kwargs`` apply to them by their names too.
         large_rounds: alternating rounds per large variant; 0 skips them (no ``large_models`` recorded).
 
@@ -161,10 +161,10 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
         "compile_ratio", "threads", "models": {name: {"mkl_ms", "onednn_ms", "opt_mkl_ms", "opt_onednn_packed_ms",
         "ratio", "packed_ratio", "train_mkl_ms", "train_onednn_ms", "train_ratio", "compile_mkl_ms",
         "compile_onednn_packed_ms", "compile_ratio", "params"}}, "large_models": {calibration model: {"model",
-        "mkl_ms", "onednn_ms", "opt_mkl_ms", "opt_onednn_packed_ms", "ratio", "packed_ratio", "params"}}, "machine", "path", "measured",
-        "freed_memory_retained"}`` (the last: whether :func:`~crossformers.inference.retain_freed_memory` was in
-        effect while timing, as ``crossformers profile --calibrate-linear`` does unless ``--no-retain-freed-memory``;
-        times:
+        "mkl_ms", "onednn_ms", "opt_mkl_ms", "opt_onednn_packed_ms", "ratio", "packed_ratio", "params"}}, "machine",
+        "path", "measured", "freed_memory_retained"}`` (the last: whether
+        :func:`~crossformers.inference.retain_freed_memory` was in effect while timing, as ``crossformers profile
+        --calibrate-linear`` does unless ``--no-retain-freed-memory``; times:
         medians in ms, batch 1 for inference and ``train_batch`` per training step; ratios oneDNN / MKL, paired
         (:func:`~crossformers.profiling.measure.paired_ratio`); the training and compiled keys only when measured).
 
