@@ -7,7 +7,8 @@
 #   4. bf16 / int8 against the authors' fp32 code, batch 1 and throughput at batch 32;
 #   5. ours against onnxruntime, each runtime in fresh processes of its own;
 #   6. bf16 autocast training steps against fp32 (`crossformers train --amp`);
-#   7. the goals in one table, from the reports of steps 2-6 present in OUT (goal_summary.py -> <LABEL>_goals.md).
+#   7. the goals in one table, from the reports of steps 2-6 present in OUT (goal_summary.py -> <LABEL>_goals.md);
+#   8. every attention call of three models on each attention kernel PyTorch offers (attention_kernels.py).
 # Every step runs with 2 threads. Expect about two hours on a 2-core machine.
 #
 # usage: bash benchmarks/machine_suite.sh LABEL CROSSFORMER_DIR FCAFORMER_DIR CROSSVIT_DIR [OUT]
@@ -19,11 +20,11 @@
 set -euo pipefail
 
 if [ $# -lt 4 ]; then
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 label=$1 crossformer=$2 fcaformer=$3 crossvit=$4 out=${5:-docs/benchmarks}
-steps=${STEPS:-1 2 3 4 5 6 7}
+steps=${STEPS:-1 2 3 4 5 6 7 8}
 here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-python}
 roots=(--official-root "$crossformer" --official-root "$fcaformer" --official-root "$crossvit")
@@ -64,4 +65,8 @@ if want 7; then
     if [ ${#reports[@]} -gt 0 ]; then
         "$py" "$here/goal_summary.py" "${reports[@]}" --out "$out/${label}_goals.md"
     fi
+fi
+if want 8; then
+    "$py" "$here/attention_kernels.py" crossvit_9_240 crossformer_tiny fcaformer_l1 --rounds 21 --threads 2 \
+        --json "$out/${label}_attention_kernels.json" | tee "$out/${label}_attention_kernels.md"
 fi

@@ -218,3 +218,31 @@ def test_bench_vs_reference_names_each_variants_own_linear_path():
     assert "| MKL / MKL |" in rows["small"] and "| oneDNN / packed oneDNN |" in rows["large"]
     del doc["latency"][0]["linear_path"]  # reports from before the paths were recorded
     assert "| ? / ? |" in bench.markdown(doc)
+
+
+def test_attention_kernels_capture_each_models_calls_and_time_them_against_the_fused_kernel():
+    """The attention benchmark sees every attention call of a forward pass (CrossFormer: one per block, with the
+    block's groups, heads and position bias), groups equal calls, and every implementation it times computes the
+    fused kernel's result."""
+    import crossformers
+
+    att = _load("attention_kernels", BENCHMARKS)
+    model = crossformers.create_model("crossformer_tiny", embed_dim=16, depths=(1, 1, 3, 1), num_heads=(1, 2, 4, 8),
+                                      img_size=64, num_classes=3).eval()
+    calls = att.capture_attention_calls(model, torch.randn(1, 3, 64, 64))
+    # one call per block, stage by stage; stage 3's map (4 x 4) is one SDA group in each of its three blocks, so
+    # their calls are equal and counted together
+    assert [(c["q"].shape[-3], c["count"]) for c in calls] == [(1, 1), (2, 1), (4, 3), (8, 1)]
+    assert all(c["bias"] is not None and c["bias"].shape[-3] == c["q"].shape[-3] for c in calls)
+    rows = [att.time_call(c, ("fused", "explicit"), rounds=2) for c in calls]
+    for row in rows:
+        fused, explicit = row["results"]["fused"], row["results"]["explicit"]
+        assert fused["paired_vs_fused"] == 1.0 and fused["max_abs_diff"] == 0.0
+        assert explicit["max_abs_diff"] < 1e-5 and explicit["median_ms"] > 0 and explicit["gflops"] > 0
+    totals = att.model_totals(rows)
+    assert set(totals) == {"fused", "explicit"}
+    assert totals["fused"] == pytest.approx(sum(r["count"] * r["results"]["fused"]["median_ms"] for r in rows))
+    with pytest.raises(ValueError, match="unknown attention implementation"):
+        att.implementations(*(calls[0][n] for n in ("q", "k", "v", "bias")), names=("cuda_only",))
+    with pytest.raises(ValueError, match="no ScaledDotProduct module"):
+        att.capture_attention_calls(torch.nn.Linear(3, 3), torch.randn(1, 3))
