@@ -502,6 +502,69 @@ def test_large_variants_follow_their_familys_large_calibration(monkeypatch, cali
     assert not onednn.onednn_for_inference(small)
 
 
+def test_a_variant_timed_on_its_own_follows_its_own_ratio(monkeypatch, calibration_file, capsys):
+    """`profile --calibrate-linear MODEL` times that variant on both paths (as created and optimized) and adds it to
+    the machine's record by architecture name; models of that variant then follow its own ratios before the family's
+    or its large variant's, other variants keep theirs, and a later family calibration keeps the variants. Timing a
+    variant needs a family calibration first (the CLI runs one); the environment variable still wins."""
+    import json
+
+    from crossformers.cli import main
+    from crossformers.inference import optimize_for_inference
+    from crossformers.layers import linear_calibration as cal
+    from crossformers.profiling import ProfilingError, calibrate
+
+    path = calibration_file
+    name, kw = SMALL["crossformer"]
+    with pytest.raises(ProfilingError, match="--calibrate-linear --threads 1. first"):
+        calibrate.calibrate_variants([name], threads=1, rounds=1, model_kwargs={name: kw})
+    with pytest.raises(ValueError, match="calibrate-linear"):
+        cal.record_variants(1, {"x": {"ratio": 0.5}})
+    model = crossformers.create_model(name, onednn_linear=False, **kw)
+    arch = model.pretrained_cfg["architecture"]
+    measured = calibrate.calibrate_variants([name], threads=1, rounds=2, model_kwargs={name: kw}, write=False)
+    v = measured["variants"][arch]
+    assert v["model"] == name and v["params"] == sum(p.numel() for p in model.parameters())
+    assert min(v["mkl_ms"], v["onednn_ms"], v["opt_mkl_ms"], v["opt_onednn_packed_ms"], v["ratio"],
+               v["packed_ratio"]) > 0 and not path.exists()
+
+    family = onednn.calibration_model_of(model)
+    threads = str(torch.get_num_threads())
+    record = {"choice": "mkl", "inference_choice": "mkl",
+              "models": {family: {"ratio": 1.0, "packed_ratio": 1.02, "params": 10}},
+              "large_models": {family: {"model": "crossformer_base", "ratio": 1.1, "packed_ratio": 1.1,
+                                        "params": v["params"]}}}  # the test model is "large" here: MKL either way
+    path.write_text(json.dumps({cal.machine_key(): {threads: record}}))
+    assert not onednn.onednn_by_default(model) and not onednn.onednn_for_inference(model)
+    cal.record_variants(int(threads), {arch: {"ratio": 0.8, "packed_ratio": 0.9}, "other_arch": {"ratio": 1.2}})
+    assert cal.calibrated_variants() == {arch, "other_arch"}
+    assert onednn.onednn_by_default(model) and onednn.onednn_for_inference(model)  # its own ratios decide
+    assert _uses(crossformers.create_model(name, **kw)) and _uses(optimize_for_inference(model))
+    assert not onednn.onednn_by_default(family)  # a name (no variant) keeps the family's ratio
+    cal.record_variants(int(threads), {arch: {"ratio": 1.0, "packed_ratio": 0.9}})  # re-timed: a tie, MKL
+    assert not onednn.onednn_by_default(model) and onednn.onednn_for_inference(model)
+    assert cal.calibrated_variants() == {arch, "other_arch"}  # the other variant is kept
+    cal.record_calibration(int(threads), record)  # a family calibration keeps the variants timed on their own
+    assert cal.calibrated_variants() == {arch, "other_arch"}
+    monkeypatch.setenv("CROSSFORMERS_ONEDNN_LINEAR", "1")
+    assert onednn.onednn_by_default(model)
+    monkeypatch.delenv("CROSSFORMERS_ONEDNN_LINEAR")
+
+    # the command: without a record it times the families first (stubbed to the small model here), then the variant
+    real_families, real_variants = calibrate.calibrate_linear, calibrate.calibrate_variants
+    monkeypatch.setattr(calibrate, "calibrate_linear", lambda threads=None, compile_rounds=0: real_families(
+        threads=threads, rounds=1, models=(name,), model_kwargs={name: kw}, train_rounds=1, train_batch=2,
+        large_rounds=0))
+    monkeypatch.setattr(calibrate, "calibrate_variants", lambda names, threads=None: real_variants(
+        names, threads=threads, rounds=1, model_kwargs={n: kw for n in names}))
+    path.unlink()
+    assert main(["profile", "--calibrate-linear", name, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "timing the families first" in out and f"{name} " in out and "new models" in out
+    recorded = json.loads(path.read_text())[cal.machine_key()]["1"]
+    assert recorded["choice"] in ("mkl", "onednn") and recorded["variants"][arch]["model"] == name
+
+
 def test_each_family_follows_its_own_calibrated_ratio(monkeypatch, calibration_file):
     """A CPU can favour oneDNN for one family and MKL for another (the AMD EPYC Zen 4 of docs/profiling.md): where
     the record holds the family's own calibration model, its ratios decide creation, optimize_for_inference and

@@ -90,6 +90,14 @@ def _size(model: nn.Module | type | str | None) -> int | None:
     return sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None
 
 
+def _variant(model: nn.Module | type | str | None) -> str | None:
+    """The registered architecture name of a model instance (its ``pretrained_cfg``), which finds a variant timed on
+    its own in the calibration; None for anything else."""
+    cfg = getattr(model, "pretrained_cfg", None) if isinstance(model, nn.Module) else None
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return arch if isinstance(arch, str) else None
+
+
 def _decide(calibrated: str, fallback: Callable[[], bool], model: nn.Module | type | str | None = None,
             **details: Any) -> bool:
     """One decision of the linear path: ``CROSSFORMERS_ONEDNN_LINEAR`` if set; else the record that the function
@@ -105,32 +113,35 @@ def _decide(calibrated: str, fallback: Callable[[], bool], model: nn.Module | ty
     return fallback() if measured is None else measured
 
 
-def onednn_by_default(model: nn.Module | type | str | None = None) -> bool:
+def onednn_by_default(model: nn.Module | type | str | None = None, variant: str | None = None) -> bool:
     """Whether :func:`crossformers.create_model` switches new models to the oneDNN linear path.
 
     In order: the environment variable ``CROSSFORMERS_ONEDNN_LINEAR`` (``0`` = MKL, ``1`` = oneDNN on any CPU); the
     measured choice for this machine and thread count, if ``crossformers profile --calibrate-linear`` recorded one
     (:mod:`crossformers.layers.linear_calibration`; for ``model``'s family where its own calibration model was
     timed: a model, a model class's ``linear_calibration_model`` name, or None for the combined choice; for a model
-    instance nearer in parameter count to its family's timed large variant, that variant's as-created ratio, see
+    instance nearer in parameter count to its family's timed large variant, that variant's as-created ratio, and for
+    a variant timed on its own (``crossformers profile --calibrate-linear MODEL``), its own ratio, see
     :func:`~crossformers.layers.linear_calibration.calibrated_choice`); else yes on
     CPUs with AVX-512 (where the gain was first
-    measured, on an AMD EPYC). Always no without oneDNN. Per model: ``create_model(..., onednn_linear=False)`` or
+    measured, on an AMD EPYC). Always no without oneDNN. ``variant``: the registered architecture name, for a model
+    whose ``pretrained_cfg`` is not set yet (:func:`crossformers.create_model` decides while building it). Per model:
+    ``create_model(..., onednn_linear=False)`` or
     :func:`set_onednn_linear`. The switch never changes parameters or the state dict and
     only acts on fp32 CPU tensors, so CUDA, bf16/autocast, ``torch.compile`` and export are unaffected.
     """
     return _decide("calibrated_choice", lambda: torch.backends.cpu.get_cpu_capability().startswith("AVX512"), model,
-                   params=_size(model))
+                   params=_size(model), variant=variant or _variant(model))
 
 
 def onednn_for_inference(model: nn.Module | type | str | None = None) -> bool:
     """Whether :func:`crossformers.inference.optimize_for_inference` switches to oneDNN with packed weights:
     ``CROSSFORMERS_ONEDNN_LINEAR`` if set, else this machine's calibration (packed oneDNN against MKL; ``model``'s
     family's as in :func:`onednn_by_default`; for a model instance, its family's large variant's where the model is
-    nearer to that one in parameter count, see
+    nearer to that one in parameter count, or a variant's own ratio where it was timed on its own, see
     :func:`~crossformers.layers.linear_calibration.calibrated_inference_choice`) if recorded, else yes (packed oneDNN
     beat MKL on the machines measured without one). Always no without oneDNN."""
-    return _decide("calibrated_inference_choice", lambda: True, model, params=_size(model))
+    return _decide("calibrated_inference_choice", lambda: True, model, params=_size(model), variant=_variant(model))
 
 
 def onednn_for_training(model: nn.Module | type | str | None = None) -> bool:

@@ -20,6 +20,12 @@ calibration model, and records without per-model times, take the combined choice
 families). Measure on a quiet machine: on shared cores the timings follow the
 neighbours' load (``docs/profiling.md``), which is why this is an explicit step and not done at start-up.
 
+A variant can also be timed on its own (``crossformers profile --calibrate-linear MODEL ...``, record key
+``variants``, by the model's registered architecture name): models of that variant then follow their own ratio as
+created and in ``optimize_for_inference``, whatever the family's. Nearness in size does not tell the paths apart
+everywhere: on the AMD EPYC Zen 4 of ``docs/profiling.md`` oneDNN took 1.06x MKL's time on CrossViT-15-dagger-408
+and 0.93x on CrossViT-18-dagger-408, while both are nearer CrossViT-18 (oneDNN 0.95x) in size.
+
 The file (JSON, written atomically) is ``$CROSSFORMERS_LINEAR_CALIBRATION`` if set, else
 ``$XDG_CACHE_HOME/crossformers/linear_kernel.json`` (``~/.cache/...``).
 """
@@ -38,7 +44,7 @@ from ..utils.cpu import cpu_model_name, cpu_signature
 
 __all__ = ["MARGIN", "onednn_wins", "calibration_path", "machine_key", "calibrated_choice",
            "calibrated_inference_choice", "calibrated_training_choice", "calibrated_compile_choice",
-           "calibrated_models", "record_calibration"]
+           "calibration_record", "calibrated_models", "calibrated_variants", "record_calibration", "record_variants"]
 
 #: oneDNN is chosen only if its time ratio to MKL (one family's, or the geometric mean) is below this
 MARGIN = 0.97
@@ -84,6 +90,11 @@ def _record(threads: int | None) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def calibration_record(threads: int | None = None) -> dict[str, Any] | None:
+    """This machine's recorded calibration for ``threads`` (default: torch's current count), or None."""
+    return _record(threads)
+
+
 def calibrated_models(threads: int | None = None) -> set[str]:
     """Names of the models (one per family) whose times this machine's record for ``threads`` holds."""
     models = (_record(threads) or {}).get("models")
@@ -103,7 +114,7 @@ def _recorded(threads: int | None, key: str, values: tuple[str, str], model: str
 
 
 def calibrated_choice(threads: int | None = None, model: str | None = None,
-                      params: int | None = None) -> bool | None:
+                      params: int | None = None, variant: str | None = None) -> bool | None:
     """The calibrated choice for new models on this machine and ``threads`` (default: torch's current count): True =
     oneDNN, False = MKL, None = not calibrated here (or an unreadable file). ``model``: the calibration model of the
     family asking (its ``linear_calibration_model``); its own ratio decides if it was timed.
@@ -112,11 +123,32 @@ def calibrated_choice(threads: int | None = None, model: str | None = None,
     variant (log scale) follows that variant's as-created ratio, as :func:`calibrated_inference_choice` does for
     ``optimize_for_inference``: on the AMD EPYC Zen 4 of ``docs/profiling.md`` the calibration chose MKL for
     CrossViT-9 (oneDNN 0.98x its time, inside the 3 % margin), which left CrossViT-B as created at 0.97x the authors'
-    time while its products ran faster on oneDNN."""
-    ratio = _large_variant_ratio(threads, model, params, "ratio")
+    time while its products ran faster on oneDNN.
+
+    ``variant``: the registered architecture name of the model being created; a variant timed on its own (record
+    key ``variants``) follows its own as-created ratio before anything else."""
+    ratio = _variant_ratio(threads, variant, "ratio")
+    if ratio is None:
+        ratio = _large_variant_ratio(threads, model, params, "ratio")
     if ratio is not None:
         return onednn_wins(ratio)
     return _recorded(threads, "choice", ("onednn", "mkl"), model)
+
+
+def _variant_ratio(threads: int | None, variant: str | None, key: str) -> float | None:
+    """The ratio ``key`` (``"ratio"``: as created; ``"packed_ratio"``: optimized) of ``variant`` where it was timed
+    on its own (record key ``variants``), else None."""
+    record = _record(threads) if variant else None
+    variants = record.get("variants") if record is not None else None
+    timed = variants.get(variant) if isinstance(variants, dict) else None
+    ratio = timed.get(key) if isinstance(timed, dict) else None
+    return float(ratio) if isinstance(ratio, (int, float)) and ratio > 0 else None
+
+
+def calibrated_variants(threads: int | None = None) -> set[str]:
+    """Architecture names of the variants timed on their own in this machine's record for ``threads``."""
+    variants = (_record(threads) or {}).get("variants")
+    return {k for k, v in variants.items() if isinstance(v, dict)} if isinstance(variants, dict) else set()
 
 
 def _large_variant_ratio(threads: int | None, model: str | None, params: int | None, key: str) -> float | None:
@@ -140,7 +172,7 @@ def _large_variant_ratio(threads: int | None, model: str | None, params: int | N
 
 
 def calibrated_inference_choice(threads: int | None = None, model: str | None = None,
-                                params: int | None = None) -> bool | None:
+                                params: int | None = None, variant: str | None = None) -> bool | None:
     """The calibrated choice for ``optimize_for_inference`` (packed oneDNN weights against MKL): True = oneDNN
     packed, False = MKL, None = not calibrated here. ``model`` as in :func:`calibrated_choice`.
 
@@ -148,8 +180,11 @@ def calibrated_inference_choice(threads: int | None = None, model: str | None = 
     (record key ``large_models``; the family's ``linear_calibration_large_model``), and a model
     nearer to that variant's size than to the calibration model's (log scale) follows the large variant's ratio:
     the products of a 9-14 GMAC variant favour packed oneDNN more than those of a 1-3 GMAC one (on the AMD EPYC Zen
-    4 of ``docs/profiling.md``, 0.85-0.89x MKL's time against 0.96-0.97x)."""
-    ratio = _large_variant_ratio(threads, model, params, "packed_ratio")
+    4 of ``docs/profiling.md``, 0.85-0.89x MKL's time against 0.96-0.97x). ``variant`` as in
+    :func:`calibrated_choice` (its own optimized ratio first)."""
+    ratio = _variant_ratio(threads, variant, "packed_ratio")
+    if ratio is None:
+        ratio = _large_variant_ratio(threads, model, params, "packed_ratio")
     if ratio is not None:
         return onednn_wins(ratio)
     return _recorded(threads, "inference_choice", ("onednn_packed", "mkl"), model)
@@ -178,11 +213,39 @@ def record_calibration(threads: int, record: dict[str, Any]) -> Path:
     optionally ``train_choice`` "onednn" | "mkl" and ``compile_choice`` "onednn_packed" | "mkl") for this
     machine and ``threads`` in :func:`calibration_path` (atomically, other machines' and thread counts' records kept);
     returns the path. The measurement is :func:`crossformers.profiling.calibrate_linear`."""
+    record = dict(record)
+    old = _record(threads) or {}
+    if "variants" not in record and isinstance(old.get("variants"), dict):
+        record["variants"] = old["variants"]  # variants timed on their own stay valid on the same machine
+    return _write_record(threads, record)
+
+
+def record_variants(threads: int, variants: dict[str, dict[str, Any]]) -> Path:
+    """Add variants timed on their own (architecture name -> at least ``ratio`` and ``packed_ratio``, oneDNN / MKL
+    as created and optimized) to this machine's record for ``threads``, replacing earlier times of the same
+    variants; returns the path. The measurement is :func:`crossformers.profiling.calibrate_variants`.
+
+    Raises:
+        ValueError: no family calibration is recorded for this machine and ``threads`` yet (run
+            ``crossformers profile --calibrate-linear`` first: a variant's record refines it, it does not replace it).
+    """
+    record = _record(threads)
+    if record is None:
+        raise ValueError(f"no linear-path calibration for this machine and {threads} thread(s) in "
+                         f"{calibration_path()}: run `crossformers profile --calibrate-linear --threads {threads}` "
+                         "first, then time single variants")
+    record = dict(record)
+    record["variants"] = {**(record.get("variants") if isinstance(record.get("variants"), dict) else {}),
+                          **{k: dict(v) for k, v in variants.items()}}
+    return _write_record(threads, record)
+
+
+def _write_record(threads: int, record: dict[str, Any]) -> Path:
     path = calibration_path()
     doc = _read(path)
     entry = doc.get(machine_key())
     entry = entry if isinstance(entry, dict) else {}
-    entry[str(int(threads))] = dict(record)
+    entry[str(int(threads))] = record
     doc[machine_key()] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(doc, indent=2) + "\n")

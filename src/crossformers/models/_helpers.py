@@ -190,8 +190,9 @@ def build_family_model(
     def construct(**kw):
         model = _placed(cls, device, dtype, **kw)
         fp32_depthwise_autocast(model)
-        # decided on the built model: its size picks the family's small or large calibrated ratio
-        if onednn_by_default(model) if onednn is None else bool(onednn):
+        # decided on the built model: its size picks the family's small or large calibrated ratio, its variant name
+        # a ratio of its own where that variant was timed
+        if onednn_by_default(model, variant=variant) if onednn is None else bool(onednn):
             set_onednn_linear(model, True)
         if weights is not None:
             _load_weights(model, weights, cfg, filter_fn, new_head, features_only, weights_name)

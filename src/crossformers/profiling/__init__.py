@@ -22,7 +22,7 @@ from ..inference import (
     set_packed_weights,
 )
 from ..utils.macs import count_macs
-from .calibrate import calibrate_linear
+from .calibrate import calibrate_linear, calibrate_variants
 from .errors import ProfilingError
 from .measure import machine_info, matmul_peak_gflops
 from .plot import plot_accuracy
@@ -35,5 +35,5 @@ __all__ = [
     "compile_for_inference", "set_onednn_linear", "set_packed_weights", "set_fused_attn", "set_bias_cache",
     "set_channels_last", "retain_freed_memory", "matmul_peak_gflops", "machine_info", "plot_accuracy", "format_table",
     "format_markdown", "format_breakdown", "write_json", "write_csv", "read_json", "PUBLISHED", "Published",
-    "ProfilingError", "calibrate_linear",
+    "ProfilingError", "calibrate_linear", "calibrate_variants",
 ]

@@ -50,25 +50,35 @@ from ..inference.allocator import freed_memory_retained
 from ..inference.compile import compile_for_inference
 from ..inference.optimize import optimize_for_inference, optimize_for_training
 from ..layers.linear import onednn_available, set_onednn_linear
-from ..layers.linear_calibration import MARGIN, calibration_path, machine_key, onednn_wins, record_calibration
+from ..layers.linear_calibration import (
+    MARGIN,
+    calibration_path,
+    calibration_record,
+    machine_key,
+    onednn_wins,
+    record_calibration,
+    record_variants,
+)
 from .errors import ProfilingError
 from .measure import num_threads, paired_ratio, time_alternating
 
-__all__ = ["calibrate_linear", "CALIBRATION_MODELS", "MARGIN", "TRAIN_BATCH"]
+__all__ = ["calibrate_linear", "calibrate_variants", "CALIBRATION_MODELS", "MARGIN", "TRAIN_BATCH"]
 
 #: one model per family, the ones whose products docs/profiling.md measured
 CALIBRATION_MODELS = ("crossvit_9_240", "crossformer_tiny", "fcaformer_l1")
 #: alternating rounds of each large variant (each call takes 0.1-0.3 s on 2 cores)
 LARGE_ROUNDS = 7
+#: alternating rounds of each variant timed on its own (``calibrate_variants``)
+VARIANT_ROUNDS = 9
 #: images per timed training step (small enough for a quick calibration, large enough that products dominate)
 TRAIN_BATCH = 8
 
 
 def _forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dict[str, torch.nn.Module], torch.Tensor, int,
-                                                                     str | None]:
+                                                                     str | None, str]:
     """The four timed forms of one model, its input, its
-    parameter count and, when it is its family's calibration model (``linear_calibration_model``), the family's
-    large variant (``linear_calibration_large_model``; else None)."""
+    parameter count, when it is its family's calibration model (``linear_calibration_model``), the family's
+    large variant (``linear_calibration_large_model``; else None), and its registered architecture name."""
     import crossformers
 
     base = crossformers.create_model(name, onednn_linear=False, **(model_kwargs or {})).eval()
@@ -79,7 +89,8 @@ def _forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dict[str, to
              "mkl": base, "onednn": set_onednn_linear(copy.deepcopy(base), True)}
     family = type(base)
     is_calibration_model = getattr(family, "linear_calibration_model", None) == name
-    return forms, x, params, getattr(family, "linear_calibration_large_model", None) if is_calibration_model else None
+    large = getattr(family, "linear_calibration_large_model", None) if is_calibration_model else None
+    return forms, x, params, large, str(base.pretrained_cfg.get("architecture") or name)
 
 
 def _time_forms(name: str, model_kwargs: dict[str, Any] | None,
@@ -87,9 +98,54 @@ def _time_forms(name: str, model_kwargs: dict[str, Any] | None,
     """:func:`_forms` of one model timed alternately for ``rounds`` rounds (batch 1, inference mode): the per-call
     times (ms) of each form, the parameter count and the family's large variant (as :func:`_forms`)."""
     with torch.inference_mode():
-        forms, x, params, family_large = _forms(name, model_kwargs)
+        forms, x, params, family_large, _ = _forms(name, model_kwargs)
         times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
     return times, params, family_large
+
+
+def calibrate_variants(names: tuple[str, ...] | list[str], threads: int | None = None,
+                       rounds: int = VARIANT_ROUNDS, model_kwargs: dict[str, dict[str, Any]] | None = None,
+                       write: bool = True) -> dict[str, Any]:
+    """Time single variants on both linear paths, as created and optimized, and record each one's own ratios: models
+    of a timed variant then follow them (:func:`~crossformers.layers.linear_calibration.calibrated_choice`),
+    whatever its family's calibration model or large variant measured. For the variant you deploy, where nearness in
+    size does not predict the faster path (docs/profiling.md: CrossViT-15-dagger-408 and -18-dagger-408 on one CPU
+    favour different libraries).
+
+    Args:
+        names: registered model names (each timed at its default input size, batch 1, random weights).
+        threads: intra-op threads (default: torch's current count); the record is per thread count.
+        rounds: alternating rounds of the four forms per variant (after 2 untimed calls of each).
+        model_kwargs: per name, e.g. small test models.
+        write: add the result to this machine's record (False: measure only).
+
+    Returns:
+        ``{"threads", "path", "variants": {architecture name: {"model" (the name given), "mkl_ms", "onednn_ms",
+        "opt_mkl_ms", "opt_onednn_packed_ms", "ratio", "packed_ratio", "params"}}}`` (medians in ms; ratios
+        oneDNN / MKL, paired).
+
+    Raises:
+        ProfilingError: no oneDNN linear op in this PyTorch build, or (with ``write``) no family calibration recorded
+            for this machine and thread count yet (``crossformers profile --calibrate-linear`` first).
+    """
+    if not onednn_available():
+        raise ProfilingError("this PyTorch build has no oneDNN linear op: MKL is the only path, nothing to calibrate")
+    variants: dict[str, dict[str, Any]] = {}
+    with num_threads(threads) as used:
+        if write and calibration_record(used) is None:
+            raise ProfilingError(f"no linear-path calibration for this machine and {used} thread(s) yet: run "
+                                 f"`crossformers profile --calibrate-linear --threads {used}` first (timing single "
+                                 "variants refines it)")
+        for name in names:
+            with torch.inference_mode():
+                forms, x, params, _, arch = _forms(name, (model_kwargs or {}).get(name))
+                times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
+            variants[arch] = {"model": name, **_medians(times), "params": params,
+                              "ratio": paired_ratio(times["onednn"], times["mkl"]),
+                              "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"])}
+        if write:
+            record_variants(used, variants)
+    return {"threads": used, "path": str(calibration_path()), "variants": variants}
 
 
 def _train_steps(name: str, model_kwargs: dict[str, Any] | None, batch: int) -> dict[str, Any]:

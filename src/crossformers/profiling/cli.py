@@ -81,9 +81,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate-linear", action="store_true", help=(
         "time MKL against oneDNN on whole models (batch-1 inference as created and optimized, and a training step) "
         "with --threads threads and record the faster paths as this machine's defaults for new models, "
-        "optimize_for_inference (also on one large variant per family) and training (about 75 s; run it on a quiet "
+        "optimize_for_inference (also on one large variant per family) and training (about 90 s; run it on a quiet "
         "machine; no MODEL needed); add "
-        "--compile to calibrate compile_for_inference's weight packing too"))
+        "--compile to calibrate compile_for_inference's weight packing too. With MODEL names: time those variants "
+        "on their own too (as created and optimized), and their models follow their own measurement"))
     p.add_argument("--onnx", action="append", metavar="FILE", help=(
         "also time this ONNX export of the MODEL in onnxruntime (CPU, same threads), alternately with ours, and "
         "report the paired ratio; once per MODEL, in their order (write it with `crossformers export MODEL --output "
@@ -179,6 +180,27 @@ def _calibrate(threads: int | None, compiled: bool = False) -> int:
     return 0
 
 
+def _calibrate_variants(names: list[str], threads: int | None, compiled: bool = False) -> int:
+    """``profile --calibrate-linear MODEL ...``: time each variant on its own (after the family calibration, if this
+    machine has none yet) and print the paths its models now take."""
+    from ..layers.linear_calibration import calibrated_choice, calibrated_inference_choice, calibration_record
+    from .calibrate import calibrate_variants
+
+    if calibration_record(threads) is None:
+        print("no calibration for this machine and thread count yet: timing the families first")
+        _calibrate(threads, compiled=compiled)
+    r = calibrate_variants(names, threads=threads)
+    for arch, m in r["variants"].items():
+        new, packed = (choose(r["threads"], variant=arch) for choose in (calibrated_choice,
+                                                                         calibrated_inference_choice))
+        print(f"{m['model']:<22} batch 1: MKL {m['mkl_ms']:7.1f} ms, oneDNN {m['onednn_ms']:7.1f} ms ({m['ratio']:.2f}); "
+              f"optimized: MKL {m['opt_mkl_ms']:7.1f} ms, packed oneDNN {m['opt_onednn_packed_ms']:7.1f} ms "
+              f"({m['packed_ratio']:.2f}): new models {'oneDNN' if new else 'MKL'}, optimize_for_inference "
+              f"{'packed oneDNN' if packed else 'MKL'}")
+    print(f"recorded in {r['path']} for {r['threads']} thread(s) (CROSSFORMERS_ONEDNN_LINEAR=0/1 still overrides it)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``crossformers profile`` for parsed ``args``; returns the exit code."""
     if not args.calibrate_linear and not args.models and not args.plot and not args.from_json:
@@ -186,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
     if args.retain_freed_memory:  # as eval, predict and train run models (timed calls reuse freed memory); the
         retain_freed_memory()  # calibration too, so that it chooses for the setting the commands run in
     if args.calibrate_linear:
+        if args.models:
+            return _calibrate_variants(_expand(args.models), args.threads, compiled=args.compile)
         return _calibrate(args.threads, compiled=args.compile)
     if args.img_size is not None and len(args.img_size) > 2:
         raise ProfilingError(f"--img-size takes H W (or one value for a square), got {len(args.img_size)} values")
