@@ -541,6 +541,7 @@ def test_a_variant_timed_on_its_own_follows_its_own_ratio(monkeypatch, calibrati
     assert onednn.onednn_by_default(model) and onednn.onednn_for_inference(model)  # its own ratios decide
     assert _uses(crossformers.create_model(name, **kw)) and _uses(optimize_for_inference(model))
     assert not onednn.onednn_by_default(family)  # a name (no variant) keeps the family's ratio
+    assert onednn.onednn_default_reason(model).endswith(f"as {arch} measured on its own")
     cal.record_variants(int(threads), {arch: {"ratio": 1.0, "packed_ratio": 0.9}})  # re-timed: a tie, MKL
     assert not onednn.onednn_by_default(model) and onednn.onednn_for_inference(model)
     assert cal.calibrated_variants() == {arch, "other_arch"}  # the other variant is kept

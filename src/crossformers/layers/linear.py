@@ -177,11 +177,13 @@ def onednn_default_reason(model: nn.Module | type | str | None = None) -> str:
         return f"CROSSFORMERS_ONEDNN_LINEAR={env}"
     if not onednn_available():
         return "no oneDNN in this build"
-    from .linear_calibration import calibrated_choice, calibrated_models, calibration_path
+    from .linear_calibration import calibrated_choice, calibrated_models, calibrated_variants, calibration_path
 
     if calibrated_choice() is not None:
-        family = calibration_model_of(model)
+        family, variant = calibration_model_of(model), _variant(model)
         timed = f", as {family} measured" if family in calibrated_models() else ""
+        if variant is not None and variant in calibrated_variants():
+            timed = f", as {variant} measured on its own"
         return f"calibrated for {torch.get_num_threads()} thread(s) in {calibration_path()}{timed}"
     return "AVX-512 rule (not calibrated on this machine)"
 
