@@ -185,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}", flush=True)
     for name in args.models:
         model = crossformers.create_model(name).eval()
-        side = args.img_size or int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-        x = torch.randn(1, model.pretrained_cfg.get("input_size", (3,))[0], side, side)
+        chans, _, own_side = model.pretrained_cfg.get("input_size", (3, 224, 224))
+        side = args.img_size or int(own_side)
+        x = torch.randn(1, chans, side, side)
         rows = [time_call(c, names, args.rounds) for c in capture_attention_calls(model, x)]
         print(f"## {name} ({side} px): {sum(r['count'] for r in rows)} attention calls, {len(rows)} distinct",
               flush=True)

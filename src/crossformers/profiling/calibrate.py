@@ -94,13 +94,21 @@ def _forms(name: str, model_kwargs: dict[str, Any] | None) -> tuple[dict[str, to
 
 
 def _time_forms(name: str, model_kwargs: dict[str, Any] | None,
-                rounds: int) -> tuple[dict[str, list[float]], int, str | None]:
+                rounds: int) -> tuple[dict[str, list[float]], int, str | None, str]:
     """:func:`_forms` of one model timed alternately for ``rounds`` rounds (batch 1, inference mode): the per-call
-    times (ms) of each form, the parameter count and the family's large variant (as :func:`_forms`)."""
+    times (ms) of each form, the parameter count, the family's large variant and the architecture name (as
+    :func:`_forms`)."""
     with torch.inference_mode():
-        forms, x, params, family_large, _ = _forms(name, model_kwargs)
+        forms, x, params, family_large, arch = _forms(name, model_kwargs)
         times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
-    return times, params, family_large
+    return times, params, family_large, arch
+
+
+def _eager_entry(times: dict[str, list[float]], params: int) -> dict[str, Any]:
+    """A record entry of the four eager forms: their medians (ms), the parameter count and the paired oneDNN / MKL
+    ratios as created (``ratio``) and optimized (``packed_ratio``)."""
+    return {**_medians(times), "params": params, "ratio": paired_ratio(times["onednn"], times["mkl"]),
+            "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"])}
 
 
 def calibrate_variants(names: tuple[str, ...] | list[str], threads: int | None = None,
@@ -137,12 +145,8 @@ def calibrate_variants(names: tuple[str, ...] | list[str], threads: int | None =
                                  f"`crossformers profile --calibrate-linear --threads {used}` first (timing single "
                                  "variants refines it)")
         for name in names:
-            with torch.inference_mode():
-                forms, x, params, _, arch = _forms(name, (model_kwargs or {}).get(name))
-                times = time_alternating({k: (lambda m=m, x=x: m(x)) for k, m in forms.items()}, rounds)
-            variants[arch] = {"model": name, **_medians(times), "params": params,
-                              "ratio": paired_ratio(times["onednn"], times["mkl"]),
-                              "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"])}
+            times, params, _, arch = _time_forms(name, (model_kwargs or {}).get(name), rounds)
+            variants[arch] = {"model": name, **_eager_entry(times, params)}
         if write:
             record_variants(used, variants)
     return {"threads": used, "path": str(calibration_path()), "variants": variants}
@@ -229,14 +233,12 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
     """
     if not onednn_available():
         raise ProfilingError("this PyTorch build has no oneDNN linear op: MKL is the only path, nothing to calibrate")
-    per_model: dict[str, dict[str, float]] = {}
+    per_model: dict[str, dict[str, Any]] = {}
     per_large: dict[str, dict[str, Any]] = {}
     with num_threads(threads) as used:
         for name in models:
-            times, params, family_large = _time_forms(name, (model_kwargs or {}).get(name), rounds)
-            per_model[name] = {**_medians(times), "ratio": paired_ratio(times["onednn"], times["mkl"]),
-                               "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"]),
-                               "params": params}
+            times, params, family_large, _ = _time_forms(name, (model_kwargs or {}).get(name), rounds)
+            per_model[name] = _eager_entry(times, params)
             if train_rounds > 0:
                 steps = _train_steps(name, (model_kwargs or {}).get(name), train_batch)
                 times = time_alternating(steps, train_rounds, warmup=1)
@@ -248,10 +250,8 @@ def calibrate_linear(threads: int | None = None, rounds: int = 15, models: tuple
                                                                                    times["compile_mkl"]))
             large = family_large if large_models is None else large_models.get(name)
             if large and large_rounds > 0:
-                times, params, _ = _time_forms(large, (model_kwargs or {}).get(large), large_rounds)
-                per_large[name] = {"model": large, **_medians(times), "params": params,
-                                   "ratio": paired_ratio(times["onednn"], times["mkl"]),
-                                   "packed_ratio": paired_ratio(times["opt_onednn_packed"], times["opt_mkl"])}
+                times, params, _, _ = _time_forms(large, (model_kwargs or {}).get(large), large_rounds)
+                per_large[name] = {"model": large, **_eager_entry(times, params)}
     ratio = _geomean([m["ratio"] for m in per_model.values()])
     packed = _geomean([m["packed_ratio"] for m in per_model.values()])
     record = {"choice": "onednn" if onednn_wins(ratio) else "mkl", "ratio": ratio,

@@ -130,6 +130,12 @@ def _validate(names: list[str]) -> None:
 CALIBRATE_COMPILE_ROUNDS = 15
 
 
+def _eager_times(m: dict) -> str:
+    """One calibration entry's four eager forms in words: batch-1 medians (ms) and the oneDNN / MKL ratios."""
+    return (f"batch 1: MKL {m['mkl_ms']:6.1f} ms, oneDNN {m['onednn_ms']:6.1f} ms ({m['ratio']:.2f}); optimized: "
+            f"MKL {m['opt_mkl_ms']:6.1f} ms, packed oneDNN {m['opt_onednn_packed_ms']:6.1f} ms ({m['packed_ratio']:.2f})")
+
+
 def _calibrate(threads: int | None, compiled: bool = False) -> int:
     """``profile --calibrate-linear [--compile]``: measure, record, print each model and the choices."""
     from ..layers.linear_calibration import (
@@ -142,19 +148,15 @@ def _calibrate(threads: int | None, compiled: bool = False) -> int:
 
     r = calibrate_linear(threads=threads, compile_rounds=CALIBRATE_COMPILE_ROUNDS if compiled else 0)
     for name, m in r["models"].items():
-        print(f"{name:<18} batch 1: MKL {m['mkl_ms']:6.1f} ms, oneDNN {m['onednn_ms']:6.1f} ms ({m['ratio']:.2f}); "
-              f"optimized: MKL {m['opt_mkl_ms']:6.1f} ms, packed oneDNN {m['opt_onednn_packed_ms']:6.1f} ms "
-              f"({m['packed_ratio']:.2f})")
+        print(f"{name:<18} {_eager_times(m)}")
         print(f"{'':<18} training step of {TRAIN_BATCH}: MKL {m['train_mkl_ms']:6.0f} ms, oneDNN "
               f"{m['train_onednn_ms']:6.0f} ms ({m['train_ratio']:.2f})")
         if "compile_ratio" in m:
             print(f"{'':<18} compiled, batch 1: weights packed for MKL {m['compile_mkl_ms']:6.1f} ms, for oneDNN "
                   f"{m['compile_onednn_packed_ms']:6.1f} ms ({m['compile_ratio']:.2f})")
     for family, m in r.get("large_models", {}).items():
-        print(f"{m['model']:<18} batch 1: MKL {m['mkl_ms']:6.1f} ms, oneDNN {m['onednn_ms']:6.1f} ms "
-              f"({m['ratio']:.2f}); optimized: MKL {m['opt_mkl_ms']:6.1f} ms, packed oneDNN "
-              f"{m['opt_onednn_packed_ms']:6.1f} ms ({m['packed_ratio']:.2f}): new models and optimize_for_inference "
-              f"of {family}'s family follow these ratios for models nearer this one in size")
+        print(f"{m['model']:<18} {_eager_times(m)}: new models and optimize_for_inference of {family}'s family "
+              "follow these ratios for models nearer this one in size")
     name = {"onednn": "oneDNN", "onednn_packed": "packed oneDNN", "mkl": "MKL"}
     compiled_mean = f", {r['compile_ratio']:.2f} compiled" if "compile_ratio" in r else ""
     compiled_choice = f", compile_for_inference {name[r['compile_choice']]}" if "compile_choice" in r else ""
@@ -193,10 +195,8 @@ def _calibrate_variants(names: list[str], threads: int | None, compiled: bool = 
     for arch, m in r["variants"].items():
         new, packed = (choose(r["threads"], variant=arch) for choose in (calibrated_choice,
                                                                          calibrated_inference_choice))
-        print(f"{m['model']:<22} batch 1: MKL {m['mkl_ms']:7.1f} ms, oneDNN {m['onednn_ms']:7.1f} ms ({m['ratio']:.2f}); "
-              f"optimized: MKL {m['opt_mkl_ms']:7.1f} ms, packed oneDNN {m['opt_onednn_packed_ms']:7.1f} ms "
-              f"({m['packed_ratio']:.2f}): new models {'oneDNN' if new else 'MKL'}, optimize_for_inference "
-              f"{'packed oneDNN' if packed else 'MKL'}")
+        print(f"{m['model']:<22} {_eager_times(m)}: new models {'oneDNN' if new else 'MKL'}, "
+              f"optimize_for_inference {'packed oneDNN' if packed else 'MKL'}")
     print(f"recorded in {r['path']} for {r['threads']} thread(s) (CROSSFORMERS_ONEDNN_LINEAR=0/1 still overrides it)")
     return 0
 
