@@ -17,6 +17,7 @@ from PIL import Image
 
 from crossformers import cli
 from crossformers.inference import precision
+from crossformers.inference.precision import precision_support
 from threads import one_intra_op_thread
 
 FAST = ["--model", "timm:test_vit", "--img-size", "32", "--batch-size", "16", "--limit-train", "64",
@@ -148,7 +149,8 @@ def test_eval_and_predict_keep_freed_memory_unless_told_not_to(run_dir, fmnist, 
         assert retain_memory_calls[before:] == [True]  # no second call
 
 
-def test_eval_and_predict_in_reduced_precision(run_dir, fmnist, tmp_path, capsys, monkeypatch):
+@pytest.mark.skipif(precision_support("bf16") is not None, reason="this CPU has no oneDNN bf16 support")
+def test_eval_in_bf16_beside_fp32(run_dir, fmnist, capsys):
     code, out, err = _run(["eval", run_dir, "--data", fmnist, "--limit", "20", "--json", "--no-progress"], capsys)
     assert code == 0, err
     fp32 = json.loads(out)
@@ -160,6 +162,10 @@ def test_eval_and_predict_in_reduced_precision(run_dir, fmnist, tmp_path, capsys
     assert bf16["precision"] == "bf16" and bf16["num_images"] == 20
     assert abs(bf16["top1"] - fp32["top1"]) <= 10.0  # at most 2 of 20 images change class
     assert abs(bf16["loss"] - fp32["loss"]) <= 0.05 * fp32["loss"]
+
+
+@pytest.mark.skipif(precision_support("int8") is not None, reason="int8 needs x86, torchao and a C++ compiler")
+def test_predict_in_int8(run_dir, tmp_path, capsys, monkeypatch):
     Image.new("L", (28, 28), 128).save(tmp_path / "grey.png")
     code, out, err = _run(["predict", run_dir, tmp_path / "grey.png", "--topk", "3", "--json"], capsys)
     assert code == 0, err

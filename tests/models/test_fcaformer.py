@@ -277,3 +277,19 @@ def test_pretrained_fails_fast_with_instructions():
         crossformers.create_model("fcaformer_l2", pretrained=True)
     cfg = crossformers.create_model("fcaformer_l2").pretrained_cfg
     assert cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic" and "FcaFormer" in cfg["origin_url"]
+
+
+def test_checkpoint_of_an_earlier_version_with_mlp_norm_keys_loads():
+    """crossformers before 2026-12-07 saved the FFN's input norm as ``mlp_norm``: such a state dict still loads
+    strictly and gives the same outputs (the name changed so that torchvision's FX tracing works)."""
+    torch.manual_seed(0)
+    src = crossformers.create_model("fcaformer_nano", num_classes=3, img_size=64).eval()
+    for p in src.parameters():
+        p.data.normal_(0, 0.02)
+    old = {k.replace(".ffn_norm.", ".mlp_norm."): v for k, v in src.state_dict().items()}
+    assert sum(".mlp_norm." in k for k in old) == 2 * len([m for m in src.modules() if isinstance(m, FcaBlock)])
+    dst = crossformers.create_model("fcaformer_nano", num_classes=3, img_size=64).eval()
+    dst.load_state_dict(checkpoint_filter_fn(old, dst), strict=True)
+    x = torch.randn(2, src.in_chans, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)

@@ -308,11 +308,13 @@ def fx_model(model: torch.nn.Module) -> torch.nn.Module:
                                     tracer_kwargs=kwargs)
 
 
+@pytest.mark.parametrize("onednn", [False, True], ids=["native_linear", "onednn_linear"])
 @pytest.mark.parametrize("name", FX_MODELS)
-def test_fx_traced_model_matches_eager_at_other_sizes(name):
+def test_fx_traced_model_matches_eager_at_other_sizes(name, onednn):
     """Symbolic tracing keeps the size-dependent padding/grouping as leaf calls: the traced graph equals the eager
-    model at sizes that need padding (not baked in at trace time)."""
-    model, chans = small(name)
+    model at sizes that need padding (not baked in at trace time). On both linear paths, whichever this machine
+    picks by default: timm's Mlp is traced through (its ``norm`` included), the oneDNN Mlp is a leaf."""
+    model, chans = small(name, onednn_linear=onednn)
     model.eval()
     traced = fx_model(model)
     with torch.no_grad():

@@ -154,7 +154,10 @@ class FcaBlock(nn.Module):
                       if make_cross and tme else None)
         self.enhance = (ConvNormAct(dim, dim, 3, groups=dim, apply_act=False) if tme else nn.Identity())
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp_norm = nn.LayerNorm(dim)  # the official FFN normalises its input a second time
+        # the official FFN normalises its input a second time (its ``mlp.norm``). Not named ``mlp_norm``: torchvision's
+        # FX feature extraction reads an unescaped module name as a regex, takes ``mlp_norm`` for a repeat of timm
+        # Mlp's ``mlp.norm`` and fails to trace the block (whenever Mlp is not the oneDNN leaf module)
+        self.ffn_norm = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
         self.ls2 = LayerScale(dim, ls_init_value)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -272,7 +275,7 @@ class FcaBlock(nn.Module):
             new_cross = merged.permute(0, 2, 3, 1).reshape(B, merged.shape[-2] * merged.shape[-1], C)
         tokens = self.enhance(fmap).permute(0, 2, 3, 1).reshape(B, H * W, C)
         x = torch.cat((x[:, :P], tokens), dim=1) if P else tokens
-        x = x + self.drop_path(self.ls2(self.mlp(self.mlp_norm(self.norm2(x)))))
+        x = x + self.drop_path(self.ls2(self.mlp(self.ffn_norm(self.norm2(x)))))
         return x, new_cross
 
 
@@ -783,8 +786,8 @@ class FcaFormerPlain(_FcaCommon, OfficialLayoutHint, LinearKernelMixin, nn.Modul
 
 _OFFICIAL_BLOCK = {
     "gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma", "dw_conv.weight": "merge.weight", "s_norm.weight":
-    "cross_norm.weight", "s_norm.bias": "cross_norm.bias", "mlp.norm.weight": "mlp_norm.weight",
-    "mlp.norm.bias": "mlp_norm.bias", "attention_biases": "rel_pos.table",
+    "cross_norm.weight", "s_norm.bias": "cross_norm.bias", "mlp.norm.weight": "ffn_norm.weight",
+    "mlp.norm.bias": "ffn_norm.bias", "attention_biases": "rel_pos.table",
     "s_token_bias": "cross_bias", "s_scale_factors": "cross_scale",
 }
 
@@ -863,7 +866,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     reshapes the flat official tables (``attention_biases`` (heads, H*W), ``s_token_bias`` (1, heads, 1, n*S),
     ``s_scale_factors`` (1, n*S, 1)) to ours, and resamples tables trained at another input size to the model's.
     Official ``attention_bias_idxs`` buffers (older exports) are recomputed by us and dropped. Keys already in our
-    layout pass unchanged; unknown keys are kept so that strict loading reports them.
+    layout pass unchanged (``mlp_norm`` of earlier crossformers versions becomes ``ffn_norm``); unknown keys are
+    kept so that strict loading reports them.
 
     Raises:
         CheckpointError: a checkpoint of another architecture (names the family it looks like).
@@ -871,6 +875,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     if not state_dict:
         return state_dict
     check_family(state_dict, "FcaFormer", "an")
+    # crossformers before 2026-12-07 named the FFN's input norm ``mlp_norm``
+    state_dict = {k.replace(".mlp_norm.", ".ffn_norm."): v for k, v in state_dict.items()}
     if isinstance(model, FcaFormerPlain):
         return _fit_tables(state_dict, model, set())
     state, official = {}, set()
