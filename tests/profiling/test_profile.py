@@ -224,8 +224,7 @@ def test_optimize_packs_onednn_weights_and_inductor_compiles_frozen():
 
     r = profile_model("crossvit_9_240", img_size=48, batch_size=0, optimize=True, memory=False, matmul_peak=False,
                       model_kwargs=TINY_CROSSVIT, **FAST)
-    # optimize_for_inference's linear path (which may differ from the as-created one: on an uncalibrated AVX2 CPU
-    # models are created on MKL and optimized to packed oneDNN)
+    # optimize_for_inference's linear path (calibrated separately from the as-created one)
     assert r.fused and r.onednn_linear == onednn_for_inference()
     assert r.packed_weights == r.onednn_linear
     model = crossformers.create_model("crossvit_9_240", **TINY_CROSSVIT).eval()

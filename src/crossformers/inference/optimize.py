@@ -27,7 +27,8 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, onednn_linear: b
         model: a crossformers model (other modules work too: the paths they lack are skipped).
         fold: :func:`crossformers.inference.fuse` (changes the state dict: BatchNorms disappear).
         onednn_linear: :func:`crossformers.layers.linear.set_onednn_linear`; None =
-            :func:`crossformers.layers.linear.onednn_for_inference` (this machine's calibration, else yes).
+            :func:`crossformers.layers.linear.onednn_for_inference` (this machine's calibration, else the
+            AVX-512 rule).
         pack_weights: with ``onednn_linear``, :func:`crossformers.layers.linear.set_packed_weights`: inference under
             ``torch.no_grad()``/``inference_mode()`` reuses oneDNN-blocked weight copies (faster products; one extra
             fp32 copy of the linear weights in memory).

@@ -113,6 +113,12 @@ def _decide(calibrated: str, fallback: Callable[[], bool], model: nn.Module | ty
     return fallback() if measured is None else measured
 
 
+def _avx512() -> bool:
+    """The rule without a calibration: oneDNN where the CPU has AVX-512. Measured: oneDNN (packed or not) beat MKL on
+    the AVX-512 AMD EPYCs (Zen 4 / Zen 5) and lost 1.06-1.20x on the AVX2-only Zen 3 (``docs/profiling.md``)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def onednn_by_default(model: nn.Module | type | str | None = None, variant: str | None = None) -> bool:
     """Whether :func:`crossformers.create_model` switches new models to the oneDNN linear path.
 
@@ -130,8 +136,7 @@ def onednn_by_default(model: nn.Module | type | str | None = None, variant: str 
     :func:`set_onednn_linear`. The switch never changes parameters or the state dict and
     only acts on fp32 CPU tensors, so CUDA, bf16/autocast, ``torch.compile`` and export are unaffected.
     """
-    return _decide("calibrated_choice", lambda: torch.backends.cpu.get_cpu_capability().startswith("AVX512"), model,
-                   params=_size(model), variant=variant or _variant(model))
+    return _decide("calibrated_choice", _avx512, model, params=_size(model), variant=variant or _variant(model))
 
 
 def onednn_for_inference(model: nn.Module | type | str | None = None) -> bool:
@@ -139,9 +144,10 @@ def onednn_for_inference(model: nn.Module | type | str | None = None) -> bool:
     ``CROSSFORMERS_ONEDNN_LINEAR`` if set, else this machine's calibration (packed oneDNN against MKL; ``model``'s
     family's as in :func:`onednn_by_default`; for a model instance, its family's large variant's where the model is
     nearer to that one in parameter count, or a variant's own ratio where it was timed on its own, see
-    :func:`~crossformers.layers.linear_calibration.calibrated_inference_choice`) if recorded, else yes (packed oneDNN
-    beat MKL on the machines measured without one). Always no without oneDNN."""
-    return _decide("calibrated_inference_choice", lambda: True, model, params=_size(model), variant=_variant(model))
+    :func:`~crossformers.layers.linear_calibration.calibrated_inference_choice`) if recorded, else yes on CPUs with
+    AVX-512 (as :func:`onednn_by_default`: packed oneDNN took 1.06-1.20x MKL's time on an AVX2-only AMD EPYC Zen 3).
+    Always no without oneDNN."""
+    return _decide("calibrated_inference_choice", _avx512, model, params=_size(model), variant=_variant(model))
 
 
 def onednn_for_training(model: nn.Module | type | str | None = None) -> bool:

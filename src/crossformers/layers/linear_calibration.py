@@ -101,8 +101,7 @@ def calibrated_models(threads: int | None = None) -> set[str]:
     return {k for k, v in models.items() if isinstance(v, dict)} if isinstance(models, dict) else set()
 
 
-def _recorded(threads: int | None, key: str, values: tuple[str, str], model: str | None) -> bool | None:
-    record = _record(threads)
+def _recorded(record: dict[str, Any] | None, key: str, values: tuple[str, str], model: str | None) -> bool | None:
     if record is None or record.get(key) not in values:
         return None
     per_model = record.get("models")
@@ -127,19 +126,19 @@ def calibrated_choice(threads: int | None = None, model: str | None = None,
 
     ``variant``: the registered architecture name of the model being created; a variant timed on its own (record
     key ``variants``) follows its own as-created ratio before anything else."""
-    ratio = _variant_ratio(threads, variant, "ratio")
+    record = _record(threads)  # read once for the three lookups
+    ratio = _variant_ratio(record, variant, "ratio")
     if ratio is None:
-        ratio = _large_variant_ratio(threads, model, params, "ratio")
+        ratio = _large_variant_ratio(record, model, params, "ratio")
     if ratio is not None:
         return onednn_wins(ratio)
-    return _recorded(threads, "choice", ("onednn", "mkl"), model)
+    return _recorded(record, "choice", ("onednn", "mkl"), model)
 
 
-def _variant_ratio(threads: int | None, variant: str | None, key: str) -> float | None:
-    """The ratio ``key`` (``"ratio"``: as created; ``"packed_ratio"``: optimized) of ``variant`` where it was timed
-    on its own (record key ``variants``), else None."""
-    record = _record(threads) if variant else None
-    variants = record.get("variants") if record is not None else None
+def _variant_ratio(record: dict[str, Any] | None, variant: str | None, key: str) -> float | None:
+    """The ratio ``key`` (``"ratio"``: as created; ``"packed_ratio"``: optimized) of ``variant`` where ``record``
+    (a machine's record for one thread count) has it timed on its own (key ``variants``), else None."""
+    variants = record.get("variants") if record is not None and variant else None
     timed = variants.get(variant) if isinstance(variants, dict) else None
     ratio = timed.get(key) if isinstance(timed, dict) else None
     return float(ratio) if isinstance(ratio, (int, float)) and ratio > 0 else None
@@ -151,11 +150,11 @@ def calibrated_variants(threads: int | None = None) -> set[str]:
     return {k for k, v in variants.items() if isinstance(v, dict)} if isinstance(variants, dict) else set()
 
 
-def _large_variant_ratio(threads: int | None, model: str | None, params: int | None, key: str) -> float | None:
+def _large_variant_ratio(record: dict[str, Any] | None, model: str | None, params: int | None,
+                         key: str) -> float | None:
     """The ratio ``key`` (``"packed_ratio"``: optimized; ``"ratio"``: as created) of the large variant timed for
     ``model``'s family (record key ``large_models``) when a model of ``params`` parameters is nearer to it than to
     ``model`` on a log scale; else None (also for an incomplete record, or one from before that ratio was timed)."""
-    record = _record(threads)
     if record is None or not model or not params or params <= 0:
         return None
     large = record.get("large_models")
@@ -182,19 +181,20 @@ def calibrated_inference_choice(threads: int | None = None, model: str | None = 
     the products of a 9-14 GMAC variant favour packed oneDNN more than those of a 1-3 GMAC one (on the AMD EPYC Zen
     4 of ``docs/profiling.md``, 0.85-0.89x MKL's time against 0.96-0.97x). ``variant`` as in
     :func:`calibrated_choice` (its own optimized ratio first)."""
-    ratio = _variant_ratio(threads, variant, "packed_ratio")
+    record = _record(threads)
+    ratio = _variant_ratio(record, variant, "packed_ratio")
     if ratio is None:
-        ratio = _large_variant_ratio(threads, model, params, "packed_ratio")
+        ratio = _large_variant_ratio(record, model, params, "packed_ratio")
     if ratio is not None:
         return onednn_wins(ratio)
-    return _recorded(threads, "inference_choice", ("onednn_packed", "mkl"), model)
+    return _recorded(record, "inference_choice", ("onednn_packed", "mkl"), model)
 
 
 def calibrated_training_choice(threads: int | None = None, model: str | None = None) -> bool | None:
     """The calibrated choice for training steps (``optimize_for_training``, ``crossformers train``): True = oneDNN,
     False = MKL, None = not calibrated here (or a record from before training steps were timed). ``model`` as in
     :func:`calibrated_choice` (a record without its training time: the combined choice)."""
-    return _recorded(threads, "train_choice", ("onednn", "mkl"), model)
+    return _recorded(_record(threads), "train_choice", ("onednn", "mkl"), model)
 
 
 def calibrated_compile_choice(threads: int | None = None, model: str | None = None) -> bool | None:
@@ -205,7 +205,7 @@ def calibrated_compile_choice(threads: int | None = None, model: str | None = No
     Compiled models get their own record because their products are other kernels than the eager ones: on the
     2-core AMD EPYC Zen 4 of ``docs/profiling.md`` eager FcaFormer-L1 ran as fast on MKL as on oneDNN, while
     compiled it took 0.76x the time with oneDNN packing."""
-    return _recorded(threads, "compile_choice", ("onednn_packed", "mkl"), model)
+    return _recorded(_record(threads), "compile_choice", ("onednn_packed", "mkl"), model)
 
 
 def record_calibration(threads: int, record: dict[str, Any]) -> Path:
