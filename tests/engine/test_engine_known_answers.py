@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from torch import nn
 from crossformers.engine import evaluate, load_trained, predict, train
 from crossformers.engine.errors import ConfigError
 from crossformers.engine.metrics import topk_correct
+from crossformers.utils.cpu import cpu_bf16_problem
 
 # no random augmentation: two runs that see the same images in the same order compute the same gradients
 DETERMINISTIC = dict(hflip=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), label_smoothing=0.0, weight_decay=0.0)
@@ -188,6 +190,7 @@ def test_layer_decay_scale_of_every_parameter(tiny_config, monkeypatch):
         assert group_lr == pytest.approx(lr * group["lr_scale"], rel=1e-9)
 
 
+@pytest.mark.skipif(cpu_bf16_problem() is not None, reason="this CPU has no oneDNN bf16 kernels: --amp is refused")
 def test_amp_clip_and_accumulation_overfit_a_tiny_set(tiny_config):
     # 16 images seen for 8 epochs with bf16 autocast, clipping and accumulation: the training loss must fall
     result = train(tiny_config(amp=True, clip_grad=1.0, accum_steps=2, batch_size=8, limit_train=16, epochs=8,
@@ -279,3 +282,15 @@ def test_predict_probabilities_are_the_softmax_of_the_logits(trained_run, image_
         assert sum(v for _, v in got) == pytest.approx(1.0, abs=1e-5)
     top2 = predict(trained_run, files, topk=2, device="cpu")
     assert [p[:2] for p in out] == top2
+
+
+def test_amp_on_a_cpu_without_bf16_kernels_is_refused_before_anything_is_written(tiny_config, fmnist, monkeypatch):
+    """bf16 autocast without oneDNN's bf16 kernels runs through fallback loops (12-43x the fp32 step on an AVX2 CPU):
+    training and evaluation refuse it with the fix, and training leaves no output folder behind."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    cfg = tiny_config("amp", amp=True)
+    with pytest.raises(ConfigError, match=r"--amp \(bf16 autocast\): this CPU .* no bf16 support.*--no-amp"):
+        train(cfg, progress=False)
+    assert not Path(cfg.output).exists()
+    with pytest.raises(ConfigError, match="--no-amp"):
+        evaluate(nn.Linear(4, 10), fmnist, limit=4, device="cpu", amp=True)

@@ -66,6 +66,24 @@ def test_int8_dynamic_matches_fp32_on_parity_fixtures(case):
 
 
 @needs_int8
+def test_int8_keeps_activations_to_0_127_on_cpus_without_vnni(monkeypatch):
+    """Without VNNI, x86 int8 products sum u8 x s8 pairs in 16 bits, which saturates for 0-255 activations
+    (CrossViT's logits drifted 0.23 from fp32 on an AVX2 CPU): the quantizer then uses torchao's reduced range."""
+    import crossformers
+
+    model = crossformers.create_model("fcaformer_nano", num_classes=3, img_size=32).eval()
+    ranges = {}
+    for vnni in (False, True):
+        monkeypatch.setattr(precision_mod, "cpu_has_vnni", lambda v=vnni: v)
+        q = to_precision(model, "int8", compile=False)
+        q(torch.randn(1, 1, 32, 32))
+        (graph, _), = q._per_size.values()
+        ranges[vnni] = {a for n in graph.graph.nodes if "choose_qparams" in str(n.target) for a in n.args
+                        if isinstance(a, int) and a > 1}
+    assert ranges == {False: {127}, True: {255}}
+
+
+@needs_int8
 def test_int8_graph_takes_the_cached_attention_biases_as_constants():
     """The int8 graph is captured after one eager call, inside frozen_caches: CrossFormer's position-bias MLP is not
     in it (fewer linear products than when the caches are off), and the result stays within int8's tolerance."""

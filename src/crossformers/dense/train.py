@@ -29,7 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..data import load_image
 from ..engine.checkpoint_io import load_weights, read_meta, resolve_checkpoint_dir
 from ..engine.config import TrainConfig
-from ..engine.distributed import all_gather_objects, resolve_device
+from ..engine.distributed import all_gather_objects, check_amp, resolve_device
 from ..engine.errors import ConfigError, OutputExistsError
 from ..engine.train import _Trainer, run_trainer
 from ..errors import CheckpointError
@@ -324,6 +324,7 @@ def dense_evaluate(path: str | os.PathLike, data: str | None = None, split: str 
     if eval_mode is not None:
         cfg = dataclasses.replace(cfg, eval_mode=eval_mode).validate()
     dev = resolve_device(device)
+    check_amp(amp, dev)
     model.to(dev)
     ds = _limit(task.eval_dataset(cfg, data or cfg.data, split), limit)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False, collate_fn=collate_lists)

@@ -24,9 +24,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..utils.cpu import cpu_bf16_problem
 from .errors import ConfigError
 
-__all__ = ["DistInfo", "resolve_device", "init_distributed", "cleanup_distributed", "barrier", "all_reduce_sum",
+__all__ = ["DistInfo", "resolve_device", "check_amp", "init_distributed", "cleanup_distributed", "barrier", "all_reduce_sum",
            "all_gather_objects", "maybe_sync_batchnorm", "launched_by_torchrun"]
 
 
@@ -65,6 +66,23 @@ class DistInfo:
 def launched_by_torchrun() -> bool:
     """True when the environment describes a ``torchrun`` launch (``RANK`` and ``WORLD_SIZE`` set)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def check_amp(amp: bool, device: torch.device) -> None:
+    """Refuse bf16 autocast (``--amp``) on a CPU without oneDNN bf16 kernels
+    (:func:`crossformers.utils.cpu.cpu_bf16_problem`): it would run, but through PyTorch's fallback loops, 12-43x
+    slower than fp32 (training steps on an AVX2-only AMD EPYC Zen 3).
+
+    Raises:
+        ConfigError: ``amp`` on such a CPU; the message names the fix (train or evaluate without ``--amp``).
+    """
+    if not amp or device.type != "cpu":
+        return
+    problem = cpu_bf16_problem()
+    if problem is not None:
+        raise ConfigError(f"--amp (bf16 autocast): {problem}, so bf16 runs through slow fallback loops (12-43x the "
+                          "fp32 time measured on an AVX2 CPU): run without it (--no-amp, or amp: false in a config "
+                          "file; the CrossFormer and CrossViT recipes turn it on)")
 
 
 def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..data import build_dataset, build_loader, build_transform
 from ..errors import CheckpointError
 from ..fileio import atomic_write_text
-from .distributed import resolve_device
+from .distributed import check_amp, resolve_device
 from .loading import load_model, model_in_chans
 from .metrics import plot_confusion_matrix, topk_correct
 from .modeling import check_model_input, model_preprocessing
@@ -107,9 +107,11 @@ def evaluate(
         CheckpointError: class count / names of the checkpoint differ from the dataset's.
         DataError: dataset problems (missing, empty class folders, corrupt images).
         InputSizeError: the model cannot take the preprocessing's input size.
+        ConfigError: ``amp`` on a CPU without bf16 kernels (:func:`~crossformers.engine.distributed.check_amp`).
     """
     net, info = resolve_model(model, checkpoint=checkpoint, pretrained=pretrained, use_ema=use_ema)
     dev = resolve_device(device)
+    check_amp(amp, dev)
     chans = model_in_chans(net)
     pre = model_preprocessing(net, in_chans=chans, overrides=preprocessing)
     tf = build_transform(False, tuple(pre["input_size"]), pre["mean"], pre["std"],

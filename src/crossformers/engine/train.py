@@ -66,6 +66,7 @@ from .distributed import (
     all_gather_objects,
     all_reduce_sum,
     barrier,
+    check_amp,
     cleanup_distributed,
     init_distributed,
     maybe_sync_batchnorm,
@@ -311,6 +312,7 @@ class _Trainer:
 
     def _setup(self) -> None:
         cfg, info = self.cfg, self.info
+        check_amp(cfg.amp, self.device)  # before the output folder is touched
         self._lock_output()
         self.resume_dir = self._prepare_output()
         seed_everything(cfg.seed)

@@ -34,6 +34,7 @@ from torch import nn
 from ..errors import PrecisionError
 from ..layers.bias_cache import fill_caches, frozen_caches
 from ..layers.linear import set_onednn_linear
+from ..utils.cpu import cpu_bf16_problem, cpu_has_vnni
 from .compile import compile_for_inference
 from .folding import fuse
 
@@ -68,10 +69,8 @@ def precision_support(precision: str, device: str | torch.device = "cpu") -> str
                 "this GPU has no bf16 support: use --precision fp32")
         if dev.type != "cpu":
             return f"bf16 is supported on cpu and cuda, not {dev.type}: use --precision fp32"
-        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-            return (f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 support in oneDNN (it needs "
-                    "AVX-512 or newer; fast with AVX512-BF16 / AMX): use --precision fp32")
-        return None
+        problem = cpu_bf16_problem()
+        return None if problem is None else f"{problem}: use --precision fp32"
     if dev.type != "cpu":
         return f"int8 runs on the CPU (x86 oneDNN kernels), not {dev.type}: use --device cpu, or --precision bf16"
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86") or not torch.backends.mkldnn.is_available():
@@ -189,7 +188,9 @@ def _quantize_int8(model: nn.Module, x: torch.Tensor, calibration: list | None, 
         raise PrecisionError(f"int8 needs a model torch.export can capture, and {type(model).__name__} failed "
                              f"({type(e).__name__}: {first}): use precision bf16") from None
     quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=calibration is None))
+    # without VNNI, activations use 0-127 (torchao's advice for such CPUs: their u8 x s8 pair sums saturate)
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=calibration is None,
+                                                                           reduce_range=not cpu_has_vnni()))
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for images in calibration or [x]:
