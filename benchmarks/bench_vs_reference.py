@@ -61,6 +61,7 @@ from crossformers.layers.linear import linear_kernel
 from crossformers.profiling import compile_for_inference, machine_info, optimize_for_inference, optimize_for_training
 from crossformers.profiling.measure import cpu_flags, paired_ratio
 from crossformers.profiling.published import family_of
+from crossformers.utils.cpu import cpu_has_vnni
 
 ROOT = Path(__file__).resolve().parents[1]
 #: issue 15's fp32 goals, ours / reference at batch 1: as created <= 0.90, with one call (optimize_for_inference or
@@ -234,7 +235,7 @@ def linear_path(side: str, model: nn.Module | None = None) -> str:
     if side == "ours_bf16_compiled":
         return f"bf16 weights, inductor, oneDNN bf16 packed ({amx})"
     if side.startswith("ours_int8"):
-        vnni = "AMX-INT8" if "amx_int8" in cpu_flags() else "VNNI" if "avx512_vnni" in cpu_flags() else "no VNNI"
+        vnni = "AMX-INT8" if "amx_int8" in cpu_flags() else "VNNI" if cpu_has_vnni() else "no VNNI"
         kind = "static" if side.endswith("static") else "dynamic"
         return f"PT2E X86InductorQuantizer {kind} int8, inductor -> oneDNN qlinear ({vnni})"
     return "?"

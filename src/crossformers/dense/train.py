@@ -320,11 +320,11 @@ def dense_evaluate(path: str | os.PathLike, data: str | None = None, split: str 
     Returns:
         The task's metrics (``val_`` prefix removed), plus ``num_images``, ``source``, ``data``, ``split``.
     """
+    dev = resolve_device(device)
+    check_amp(amp, dev)  # before the run is loaded
     model, cfg, meta, task = load_dense_run(path, use_ema=use_ema)
     if eval_mode is not None:
         cfg = dataclasses.replace(cfg, eval_mode=eval_mode).validate()
-    dev = resolve_device(device)
-    check_amp(amp, dev)
     model.to(dev)
     ds = _limit(task.eval_dataset(cfg, data or cfg.data, split), limit)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False, collate_fn=collate_lists)

@@ -27,8 +27,8 @@ from torch import nn
 from ..utils.cpu import cpu_bf16_problem
 from .errors import ConfigError
 
-__all__ = ["DistInfo", "resolve_device", "check_amp", "init_distributed", "cleanup_distributed", "barrier", "all_reduce_sum",
-           "all_gather_objects", "maybe_sync_batchnorm", "launched_by_torchrun"]
+__all__ = ["DistInfo", "resolve_device", "check_amp", "init_distributed", "cleanup_distributed", "barrier",
+           "all_reduce_sum", "all_gather_objects", "maybe_sync_batchnorm", "launched_by_torchrun"]
 
 
 @dataclass

@@ -109,9 +109,9 @@ def evaluate(
         InputSizeError: the model cannot take the preprocessing's input size.
         ConfigError: ``amp`` on a CPU without bf16 kernels (:func:`~crossformers.engine.distributed.check_amp`).
     """
-    net, info = resolve_model(model, checkpoint=checkpoint, pretrained=pretrained, use_ema=use_ema)
     dev = resolve_device(device)
-    check_amp(amp, dev)
+    check_amp(amp, dev)  # an option this CPU cannot run well fails before the checkpoint is read
+    net, info = resolve_model(model, checkpoint=checkpoint, pretrained=pretrained, use_ema=use_ema)
     chans = model_in_chans(net)
     pre = model_preprocessing(net, in_chans=chans, overrides=preprocessing)
     tf = build_transform(False, tuple(pre["input_size"]), pre["mean"], pre["std"],

@@ -54,7 +54,7 @@ def _has_cxx() -> bool:
 def precision_support(precision: str, device: str | torch.device = "cpu") -> str | None:
     """Why ``precision`` cannot run on ``device`` here, as one sentence naming the fix; None when it can.
 
-    bf16 on the CPU needs oneDNN's bf16 support (AVX-512 or newer: ``torch.ops.mkldnn._is_mkldnn_bf16_supported``;
+    bf16 on the CPU needs oneDNN's bf16 support (AVX-512 or newer: :func:`crossformers.utils.cpu.cpu_bf16_problem`;
     native bf16 instructions where the CPU has AVX512-BF16 / AMX-BF16, emulated on plain AVX-512). int8 needs an x86
     CPU with oneDNN, the ``torchao`` package and a C++ compiler (inductor generates the int8 code).
     """
