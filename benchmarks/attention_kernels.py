@@ -16,7 +16,9 @@ is then timed, calls alternating in a shuffled order per round, as:
 
 Prints one line per call shape (median ms, GFLOP/s counting 4 * Nq * Nk * d per head, the paired ratio to
 ``fused`` and the largest difference from it) and each model's total over its calls; ``--json`` writes the
-machine (CPU model and flags), the settings and every measurement.
+machine (CPU model and flags), the settings and every measurement. ``--whole-model`` also times each model as a
+whole, as created (eager), with its attention fused and written out (``set_fused_attn``), calls alternating: a
+kernel that wins per call need not win in the model.
 
     python benchmarks/attention_kernels.py crossvit_9_240 crossformer_tiny fcaformer_l1 --threads 2 --json att.json
 """
@@ -161,9 +163,30 @@ def time_call(call: dict[str, Any], names: tuple[str, ...], rounds: int) -> dict
 
 def model_totals(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Each implementation's attention time per forward pass (ms): the sum over calls of count x median, for the
-    implementations that ran every call."""
+    implementations that ran every call (none without calls)."""
+    if not rows:
+        return {}
     names = set.intersection(*({n for n, r in row["results"].items() if "median_ms" in r} for row in rows))
     return {n: sum(row["count"] * row["results"][n]["median_ms"] for row in rows) for n in sorted(names)}
+
+
+def whole_model(model: nn.Module, x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Batch-1 forward time (median ms) of ``model`` with fused and with written-out attention (two copies, calls
+    alternating over ``rounds`` rounds) and their paired ratio ``explicit / fused``; raises AssertionError if the
+    two copies' logits differ by more than 1e-4."""
+    import copy
+
+    from crossformers.models._base import set_fused_attn
+
+    explicit = copy.deepcopy(model)
+    set_fused_attn(model, True)
+    set_fused_attn(explicit, False)
+    with torch.inference_mode():
+        diff = (model(x) - explicit(x)).abs().max().item()
+        assert diff <= 1e-4, f"fused and written-out attention disagree by {diff}"
+        t = time_alternating({"fused": lambda: model(x), "explicit": lambda: explicit(x)}, rounds=rounds, warmup=3)
+    return {"fused_ms": statistics.median(t["fused"]), "explicit_ms": statistics.median(t["explicit"]),
+            "paired_explicit_vs_fused": paired_ratio(t["explicit"], t["fused"]), "max_abs_diff": diff}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
     p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's own)")
     p.add_argument("--json", type=Path, default=None, help="write every measurement and the machine here")
+    p.add_argument("--whole-model", action="store_true",
+                   help="also time each model as created with fused and with written-out attention (paired)")
+    p.add_argument("--no-calls", action="store_true", help="skip the per-call timings (with --whole-model)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = tuple(args.implementations)
@@ -188,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         chans, _, own_side = model.pretrained_cfg.get("input_size", (3, 224, 224))
         side = args.img_size or int(own_side)
         x = torch.randn(1, chans, side, side)
-        rows = [time_call(c, names, args.rounds) for c in capture_attention_calls(model, x)]
-        print(f"## {name} ({side} px): {sum(r['count'] for r in rows)} attention calls, {len(rows)} distinct",
+        rows = [] if args.no_calls else [time_call(c, names, args.rounds) for c in capture_attention_calls(model, x)]
+        print(f"## {name} ({side} px): {sum(r['count'] for r in rows)} attention calls timed, {len(rows)} distinct",
               flush=True)
         for row in rows:
             parts = []
@@ -201,8 +227,14 @@ def main(argv: list[str] | None = None) -> int:
                                  f"x{r['paired_vs_fused']:.2f}, diff {r['max_abs_diff']:.0e})")
             print(f"{row['key']} x{row['count']}: " + "; ".join(parts), flush=True)
         totals = model_totals(rows)
-        print("per forward pass: " + ", ".join(f"{n} {t:.2f} ms" for n, t in totals.items()), flush=True)
+        if totals:
+            print("per forward pass: " + ", ".join(f"{n} {t:.2f} ms" for n, t in totals.items()), flush=True)
         report["models"][name] = {"img_size": side, "calls": rows, "total_ms": totals}
+        if args.whole_model:
+            whole = whole_model(model, x, args.rounds)
+            print(f"whole model as created: fused {whole['fused_ms']:.2f} ms, written out {whole['explicit_ms']:.2f} "
+                  f"ms, paired written out / fused {whole['paired_explicit_vs_fused']:.3f}", flush=True)
+            report["models"][name]["whole_model"] = whole
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
