@@ -8,7 +8,8 @@ one module every family's attention runs through; CrossViT's single-query cross-
 query side, is not among them). Calls with the same shapes, strides and bias shape are timed once and counted. Each
 is then timed, calls alternating in a shuffled order per round, as:
 
-* ``fused``: ``F.scaled_dot_product_attention`` as the models call it (:func:`dot_product_attention`), eager;
+* ``fused``: ``F.scaled_dot_product_attention`` as the models call it (:func:`dot_product_attention`, its rule
+  that writes out calls over few keys turned off), eager;
 * ``explicit``: ``softmax(q k^T * scale + bias) v`` step by step (:func:`explicit_attention`), eager;
 * ``fused_compiled`` / ``explicit_compiled``: the same under ``torch.compile`` (inductor);
 * ``flex_compiled``: ``torch.nn.attention.flex_attention`` compiled (inductor's attention template), the bias added
@@ -17,8 +18,9 @@ is then timed, calls alternating in a shuffled order per round, as:
 Prints one line per call shape (median ms, GFLOP/s counting 4 * Nq * Nk * d per head, the paired ratio to
 ``fused`` and the largest difference from it) and each model's total over its calls; ``--json`` writes the
 machine (CPU model and flags), the settings and every measurement. ``--whole-model`` also times each model as a
-whole, as created (eager), with its attention fused and written out (``set_fused_attn``), calls alternating: a
-kernel that wins per call need not win in the model.
+whole (as created, or ``--optimize``d), every attention call on the fused kernel, as the library runs it (calls over
+at most ``EXPLICIT_MAX_KEYS`` keys written out) and every call written out, calls alternating: a kernel that wins
+per call need not win in the model.
 
     python benchmarks/attention_kernels.py crossvit_9_240 crossformer_tiny fcaformer_l1 --threads 2 --json att.json
 """
@@ -36,6 +38,8 @@ import torch
 from torch import nn
 
 import crossformers
+from crossformers.inference import optimize_for_inference
+from crossformers.layers import attention
 from crossformers.layers.attention import ScaledDotProduct, dot_product_attention, explicit_attention
 from crossformers.profiling.measure import machine_info, paired_ratio, time_alternating
 
@@ -106,13 +110,23 @@ def _flex_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return lambda: flex(q4, k4, v4, score_mod=score_mod).reshape(*lead, *q.shape[-3:])
 
 
+def _on_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """:func:`dot_product_attention` on PyTorch's fused kernel whatever the size (its small-group rule off)."""
+    keys = attention.EXPLICIT_MAX_KEYS
+    attention.EXPLICIT_MAX_KEYS = 0
+    try:
+        return dot_product_attention(q, k, v, bias)
+    finally:
+        attention.EXPLICIT_MAX_KEYS = keys
+
+
 def implementations(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
                     names: tuple[str, ...] = IMPLEMENTATIONS) -> dict[str, Callable[[], torch.Tensor]]:
     """Zero-argument calls computing the attention of (q, k, v, bias) on each of ``names`` (see the module docs)."""
     fused = torch.compile(lambda q, k, v, b: dot_product_attention(q, k, v, b), dynamic=False)
     explicit = torch.compile(lambda q, k, v, b: explicit_attention(q, k, v, b)[0], dynamic=False)
     table: dict[str, Callable[[], Callable[[], torch.Tensor]]] = {
-        "fused": lambda: lambda: dot_product_attention(q, k, v, bias),
+        "fused": lambda: lambda: _on_kernel(q, k, v, bias),
         "explicit": lambda: lambda: explicit_attention(q, k, v, bias)[0],
         "fused_compiled": lambda: lambda: fused(q, k, v, bias),
         "explicit_compiled": lambda: lambda: explicit(q, k, v, bias),
@@ -141,7 +155,7 @@ def time_call(call: dict[str, Any], names: tuple[str, ...], rounds: int) -> dict
     # shape to eager flex_attention (orders of magnitude slower) without failing
     torch._dynamo.reset()
     with torch.inference_mode():
-        ref = dot_product_attention(q, k, v, bias)
+        ref = _on_kernel(q, k, v, bias)  # differences are to the fused kernel
         runnable: dict[str, Callable[[], torch.Tensor]] = {}
         results: dict[str, dict[str, Any]] = {}
         for name, fn in implementations(q, k, v, bias, names).items():
@@ -171,22 +185,40 @@ def model_totals(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def whole_model(model: nn.Module, x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Batch-1 forward time (median ms) of ``model`` with fused and with written-out attention (two copies, calls
-    alternating over ``rounds`` rounds) and their paired ratio ``explicit / fused``; raises AssertionError if the
-    two copies' logits differ by more than 1e-4."""
+    """Batch-1 forward time (median ms) of ``model`` three ways, calls alternating over ``rounds`` rounds: ``kernel``
+    (every call on PyTorch's fused kernel: ``EXPLICIT_MAX_KEYS = 0``), ``default`` (the library's rule: calls over
+    at most ``EXPLICIT_MAX_KEYS`` keys written out) and ``explicit`` (every call written out, ``set_fused_attn``
+    off, on a copy); each with its paired ratio to ``kernel``. Raises AssertionError if the logits differ by more
+    than 1e-4."""
     import copy
 
     from crossformers.models._base import set_fused_attn
 
+    rule = attention.EXPLICIT_MAX_KEYS
     explicit = copy.deepcopy(model)
     set_fused_attn(model, True)
     set_fused_attn(explicit, False)
-    with torch.inference_mode():
-        diff = (model(x) - explicit(x)).abs().max().item()
-        assert diff <= 1e-4, f"fused and written-out attention disagree by {diff}"
-        t = time_alternating({"fused": lambda: model(x), "explicit": lambda: explicit(x)}, rounds=rounds, warmup=3)
-    return {"fused_ms": statistics.median(t["fused"]), "explicit_ms": statistics.median(t["explicit"]),
-            "paired_explicit_vs_fused": paired_ratio(t["explicit"], t["fused"]), "max_abs_diff": diff}
+
+    def run(m: nn.Module, keys: int) -> Callable[[], Any]:
+        def call() -> Any:
+            attention.EXPLICIT_MAX_KEYS = keys
+            return m(x)
+        return call
+
+    calls = {"kernel": run(model, 0), "default": run(model, rule), "explicit": run(explicit, rule)}
+    try:
+        with torch.inference_mode():
+            outs = {k: c() for k, c in calls.items()}
+            diff = max((o - outs["kernel"]).abs().max().item() for o in outs.values())
+            assert diff <= 1e-4, f"the attention forms disagree by {diff}"
+            t = time_alternating(calls, rounds=rounds, warmup=3)
+    finally:
+        attention.EXPLICIT_MAX_KEYS = rule
+    out: dict[str, float] = {f"{k}_ms": statistics.median(v) for k, v in t.items()}
+    out.update({f"paired_{k}_vs_kernel": paired_ratio(t[k], t["kernel"]) for k in ("default", "explicit")})
+    out["max_abs_diff"] = diff
+    out["explicit_max_keys"] = rule
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--whole-model", action="store_true",
                    help="also time each model as created with fused and with written-out attention (paired)")
     p.add_argument("--no-calls", action="store_true", help="skip the per-call timings (with --whole-model)")
+    p.add_argument("--optimize", action="store_true", help="time the whole model after optimize_for_inference")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = tuple(args.implementations)
@@ -231,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
             print("per forward pass: " + ", ".join(f"{n} {t:.2f} ms" for n, t in totals.items()), flush=True)
         report["models"][name] = {"img_size": side, "calls": rows, "total_ms": totals}
         if args.whole_model:
-            whole = whole_model(model, x, args.rounds)
-            print(f"whole model as created: fused {whole['fused_ms']:.2f} ms, written out {whole['explicit_ms']:.2f} "
-                  f"ms, paired written out / fused {whole['paired_explicit_vs_fused']:.3f}", flush=True)
+            whole = whole_model(optimize_for_inference(model) if args.optimize else model, x, args.rounds)
+            print(f"whole model{' optimized' if args.optimize else ' as created'}: every call on the kernel "
+                  f"{whole['kernel_ms']:.2f} ms, the default (<= {whole['explicit_max_keys']} keys written out) "
+                  f"{whole['default_ms']:.2f} ms ({whole['paired_default_vs_kernel']:.3f}x, paired), every call "
+                  f"written out {whole['explicit_ms']:.2f} ms ({whole['paired_explicit_vs_kernel']:.3f}x)", flush=True)
             report["models"][name]["whole_model"] = whole
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

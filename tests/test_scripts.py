@@ -246,3 +246,16 @@ def test_attention_kernels_capture_each_models_calls_and_time_them_against_the_f
         att.implementations(*(calls[0][n] for n in ("q", "k", "v", "bias")), names=("cuda_only",))
     with pytest.raises(ValueError, match="no ScaledDotProduct module"):
         att.capture_attention_calls(torch.nn.Linear(3, 3), torch.randn(1, 3))
+    # "fused" is the kernel even for these small groups (which the library writes out by default)
+    from crossformers.layers import attention
+
+    kernel_calls = []
+    real = attention.F.scaled_dot_product_attention
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **k: kernel_calls.append(1) or real(*a, **k))
+        att.implementations(*(calls[0][n] for n in ("q", "k", "v", "bias")), names=("fused",))["fused"]()
+    assert kernel_calls == [1] and attention.EXPLICIT_MAX_KEYS > 0
+    whole = att.whole_model(model, torch.randn(1, 3, 64, 64), rounds=2)
+    assert whole["max_abs_diff"] < 1e-4 and whole["explicit_max_keys"] == attention.EXPLICIT_MAX_KEYS  # restored
+    assert all(whole[f"{k}_ms"] > 0 for k in ("kernel", "default", "explicit"))
+    assert whole["paired_default_vs_kernel"] > 0 and whole["paired_explicit_vs_kernel"] > 0

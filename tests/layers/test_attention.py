@@ -1,11 +1,12 @@
-"""The attention layers: the single-query shortcut against projecting every token."""
+"""The attention layers: the single-query shortcut against projecting every token; which form a fused call runs."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from crossformers.layers.attention import dot_product_attention, single_query_attention
+from crossformers.layers import attention as attention_module
+from crossformers.layers.attention import dot_product_attention, explicit_attention, single_query_attention
 
 
 def _projected(q: torch.Tensor, x: torch.Tensor, wk: nn.Linear, wv: nn.Linear, h: int) -> torch.Tensor:
@@ -48,3 +49,51 @@ def test_single_query_attention_in_float32_is_within_rounding():
     with torch.no_grad():
         got, want = single_query_attention(q, x, wk, wv, 3), _projected(q, x, wk, wv, 3)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def _sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the calls that reach PyTorch's fused kernel."""
+    calls: list[int] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_groups_run_explicitly_in_eager_cpu_inference_and_match_the_kernel(monkeypatch, dtype):
+    calls = _sdpa_calls(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    small = [torch.randn(2, 8, 3, 16, 32, generator=g, dtype=dtype) for _ in range(3)]  # (B, groups, heads, 16, d)
+    bias = torch.randn(3, 16, 16, generator=g)  # fp32 bias, as the position-bias modules give it
+    with torch.inference_mode():
+        got = dot_product_attention(*small, bias)
+        assert not calls  # 16 keys: the explicit form
+        monkeypatch.setattr(attention_module, "EXPLICIT_MAX_KEYS", 0)  # the rule off: the kernel
+        kernel = dot_product_attention(*small, bias)
+        assert len(calls) == 1
+    assert got.dtype == dtype and got.shape == small[0].shape
+    assert torch.allclose(got.float(), kernel.float(), atol=1e-5 if dtype == torch.float32 else 3e-2)
+    assert torch.allclose(got.float(), explicit_attention(*small, bias.to(dtype))[0].float(), atol=1e-6)
+
+
+def test_large_groups_autograd_and_compilers_keep_the_kernel(monkeypatch):
+    calls = _sdpa_calls(monkeypatch)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # beyond EXPLICIT_MAX_KEYS keys: the kernel
+        dot_product_attention(*(torch.randn(1, 2, attention_module.EXPLICIT_MAX_KEYS + 1, 8, generator=g)
+                                for _ in range(3)))
+    assert len(calls) == 1
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=g, requires_grad=True) for _ in range(3))
+    out = dot_product_attention(q, k, v)  # training: the kernel and its backward
+    assert len(calls) == 2
+    out.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    monkeypatch.setattr(attention_module, "tool_is_running", lambda: True)  # compiling, exporting, counting FLOPs
+    with torch.no_grad():
+        dot_product_attention(q.detach(), k.detach(), v.detach())
+    assert len(calls) == 3

@@ -15,8 +15,24 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import nn
 
+from .tracing import tool_is_running
+
 __all__ = ["dot_product_attention", "explicit_attention", "single_query_attention", "AttentionProbs",
-           "ScaledDotProduct", "Attention"]
+           "ScaledDotProduct", "Attention", "EXPLICIT_MAX_KEYS"]
+
+#: Eager CPU inference over at most this many keys runs the explicit form even where the fused path is asked for
+#: (0 turns the rule off). PyTorch's flash kernel has a fixed cost per call and block that the short softmax rows of
+#: small groups do not repay: on CrossFormer++'s 16-token groups the explicit form took 0.44-0.54x the kernel's time,
+#: on 49-token groups 0.67-0.81x (AMD EPYC Zen 3 / 4 / 5), while from about 196 keys on the kernel is level or faster
+#: (docs/profiling.md, 2026-12-08). Compiled, exported, traced and autograd paths keep the kernel (compiled, the
+#: fused kernel is the faster).
+EXPLICIT_MAX_KEYS = 64
+
+
+def _explicit_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether the fused call should run explicitly here (see :data:`EXPLICIT_MAX_KEYS`)."""
+    return (k.shape[-2] <= EXPLICIT_MAX_KEYS and q.device.type == "cpu"
+            and not (torch.is_grad_enabled() and q.requires_grad) and not tool_is_running())
 
 
 def explicit_attention(
@@ -56,7 +72,9 @@ def dot_product_attention(
 
     Args:
         q, k, v, bias, dropout_p, training: as in :func:`explicit_attention`.
-        fused: use ``F.scaled_dot_product_attention`` (default) or the explicit path.
+        fused: use ``F.scaled_dot_product_attention`` (default) or the explicit path. Eager CPU inference over at
+            most :data:`EXPLICIT_MAX_KEYS` keys runs the explicit path either way (faster there; same result within
+            float rounding).
 
     Inputs with more than one leading (batch) dim, e.g. (B, groups, heads, N, head_dim), are flattened to 4-D for
     the fused path: PyTorch's fast CPU kernel (flash attention) takes 4-D inputs only and would otherwise fall back
@@ -68,6 +86,10 @@ def dot_product_attention(
     if fused and bias is not None and bias.requires_grad and torch.is_grad_enabled() and q.device.type == "cpu":
         # PyTorch's fused CPU kernel has no gradient for the bias: SDPA would fall back to its decomposed path, which
         # is this explicit path plus NaN guards for fully masked rows (none here: the bias is finite)
+        fused = False
+    if fused and _explicit_is_faster(q, k):
+        if bias is not None and bias.dtype != q.dtype:
+            bias = bias.to(q.dtype)
         fused = False
     if fused:
         if bias is not None and bias.dtype != q.dtype:
