@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         side = args.img_size or int(own_side)
         x = torch.randn(1, chans, side, side)
         rows = [] if args.no_calls else [time_call(c, names, args.rounds) for c in capture_attention_calls(model, x)]
-        print(f"## {name} ({side} px): {sum(r['count'] for r in rows)} attention calls timed, {len(rows)} distinct",
-              flush=True)
+        print(f"## {name} ({side} px)" + (f": {sum(r['count'] for r in rows)} attention calls, {len(rows)} distinct"
+                                          if rows else ""), flush=True)
         for row in rows:
             parts = []
             for impl, r in row["results"].items():
