@@ -165,8 +165,9 @@ class ScaledDotProduct(nn.Module):
     attention is computed.
 
     Attributes:
-        fused_attn: use :func:`torch.nn.functional.scaled_dot_product_attention` (default) or the explicit path,
-            whose probabilities pass through ``probs`` (:class:`AttentionProbs`).
+        fused_attn: use :func:`torch.nn.functional.scaled_dot_product_attention` (default; in eager CPU inference
+            calls over at most :data:`EXPLICIT_MAX_KEYS` keys are written out, which is faster there) or the explicit
+            path, whose probabilities pass through ``probs`` (:class:`AttentionProbs`).
         attn_drop: dropout on the probabilities in training.
 
     Inputs q (..., heads, Nq, d), k and v (..., heads, Nk, d), bias broadcastable to (..., heads, Nq, Nk) or None;
