@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's own)")
     p.add_argument("--json", type=Path, default=None, help="write every measurement and the machine here")
     p.add_argument("--whole-model", action="store_true",
-                   help="also time each model as created with fused and with written-out attention (paired)")
+                   help="also time each model whole: every call on the kernel, the default, every call written out")
     p.add_argument("--no-calls", action="store_true", help="skip the per-call timings (with --whole-model)")
     p.add_argument("--optimize", action="store_true", help="time the whole model after optimize_for_inference")
     args = p.parse_args(argv)

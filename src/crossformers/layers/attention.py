@@ -87,13 +87,11 @@ def dot_product_attention(
         # PyTorch's fused CPU kernel has no gradient for the bias: SDPA would fall back to its decomposed path, which
         # is this explicit path plus NaN guards for fully masked rows (none here: the bias is finite)
         fused = False
+    if fused and bias is not None and bias.dtype != q.dtype:
+        bias = bias.to(q.dtype)  # the kernel takes the bias in q's dtype; so does the small-group form below
     if fused and _explicit_is_faster(q, k):
-        if bias is not None and bias.dtype != q.dtype:
-            bias = bias.to(q.dtype)
-        fused = False
+        return explicit_attention(q, k, v, bias, dropout_p, training)[0]
     if fused:
-        if bias is not None and bias.dtype != q.dtype:
-            bias = bias.to(q.dtype)
         lead = q.shape[:-3]
         if len(lead) > 1:
             q, k, v = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))
