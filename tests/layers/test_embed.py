@@ -135,3 +135,26 @@ def test_patch_merging_uses_token_map_convolutions():
         p.__class__ = nn.Conv2d
     with torch.no_grad():
         torch.testing.assert_close(merge(x), plain(x), rtol=0, atol=0)
+
+
+def test_stem_convolves_images_channels_last_on_the_cpu(monkeypatch):
+    from crossformers.layers import embed
+
+    torch.manual_seed(0)
+    stem = CrossScaleEmbedding(3, 32, (4, 8, 16, 32), stride=4, norm_layer=nn.LayerNorm)
+    seen = []
+    for p in stem.projs:
+        p.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)
+                                                            and not a[0].is_contiguous()))
+    x = torch.randn(2, 3, 40, 36)
+    y = stem(x)
+    assert seen == [True] * 4
+    assert y.shape == (2, 10, 9, 32) and y.is_contiguous()  # tokens without a copy
+    plain = torch.cat([nn.functional.conv2d(x, p.weight, p.bias, p.stride, p.padding) for p in stem.projs], 1)
+    _close(y, stem.norm(plain.permute(0, 2, 3, 1)))
+    y.sum().backward()  # training keeps the input's gradient path
+    assert all(p.weight.grad is not None for p in stem.projs)
+    seen.clear()
+    monkeypatch.setattr(embed, "tool_is_running", lambda: True)
+    stem(x)
+    assert seen == [False] * 4  # compilers, exporters and tracers see the input as given
