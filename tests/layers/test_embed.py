@@ -103,7 +103,16 @@ def test_token_map_conv_caches_a_channels_last_weight_in_inference():
         y = conv(x)
         torch.testing.assert_close(y, plain(x), rtol=0, atol=0)
         first = cached()
-        assert first is not None and first.is_contiguous(memory_format=torch.channels_last)
+        if torch.backends.mkldnn.is_available():  # fp32: the weight packed once in oneDNN's layout
+            assert first is not None and first.layout == torch._mkldnn and first.shape == conv.weight.shape
+            for size in ((3, 7, 9, 16), (1, 5, 5, 16)):  # packed again for another input size, only the last kept
+                other = torch.randn(size).permute(0, 3, 1, 2)
+                torch.testing.assert_close(conv(other), plain(other), rtol=0, atol=0)
+                assert [k[0][1] for k in conv.weight_cache._store] == [(size[0], size[3], size[1], size[2])]
+            conv(x)
+            first = cached()
+        else:
+            assert first is not None and first.is_contiguous(memory_format=torch.channels_last)
         conv(x)
         assert cached() is first  # reused
         conv.weight.mul_(2)  # an in-place update: the cache misses and copies again
@@ -111,6 +120,11 @@ def test_token_map_conv_caches_a_channels_last_weight_in_inference():
         torch.testing.assert_close(conv(x), plain(x), rtol=0, atol=0)
         assert any(v is not first for v in conv.weight_cache._store.values())
     assert len(copy.deepcopy(conv).weight_cache) == 0
+    with torch.no_grad():  # other dtypes keep a channels-last copy of the weight
+        low = copy.deepcopy(conv).to(torch.bfloat16)
+        low(x.to(torch.bfloat16))
+        (entry,) = low.weight_cache._store.values()
+        assert entry.dtype == torch.bfloat16 and entry.is_contiguous(memory_format=torch.channels_last)
     conv.train()
     assert len(conv.weight_cache) == 0
     out = conv(x)  # training with gradients: the plain convolution, nothing cached, the weight gets its gradient

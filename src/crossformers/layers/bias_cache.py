@@ -86,6 +86,12 @@ class InferenceCache(nn.Module):
         self._store.clear()
         self._freezable = None
 
+    def discard(self, stale: Callable[[Hashable], bool]) -> None:
+        """Drop the entries whose key ``stale(key)`` is true (e.g. values kept for another input size)."""
+        for full in [f for f in self._store if stale(f[0])]:
+            del self._store[full]
+            self._freezable = None
+
     def freeze(self) -> None:
         """Expose every entry as non-persistent buffers of this module and serve :meth:`get` from them by key alone
         (see :func:`frozen_caches`). The buffers are laid out once per content of the cache, so freezing again
@@ -97,7 +103,9 @@ class InferenceCache(nn.Module):
                 leaves, spec = tree_flatten(value)
                 names: list[str | None] = []
                 for j, leaf in enumerate(leaves):
-                    names.append(f"frozen_{i}_{j}" if isinstance(leaf, torch.Tensor) else None)
+                    # a oneDNN-packed (opaque) weight is no buffer a tracer could take; it is served as it is
+                    strided = isinstance(leaf, torch.Tensor) and leaf.layout == torch.strided
+                    names.append(f"frozen_{i}_{j}" if strided else None)
                     if names[-1] is not None:
                         buffers[names[-1]] = leaf
                 index[key] = (names, leaves, spec)
