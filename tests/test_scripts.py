@@ -259,3 +259,29 @@ def test_attention_kernels_capture_each_models_calls_and_time_them_against_the_f
     assert whole["max_abs_diff"] < 1e-4 and whole["explicit_max_keys"] == attention.EXPLICIT_MAX_KEYS  # restored
     assert all(whole[f"{k}_ms"] > 0 for k in ("kernel", "default", "explicit"))
     assert whole["paired_default_vs_kernel"] > 0 and whole["paired_explicit_vs_kernel"] > 0
+
+
+def test_onnxruntime_op_profile_puts_both_runtimes_ops_in_the_same_classes(tmp_path):
+    """profile_ops_vs_onnxruntime.py: onnxruntime's nodes and PyTorch's ops of one model land in the same classes,
+    with one count per node or op and call (a small CrossFormer: 4 stem and 3 x 2 merge convolutions, 6 blocks)."""
+    pytest.importorskip("onnxruntime")
+    import crossformers
+    from crossformers.export import export_model
+
+    prof = _load("profile_ops_vs_onnxruntime", BENCHMARKS)
+    assert prof.ort_class("MatMul", [[1, 2, 49, 32], [1, 2, 32, 49]]) == "attention"
+    assert prof.ort_class("FusedMatMul", [[49, 64], [64, 64]]) == "products"
+    assert prof.ort_class("ReorderInput", [[1, 3, 8, 8]]) == "convolutions"
+    assert prof.ort_class("LayerNormalization", [[49, 64]]) == "other ops"
+    model = crossformers.create_model("crossformer_tiny", embed_dim=16, depths=(1, 1, 3, 1), num_heads=(1, 2, 4, 8),
+                                      img_size=64, num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    export_model(model, output=tmp_path / "m.onnx", verify=False)
+    ort_rows = prof.profile_onnxruntime(tmp_path / "m.onnx", x.numpy(), 1, 4, tmp_path)
+    torch_rows = prof.profile_torch(model, x, 2)
+    for rows, conv_ops in ((ort_rows, ("Conv", "FusedConv")),
+                           (torch_rows, ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward",
+                                         "mkldnn::_convolution_pointwise"))):  # the merges' packed weights
+        assert {"products", "attention", "convolutions"} <= {r[1] for r in rows}
+        assert all(r[0] >= 0 and r[4] >= 1 for r in rows)
+        assert sum(r[4] for r in rows if r[2] in conv_ops) == 10
