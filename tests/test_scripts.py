@@ -285,3 +285,31 @@ def test_onnxruntime_op_profile_puts_both_runtimes_ops_in_the_same_classes(tmp_p
         assert {"products", "attention", "convolutions"} <= {r[1] for r in rows}
         assert all(r[0] >= 0 and r[4] >= 1 for r in rows)
         assert sum(r[4] for r in rows if r[2] in conv_ops) == 10
+
+
+def test_conv_layouts_times_each_layout_switch_and_restores_them():
+    """conv_layouts.py: the default and each layout choice turned off give the same logits, each is timed with its
+    paired ratio, and the module switches are back afterwards (also checks that each switch takes effect)."""
+    import crossformers
+    from crossformers.layers import embed
+
+    bench = _load("conv_layouts", BENCHMARKS)
+    model = crossformers.create_model("crossformer_tiny", embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
+                                      img_size=64, num_classes=3).eval()
+    seen = []
+    model.patch_embed.projs[0].register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last) and not a[0].is_contiguous()))
+    r = bench.layouts(model, torch.randn(1, 3, 64, 64), rounds=2)
+    assert r["max_abs_diff"] <= 1e-5 and all(r[f"{k}_ms"] > 0 for k in bench.SETTINGS)
+    assert r["paired_stem_as_given_vs_default"] > 0 and r["paired_merges_channels_last_copy_vs_default"] > 0
+    assert True in seen and False in seen  # the stem switch was honoured by some calls and not others
+    assert embed.STEM_CHANNELS_LAST is True and embed.PACK_MERGE_WEIGHTS is True
+    merge = model.stages[1].downsample.projs[0]
+    with torch.no_grad():
+        embed.PACK_MERGE_WEIGHTS = False
+        try:
+            merge.weight_cache.clear()
+            model(torch.randn(1, 3, 64, 64))
+            assert all(v.layout == torch.strided for v in merge.weight_cache._store.values())
+        finally:
+            embed.PACK_MERGE_WEIGHTS = True

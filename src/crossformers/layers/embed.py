@@ -16,10 +16,15 @@ from .tracing import tool_is_running
 
 __all__ = ["CrossScaleEmbedding", "cel_channels", "conv_output_size", "pad_to_multiple", "WideKernelConv2d",
            "TokenMapConv2d",
-           "WIDE_KERNEL_FACTOR", "images_channels_last"]
+           "WIDE_KERNEL_FACTOR", "images_channels_last",
+           "STEM_CHANNELS_LAST", "PACK_MERGE_WEIGHTS"]
 
 #: CEL kernels at least this many strides wide are :class:`WideKernelConv2d` (weight gradient through space-to-depth)
 WIDE_KERNEL_FACTOR = 4
+#: the CEL stem convolves images channels-last on the CPU (:func:`images_channels_last`); False: as given
+STEM_CHANNELS_LAST = True
+#: :class:`TokenMapConv2d` keeps fp32 inference weights packed in oneDNN's layout; False: a channels-last copy
+PACK_MERGE_WEIGHTS = True
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -47,7 +52,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 def images_channels_last(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) images in channels-last memory on the CPU (the CEL stem's faster convolution, see
     :class:`CrossScaleEmbedding`); ``x`` itself on other devices and while a tool runs the model."""
-    if x.device.type != "cpu" or tool_is_running():
+    if not STEM_CHANNELS_LAST or x.device.type != "cpu" or tool_is_running():
         return x
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -138,14 +143,15 @@ class TokenMapConv2d(nn.Conv2d):
     weight: 1 ms per call for CrossFormer-T's last 256 -> 256 4x4 merge on a 2-core Intel Xeon), and then oneDNN
     reorders it into its own blocked layout. In inference (eval mode, no gradient recorded, CPU tensors) this layer
     keeps the converted weight in its :class:`~crossformers.layers.bias_cache.InferenceCache` and reuses it until
-    the weight changes (its storage or version counter): in fp32 the weight in oneDNN's blocked layout (packed
-    once per input size, run by ``torch.ops.mkldnn._convolution_pointwise``; on a 2-core AVX2 AMD EPYC Zen 3 the 256 -> 256 4x4
-    merge took 0.79 ms against 2.1 ms with a channels-last copy), in other dtypes or without oneDNN the
-    channels-last copy (CrossFormer-T / S batch 1 3-4 % faster on the Intel Xeon). Outputs are bit-identical to the
-    plain convolution's (``docs/profiling.md``). The kept weight costs its size again in memory; ``train()``,
-    ``load_state_dict`` and ``set_bias_cache`` drop it and it is never saved or pickled. Parameters and state dict are those of
-    ``nn.Conv2d``; training, CUDA, contiguous inputs, and tools running the model (compilers, exporters, tracers)
-    take the plain convolution.
+    the weight changes (its storage or version counter). In fp32 that is the weight in oneDNN's blocked layout,
+    packed once per input size and run by ``torch.ops.mkldnn._convolution_pointwise`` (on a 2-core AVX2 AMD EPYC
+    Zen 3 the 256 -> 256 4x4 merge took 0.79 ms against 2.1 ms with a channels-last copy); in other dtypes, without
+    oneDNN, or with ``crossformers.layers.embed.PACK_MERGE_WEIGHTS = False`` it is the channels-last copy
+    (CrossFormer-T / S batch 1 3-4 % faster on the Intel Xeon). Outputs are bit-identical to the plain
+    convolution's (``docs/profiling.md``). The kept weight costs its size again in memory; ``train()``,
+    ``load_state_dict`` and ``set_bias_cache`` drop it and it is never saved or pickled. Parameters and state dict
+    are those of ``nn.Conv2d``; training, CUDA, contiguous inputs, and tools running the model (compilers,
+    exporters, tracers) take the plain convolution.
 
     Input (B, C, H, W) (any strides); output (B, O, H', W').
     """
@@ -168,7 +174,7 @@ class TokenMapConv2d(nn.Conv2d):
         if (x.device.type != "cpu" or x.dim() != 4 or x.is_contiguous() or not self.weight_cache.usable()
                 or not x.is_contiguous(memory_format=torch.channels_last) or tool_is_running()):
             return super().forward(x)  # training / gradients: the plain convolution (the copy must not be detached)
-        if (x.dtype == w.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+        if (PACK_MERGE_WEIGHTS and x.dtype == w.dtype == torch.float32 and torch.backends.mkldnn.is_available()
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)):
             packed = self.weight_cache.get(("onednn", tuple(x.shape)), [w], lambda: self._packed_weight(x.shape))
             return torch.ops.mkldnn._convolution_pointwise(x, packed, self.bias, list(self.padding), list(self.stride),
@@ -202,7 +208,8 @@ class CrossScaleEmbedding(nn.Module):
     against 1.3 / 0.4 / 0.2 ms channels-last, and CrossFormer-T ran 0.91x as long at batch 1, 0.85x at batch 8,
     0.96x in training steps of 8 (``docs/profiling.md``). The outputs are also channels-last, so the tokens
     (B, H', W', C) come out without a copy. The results equal the contiguous convolution within float rounding.
-    While a tool runs the model (compilers, exporters, tracers) the input is left as it is.
+    While a tool runs the model (compilers, exporters, tracers) the input is left as it is;
+    ``crossformers.layers.embed.STEM_CHANNELS_LAST = False`` leaves it as it is everywhere.
 
     Output (B, H', W', out_dim), channels last.
     """
