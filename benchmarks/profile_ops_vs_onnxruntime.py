@@ -49,14 +49,11 @@ def ort_class(op: str, shapes: list[list[int]]) -> str:
 
 
 def profile_onnxruntime(path: Path, x: np.ndarray, threads: int, calls: int, tmp: Path) -> list[tuple]:
-    """(ms per call, class, op, input shapes, count per call) of every distinct onnxruntime node type and shape."""
-    import onnxruntime as ort
+    """(ms per call, class, op, input shapes, count per call) of every distinct onnxruntime node type and shape, the
+    session opened as the timed benchmarks open theirs (:func:`~crossformers.utils.onnx_session.open_session`)."""
+    from crossformers.utils.onnx_session import open_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.enable_profiling = True
-    so.profile_file_prefix = str(tmp / "ort")
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = open_session(path, RuntimeError, "profiling onnxruntime", threads=threads, profile_prefix=str(tmp / "ort"))
     feed = {sess.get_inputs()[0].name: x}
     for _ in range(calls):  # the first calls are warm-up and are left out below by counting from the end
         sess.run(None, feed)

@@ -13,7 +13,8 @@ __all__ = ["open_session"]
 
 
 def open_session(path: str | os.PathLike, error: type[Exception], need: str, threads: int | None = None,
-                 providers: list[str] | None = None, quiet: bool = False, hint: str = "") -> Any:
+                 providers: list[str] | None = None, quiet: bool = False, hint: str = "",
+                 profile_prefix: str | None = None) -> Any:
     """An ``onnxruntime.InferenceSession`` on ``path``.
 
     Args:
@@ -25,6 +26,8 @@ def open_session(path: str | os.PathLike, error: type[Exception], need: str, thr
         providers: execution providers (default ``["CPUExecutionProvider"]``).
         quiet: silence onnxruntime's console log (for sessions fed inputs that are meant to be refused).
         hint: appended to the missing-onnxruntime message (e.g. how to do without it).
+        profile_prefix: switch on onnxruntime's node profiler, its JSON written under this path prefix by
+            ``session.end_profiling()`` (which returns the file name).
 
     Returns:
         The session.
@@ -46,6 +49,9 @@ def open_session(path: str | os.PathLike, error: type[Exception], need: str, thr
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if quiet:
         opts.log_severity_level = 4
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - any loader error becomes one message
