@@ -41,7 +41,7 @@ import crossformers
 from crossformers.inference import optimize_for_inference
 from crossformers.layers import attention
 from crossformers.layers.attention import ScaledDotProduct, dot_product_attention, explicit_attention
-from crossformers.profiling.measure import machine_info, paired_ratio, time_alternating
+from crossformers.profiling.measure import compare_alternating, machine_info, paired_ratio, time_alternating
 
 IMPLEMENTATIONS = ("fused", "explicit", "fused_compiled", "explicit_compiled", "flex_compiled")
 
@@ -207,16 +207,9 @@ def whole_model(model: nn.Module, x: torch.Tensor, rounds: int) -> dict[str, flo
 
     calls = {"kernel": run(model, 0), "default": run(model, rule), "explicit": run(explicit, rule)}
     try:
-        with torch.inference_mode():
-            outs = {k: c() for k, c in calls.items()}
-            diff = max((o - outs["kernel"]).abs().max().item() for o in outs.values())
-            assert diff <= 1e-4, f"the attention forms disagree by {diff}"
-            t = time_alternating(calls, rounds=rounds, warmup=3)
+        out = compare_alternating(calls, "kernel", rounds, "the attention forms")
     finally:
         attention.EXPLICIT_MAX_KEYS = rule
-    out: dict[str, float] = {f"{k}_ms": statistics.median(v) for k, v in t.items()}
-    out.update({f"paired_{k}_vs_kernel": paired_ratio(t[k], t["kernel"]) for k in ("default", "explicit")})
-    out["max_abs_diff"] = diff
     out["explicit_max_keys"] = rule
     return out
 

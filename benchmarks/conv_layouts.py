@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from torch import nn
 import crossformers
 from crossformers.inference import optimize_for_inference
 from crossformers.layers import embed
-from crossformers.profiling.measure import machine_info, machine_label, paired_ratio, time_alternating
+from crossformers.profiling.measure import compare_alternating, machine_info, machine_label
 
 SETTINGS = {"default": {}, "stem_as_given": {"STEM_CHANNELS_LAST": False},
             "merges_channels_last_copy": {"PACK_MERGE_WEIGHTS": False}}
@@ -48,20 +47,11 @@ def layouts(model: nn.Module, x: torch.Tensor, rounds: int) -> dict[str, float]:
             return model(x)
         return call
 
-    calls = {name: run(s) for name, s in SETTINGS.items()}
     try:
-        with torch.inference_mode():
-            outs = {k: c() for k, c in calls.items()}
-            diff = max((o - outs["default"]).abs().max().item() for o in outs.values())
-            assert diff <= 1e-4, f"the layouts disagree by {diff}"
-            t = time_alternating(calls, rounds=rounds, warmup=3)
+        return compare_alternating({name: run(s) for name, s in SETTINGS.items()}, "default", rounds, "the layouts")
     finally:
         for k, v in saved.items():
             setattr(embed, k, v)
-    out: dict[str, float] = {f"{k}_ms": statistics.median(v) for k, v in t.items()}
-    out.update({f"paired_{k}_vs_default": paired_ratio(t[k], t["default"]) for k in SETTINGS if k != "default"})
-    out["max_abs_diff"] = diff
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

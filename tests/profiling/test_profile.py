@@ -407,6 +407,22 @@ def test_time_alternating_blocks_pauses_and_the_paired_ratio(monkeypatch):
         measure.paired_ratio(a, b[:2])
 
 
+def test_compare_alternating_checks_outputs_against_the_reference_then_times_them_side_by_side():
+    from crossformers.profiling import measure
+
+    x = torch.randn(8, 8)
+    calls = {"plain": lambda: x @ x, "transposed": lambda: (x.t() @ x.t()).t()}
+    r = measure.compare_alternating(calls, "plain", rounds=3, what="the products")
+    assert set(r) == {"plain_ms", "transposed_ms", "paired_transposed_vs_plain", "max_abs_diff"}
+    assert r["max_abs_diff"] < 1e-5 and r["paired_transposed_vs_plain"] > 0
+    seen = []
+    measure.compare_alternating({"a": lambda: seen.append(torch.is_inference_mode_enabled()) or x, "b": lambda: x},
+                                "a", rounds=1, what="x")
+    assert seen and all(seen)
+    with pytest.raises(AssertionError, match="the products disagree by"):
+        measure.compare_alternating({"plain": lambda: x, "off": lambda: x + 1}, "plain", rounds=1, what="the products")
+
+
 @pytest.mark.parametrize("native_ms,onednn_ms,winner", [(2.0, 1.0, "onednn"), (1.0, 4.0, "native")])
 def test_matmul_peak_takes_the_faster_library(monkeypatch, native_ms, onednn_ms, winner):
     from crossformers.layers.linear import onednn_available

@@ -26,6 +26,7 @@ from .errors import ProfilingError
 __all__ = [
     "num_threads", "time_calls", "summarize_ms", "matmul_peak", "matmul_peak_gflops", "PEAK_KERNELS", "rss_peak_subprocess", "rss_increase_inprocess",
     "cuda_peak_mib", "machine_info", "machine_label", "cpu_name", "cpu_flags", "CPU_FLAGS", "time_alternating", "paired_ratio",
+    "compare_alternating",
 ]
 
 _MIB = 1024.0 * 1024.0
@@ -135,6 +136,31 @@ def paired_ratio(a: list[float], b: list[float], block: int = 1) -> float:
         raise ValueError(f"paired_ratio needs two series of whole rounds of {block} call(s), got {len(a)} and {len(b)}")
     rounds = [(a[i:i + block], b[i:i + block]) for i in range(0, len(a), block)]
     return statistics.median(statistics.median(x) / statistics.median(y) for x, y in rounds)
+
+
+def compare_alternating(calls: dict[str, Callable[[], torch.Tensor]], reference: str, rounds: int,
+                        what: str, atol: float = 1e-4, warmup: int = 3) -> dict[str, float]:
+    """Several ways of computing the same output, checked against each other and timed side by side, in
+    ``torch.inference_mode``: each call once, its output compared with ``calls[reference]``'s, then
+    :func:`time_alternating` over ``rounds`` rounds.
+
+    Returns:
+        ``{name}_ms`` (median ms of each call), ``paired_{name}_vs_{reference}`` (:func:`paired_ratio` of every other
+        call to the reference) and ``max_abs_diff`` (largest absolute output difference from the reference).
+
+    Raises:
+        AssertionError: an output differs from the reference's by more than ``atol`` (``what`` names the calls in
+            the message, e.g. "the attention forms").
+    """
+    with torch.inference_mode():
+        outs = {k: c() for k, c in calls.items()}
+        diff = max((o - outs[reference]).abs().max().item() for o in outs.values())
+        assert diff <= atol, f"{what} disagree by {diff}"
+        t = time_alternating(calls, rounds=rounds, warmup=warmup)
+    out: dict[str, float] = {f"{k}_ms": statistics.median(v) for k, v in t.items()}
+    out.update({f"paired_{k}_vs_{reference}": paired_ratio(t[k], t[reference]) for k in calls if k != reference})
+    out["max_abs_diff"] = diff
+    return out
 
 
 def summarize_ms(times: list[float]) -> dict[str, float]:
